@@ -1,0 +1,891 @@
+//! The `StreamingJob` custom resource: what a user writes to run a job.
+//!
+//! Every doc comment on a field here is the text `kubectl explain` shows.
+//! Invariants the API server can check on its own are CEL rules in
+//! `x-kubernetes-validations`; everything else is checked by
+//! [`crate::validate`] and reported as a status condition.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::status::StreamingJobStatus;
+
+/// The upper bound on the number of pipeline steps, so that the API server
+/// can bound the cost of the CEL rules evaluated on each step.
+pub const MAX_PIPELINE_STEPS: usize = 32;
+
+/// The highest parallelism a job may ask for.
+pub const MAX_PARALLELISM: i32 = 1024;
+
+/// A StreamingJob runs a stateful stream-processing pipeline from Kafka to
+/// Kafka as a StatefulSet of Weir workers, with keyed state in RocksDB,
+/// checkpoints in object storage and autoscaling on consumer lag.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "StreamingJob",
+    plural = "streamingjobs",
+    shortname = "sj",
+    category = "weir",
+    namespaced,
+    status = "StreamingJobStatus",
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.parallelism",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".status.parallelism"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag.total"),
+    printcolumn(
+        name = "Last Savepoint",
+        type_ = "date",
+        json_path = ".status.lastSavepoint.time"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    doc = "A stateful stream-processing job: Kafka in, keyed state in RocksDB with checkpoints in object storage, Kafka out."
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.autoscaler) || !has(self.autoscaler.maxParallelism) || self.autoscaler.minParallelism <= self.autoscaler.maxParallelism",
+        "message": "autoscaler.minParallelism must be less than or equal to autoscaler.maxParallelism",
+        "fieldPath": ".autoscaler.minParallelism"
+    },
+    {
+        "rule": "!has(self.sink) || !(self.sink.topic in self.source.topics)",
+        "message": "sink.topic must not be one of source.topics",
+        "fieldPath": ".sink.topic"
+    }
+]))]
+pub struct StreamingJobSpec {
+    /// Container image of the Weir worker. Defaults to the worker image the
+    /// operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Compute resources of each worker container (CPU, memory). Memory must
+    /// cover the RocksDB block cache and write buffers configured in `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Overrides applied to every worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodOverrides>,
+
+    /// Where and how each worker keeps its local RocksDB state.
+    #[serde(default)]
+    pub state: StateSpec,
+
+    /// How workers connect to the Kafka cluster.
+    pub kafka: KafkaSpec,
+
+    /// The input topics and how their records are read.
+    pub source: SourceSpec,
+
+    /// The ordered processing steps applied to every input record. An empty
+    /// pipeline copies records from the source to the sink.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub pipeline: Vec<Step>,
+
+    /// Where results are written.
+    pub sink: SinkSpec,
+
+    /// Topic receiving records that fail to decode or to evaluate, with the
+    /// reason and the source topic, partition and offset in headers. Without
+    /// it such records are counted and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<TopicRef>,
+
+    /// Topic receiving events that arrive after their window closed (later
+    /// than the window's allowedLateness). Without it late events are counted
+    /// and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_data: Option<TopicRef>,
+
+    /// Processing guarantee. `exactlyOnce` writes output in Kafka
+    /// transactions committed with the source offsets at every checkpoint
+    /// (consumers must read with isolation.level=read_committed);
+    /// `atLeastOnce` may repeat output after a failure but adds no latency.
+    #[serde(default)]
+    pub guarantee: Guarantee,
+
+    /// Periodic checkpoints of state and offsets to object storage.
+    pub checkpoint: CheckpointSpec,
+
+    /// Number of worker pods. Each worker owns the partitions whose number
+    /// modulo the parallelism equals its ordinal, so the useful maximum is
+    /// the partition count of the source topics. Managed by the autoscaler
+    /// when it is enabled; otherwise set it here or with `kubectl scale`.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallelism: i32,
+
+    /// Automatic choice of the parallelism from consumer lag and throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerSpec>,
+
+    /// How a running job is stopped when its spec or parallelism changes:
+    /// `savepoint` takes a savepoint and restores from it, `lastState`
+    /// restores from the latest checkpoint without a savepoint, `stateless`
+    /// starts with empty state from the committed offsets.
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+
+    /// Savepoint settings.
+    #[serde(default)]
+    pub savepoint: SavepointSpec,
+
+    /// Id of a savepoint (under this job's checkpoint storage) to start from
+    /// when the job first starts. Ignored once the job has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    pub restore_from: Option<String>,
+
+    /// Stops the job (with a savepoint when upgradeMode is savepoint) and
+    /// keeps it stopped until set back to false.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Changing this number triggers a savepoint of the running job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_trigger_nonce: Option<i64>,
+
+    /// Changing this number restarts every worker (following upgradeMode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+/// Overrides applied to every worker pod.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodOverrides {
+    /// Extra labels on the worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Node labels a worker pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the worker pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Extra environment variables of the worker container. Variables named
+    /// `WEIR_*` are reserved for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Service account the worker pods run as (for cloud credentials through
+    /// workload identity, for example).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Name of the priority class of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Local state of each worker.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateSpec {
+    /// The volume holding RocksDB. Without it an emptyDir is used: state is
+    /// restored from object storage whenever a pod starts anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<StateVolume>,
+
+    /// Size of the RocksDB block cache shared by all tasks of a worker
+    /// (a Kubernetes quantity, for example `256Mi`). Default 128Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_cache_size: Option<Quantity>,
+
+    /// Size of each RocksDB write buffer (memtable) per task. Default 16Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_buffer_size: Option<Quantity>,
+}
+
+/// A persistent volume for worker state, one claim per worker.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateVolume {
+    /// Requested size of each worker's volume, for example `10Gi`.
+    pub size: Quantity,
+
+    /// Storage class of the claims. Defaults to the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// How workers reach Kafka.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Comma-separated `host:port` list of Kafka brokers.
+    #[schemars(length(min = 1, max = 4096))]
+    pub bootstrap_servers: String,
+
+    /// Extra librdkafka client properties (for example
+    /// `security.protocol: SASL_SSL`, `compression.type: zstd`). Properties
+    /// Weir manages itself (bootstrap.servers, group.id, transactional.id,
+    /// enable.auto.commit, isolation.level, ...) are rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+
+    /// Secret with the SASL credentials and TLS material of the Kafka client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<KafkaCredentials>,
+}
+
+/// Names the keys of a Secret holding Kafka client credentials.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaCredentials {
+    /// Name of the Secret, in the job's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+
+    /// Key of the SASL username in the Secret. Default `username`.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+
+    /// Key of the SASL password in the Secret. Default `password`.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+
+    /// Key of the PEM CA certificate in the Secret, to verify the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+
+    /// Key of the PEM client certificate in the Secret (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_key: Option<String>,
+
+    /// Key of the PEM client private key in the Secret (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_key: Option<String>,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// A SASL authentication mechanism.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    /// Username and password in clear (use with TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// The input of a job.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Input topics. Several topics must be co-partitioned (same partition
+    /// count and the same key partitioning): task t reads partition t of
+    /// every topic.
+    #[schemars(length(min = 1, max = 16))]
+    pub topics: Vec<String>,
+
+    /// Encoding of the input records.
+    #[serde(default)]
+    pub format: Format,
+
+    /// Where each record's event time comes from. Required by windows.
+    /// Without it, records carry no event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTimeSpec>,
+
+    /// How event-time watermarks advance.
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
+
+    /// Where a job with no checkpoint and no committed offsets starts
+    /// reading: `earliest` or `latest`.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+}
+
+/// A record encoding.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Format {
+    /// One JSON object per Kafka record value.
+    #[default]
+    Json,
+}
+
+/// Where a record's event time comes from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// Top-level field of the record holding the event time. Without it the
+    /// Kafka record timestamp is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub field: Option<String>,
+
+    /// How the field is written.
+    #[serde(default)]
+    pub format: TimestampFormat,
+}
+
+/// How an event-time field is written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TimestampFormat {
+    /// An RFC 3339 string, or a number of milliseconds since the Unix epoch.
+    #[default]
+    Auto,
+    /// An RFC 3339 string such as `2026-11-21T08:00:00Z`.
+    Rfc3339,
+    /// A number of milliseconds since the Unix epoch.
+    EpochMillis,
+    /// A number of seconds since the Unix epoch.
+    EpochSeconds,
+}
+
+/// How event-time watermarks advance.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// How far out of order events may arrive: a partition's watermark is
+    /// the highest event time seen minus this. Default 5s.
+    #[serde(default = "default_max_out_of_orderness")]
+    pub max_out_of_orderness: Duration,
+
+    /// A partition with no records for this long stops holding back the
+    /// watermark of its task. Default 30s; `0s` disables idleness.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WatermarkSpec {
+    fn default() -> Self {
+        Self {
+            max_out_of_orderness: default_max_out_of_orderness(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_out_of_orderness() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where reading starts when there is nothing to resume from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StartingOffsets {
+    /// The oldest retained record of each partition.
+    #[default]
+    Earliest,
+    /// Only records produced after the job starts.
+    Latest,
+}
+
+/// One step of the pipeline. Exactly one of its operations is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.filter), has(self.map), has(self.keyBy), has(self.window), has(self.aggregate), has(self.dedupe)].filter(x, x).size() == 1",
+    "message": "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe"
+}]))]
+pub struct Step {
+    /// Name of the step, used in metrics and in internal topic names.
+    /// Defaults to the operation and its position (`filter-0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+
+    /// Keeps the records for which this CEL expression over `record` is
+    /// true, for example `record.amount > 0 && record.country != "XX"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub filter: Option<String>,
+
+    /// Replaces each record with the fields computed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapStep>,
+
+    /// Groups records by a key for the stateful steps after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<KeyByStep>,
+
+    /// Assigns records to event-time windows; an aggregate must follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowStep>,
+
+    /// Aggregates the records of each key (and window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateStep>,
+
+    /// Drops records whose key was already seen within a time to live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe: Option<DedupeStep>,
+}
+
+/// Computes new fields from each record.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MapStep {
+    /// The output fields, in order, each a CEL expression over `record`.
+    #[schemars(length(min = 1, max = 128))]
+    pub fields: Vec<FieldExpr>,
+
+    /// Keeps the input record's fields and adds or overwrites the computed
+    /// ones. Default false: the output holds only the computed fields.
+    #[serde(default)]
+    pub keep_input: bool,
+}
+
+/// A named CEL expression.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldExpr {
+    /// Name of the output field.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+
+    /// CEL expression over `record`, for example `record.amount * 100`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expr: String,
+}
+
+/// Chooses the key of each record.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyByStep {
+    /// CEL expression over `record` giving the key, for example
+    /// `record.user_id`. Records are repartitioned through an internal topic
+    /// unless the source is already partitioned by this key.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expr: String,
+
+    /// Declares that the source topics are already partitioned by this key
+    /// (murmur2 of the key, as the Java client does), so no repartition topic
+    /// is needed.
+    #[serde(default)]
+    pub source_partitioned: bool,
+}
+
+/// Event-time windows.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type == 'session' || has(self.size)",
+        "message": "tumbling and sliding windows need a size",
+        "fieldPath": ".size"
+    },
+    {
+        "rule": "self.type != 'sliding' || (has(self.slide) && has(self.size) && duration(self.slide) <= duration(self.size))",
+        "message": "a sliding window needs a slide no longer than its size",
+        "fieldPath": ".slide"
+    },
+    {
+        "rule": "self.type != 'session' || has(self.gap)",
+        "message": "a session window needs a gap",
+        "fieldPath": ".gap"
+    },
+    {
+        "rule": "!has(self.size) || duration(self.size) > duration('0s')",
+        "message": "size must be greater than 0",
+        "fieldPath": ".size"
+    },
+    {
+        "rule": "!has(self.slide) || duration(self.slide) > duration('0s')",
+        "message": "slide must be greater than 0",
+        "fieldPath": ".slide"
+    },
+    {
+        "rule": "!has(self.gap) || duration(self.gap) > duration('0s')",
+        "message": "gap must be greater than 0",
+        "fieldPath": ".gap"
+    }
+]))]
+pub struct WindowStep {
+    /// `tumbling` (fixed, non-overlapping), `sliding` (fixed size, a new
+    /// window every slide) or `session` (closes after a gap with no events).
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+
+    /// Length of each tumbling or sliding window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Duration>,
+
+    /// How often a sliding window starts; at most its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<Duration>,
+
+    /// Inactivity that closes a session window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Duration>,
+
+    /// How long after the watermark passes a window's end it still accepts
+    /// events (each late event updates and re-emits the result). Events later
+    /// than that go to lateData. Default 0s.
+    #[serde(default)]
+    pub allowed_lateness: Duration,
+}
+
+/// The kind of an event-time window.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WindowKind {
+    /// Fixed-size, non-overlapping windows.
+    Tumbling,
+    /// Fixed-size windows starting every slide.
+    Sliding,
+    /// Per-key windows that close after a gap with no events.
+    Session,
+}
+
+/// Aggregates records per key (and window).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregateStep {
+    /// The aggregated output fields. The output record also holds `key`,
+    /// and `window_start` and `window_end` after a window.
+    #[schemars(length(min = 1, max = 64))]
+    pub fields: Vec<AggregateField>,
+}
+
+/// One aggregated output field.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.function == 'count' || has(self.expr)",
+    "message": "every aggregate function but count needs an expr",
+    "fieldPath": ".expr"
+}]))]
+pub struct AggregateField {
+    /// Name of the output field.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+
+    /// The aggregate function.
+    pub function: AggregateFunction,
+
+    /// CEL expression over `record` giving the aggregated value (numbers for
+    /// sum, min, max and avg; any value for approxDistinct, first and last).
+    /// Not used by count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub expr: Option<String>,
+}
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AggregateFunction {
+    /// Number of records.
+    Count,
+    /// Sum of a number.
+    Sum,
+    /// Smallest number.
+    Min,
+    /// Largest number.
+    Max,
+    /// Arithmetic mean of a number.
+    Avg,
+    /// Approximate number of distinct values (HyperLogLog, about 1% error).
+    ApproxDistinct,
+    /// The value of the earliest record by event time.
+    First,
+    /// The value of the latest record by event time.
+    Last,
+}
+
+/// Drops duplicates.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "duration(self.ttl) > duration('0s')",
+    "message": "ttl must be greater than 0",
+    "fieldPath": ".ttl"
+}]))]
+pub struct DedupeStep {
+    /// CEL expression over `record` identifying duplicates, for example
+    /// `record.event_id`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: String,
+
+    /// How long a key is remembered (in event time when the source has
+    /// event time, else in processing time).
+    pub ttl: Duration,
+}
+
+/// Where results go.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Output topic.
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+
+    /// Encoding of the output records.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// A Kafka topic.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicRef {
+    /// Topic name.
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+}
+
+/// The processing guarantee.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Guarantee {
+    /// Output is committed in Kafka transactions with the source offsets.
+    #[default]
+    ExactlyOnce,
+    /// Output may be repeated after a failure.
+    AtLeastOnce,
+}
+
+/// Periodic checkpoints.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "duration(self.interval) > duration('0s')",
+    "message": "interval must be greater than 0",
+    "fieldPath": ".interval"
+}]))]
+pub struct CheckpointSpec {
+    /// Time between checkpoints. With exactlyOnce it is also the output
+    /// latency, since output becomes visible when its checkpoint commits.
+    /// Default 10s.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: Duration,
+
+    /// Object storage URL under which the job keeps checkpoints and
+    /// savepoints: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, or `file:///path` for a local directory.
+    #[schemars(length(min = 1, max = 2048))]
+    pub storage: String,
+
+    /// Secret whose keys become the workers' object storage environment
+    /// (for example AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT,
+    /// GOOGLE_SERVICE_ACCOUNT_KEY, AZURE_STORAGE_ACCOUNT_KEY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretRef>,
+
+    /// How many completed checkpoints are kept. Default 3.
+    #[serde(default = "default_retained_checkpoints")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retain: u32,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retained_checkpoints() -> u32 {
+    3
+}
+
+/// A Secret in the job's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Automatic parallelism.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutoscalerSpec {
+    /// Whether the autoscaler manages spec.parallelism. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Lowest parallelism. Default 1.
+    #[serde(default = "default_min_parallelism")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub min_parallelism: i32,
+
+    /// Highest parallelism. Defaults to the partition count of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_parallelism: Option<i32>,
+
+    /// Share of a worker's capacity the autoscaler aims to use, in (0, 1].
+    /// Default 0.7: headroom for bursts.
+    #[serde(default = "default_target_utilization")]
+    #[schemars(range(min = 0.05, max = 1.0))]
+    pub target_utilization: f64,
+
+    /// How quickly accumulated lag should be worked off after a scale-up.
+    /// Default 5m.
+    #[serde(default = "default_catch_up_duration")]
+    pub catch_up_duration: Duration,
+
+    /// Minimum time between a rescale and the next scale-up. Default 3m.
+    #[serde(default = "default_scale_up_cooldown")]
+    pub scale_up_cooldown: Duration,
+
+    /// A scale-down happens only when every recommendation over this window
+    /// was lower than the current parallelism. Default 10m.
+    #[serde(default = "default_scale_down_stabilization")]
+    pub scale_down_stabilization_window: Duration,
+
+    /// Time span over which rates are averaged. Default 2m.
+    #[serde(default = "default_metrics_window")]
+    pub metrics_window: Duration,
+
+    /// Lag per worker that the fallback rule (used before workers report a
+    /// busy ratio) tolerates, as KEDA's lagThreshold. Default 10000.
+    #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
+    pub lag_threshold: i64,
+}
+
+impl Default for AutoscalerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_parallelism: default_min_parallelism(),
+            max_parallelism: None,
+            target_utilization: default_target_utilization(),
+            catch_up_duration: default_catch_up_duration(),
+            scale_up_cooldown: default_scale_up_cooldown(),
+            scale_down_stabilization_window: default_scale_down_stabilization(),
+            metrics_window: default_metrics_window(),
+            lag_threshold: default_lag_threshold(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_min_parallelism() -> i32 {
+    1
+}
+
+fn default_target_utilization() -> f64 {
+    0.7
+}
+
+fn default_catch_up_duration() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_scale_up_cooldown() -> Duration {
+    Duration::from_secs(180)
+}
+
+fn default_scale_down_stabilization() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_metrics_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_lag_threshold() -> i64 {
+    10_000
+}
+
+/// How a running job is stopped for a change.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UpgradeMode {
+    /// Stop with a savepoint and restore from it.
+    #[default]
+    Savepoint,
+    /// Restore from the latest completed checkpoint.
+    LastState,
+    /// Start with empty state from the committed offsets.
+    Stateless,
+}
+
+/// Savepoint settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavepointSpec {
+    /// How long a savepoint may take before it is abandoned and the job
+    /// resumes unchanged. Default 5m.
+    #[serde(default = "default_savepoint_timeout")]
+    pub timeout: Duration,
+
+    /// Takes a savepoint this often, besides those before rescales and
+    /// upgrades. Unset: no periodic savepoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic_interval: Option<Duration>,
+
+    /// How many savepoints are kept in storage and in status. Default 10.
+    #[serde(default = "default_savepoint_history")]
+    #[schemars(range(min = 1, max = 100))]
+    pub history_limit: u32,
+
+    /// Deletes this job's checkpoints and savepoints from storage when the
+    /// StreamingJob is deleted. Default false: they outlive the job.
+    #[serde(default)]
+    pub dispose_on_delete: bool,
+}
+
+impl Default for SavepointSpec {
+    fn default() -> Self {
+        Self {
+            timeout: default_savepoint_timeout(),
+            periodic_interval: None,
+            history_limit: default_savepoint_history(),
+            dispose_on_delete: false,
+        }
+    }
+}
+
+fn default_savepoint_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_savepoint_history() -> u32 {
+    10
+}

@@ -1,0 +1,3 @@
+//! `weir-worker`: the process each worker pod runs.
+
+fn main() {}
