@@ -21,7 +21,9 @@ pub struct Duration(std::time::Duration);
 
 /// Why a string is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (expected a number and a unit such as 500ms, 30s, 5m or 1h30m)")]
+#[error(
+    "invalid duration {input:?}: {reason} (expected a number and a unit such as 500ms, 30s, 5m or 1h30m)"
+)]
 pub struct DurationError {
     input: String,
     reason: &'static str,

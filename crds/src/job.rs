@@ -41,7 +41,11 @@ pub const MAX_PARALLELISM: i32 = 1024;
         status_replicas_path = ".status.parallelism",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".status.parallelism"),
+    printcolumn(
+        name = "Parallelism",
+        type_ = "integer",
+        json_path = ".status.parallelism"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag.total"),
     printcolumn(
@@ -49,7 +53,11 @@ pub const MAX_PARALLELISM: i32 = 1024;
         type_ = "date",
         json_path = ".status.lastSavepoint.time"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "A stateful stream-processing job: Kafka in, keyed state in RocksDB with checkpoints in object storage, Kafka out."
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -148,7 +156,10 @@ pub struct StreamingJobSpec {
     /// Id of a savepoint (under this job's checkpoint storage) to start from
     /// when the job first starts. Ignored once the job has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub restore_from: Option<String>,
 
     /// Stops the job (with a savepoint when upgradeMode is savepoint) and
@@ -432,7 +443,10 @@ pub struct Step {
     /// Name of the step, used in metrics and in internal topic names.
     /// Defaults to the operation and its position (`filter-0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
 
     /// Keeps the records for which this CEL expression over `record` is
@@ -592,7 +606,7 @@ pub struct AggregateStep {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self.function == 'count' || has(self.expr)",
+    "rule": "self.__function__ == 'count' || has(self.expr)",
     "message": "every aggregate function but count needs an expr",
     "fieldPath": ".expr"
 }]))]

@@ -4,9 +4,13 @@
 
 pub mod crd;
 pub mod duration;
+pub mod expr;
 pub mod job;
+pub mod quantity;
 pub mod status;
+pub mod validate;
 
 pub use duration::Duration;
 pub use job::{StreamingJob, StreamingJobSpec};
 pub use status::StreamingJobStatus;
+pub use validate::{Problem, validate};

@@ -1,0 +1,441 @@
+//! Evaluates a compiled [`Node`] tree directly over a JSON record.
+
+use std::borrow::Cow;
+
+use serde_json::Value as Json;
+
+use super::EvalError;
+use super::compile::{Loop, LoopKind, Node, StrMap, StrTest};
+use super::value::{Items, Kind, List, Map, Val, arith, compare, equal};
+
+/// What one evaluation reads: the record and the macro variables in scope.
+#[derive(Clone, Copy)]
+pub(crate) struct Scope<'a, 's> {
+    record: &'a Json,
+    /// The innermost macro variable: variables live in frames on the stack,
+    /// so that macros do not allocate.
+    frame: Option<&'s Frame<'a, 's>>,
+}
+
+/// The value of a macro variable, and the variables around it.
+struct Frame<'a, 's> {
+    slot: usize,
+    value: Val<'a>,
+    parent: Option<&'s Frame<'a, 's>>,
+}
+
+impl<'a> Scope<'a, '_> {
+    /// A scope over `record` with no variables.
+    pub(crate) fn new(record: &'a Json) -> Self {
+        Scope {
+            record,
+            frame: None,
+        }
+    }
+
+    /// The value of the variable at `slot`.
+    fn var(&self, slot: usize) -> Option<&Val<'a>> {
+        let mut frame = self.frame;
+        while let Some(f) = frame {
+            if f.slot == slot {
+                return Some(&f.value);
+            }
+            frame = f.parent;
+        }
+        None
+    }
+}
+
+/// The error for a value of the wrong type.
+fn expected(what: &str, got: &Val<'_>) -> EvalError {
+    EvalError::new(format!("{what} must be a bool, not {}", got.kind().name()))
+}
+
+/// The error for selecting a field that is not there.
+fn no_such_field(name: &str) -> EvalError {
+    EvalError::new(format!("no such field '{name}'"))
+}
+
+/// `value.name`.
+fn select<'a>(value: Val<'a>, name: &str) -> Result<Val<'a>, EvalError> {
+    match value {
+        Val::Map(map) => map
+            .get(&Val::Str(Cow::Borrowed(name)))
+            .ok_or_else(|| no_such_field(name)),
+        other => Err(EvalError::new(format!(
+            "cannot select field '{name}' from {}",
+            other.kind().name()
+        ))),
+    }
+}
+
+/// `has(value.name)`.
+fn has(value: &Val<'_>, name: &str) -> Result<bool, EvalError> {
+    match value {
+        Val::Map(map) => Ok(map.contains_key(&Val::Str(Cow::Borrowed(name)))),
+        other => Err(EvalError::new(format!(
+            "cannot test field '{name}' of {}",
+            other.kind().name()
+        ))),
+    }
+}
+
+/// `value[index]`.
+fn index<'a>(value: Val<'a>, index: &Val<'_>) -> Result<Val<'a>, EvalError> {
+    match value {
+        Val::List(list) => {
+            let position = match index {
+                Val::Int(i) => usize::try_from(*i).ok(),
+                Val::Uint(u) => usize::try_from(*u).ok(),
+                other => {
+                    return Err(EvalError::new(format!(
+                        "cannot index list with {}",
+                        other.kind().name()
+                    )));
+                }
+            };
+            position
+                .and_then(|p| list.get(p))
+                .ok_or_else(|| EvalError::new(format!("index {} out of range", display(index))))
+        }
+        Val::Map(map) => map
+            .get(index)
+            .ok_or_else(|| EvalError::new(format!("no such key {}", display(index)))),
+        other => Err(EvalError::new(format!(
+            "cannot index {}",
+            other.kind().name()
+        ))),
+    }
+}
+
+/// A scalar for messages: strings quoted.
+fn display(value: &Val<'_>) -> String {
+    match value {
+        Val::Str(s) => format!("'{s}'"),
+        Val::Int(i) => i.to_string(),
+        Val::Uint(u) => format!("{u}u"),
+        Val::Double(d) => d.to_string(),
+        Val::Bool(b) => b.to_string(),
+        other => other.kind().name().to_owned(),
+    }
+}
+
+/// The string operand of a string function.
+fn string<'v, 'a>(value: &'v Val<'a>, function: &str) -> Result<&'v str, EvalError> {
+    match value {
+        Val::Str(s) => Ok(s),
+        other => Err(EvalError::new(format!(
+            "'{function}' takes strings, not {}",
+            other.kind().name()
+        ))),
+    }
+}
+
+/// The name of a string test, for messages.
+fn test_name(test: StrTest) -> &'static str {
+    match test {
+        StrTest::Contains => "contains",
+        StrTest::StartsWith => "startsWith",
+        StrTest::EndsWith => "endsWith",
+        StrTest::Matches => "matches",
+    }
+}
+
+/// Applies a string transformation, borrowing when the result is a slice.
+fn str_map<'a>(map: StrMap, value: Val<'a>) -> Result<Val<'a>, EvalError> {
+    let name = match map {
+        StrMap::LowerAscii => "lowerAscii",
+        StrMap::UpperAscii => "upperAscii",
+        StrMap::Trim => "trim",
+    };
+    let Val::Str(s) = value else {
+        return Err(EvalError::new(format!(
+            "'{name}' is defined for strings, not {}",
+            value.kind().name()
+        )));
+    };
+    Ok(Val::Str(match map {
+        StrMap::LowerAscii if s.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Owned(s.to_ascii_lowercase())
+        }
+        StrMap::UpperAscii if s.bytes().any(|b| b.is_ascii_lowercase()) => {
+            Cow::Owned(s.to_ascii_uppercase())
+        }
+        StrMap::LowerAscii | StrMap::UpperAscii => s,
+        StrMap::Trim => match s {
+            Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+            Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+        },
+    }))
+}
+
+/// `int()`, `uint()`, `double()`, `string()` and `bool()`.
+fn convert<'a>(to: Kind, value: Val<'a>) -> Result<Val<'a>, EvalError> {
+    let fail = |value: &Val<'_>| {
+        EvalError::new(format!(
+            "cannot convert {} to {}",
+            match value {
+                Val::Str(_) | Val::Double(_) | Val::Int(_) | Val::Uint(_) => display(value),
+                other => other.kind().name().to_owned(),
+            },
+            to.name()
+        ))
+    };
+    // The doubles strictly inside these bounds truncate to an i64 or a u64.
+    const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
+    const U64_BOUND: f64 = 18_446_744_073_709_551_616.0;
+    Ok(match (to, &value) {
+        (Kind::Int, Val::Int(_))
+        | (Kind::Uint, Val::Uint(_))
+        | (Kind::Double, Val::Double(_))
+        | (Kind::String, Val::Str(_))
+        | (Kind::Bool, Val::Bool(_)) => value,
+        (Kind::Int, Val::Uint(u)) => Val::Int(i64::try_from(*u).map_err(|_| fail(&value))?),
+        (Kind::Int, Val::Double(d)) if *d > -I64_BOUND - 1024.0 && *d < I64_BOUND => {
+            Val::Int(*d as i64)
+        }
+        (Kind::Int, Val::Str(s)) => Val::Int(s.parse().map_err(|_| fail(&value))?),
+        (Kind::Uint, Val::Int(i)) => Val::Uint(u64::try_from(*i).map_err(|_| fail(&value))?),
+        (Kind::Uint, Val::Double(d)) if *d > -1.0 && *d < U64_BOUND => Val::Uint(*d as u64),
+        (Kind::Uint, Val::Str(s)) => Val::Uint(s.parse().map_err(|_| fail(&value))?),
+        (Kind::Double, Val::Int(i)) => Val::Double(*i as f64),
+        (Kind::Double, Val::Uint(u)) => Val::Double(*u as f64),
+        (Kind::Double, Val::Str(s)) => Val::Double(s.parse().map_err(|_| fail(&value))?),
+        (Kind::String, Val::Int(i)) => Val::Str(Cow::Owned(i.to_string())),
+        (Kind::String, Val::Uint(u)) => Val::Str(Cow::Owned(u.to_string())),
+        (Kind::String, Val::Double(d)) => Val::Str(Cow::Owned(d.to_string())),
+        (Kind::String, Val::Bool(b)) => Val::Str(Cow::Borrowed(if *b { "true" } else { "false" })),
+        (Kind::Bool, Val::Str(s)) => match s.as_ref() {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Val::Bool(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Val::Bool(false),
+            _ => return Err(fail(&value)),
+        },
+        _ => return Err(fail(&value)),
+    })
+}
+
+/// The elements of a list or the keys of a map, for a macro.
+fn items(range: Val<'_>) -> Result<Items<'_>, EvalError> {
+    match range {
+        Val::List(list) => Ok(list.into_items()),
+        Val::Map(map) => Ok(map.into_keys()),
+        other => Err(EvalError::new(format!(
+            "a macro iterates over a list or a map, not {}",
+            other.kind().name()
+        ))),
+    }
+}
+
+impl Node {
+    /// Evaluates the node.
+    pub(crate) fn eval<'a>(&'a self, cx: Scope<'a, '_>) -> Result<Val<'a>, EvalError> {
+        match self {
+            Node::Const(value) => Ok(value.borrowed()),
+            Node::Record => Ok(Val::from_json(cx.record)),
+            Node::RecordField(name) => match cx.record {
+                Json::Object(map) => map
+                    .get(&**name)
+                    .map(Val::from_json)
+                    .ok_or_else(|| no_such_field(name)),
+                other => select(Val::from_json(other), name),
+            },
+            Node::Var(slot) => cx
+                .var(*slot)
+                .cloned()
+                .ok_or_else(|| EvalError::new_static("internal error: unbound variable")),
+            Node::Select(operand, name) => select(operand.eval(cx)?, name),
+            Node::Has(operand, name) => Ok(Val::Bool(has(&operand.eval(cx)?, name)?)),
+            Node::Index(operand, i) => {
+                let operand = operand.eval(cx)?;
+                index(operand, &i.eval(cx)?)
+            }
+            Node::List(elements) => {
+                let mut values = Vec::with_capacity(elements.len());
+                for element in elements {
+                    values.push(element.eval(cx)?);
+                }
+                Ok(Val::List(List::Owned(values)))
+            }
+            Node::Map(entries) => {
+                let mut values: Vec<(Val<'a>, Val<'a>)> = Vec::with_capacity(entries.len());
+                for (key, value) in entries {
+                    let key = key.eval(cx)?;
+                    if !matches!(key, Val::Str(_) | Val::Int(_) | Val::Uint(_) | Val::Bool(_)) {
+                        return Err(EvalError::new(format!(
+                            "a map key cannot be {}",
+                            key.kind().name()
+                        )));
+                    }
+                    if values.iter().any(|(k, _)| equal(k, &key)) {
+                        return Err(EvalError::new(format!(
+                            "duplicate map key {}",
+                            display(&key)
+                        )));
+                    }
+                    let value = value.eval(cx)?;
+                    values.push((key, value));
+                }
+                Ok(Val::Map(Map::Owned(values)))
+            }
+            Node::And(lhs, rhs) => logic(cx, lhs, rhs, false).map(Val::Bool),
+            Node::Or(lhs, rhs) => logic(cx, lhs, rhs, true).map(Val::Bool),
+            Node::Not(operand) => match operand.eval(cx)? {
+                Val::Bool(b) => Ok(Val::Bool(!b)),
+                other => Err(expected("the operand of '!'", &other)),
+            },
+            Node::Cond(condition, then, otherwise) => match condition.eval(cx)? {
+                Val::Bool(true) => then.eval(cx),
+                Val::Bool(false) => otherwise.eval(cx),
+                other => Err(expected("the condition of '?:'", &other)),
+            },
+            Node::Neg(operand) => match operand.eval(cx)? {
+                Val::Int(i) => i
+                    .checked_neg()
+                    .map(Val::Int)
+                    .ok_or_else(|| EvalError::new_static("integer overflow")),
+                Val::Double(d) => Ok(Val::Double(-d)),
+                other => Err(EvalError::new(format!(
+                    "cannot negate {}",
+                    other.kind().name()
+                ))),
+            },
+            Node::Arith(op, lhs, rhs) => {
+                let lhs = lhs.eval(cx)?;
+                arith(*op, lhs, rhs.eval(cx)?)
+            }
+            Node::Eq(lhs, rhs) => {
+                let lhs = lhs.eval(cx)?;
+                Ok(Val::Bool(equal(&lhs, &rhs.eval(cx)?)))
+            }
+            Node::Ne(lhs, rhs) => {
+                let lhs = lhs.eval(cx)?;
+                Ok(Val::Bool(!equal(&lhs, &rhs.eval(cx)?)))
+            }
+            Node::Order(op, lhs, rhs) => {
+                let lhs = lhs.eval(cx)?;
+                compare(*op, &lhs, &rhs.eval(cx)?).map(Val::Bool)
+            }
+            Node::In(needle, haystack) => {
+                let needle = needle.eval(cx)?;
+                match haystack.eval(cx)? {
+                    Val::List(list) => Ok(Val::Bool(list.contains(&needle))),
+                    Val::Map(map) => Ok(Val::Bool(map.contains_key(&needle))),
+                    other => Err(EvalError::new(format!(
+                        "'in' needs a list or a map on its right, not {}",
+                        other.kind().name()
+                    ))),
+                }
+            }
+            Node::Size(operand) => operand.eval(cx)?.size().map(Val::Int),
+            Node::StrTest(test, subject, argument) => {
+                let subject = subject.eval(cx)?;
+                let argument = argument.eval(cx)?;
+                let name = test_name(*test);
+                let (s, a) = (string(&subject, name)?, string(&argument, name)?);
+                Ok(Val::Bool(match test {
+                    StrTest::Contains => s.contains(a),
+                    StrTest::StartsWith => s.starts_with(a),
+                    StrTest::EndsWith => s.ends_with(a),
+                    StrTest::Matches => regex::Regex::new(a)
+                        .map_err(|_| EvalError::new(format!("invalid regular expression '{a}'")))?
+                        .is_match(s),
+                }))
+            }
+            Node::Matches(subject, regex) => {
+                let subject = subject.eval(cx)?;
+                Ok(Val::Bool(regex.is_match(string(&subject, "matches")?)))
+            }
+            Node::StrMap(map, operand) => str_map(*map, operand.eval(cx)?),
+            Node::Convert(to, operand) => convert(*to, operand.eval(cx)?),
+            Node::Loop(l) => {
+                let items = items(l.range.eval(cx)?)?;
+                run_loop(cx, l, items)
+            }
+        }
+    }
+}
+
+/// `lhs && rhs` (`or` false) or `lhs || rhs` (`or` true), with CEL's
+/// commutative error absorption: `false && error` and `error && false` are
+/// both false, and the error of the left operand wins otherwise.
+fn logic<'a>(
+    cx: &mut Scope<'a>,
+    lhs: &'a Node,
+    rhs: &'a Node,
+    or: bool,
+) -> Result<bool, EvalError> {
+    let what = if or {
+        "an operand of '||'"
+    } else {
+        "an operand of '&&'"
+    };
+    let left = match lhs.eval(cx) {
+        Ok(Val::Bool(b)) if b == or => return Ok(or),
+        Ok(Val::Bool(_)) => None,
+        Ok(other) => Some(expected(what, &other)),
+        Err(error) => Some(error),
+    };
+    match (rhs.eval(cx), left) {
+        (Ok(Val::Bool(b)), _) if b == or => Ok(or),
+        (_, Some(error)) => Err(error),
+        (Ok(Val::Bool(b)), None) => Ok(b),
+        (Ok(other), None) => Err(expected(what, &other)),
+        (Err(error), None) => Err(error),
+    }
+}
+
+/// Runs a macro over `items`, binding each to the variable at `l.slot`.
+fn run_loop<'a>(cx: Scope<'a, '_>, l: &'a Loop, items: Items<'a>) -> Result<Val<'a>, EvalError> {
+    let mut error = None;
+    let mut count = 0_usize;
+    let mut mapped = Vec::new();
+    for item in items {
+        let frame = Frame {
+            slot: l.slot,
+            value: item,
+            parent: cx.frame,
+        };
+        let cx = Scope {
+            record: cx.record,
+            frame: Some(&frame),
+        };
+        match l.kind {
+            LoopKind::Exists | LoopKind::All => {
+                let stop = l.kind == LoopKind::Exists;
+                match l.body.eval(cx) {
+                    Ok(Val::Bool(b)) if b == stop => return Ok(Val::Bool(stop)),
+                    Ok(Val::Bool(_)) => {}
+                    Ok(other) => {
+                        error.get_or_insert_with(|| expected("a predicate", &other));
+                    }
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            LoopKind::ExistsOne => match l.body.eval(cx)? {
+                Val::Bool(true) => count += 1,
+                Val::Bool(false) => {}
+                other => return Err(expected("a predicate", &other)),
+            },
+            LoopKind::Map => {
+                if let Some(filter) = &l.filter {
+                    match filter.eval(cx)? {
+                        Val::Bool(true) => {}
+                        Val::Bool(false) => continue,
+                        other => return Err(expected("a filter", &other)),
+                    }
+                }
+                mapped.push(l.body.eval(cx)?);
+            }
+        }
+    }
+    match l.kind {
+        LoopKind::Exists | LoopKind::All => match error {
+            Some(error) => Err(error),
+            None => Ok(Val::Bool(l.kind == LoopKind::All)),
+        },
+        LoopKind::ExistsOne => Ok(Val::Bool(count == 1)),
+        LoopKind::Map => Ok(Val::List(List::Owned(mapped))),
+    }
+}

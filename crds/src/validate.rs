@@ -1,0 +1,858 @@
+//! The full validation of a StreamingJob: what the CRD's schema and CEL rules
+//! cannot check (expressions, pipeline order, topic names, URLs, reserved
+//! names), plus everything they do check, so that `weir validate` catches
+//! every problem before `kubectl apply` does.
+//!
+//! This is the one validation the CLI, the operator and the worker run. It is
+//! pure: it reads the spec and returns problems, each naming the field path
+//! and the reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use kube::api::ObjectMeta;
+use serde::de::DeserializeOwned;
+
+use crate::duration::Duration;
+use crate::expr;
+use crate::job::{
+    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, KafkaSpec, MAX_PARALLELISM,
+    MAX_PIPELINE_STEPS, SourceSpec, StateSpec, Step, StreamingJob, StreamingJobSpec,
+    TimestampFormat, WindowKind, WindowStep,
+};
+use crate::quantity;
+
+/// The apiVersion of a StreamingJob document.
+pub const API_VERSION: &str = "weir.dev/v1alpha1";
+
+/// The kind of a StreamingJob document.
+pub const KIND: &str = "StreamingJob";
+
+/// The longest job name: pods are named `<job>-<ordinal>` and the StatefulSet
+/// controller adds a 10-character revision hash to a 63-character label.
+pub const MAX_NAME_LENGTH: usize = 52;
+
+/// librdkafka properties that Weir sets itself and a job may not override.
+pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "group.instance.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "transactional.id",
+    "isolation.level",
+    "enable.idempotence",
+    "enable.partition.eof",
+    "sasl.username",
+    "sasl.password",
+];
+
+/// Names of fields every aggregate output carries, which aggregate fields
+/// may not reuse.
+pub const AGGREGATE_RESERVED_FIELDS: &[&str] = &["key", "window_start", "window_end"];
+
+/// One thing wrong with a StreamingJob: the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the offending field, such as `spec.pipeline[2].window.size`.
+    pub path: String,
+    /// Why the value is wrong, such as `must be greater than 0`.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// One YAML document of a file, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// Position of the document in its file, from 1 (empty documents count).
+    pub index: usize,
+    /// The job, when the document could be read as one (even if invalid).
+    pub job: Option<StreamingJob>,
+    /// Everything wrong with the document; empty when it is valid.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads every StreamingJob in a YAML text (documents separated by `---`),
+/// applies the defaults and validates each. Empty documents are skipped.
+pub fn parse_documents(text: &str) -> Vec<Document> {
+    let mut documents = Vec::new();
+    for (position, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = position + 1;
+        let value: serde_yaml::Value = match serde::Deserialize::deserialize(document) {
+            Ok(value) => value,
+            Err(error) => {
+                documents.push(Document {
+                    index,
+                    job: None,
+                    problems: vec![Problem::new("<document>", format!("not YAML: {error}"))],
+                });
+                // The YAML stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        documents.push(parse_document(index, value));
+    }
+    documents
+}
+
+fn parse_document(index: usize, value: serde_yaml::Value) -> Document {
+    let mut problems = Vec::new();
+    let serde_yaml::Value::Mapping(mut fields) = value else {
+        return Document {
+            index,
+            job: None,
+            problems: vec![Problem::new("<document>", "must be a mapping")],
+        };
+    };
+    let mut take = |name: &str| fields.remove(name);
+    let api_version = take("apiVersion");
+    let kind = take("kind");
+    let metadata = take("metadata");
+    let spec = take("spec");
+    // A status in a manifest is ignored by the API server; accept it.
+    take("status");
+    match api_version.as_ref().and_then(|v| v.as_str()) {
+        Some(API_VERSION) => {}
+        Some(other) => problems.push(Problem::new(
+            "apiVersion",
+            format!("must be {API_VERSION}, not {other}"),
+        )),
+        None => problems.push(Problem::new(
+            "apiVersion",
+            format!("required ({API_VERSION})"),
+        )),
+    }
+    match kind.as_ref().and_then(|v| v.as_str()) {
+        Some(KIND) => {}
+        Some(other) => problems.push(Problem::new("kind", format!("must be {KIND}, not {other}"))),
+        None => problems.push(Problem::new("kind", format!("required ({KIND})"))),
+    }
+    for (key, _) in fields {
+        let key = key.as_str().unwrap_or("<non-string key>").to_owned();
+        problems.push(Problem::new(key, "unknown field"));
+    }
+    let metadata: Option<ObjectMeta> = match metadata {
+        Some(value) => deserialize_at("metadata", value, &mut problems),
+        None => {
+            problems.push(Problem::new("metadata", "required"));
+            None
+        }
+    };
+    let spec: Option<StreamingJobSpec> = match spec {
+        Some(value) => deserialize_at("spec", value, &mut problems),
+        None => {
+            problems.push(Problem::new("spec", "required"));
+            None
+        }
+    };
+    let job = match (metadata, spec) {
+        (Some(metadata), Some(spec)) => {
+            let mut job = StreamingJob::new("", spec);
+            job.metadata = metadata;
+            problems.extend(validate_job(&job));
+            Some(job)
+        }
+        _ => None,
+    };
+    Document {
+        index,
+        job,
+        problems,
+    }
+}
+
+fn deserialize_at<T: DeserializeOwned>(
+    root: &str,
+    value: serde_yaml::Value,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize(value) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let path = if inner == "." {
+                root.to_owned()
+            } else {
+                format!("{root}.{inner}")
+            };
+            problems.push(Problem::new(path, error.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Validates a whole StreamingJob: its name and its spec.
+pub fn validate_job(job: &StreamingJob) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    match job.metadata.name.as_deref() {
+        None | Some("") => problems.push(Problem::new("metadata.name", "required")),
+        Some(name) => {
+            if name.len() > MAX_NAME_LENGTH {
+                problems.push(Problem::new(
+                    "metadata.name",
+                    format!("must be at most {MAX_NAME_LENGTH} characters (pods are named <job>-<ordinal>)"),
+                ));
+            }
+            if !is_dns_label(name) {
+                problems.push(Problem::new(
+                    "metadata.name",
+                    "must consist of lower-case letters, digits and '-', start with a letter and end with a letter or digit",
+                ));
+            }
+        }
+    }
+    problems.extend(validate(&job.spec));
+    problems
+}
+
+/// Validates a StreamingJob spec. Returns every problem found, each with the
+/// path of the field (`spec.…`) and the reason; an empty list means valid.
+pub fn validate(spec: &StreamingJobSpec) -> Vec<Problem> {
+    let mut checks = Checks::default();
+    if let Some(image) = &spec.image
+        && image.trim().is_empty()
+    {
+        checks.add("spec.image", "must not be empty");
+    }
+    if let Some(overrides) = &spec.pod_template {
+        for (i, var) in overrides.env.iter().enumerate() {
+            if var.name.starts_with("WEIR_") {
+                checks.add(
+                    format!("spec.podTemplate.env[{i}].name"),
+                    format!(
+                        "{} is reserved: WEIR_* variables are set by the operator",
+                        var.name
+                    ),
+                );
+            }
+        }
+    }
+    checks.state(&spec.state);
+    checks.kafka(&spec.kafka);
+    checks.source(&spec.source);
+    let has_window = checks.pipeline(spec);
+    checks.topics(spec, has_window);
+    checks.checkpoint(&spec.checkpoint);
+    if !(1..=MAX_PARALLELISM).contains(&spec.parallelism) {
+        checks.add(
+            "spec.parallelism",
+            format!("must be between 1 and {MAX_PARALLELISM}"),
+        );
+    }
+    if let Some(autoscaler) = &spec.autoscaler {
+        checks.autoscaler(autoscaler);
+    }
+    checks.positive("spec.savepoint.timeout", spec.savepoint.timeout);
+    if let Some(interval) = spec.savepoint.periodic_interval {
+        checks.positive("spec.savepoint.periodicInterval", interval);
+    }
+    if !(1..=100).contains(&spec.savepoint.history_limit) {
+        checks.add("spec.savepoint.historyLimit", "must be between 1 and 100");
+    }
+    if let Some(id) = &spec.restore_from
+        && !is_savepoint_id(id)
+    {
+        checks.add(
+            "spec.restoreFrom",
+            "must be a savepoint id: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters",
+        );
+    }
+    checks.problems
+}
+
+/// Whether `id` can name a savepoint (it becomes part of object paths).
+pub fn is_savepoint_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn is_dns_label(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The operation a pipeline step performs, for ordering checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Filter,
+    Map,
+    KeyBy,
+    Window,
+    Aggregate,
+    Dedupe,
+}
+
+impl Operation {
+    fn field(self) -> &'static str {
+        match self {
+            Operation::Filter => "filter",
+            Operation::Map => "map",
+            Operation::KeyBy => "keyBy",
+            Operation::Window => "window",
+            Operation::Aggregate => "aggregate",
+            Operation::Dedupe => "dedupe",
+        }
+    }
+}
+
+/// The operations a step sets, in field order.
+fn operations(step: &Step) -> Vec<Operation> {
+    [
+        (step.filter.is_some(), Operation::Filter),
+        (step.map.is_some(), Operation::Map),
+        (step.key_by.is_some(), Operation::KeyBy),
+        (step.window.is_some(), Operation::Window),
+        (step.aggregate.is_some(), Operation::Aggregate),
+        (step.dedupe.is_some(), Operation::Dedupe),
+    ]
+    .into_iter()
+    .filter_map(|(set, operation)| set.then_some(operation))
+    .collect()
+}
+
+#[derive(Default)]
+struct Checks {
+    problems: Vec<Problem>,
+}
+
+impl Checks {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn positive(&mut self, path: &str, duration: Duration) {
+        if duration.is_zero() {
+            self.add(path, "must be greater than 0");
+        }
+    }
+
+    fn expression(&mut self, path: String, source: &str) {
+        if let Err(error) = expr::compile(source) {
+            self.add(path, format!("invalid expression: {error}"));
+        }
+    }
+
+    fn quantity(
+        &mut self,
+        path: &str,
+        value: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    ) {
+        if let Some(value) = value {
+            match quantity::to_bytes(value) {
+                Ok(0) => self.add(path, "must be greater than 0"),
+                Ok(_) => {}
+                Err(error) => self.add(path, error.to_string()),
+            }
+        }
+    }
+
+    fn state(&mut self, state: &StateSpec) {
+        if let Some(volume) = &state.volume {
+            self.quantity("spec.state.volume.size", Some(&volume.size));
+        }
+        self.quantity("spec.state.blockCacheSize", state.block_cache_size.as_ref());
+        self.quantity(
+            "spec.state.writeBufferSize",
+            state.write_buffer_size.as_ref(),
+        );
+    }
+
+    fn kafka(&mut self, kafka: &KafkaSpec) {
+        let servers: Vec<&str> = kafka
+            .bootstrap_servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            self.add(
+                "spec.kafka.bootstrapServers",
+                "must list at least one host:port",
+            );
+        }
+        for server in servers {
+            let valid = server.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !valid {
+                self.add(
+                    "spec.kafka.bootstrapServers",
+                    format!("{server:?} is not host:port"),
+                );
+            }
+        }
+        for key in kafka.properties.keys() {
+            let path = format!("spec.kafka.properties[{key:?}]");
+            if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                self.add(path, "is managed by Weir and cannot be set");
+            } else if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
+            {
+                self.add(
+                    path,
+                    "is not a librdkafka property name (lower-case words separated by '.')",
+                );
+            }
+        }
+        if let Some(credentials) = &kafka.credentials_secret
+            && credentials.certificate_key.is_some() != credentials.private_key_key.is_some()
+        {
+            self.add(
+                "spec.kafka.credentialsSecret",
+                "certificateKey and privateKeyKey go together (mutual TLS needs both)",
+            );
+        }
+    }
+
+    fn source(&mut self, source: &SourceSpec) {
+        if source.topics.is_empty() {
+            self.add("spec.source.topics", "must list at least one topic");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, topic) in source.topics.iter().enumerate() {
+            if !is_topic_name(topic) {
+                self.add(
+                    format!("spec.source.topics[{i}]"),
+                    format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"),
+                );
+            }
+            if !seen.insert(topic) {
+                self.add(
+                    format!("spec.source.topics[{i}]"),
+                    format!("{topic:?} is listed twice"),
+                );
+            }
+        }
+        if let Some(event_time) = &source.event_time {
+            match &event_time.field {
+                Some(field) if field.trim().is_empty() => {
+                    self.add("spec.source.eventTime.field", "must not be empty")
+                }
+                None if event_time.format != TimestampFormat::Auto => self.add(
+                    "spec.source.eventTime.format",
+                    "applies to a field; without a field the Kafka timestamp is used",
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks every step and the order of steps; returns whether the
+    /// pipeline has a window.
+    fn pipeline(&mut self, spec: &StreamingJobSpec) -> bool {
+        let steps = &spec.pipeline;
+        if steps.len() > MAX_PIPELINE_STEPS {
+            self.add(
+                "spec.pipeline",
+                format!("must have at most {MAX_PIPELINE_STEPS} steps"),
+            );
+        }
+        let mut names = BTreeMap::new();
+        let mut keyed_at: Option<usize> = None;
+        let mut window_at: Option<usize> = None;
+        let mut aggregate_at: Option<usize> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let path = format!("spec.pipeline[{i}]");
+            if let Some(name) = &step.name {
+                if !is_dns_label(name) || name.len() > 63 {
+                    self.add(
+                        format!("{path}.name"),
+                        "must consist of lower-case letters, digits and '-', start with a letter and be at most 63 characters",
+                    );
+                }
+                if let Some(first) = names.insert(name.clone(), i) {
+                    self.add(
+                        format!("{path}.name"),
+                        format!("{name:?} is already the name of spec.pipeline[{first}]"),
+                    );
+                }
+            }
+            let operations = operations(step);
+            let operation = match operations.as_slice() {
+                [operation] => *operation,
+                [] => {
+                    self.add(
+                        path,
+                        "sets no operation: set exactly one of filter, map, keyBy, window, aggregate, dedupe",
+                    );
+                    continue;
+                }
+                several => {
+                    let names: Vec<&str> = several.iter().map(|o| o.field()).collect();
+                    self.add(
+                        path,
+                        format!(
+                            "sets {}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
+                            names.join(" and ")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let op_path = format!("{path}.{}", operation.field());
+            if let Some(aggregate) = aggregate_at
+                && matches!(
+                    operation,
+                    Operation::KeyBy | Operation::Window | Operation::Aggregate | Operation::Dedupe
+                )
+            {
+                self.add(
+                    &op_path,
+                    format!(
+                        "only filter and map may follow the aggregate at spec.pipeline[{aggregate}]"
+                    ),
+                );
+            }
+            if let Some(window) = window_at
+                && aggregate_at.is_none()
+                && operation != Operation::Aggregate
+            {
+                self.add(
+                    format!("spec.pipeline[{window}].window"),
+                    format!(
+                        "must be followed directly by an aggregate step, not by {}",
+                        operation.field()
+                    ),
+                );
+                window_at = None;
+            }
+            match operation {
+                Operation::Filter => {
+                    if let Some(filter) = &step.filter {
+                        self.expression(op_path, filter);
+                    }
+                }
+                Operation::Map => {
+                    if let Some(map) = &step.map {
+                        self.map_fields(&op_path, map);
+                    }
+                }
+                Operation::KeyBy => {
+                    if let Some(previous) = keyed_at {
+                        self.add(
+                            &op_path,
+                            format!("the records are already keyed by spec.pipeline[{previous}]"),
+                        );
+                    }
+                    if let Some(key_by) = &step.key_by {
+                        self.expression(format!("{op_path}.expr"), &key_by.expr);
+                    }
+                    keyed_at = Some(i);
+                }
+                Operation::Window => {
+                    if spec.source.event_time.is_none() {
+                        self.add(
+                            &op_path,
+                            "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)",
+                        );
+                    }
+                    if keyed_at.is_none() {
+                        self.add(
+                            &op_path,
+                            "needs a keyBy step before it (key by a constant such as '\"all\"' for one global window)",
+                        );
+                    }
+                    if let Some(window) = &step.window {
+                        self.window(&op_path, window);
+                    }
+                    window_at = Some(i);
+                }
+                Operation::Aggregate => {
+                    if window_at.is_none() && keyed_at.is_none() {
+                        self.add(&op_path, "needs a window or a keyBy step before it");
+                    }
+                    if let Some(aggregate) = &step.aggregate {
+                        self.aggregate(&op_path, aggregate);
+                    }
+                    aggregate_at = Some(i);
+                }
+                Operation::Dedupe => {
+                    if let Some(dedupe) = &step.dedupe {
+                        self.expression(format!("{op_path}.key"), &dedupe.key);
+                        self.positive(&format!("{op_path}.ttl"), dedupe.ttl);
+                    }
+                }
+            }
+        }
+        if let Some(window) = window_at
+            && aggregate_at.is_none()
+        {
+            self.add(
+                format!("spec.pipeline[{window}].window"),
+                "must be followed directly by an aggregate step",
+            );
+        }
+        steps.iter().any(|step| step.window.is_some())
+    }
+
+    fn map_fields(&mut self, path: &str, map: &crate::job::MapStep) {
+        if map.fields.is_empty() {
+            self.add(format!("{path}.fields"), "must list at least one field");
+        }
+        let mut seen = BTreeSet::new();
+        for (j, field) in map.fields.iter().enumerate() {
+            if field.name.is_empty() {
+                self.add(format!("{path}.fields[{j}].name"), "must not be empty");
+            } else if !seen.insert(field.name.as_str()) {
+                self.add(
+                    format!("{path}.fields[{j}].name"),
+                    format!("{:?} is computed twice", field.name),
+                );
+            }
+            self.expression(format!("{path}.fields[{j}].expr"), &field.expr);
+        }
+    }
+
+    fn window(&mut self, path: &str, window: &WindowStep) {
+        let sized = matches!(window.kind, WindowKind::Tumbling | WindowKind::Sliding);
+        match (sized, window.size) {
+            (true, None) => self.add(
+                format!("{path}.size"),
+                "required for tumbling and sliding windows",
+            ),
+            (true, Some(size)) => self.positive(&format!("{path}.size"), size),
+            (false, Some(_)) => self.add(
+                format!("{path}.size"),
+                "applies to tumbling and sliding windows only",
+            ),
+            (false, None) => {}
+        }
+        match (window.kind, window.slide) {
+            (WindowKind::Sliding, None) => {
+                self.add(format!("{path}.slide"), "required for sliding windows")
+            }
+            (WindowKind::Sliding, Some(slide)) => {
+                self.positive(&format!("{path}.slide"), slide);
+                if let Some(size) = window.size
+                    && slide > size
+                {
+                    self.add(
+                        format!("{path}.slide"),
+                        format!("must be at most the window size ({size})"),
+                    );
+                }
+            }
+            (_, Some(_)) => self.add(format!("{path}.slide"), "applies to sliding windows only"),
+            (_, None) => {}
+        }
+        match (window.kind, window.gap) {
+            (WindowKind::Session, None) => {
+                self.add(format!("{path}.gap"), "required for session windows")
+            }
+            (WindowKind::Session, Some(gap)) => self.positive(&format!("{path}.gap"), gap),
+            (_, Some(_)) => self.add(format!("{path}.gap"), "applies to session windows only"),
+            (_, None) => {}
+        }
+    }
+
+    fn aggregate(&mut self, path: &str, aggregate: &AggregateStep) {
+        if aggregate.fields.is_empty() {
+            self.add(format!("{path}.fields"), "must list at least one field");
+        }
+        let mut seen = BTreeSet::new();
+        for (j, field) in aggregate.fields.iter().enumerate() {
+            let field_path = format!("{path}.fields[{j}]");
+            if field.name.is_empty() {
+                self.add(format!("{field_path}.name"), "must not be empty");
+            } else if AGGREGATE_RESERVED_FIELDS.contains(&field.name.as_str()) {
+                self.add(
+                    format!("{field_path}.name"),
+                    format!("{:?} is reserved: every aggregate output has key, window_start and window_end", field.name),
+                );
+            } else if !seen.insert(field.name.as_str()) {
+                self.add(
+                    format!("{field_path}.name"),
+                    format!("{:?} is computed twice", field.name),
+                );
+            }
+            match (field.function, &field.expr) {
+                (AggregateFunction::Count, Some(_)) => self.add(
+                    format!("{field_path}.expr"),
+                    "count counts records and takes no expr",
+                ),
+                (AggregateFunction::Count, None) => {}
+                (_, None) => self.add(
+                    format!("{field_path}.expr"),
+                    "required: the value to aggregate",
+                ),
+                (_, Some(source)) => self.expression(format!("{field_path}.expr"), source),
+            }
+        }
+    }
+
+    fn topics(&mut self, spec: &StreamingJobSpec, has_window: bool) {
+        let sources: BTreeSet<&str> = spec.source.topics.iter().map(String::as_str).collect();
+        let mut outputs = vec![("spec.sink.topic", spec.sink.topic.as_str())];
+        if let Some(dead_letter) = &spec.dead_letter {
+            outputs.push(("spec.deadLetter.topic", dead_letter.topic.as_str()));
+        }
+        if let Some(late) = &spec.late_data {
+            outputs.push(("spec.lateData.topic", late.topic.as_str()));
+            if !has_window {
+                self.add(
+                    "spec.lateData",
+                    "the pipeline has no window, so no event can be late",
+                );
+            }
+        }
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (path, topic) in outputs {
+            if !is_topic_name(topic) {
+                self.add(
+                    path,
+                    format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"),
+                );
+            }
+            if sources.contains(topic) {
+                self.add(path, format!("{topic:?} is also a source topic"));
+            }
+            if let Some(other) = seen.insert(topic, path) {
+                self.add(path, format!("{topic:?} is already used by {other}"));
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, checkpoint: &CheckpointSpec) {
+        self.positive("spec.checkpoint.interval", checkpoint.interval);
+        if !(1..=100).contains(&checkpoint.retain) {
+            self.add("spec.checkpoint.retain", "must be between 1 and 100");
+        }
+        if let Err(reason) = check_storage_url(&checkpoint.storage) {
+            self.add("spec.checkpoint.storage", reason);
+        }
+    }
+
+    fn autoscaler(&mut self, autoscaler: &AutoscalerSpec) {
+        let path = "spec.autoscaler";
+        if !(1..=MAX_PARALLELISM).contains(&autoscaler.min_parallelism) {
+            self.add(
+                format!("{path}.minParallelism"),
+                format!("must be between 1 and {MAX_PARALLELISM}"),
+            );
+        }
+        if let Some(max) = autoscaler.max_parallelism {
+            if !(1..=MAX_PARALLELISM).contains(&max) {
+                self.add(
+                    format!("{path}.maxParallelism"),
+                    format!("must be between 1 and {MAX_PARALLELISM}"),
+                );
+            }
+            if autoscaler.min_parallelism > max {
+                self.add(
+                    format!("{path}.minParallelism"),
+                    format!("must be less than or equal to maxParallelism ({max})"),
+                );
+            }
+        }
+        if !(autoscaler.target_utilization > 0.0 && autoscaler.target_utilization <= 1.0) {
+            self.add(
+                format!("{path}.targetUtilization"),
+                "must be greater than 0 and at most 1",
+            );
+        }
+        self.positive(
+            &format!("{path}.catchUpDuration"),
+            autoscaler.catch_up_duration,
+        );
+        self.positive(&format!("{path}.metricsWindow"), autoscaler.metrics_window);
+        if autoscaler.lag_threshold < 1 {
+            self.add(format!("{path}.lagThreshold"), "must be at least 1");
+        }
+    }
+}
+
+/// Checks that a checkpoint storage URL names a supported object store.
+pub fn check_storage_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "{url:?} is not a URL: use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path"
+        ));
+    };
+    match scheme {
+        "s3" | "gs" | "az" | "memory" => {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            if bucket.is_empty() && scheme != "memory" {
+                return Err(format!("{url:?} names no bucket or container"));
+            }
+            Ok(())
+        }
+        "file" => {
+            if rest.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!("{url:?} must be an absolute path: file:///path"))
+            }
+        }
+        other => Err(format!(
+            "unsupported scheme {other:?}: use s3, gs, az or file"
+        )),
+    }
+}
+
+/// The lines `weir validate` prints for one file: `FILE: valid`, or one line
+/// per problem, `FILE: path: reason` (with the document number when the file
+/// holds several documents). Returns the lines and whether the file is valid.
+pub fn report(file: &str, text: &str) -> (Vec<String>, bool) {
+    let documents = parse_documents(text);
+    if documents.is_empty() {
+        return (vec![format!("{file}: no StreamingJob in the file")], false);
+    }
+    let several = documents.len() > 1;
+    let mut lines = Vec::new();
+    for document in &documents {
+        let origin = if several {
+            format!("{file} (document {})", document.index)
+        } else {
+            file.to_owned()
+        };
+        lines.extend(
+            document
+                .problems
+                .iter()
+                .map(|problem| format!("{origin}: {problem}")),
+        );
+    }
+    let valid = lines.is_empty();
+    if valid {
+        lines.push(format!("{file}: valid"));
+    }
+    (lines, valid)
+}

@@ -1,0 +1,175 @@
+//! The CRD's CEL rules (`x-kubernetes-validations`) behave as the API server
+//! will run them: every rule holds for the samples, and each invariant the
+//! rules guard rejects the object that breaks it with its message.
+//!
+//! The rules are evaluated with the `cel` interpreter, walking the object
+//! alongside the schema as the API server does (each rule sees `self` bound
+//! to the node that declares it, property names that are CEL keywords
+//! escaped as `__name__`).
+
+use std::path::Path;
+
+use serde_json::Value;
+use weir_crds::crd::definition;
+
+/// CEL's reserved words, which the API server escapes as `__word__`.
+const RESERVED: &[&str] = &[
+    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function",
+    "if", "import", "let", "loop", "package", "namespace", "return", "var", "void", "while",
+];
+
+fn escape(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = if RESERVED.contains(&k.as_str()) { format!("__{k}__") } else { k.clone() };
+                    (key, escape(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(escape).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Evaluates every rule that applies to `object`; returns the messages of
+/// the rules that do not hold.
+fn failed_rules(object: &Value) -> Vec<String> {
+    let crd = definition();
+    let schema = crd.spec.versions[0].schema.clone().unwrap().open_api_v3_schema.unwrap();
+    let schema = serde_json::to_value(schema).unwrap();
+    let mut failures = Vec::new();
+    walk(&schema, object, &mut failures);
+    failures
+}
+
+fn walk(schema: &Value, object: &Value, failures: &mut Vec<String>) {
+    if let Some(rules) = schema.get("x-kubernetes-validations").and_then(Value::as_array) {
+        for rule in rules {
+            let source = rule["rule"].as_str().unwrap();
+            let program = cel::Program::compile(source)
+                .unwrap_or_else(|e| panic!("rule {source:?} does not parse: {e:?}"));
+            let mut context = cel::Context::default();
+            context.add_variable_from_value("self", cel::to_value(escape(object)).unwrap());
+            match program.execute(&context) {
+                Ok(cel::Value::Bool(true)) => {}
+                Ok(cel::Value::Bool(false)) => {
+                    failures.push(rule["message"].as_str().unwrap().to_owned())
+                }
+                other => panic!("rule {source:?} on {object} gave {other:?}"),
+            }
+        }
+    }
+    match object {
+        Value::Object(fields) => {
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                for (name, child) in fields {
+                    if let Some(child_schema) = properties.get(name) {
+                        walk(child_schema, child, failures);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    walk(item_schema, item, failures);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn sample() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples/clickstream-counts.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn expect_rejected(edit: impl FnOnce(&mut Value), message: &str) {
+    let mut object = sample();
+    edit(&mut object);
+    let failures = failed_rules(&object);
+    assert!(failures.iter().any(|m| m == message), "expected {message:?}, got {failures:?}");
+}
+
+#[test]
+fn samples_pass_every_rule() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(failed_rules(&object), Vec::<String>::new(), "{}", path.display());
+    }
+}
+
+#[test]
+fn min_parallelism_above_max_is_rejected() {
+    expect_rejected(
+        |o| o["spec"]["autoscaler"]["minParallelism"] = 20.into(),
+        "autoscaler.minParallelism must be less than or equal to autoscaler.maxParallelism",
+    );
+}
+
+#[test]
+fn sink_reading_its_own_output_is_rejected() {
+    expect_rejected(|o| o["spec"]["sink"]["topic"] = "clicks".into(), "sink.topic must not be one of source.topics");
+}
+
+#[test]
+fn window_rules() {
+    let window = |o: &mut Value| -> &mut Value { &mut o["spec"]["pipeline"][2]["window"] };
+    expect_rejected(|o| window(o)["size"] = "0s".into(), "size must be greater than 0");
+    expect_rejected(
+        |o| {
+            window(o)["type"] = "sliding".into();
+            window(o)["slide"] = "2m".into();
+        },
+        "a sliding window needs a slide no longer than its size",
+    );
+    expect_rejected(|o| window(o)["type"] = "sliding".into(), "a sliding window needs a slide no longer than its size");
+    expect_rejected(|o| window(o)["type"] = "session".into(), "a session window needs a gap");
+    expect_rejected(
+        |o| {
+            window(o).as_object_mut().unwrap().remove("size");
+        },
+        "tumbling and sliding windows need a size",
+    );
+}
+
+#[test]
+fn a_step_with_two_operations_is_rejected() {
+    expect_rejected(
+        |o| o["spec"]["pipeline"][0]["map"] = serde_json::json!({"fields": [{"name": "a", "expr": "record.a"}]}),
+        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
+    );
+    expect_rejected(
+        |o| o["spec"]["pipeline"][0] = serde_json::json!({"name": "empty"}),
+        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
+    );
+}
+
+#[test]
+fn aggregate_without_expr_is_rejected() {
+    expect_rejected(
+        |o| {
+            o["spec"]["pipeline"][3]["aggregate"]["fields"][1].as_object_mut().unwrap().remove("expr");
+        },
+        "every aggregate function but count needs an expr",
+    );
+}
+
+#[test]
+fn zero_durations_are_rejected() {
+    expect_rejected(|o| o["spec"]["checkpoint"]["interval"] = "0s".into(), "interval must be greater than 0");
+    expect_rejected(
+        |o| {
+            o["spec"]["pipeline"]
+                .as_array_mut()
+                .unwrap()
+                .insert(0, serde_json::json!({"dedupe": {"key": "record.id", "ttl": "0s"}}))
+        },
+        "ttl must be greater than 0",
+    );
+}
