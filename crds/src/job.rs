@@ -41,24 +41,16 @@ pub const MAX_PARALLELISM: i32 = 1024;
         status_replicas_path = ".status.parallelism",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(
-        name = "Parallelism",
-        type_ = "integer",
-        json_path = ".status.parallelism"
-    ),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag.total"),
-    printcolumn(
-        name = "Last Savepoint",
-        type_ = "date",
-        json_path = ".status.lastSavepoint.time"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
     doc = "A stateful stream-processing job: Kafka in, keyed state in RocksDB with checkpoints in object storage, Kafka out."
+)]
+// Printer columns as raw JSON: the same `type_ = ...` in two printcolumn
+// attributes trips clippy's duplicated_attributes lint.
+#[kube(
+    printcolumn = r#"{"name":"Parallelism","type":"integer","jsonPath":".status.parallelism"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag.total"}"#,
+    printcolumn = r#"{"name":"Last Savepoint","type":"date","jsonPath":".status.lastSavepoint.time"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [

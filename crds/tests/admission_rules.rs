@@ -117,9 +117,12 @@ fn sink_reading_its_own_output_is_rejected() {
     expect_rejected(|o| o["spec"]["sink"]["topic"] = "clicks".into(), "sink.topic must not be one of source.topics");
 }
 
+fn window(object: &mut Value) -> &mut Value {
+    &mut object["spec"]["pipeline"][2]["window"]
+}
+
 #[test]
 fn window_rules() {
-    let window = |o: &mut Value| -> &mut Value { &mut o["spec"]["pipeline"][2]["window"] };
     expect_rejected(|o| window(o)["size"] = "0s".into(), "size must be greater than 0");
     expect_rejected(
         |o| {
