@@ -4,8 +4,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// How many entries `savepointHistory` and `scalingHistory` keep at most.
-pub const MAX_HISTORY: usize = 20;
+/// How many entries `scalingHistory` keeps at most.
+pub const MAX_SCALING_HISTORY: usize = 20;
+
+/// How many entries `savepointHistory` keeps at most (the largest
+/// spec.savepoint.historyLimit).
+pub const MAX_SAVEPOINT_HISTORY: usize = 100;
 
 /// The observed state of a StreamingJob.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
@@ -62,10 +66,12 @@ pub struct StreamingJobStatus {
 
     /// Recent savepoints, newest first (bounded by savepoint.historyLimit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     pub savepoint_history: Vec<SavepointInfo>,
 
     /// Recent parallelism changes, newest first, with the numbers behind them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
     pub scaling_history: Vec<ScalingRecord>,
 
     /// The operation in flight (rescale, upgrade, savepoint, suspend), kept

@@ -14,8 +14,27 @@ use weir_crds::crd::definition;
 
 /// CEL's reserved words, which the API server escapes as `__word__`.
 const RESERVED: &[&str] = &[
-    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function",
-    "if", "import", "let", "loop", "package", "namespace", "return", "var", "void", "while",
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
 ];
 
 fn escape(value: &Value) -> Value {
@@ -23,7 +42,11 @@ fn escape(value: &Value) -> Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let key = if RESERVED.contains(&k.as_str()) { format!("__{k}__") } else { k.clone() };
+                    let key = if RESERVED.contains(&k.as_str()) {
+                        format!("__{k}__")
+                    } else {
+                        k.clone()
+                    };
                     (key, escape(v))
                 })
                 .collect(),
@@ -37,7 +60,12 @@ fn escape(value: &Value) -> Value {
 /// the rules that do not hold.
 fn failed_rules(object: &Value) -> Vec<String> {
     let crd = definition();
-    let schema = crd.spec.versions[0].schema.clone().unwrap().open_api_v3_schema.unwrap();
+    let schema = crd.spec.versions[0]
+        .schema
+        .clone()
+        .unwrap()
+        .open_api_v3_schema
+        .unwrap();
     let schema = serde_json::to_value(schema).unwrap();
     let mut failures = Vec::new();
     walk(&schema, object, &mut failures);
@@ -45,7 +73,10 @@ fn failed_rules(object: &Value) -> Vec<String> {
 }
 
 fn walk(schema: &Value, object: &Value, failures: &mut Vec<String>) {
-    if let Some(rules) = schema.get("x-kubernetes-validations").and_then(Value::as_array) {
+    if let Some(rules) = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    {
         for rule in rules {
             let source = rule["rule"].as_str().unwrap();
             let program = cel::Program::compile(source)
@@ -83,7 +114,8 @@ fn walk(schema: &Value, object: &Value, failures: &mut Vec<String>) {
 }
 
 fn sample() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples/clickstream-counts.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples/clickstream-counts.yaml");
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -91,7 +123,10 @@ fn expect_rejected(edit: impl FnOnce(&mut Value), message: &str) {
     let mut object = sample();
     edit(&mut object);
     let failures = failed_rules(&object);
-    assert!(failures.iter().any(|m| m == message), "expected {message:?}, got {failures:?}");
+    assert!(
+        failures.iter().any(|m| m == message),
+        "expected {message:?}, got {failures:?}"
+    );
 }
 
 #[test]
@@ -100,7 +135,12 @@ fn samples_pass_every_rule() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(failed_rules(&object), Vec::<String>::new(), "{}", path.display());
+        assert_eq!(
+            failed_rules(&object),
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
     }
 }
 
@@ -114,7 +154,10 @@ fn min_parallelism_above_max_is_rejected() {
 
 #[test]
 fn sink_reading_its_own_output_is_rejected() {
-    expect_rejected(|o| o["spec"]["sink"]["topic"] = "clicks".into(), "sink.topic must not be one of source.topics");
+    expect_rejected(
+        |o| o["spec"]["sink"]["topic"] = "clicks".into(),
+        "sink.topic must not be one of source.topics",
+    );
 }
 
 fn window(object: &mut Value) -> &mut Value {
@@ -123,7 +166,10 @@ fn window(object: &mut Value) -> &mut Value {
 
 #[test]
 fn window_rules() {
-    expect_rejected(|o| window(o)["size"] = "0s".into(), "size must be greater than 0");
+    expect_rejected(
+        |o| window(o)["size"] = "0s".into(),
+        "size must be greater than 0",
+    );
     expect_rejected(
         |o| {
             window(o)["type"] = "sliding".into();
@@ -131,8 +177,14 @@ fn window_rules() {
         },
         "a sliding window needs a slide no longer than its size",
     );
-    expect_rejected(|o| window(o)["type"] = "sliding".into(), "a sliding window needs a slide no longer than its size");
-    expect_rejected(|o| window(o)["type"] = "session".into(), "a session window needs a gap");
+    expect_rejected(
+        |o| window(o)["type"] = "sliding".into(),
+        "a sliding window needs a slide no longer than its size",
+    );
+    expect_rejected(
+        |o| window(o)["type"] = "session".into(),
+        "a session window needs a gap",
+    );
     expect_rejected(
         |o| {
             window(o).as_object_mut().unwrap().remove("size");
@@ -144,7 +196,10 @@ fn window_rules() {
 #[test]
 fn a_step_with_two_operations_is_rejected() {
     expect_rejected(
-        |o| o["spec"]["pipeline"][0]["map"] = serde_json::json!({"fields": [{"name": "a", "expr": "record.a"}]}),
+        |o| {
+            o["spec"]["pipeline"][0]["map"] =
+                serde_json::json!({"fields": [{"name": "a", "expr": "record.a"}]})
+        },
         "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
     );
     expect_rejected(
@@ -157,7 +212,10 @@ fn a_step_with_two_operations_is_rejected() {
 fn aggregate_without_expr_is_rejected() {
     expect_rejected(
         |o| {
-            o["spec"]["pipeline"][3]["aggregate"]["fields"][1].as_object_mut().unwrap().remove("expr");
+            o["spec"]["pipeline"][3]["aggregate"]["fields"][1]
+                .as_object_mut()
+                .unwrap()
+                .remove("expr");
         },
         "every aggregate function but count needs an expr",
     );
@@ -165,13 +223,16 @@ fn aggregate_without_expr_is_rejected() {
 
 #[test]
 fn zero_durations_are_rejected() {
-    expect_rejected(|o| o["spec"]["checkpoint"]["interval"] = "0s".into(), "interval must be greater than 0");
+    expect_rejected(
+        |o| o["spec"]["checkpoint"]["interval"] = "0s".into(),
+        "interval must be greater than 0",
+    );
     expect_rejected(
         |o| {
-            o["spec"]["pipeline"]
-                .as_array_mut()
-                .unwrap()
-                .insert(0, serde_json::json!({"dedupe": {"key": "record.id", "ttl": "0s"}}))
+            o["spec"]["pipeline"].as_array_mut().unwrap().insert(
+                0,
+                serde_json::json!({"dedupe": {"key": "record.id", "ttl": "0s"}}),
+            )
         },
         "ttl must be greater than 0",
     );

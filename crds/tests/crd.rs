@@ -146,3 +146,17 @@ fn cel_rules_guard_cross_field_invariants() {
         assert!(text.contains(rule), "CRD lacks the rule {rule:?}");
     }
 }
+
+/// Status histories are bounded in the schema by the limits the operator
+/// trims them to, so a status patch can never be rejected for its size.
+#[test]
+fn status_histories_are_bounded() {
+    use weir_crds::status::{MAX_SAVEPOINT_HISTORY, MAX_SCALING_HISTORY};
+    let schema = schema();
+    let status = &schema["properties"]["status"]["properties"];
+    assert_eq!(
+        status["savepointHistory"]["maxItems"],
+        MAX_SAVEPOINT_HISTORY
+    );
+    assert_eq!(status["scalingHistory"]["maxItems"], MAX_SCALING_HISTORY);
+}

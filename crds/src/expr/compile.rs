@@ -148,6 +148,7 @@ pub(crate) fn compile(source: &str) -> Result<Compiled, CompileError> {
 
 /// The parser's message, without the list of tokens it expected.
 fn syntax_message(message: &str) -> String {
+    let message = message.lines().next().unwrap_or(message);
     let message = message.split(" expecting ").next().unwrap_or(message);
     match message.strip_prefix("Syntax error: ") {
         Some(rest) => format!(

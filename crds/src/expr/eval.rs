@@ -181,7 +181,8 @@ fn convert<'a>(to: Kind, value: Val<'a>) -> Result<Val<'a>, EvalError> {
             to.name()
         ))
     };
-    // The doubles strictly inside these bounds truncate to an i64 or a u64.
+    // Like cel-go, the doubles strictly between -2^63 and 2^63 truncate to an
+    // int, and those in [0, 2^64) to a uint.
     const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
     const U64_BOUND: f64 = 18_446_744_073_709_551_616.0;
     Ok(match (to, &value) {
@@ -191,12 +192,10 @@ fn convert<'a>(to: Kind, value: Val<'a>) -> Result<Val<'a>, EvalError> {
         | (Kind::String, Val::Str(_))
         | (Kind::Bool, Val::Bool(_)) => value,
         (Kind::Int, Val::Uint(u)) => Val::Int(i64::try_from(*u).map_err(|_| fail(&value))?),
-        (Kind::Int, Val::Double(d)) if *d > -I64_BOUND - 1024.0 && *d < I64_BOUND => {
-            Val::Int(*d as i64)
-        }
+        (Kind::Int, Val::Double(d)) if *d > -I64_BOUND && *d < I64_BOUND => Val::Int(*d as i64),
         (Kind::Int, Val::Str(s)) => Val::Int(s.parse().map_err(|_| fail(&value))?),
         (Kind::Uint, Val::Int(i)) => Val::Uint(u64::try_from(*i).map_err(|_| fail(&value))?),
-        (Kind::Uint, Val::Double(d)) if *d > -1.0 && *d < U64_BOUND => Val::Uint(*d as u64),
+        (Kind::Uint, Val::Double(d)) if *d >= 0.0 && *d < U64_BOUND => Val::Uint(*d as u64),
         (Kind::Uint, Val::Str(s)) => Val::Uint(s.parse().map_err(|_| fail(&value))?),
         (Kind::Double, Val::Int(i)) => Val::Double(*i as f64),
         (Kind::Double, Val::Uint(u)) => Val::Double(*u as f64),
@@ -358,12 +357,7 @@ impl Node {
 /// `lhs && rhs` (`or` false) or `lhs || rhs` (`or` true), with CEL's
 /// commutative error absorption: `false && error` and `error && false` are
 /// both false, and the error of the left operand wins otherwise.
-fn logic<'a>(
-    cx: &mut Scope<'a>,
-    lhs: &'a Node,
-    rhs: &'a Node,
-    or: bool,
-) -> Result<bool, EvalError> {
+fn logic<'a>(cx: Scope<'a, '_>, lhs: &'a Node, rhs: &'a Node, or: bool) -> Result<bool, EvalError> {
     let what = if or {
         "an operand of '||'"
     } else {

@@ -319,6 +319,16 @@ fn functions() {
         ("uint(record.n)", Ok(json!(7))),
         ("uint(record.n - 8)", Err("cannot convert -1 to uint")),
         ("uint(3.5)", Ok(json!(3))),
+        ("uint(-0.5)", Err("cannot convert -0.5 to uint")),
+        (
+            "int(-9223372036854775808.0)",
+            Err("cannot convert -9223372036854775808 to int"),
+        ),
+        (
+            "int(-9223372036854774784.0)",
+            Ok(json!(-9_223_372_036_854_774_784_i64)),
+        ),
+        ("int(0.0 / 0.0)", Err("cannot convert NaN to int")),
         ("uint(\"12\")", Ok(json!(12))),
         ("double(\"2.5\")", Ok(json!(2.5))),
         ("double(5u)", Ok(json!(5.0))),
@@ -495,7 +505,7 @@ fn every_kind_of_compile_error_is_reported_with_its_column() {
         ),
         (
             "(1).trim()",
-            "column 4: 'trim' is defined for strings, not int",
+            "column 5: 'trim' is defined for strings, not int",
         ),
         ("{[1]: 2}", "column 2: a map key cannot be list"),
         ("{\"a\": 1, \"a\": 2}", "column 10: duplicate map key"),
@@ -514,7 +524,7 @@ fn every_kind_of_compile_error_is_reported_with_its_column() {
         // regular expressions
         (
             "record.x.matches(\"[\")",
-            "column 17: invalid regular expression '[': unclosed character class",
+            "column 10: invalid regular expression '[': unclosed character class",
         ),
         (
             "matches(record.x, \"(\")",
@@ -731,45 +741,91 @@ fn double_value() -> impl Strategy<Value = f64> {
     ]
 }
 
-fn leaf() -> impl Strategy<Value = Gen> {
-    prop_oneof![
-        int_value().prop_map(Gen::Int),
-        double_value().prop_map(Gen::Double),
-        prop_oneof![Just("a"), Just("b"), Just("x"), Just("y"), Just("z")].prop_map(Gen::Field),
-        any::<bool>().prop_map(|b| Gen::Binary(
-            if b { "==" } else { "!=" },
-            Box::new(Gen::Int(1)),
-            Box::new(Gen::Int(1))
-        )),
-    ]
+/// The leaves of one type: literals and fields of the generated record
+/// (`record.z` is missing).
+fn leaf(kind: char) -> BoxedStrategy<Gen> {
+    match kind {
+        'i' => prop_oneof![
+            2 => int_value().prop_map(Gen::Int),
+            1 => prop_oneof![Just("a"), Just("b")].prop_map(Gen::Field),
+        ]
+        .boxed(),
+        'd' => prop_oneof![
+            2 => double_value().prop_map(Gen::Double),
+            1 => prop_oneof![Just("x"), Just("y")].prop_map(Gen::Field),
+        ]
+        .boxed(),
+        'b' => any::<bool>()
+            .prop_map(|b| {
+                let op = if b { "==" } else { "!=" };
+                Gen::Binary(op, Box::new(Gen::Int(1)), Box::new(Gen::Int(1)))
+            })
+            .boxed(),
+        _ => prop_oneof![
+            int_value().prop_map(Gen::Int),
+            double_value().prop_map(Gen::Double),
+            prop_oneof![Just("a"), Just("x"), Just("z")].prop_map(Gen::Field),
+        ]
+        .boxed(),
+    }
 }
 
-fn expression() -> impl Strategy<Value = Gen> {
-    leaf().prop_recursive(4, 24, 3, |inner| {
-        let op = prop_oneof![
-            Just("+"),
-            Just("-"),
-            Just("*"),
-            Just("/"),
-            Just("%"),
-            Just("=="),
-            Just("!="),
-            Just("<"),
-            Just("<="),
-            Just(">"),
-            Just(">="),
-            Just("&&"),
-            Just("||"),
-        ];
-        prop_oneof![
-            6 => (op, inner.clone(), inner.clone())
-                .prop_map(|(op, l, r)| Gen::Binary(op, Box::new(l), Box::new(r))),
-            1 => inner.clone().prop_map(|e| Gen::Neg(Box::new(e))),
-            1 => inner.clone().prop_map(|e| Gen::Not(Box::new(e))),
-            1 => (inner.clone(), inner.clone(), inner)
-                .prop_map(|(c, t, f)| Gen::Cond(Box::new(c), Box::new(t), Box::new(f))),
+/// An expression of `kind` ('i'nt, 'd'ouble, 'b'ool, or '?' for any, which
+/// mixes types) of at most `depth` levels: mostly well typed, so that most
+/// cases compare values rather than errors.
+fn typed(kind: char, depth: u32) -> BoxedStrategy<Gen> {
+    if depth == 0 {
+        return leaf(kind);
+    }
+    let sub = |kind| typed(kind, depth - 1);
+    let binary = |ops: &'static [&'static str], l: BoxedStrategy<Gen>, r: BoxedStrategy<Gen>| {
+        (proptest::sample::select(ops), l, r)
+            .prop_map(|(op, l, r)| Gen::Binary(op, Box::new(l), Box::new(r)))
+    };
+    let cond = |kind| {
+        (sub('b'), sub(kind), sub(kind))
+            .prop_map(|(c, t, f)| Gen::Cond(Box::new(c), Box::new(t), Box::new(f)))
+    };
+    const ARITH: &[&str] = &["+", "-", "*", "/", "%"];
+    const COMPARE: &[&str] = &["==", "!=", "<", "<=", ">", ">="];
+    const LOGIC: &[&str] = &["&&", "||"];
+    match kind {
+        'i' | 'd' => prop_oneof![
+            2 => leaf(kind),
+            4 => binary(ARITH, sub(kind), sub(kind)),
+            1 => sub(kind).prop_map(|e| Gen::Neg(Box::new(e))),
+            1 => cond(kind),
         ]
-    })
+        .boxed(),
+        'b' => prop_oneof![
+            1 => leaf('b'),
+            2 => binary(COMPARE, sub('i'), sub('i')),
+            2 => binary(COMPARE, sub('d'), sub('d')),
+            2 => binary(COMPARE, sub('i'), sub('d')),
+            3 => binary(LOGIC, sub('b'), sub('b')),
+            1 => binary(LOGIC, sub('b'), sub('?')),
+            1 => sub('b').prop_map(|e| Gen::Not(Box::new(e))),
+            1 => cond('b'),
+        ]
+        .boxed(),
+        _ => prop_oneof![
+            binary(ARITH, sub('?'), sub('?')),
+            binary(COMPARE, sub('?'), sub('?')),
+            binary(LOGIC, sub('?'), sub('?')),
+            cond('?'),
+        ]
+        .boxed(),
+    }
+}
+
+/// A generated expression of any type.
+fn expression() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        2 => typed('i', 3),
+        2 => typed('d', 3),
+        3 => typed('b', 3),
+        1 => typed('?', 2),
+    ]
 }
 
 /// The result of cel's interpreter, as a JSON value or an error.
@@ -838,5 +894,36 @@ proptest! {
                 _ => prop_assert!(false, "{} over {}: ours {:?}, cel's {:?}", source, record, ours, theirs),
             }
         }
+    }
+}
+
+#[test]
+fn malformed_sources_are_one_line_errors() {
+    let deep = format!("{}1{}", "(".repeat(300), ")".repeat(300));
+    let sources = [
+        "",
+        "   ",
+        "record.",
+        "1 +* 2",
+        "'unterminated",
+        "record.a ?? b",
+        "😀 + 1",
+        "record.a.b.c.d(",
+        "{",
+        "[1,",
+        "record.`a b`",
+        "record.?a",
+        "record.x\n  + ",
+        "1 = 2",
+        "record.a in",
+        deep.as_str(),
+    ];
+    for source in sources {
+        let message = compile_error(source);
+        assert!(
+            message.starts_with("column ") || message.starts_with("line "),
+            "{source:?}: {message}"
+        );
+        assert!(!message.contains('\n'), "{source:?}: {message}");
     }
 }
