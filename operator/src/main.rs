@@ -169,3 +169,70 @@ fn validate(files: &[std::path::PathBuf]) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every `WEIR_*`/`POD_*` variable the chart's Deployment sets is one the
+    /// operator command reads.
+    #[test]
+    fn the_chart_sets_only_variables_the_operator_reads() {
+        let command = Cli::command();
+        let operator = command.find_subcommand("operator").unwrap();
+        let known: Vec<String> = operator
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .collect();
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/weir-operator/templates/deployment.yaml"
+        ))
+        .unwrap();
+        let set: Vec<&str> = template
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("- name: "))
+            .filter(|name| name.starts_with("WEIR_") || name.starts_with("POD_"))
+            .collect();
+        assert!(set.len() >= 6, "{set:?}");
+        for name in set {
+            assert!(
+                known.iter().any(|k| k == name),
+                "{name} is not read by `weir operator`"
+            );
+        }
+    }
+
+    #[test]
+    fn operator_options_parse() {
+        let cli = Cli::try_parse_from([
+            "weir",
+            "operator",
+            "--leader-election",
+            "--namespace",
+            "team-a",
+            "--namespace",
+            "team-b,team-c",
+            "--identity",
+            "weir-operator-0",
+            "--metrics-addr",
+            "127.0.0.1:9090",
+        ])
+        .unwrap();
+        let Command::Operator(args) = cli.command else {
+            panic!("expected the operator command");
+        };
+        assert!(args.leader_election);
+        assert_eq!(args.namespaces, ["team-a", "team-b", "team-c"]);
+        assert_eq!(args.identity.as_deref(), Some("weir-operator-0"));
+        assert_eq!(args.metrics_addr, "127.0.0.1:9090".parse().unwrap());
+    }
+}

@@ -83,3 +83,55 @@ fn validate_reports_an_unreadable_file() {
         "{stdout}"
     );
 }
+
+#[test]
+fn render_writes_every_built_object_of_the_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = repository().join("config/samples/clickstream-counts.yaml");
+    let output = weir()
+        .args(["render", "--output-dir"])
+        .arg(dir.path())
+        .arg(&sample)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job = dir.path().join("analytics-clickstream-counts");
+    for kind in [
+        "secret",
+        "configmap",
+        "service",
+        "statefulset",
+        "poddisruptionbudget",
+    ] {
+        let file = job.join(format!("{kind}.yaml"));
+        assert!(file.is_file(), "{} missing", file.display());
+    }
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+}
+
+#[test]
+fn render_refuses_an_invalid_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    let sample =
+        std::fs::read_to_string(repository().join("config/samples/clickstream-counts.yaml"))
+            .unwrap();
+    std::fs::write(&file, sample.replace("size: 1m", "size: 0s")).unwrap();
+    let output = weir()
+        .args(["render", "--output-dir"])
+        .arg(dir.path().join("out"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("spec.pipeline[2].window.size: must be greater than 0"),
+        "{stderr}"
+    );
+}

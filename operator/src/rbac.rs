@@ -1,0 +1,149 @@
+//! Every permission the operator uses, in one place. The chart's ClusterRole
+//! and Role must grant exactly these (a test compares them).
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+/// One RBAC rule: the verbs allowed on some resources of one API group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// API group ("" for the core group).
+    pub api_group: &'static str,
+    /// Resources (and subresources such as `streamingjobs/status`).
+    pub resources: &'static [&'static str],
+    /// Verbs, sorted.
+    pub verbs: &'static [&'static str],
+}
+
+/// Verbs of an owned child: read and watch it (`get`, `list`, `watch`) and
+/// server-side apply it, which the API server authorizes as `patch` and, when
+/// the object does not exist yet, as `create`.
+const CHILD_VERBS: &[&str] = &["create", "get", "list", "patch", "watch"];
+
+/// Cluster-wide rules (the operator watches jobs in every namespace).
+pub const CLUSTER_RULES: &[Rule] = &[
+    // The controller lists and watches jobs; the finalizer is added and
+    // removed with JSON patches.
+    Rule {
+        api_group: "weir.dev",
+        resources: &["streamingjobs"],
+        verbs: &["list", "patch", "watch"],
+    },
+    // Status is server-side applied.
+    Rule {
+        api_group: "weir.dev",
+        resources: &["streamingjobs/status"],
+        verbs: &["patch"],
+    },
+    // Children carry owner references with blockOwnerDeletion, which the
+    // OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift
+    // and many hardened clusters) allows only to whoever may update the
+    // owner's finalizers.
+    Rule {
+        api_group: "weir.dev",
+        resources: &["streamingjobs/finalizers"],
+        verbs: &["update"],
+    },
+    Rule {
+        api_group: "",
+        resources: &["configmaps", "services"],
+        verbs: CHILD_VERBS,
+    },
+    // The control Secret is read (to keep its token) and applied, never
+    // listed or watched: the operator has no view of other Secrets.
+    Rule {
+        api_group: "",
+        resources: &["secrets"],
+        verbs: &["create", "get", "patch"],
+    },
+    // Worker pods are listed for the status, and deleted to restart workers
+    // on a new pod template (the StatefulSet's updateStrategy is OnDelete).
+    Rule {
+        api_group: "",
+        resources: &["pods"],
+        verbs: &["delete", "list"],
+    },
+    Rule {
+        api_group: "apps",
+        resources: &["statefulsets"],
+        verbs: CHILD_VERBS,
+    },
+    Rule {
+        api_group: "policy",
+        resources: &["poddisruptionbudgets"],
+        verbs: CHILD_VERBS,
+    },
+    // kube's event Recorder creates events and patches them into series.
+    Rule {
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+];
+
+/// Rules in the operator's own namespace: the leader-election Lease.
+pub const NAMESPACE_RULES: &[Rule] = &[Rule {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["create", "get", "update"],
+}];
+
+/// The rules as Kubernetes PolicyRules, as a ClusterRole or Role holds them.
+pub fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
+    rules
+        .iter()
+        .map(|rule| PolicyRule {
+            api_groups: Some(vec![rule.api_group.to_owned()]),
+            resources: Some(rule.resources.iter().map(|r| (*r).to_owned()).collect()),
+            verbs: rule.verbs.iter().map(|v| (*v).to_owned()).collect(),
+            ..PolicyRule::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `rules:` list of a chart template, without template directives.
+    fn template_rules(file: &str) -> Vec<PolicyRule> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/weir-operator/templates/"
+        )
+        .to_owned()
+            + file;
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let (_, rules) = text
+            .split_once("\nrules:\n")
+            .unwrap_or_else(|| panic!("{path} has no rules"));
+        let rules: String = rules
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("{{"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        serde_yaml::from_str(&rules).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn chart_cluster_role_grants_exactly_the_cluster_rules() {
+        assert_eq!(
+            template_rules("clusterrole.yaml"),
+            policy_rules(CLUSTER_RULES)
+        );
+    }
+
+    #[test]
+    fn chart_role_grants_exactly_the_namespace_rules() {
+        assert_eq!(template_rules("role.yaml"), policy_rules(NAMESPACE_RULES));
+    }
+
+    #[test]
+    fn verbs_are_sorted_and_unique() {
+        for rule in CLUSTER_RULES.iter().chain(NAMESPACE_RULES) {
+            let mut sorted = rule.verbs.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted, rule.verbs, "{rule:?}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Restarting workers that run an out-of-date pod template.
+//!
+//! The StatefulSet's updateStrategy is OnDelete, so a new pod template (a new
+//! parallelism, job file, image or environment) reaches the workers only when
+//! their pods are deleted. When no operation of the rescale protocol is in
+//! flight (`status.operation`), the reconciler deletes the pods whose
+//! revision differs from the StatefulSet's update revision: each worker gets
+//! SIGTERM, finishes its batch, checkpoints and exits, and its replacement
+//! restores from the latest checkpoint (lastState semantics). A parallelism
+//! change therefore restarts every worker together, so that no two workers
+//! ever settle on different parallelisms. The savepoint-based protocol of
+//! DESIGN.md, when it drives a change, records it in `status.operation`,
+//! and this module stays out of its way.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+/// Label the StatefulSet controller puts on each pod: its revision.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// A worker pod to delete: its name and uid (a precondition of the delete,
+/// so that a replacement with the same name is never deleted by mistake).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outdated {
+    /// Pod name.
+    pub name: String,
+    /// Pod uid.
+    pub uid: Option<String>,
+}
+
+/// The pods of `stateful_set` that run an older revision than its update
+/// revision and are not already terminating. Nothing is outdated while the
+/// StatefulSet controller has not observed the latest spec (its revisions
+/// would be stale).
+pub fn outdated_pods(stateful_set: &StatefulSet, pods: &[Pod]) -> Vec<Outdated> {
+    let Some(status) = &stateful_set.status else {
+        return Vec::new();
+    };
+    if status.observed_generation < stateful_set.metadata.generation {
+        return Vec::new();
+    }
+    let Some(update_revision) = &status.update_revision else {
+        return Vec::new();
+    };
+    pods.iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.labels()
+                .get(REVISION_LABEL)
+                .is_some_and(|revision| revision != update_revision)
+        })
+        .map(|pod| Outdated {
+            name: pod.name_any(),
+            uid: pod.uid(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn sts(generation: i64, observed: i64, update_revision: &str) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(observed),
+                update_revision: Some(update_revision.into()),
+                replicas: 2,
+                ..StatefulSetStatus::default()
+            }),
+        }
+    }
+
+    fn pod(name: &str, revision: &str, terminating: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                labels: Some([(REVISION_LABEL.to_owned(), revision.to_owned())].into()),
+                deletion_timestamp: terminating.then_some(Time(Timestamp::UNIX_EPOCH)),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn pods_of_an_older_revision_are_outdated() {
+        let pods = [
+            pod("clicks-0", "clicks-old", false),
+            pod("clicks-1", "clicks-new", false),
+            pod("clicks-2", "clicks-old", true),
+        ];
+        assert_eq!(
+            outdated_pods(&sts(2, 2, "clicks-new"), &pods),
+            [Outdated {
+                name: "clicks-0".into(),
+                uid: Some("uid-clicks-0".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn nothing_is_outdated_before_the_statefulset_controller_catches_up() {
+        let pods = [pod("clicks-0", "clicks-old", false)];
+        assert!(outdated_pods(&sts(3, 2, "clicks-new"), &pods).is_empty());
+        assert!(outdated_pods(&sts(2, 2, "clicks-old"), &pods).is_empty());
+    }
+}

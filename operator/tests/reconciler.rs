@@ -1,0 +1,735 @@
+//! The reconciler against kube's tower-test mock API server: every request
+//! is checked (method, path, field manager, body) and answered with a canned
+//! response, in the order the reconciler must send them.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+use weir_crds::StreamingJob;
+use weir_operator::backoff::Backoff;
+use weir_operator::builders::Settings;
+use weir_operator::metrics::Metrics;
+use weir_operator::reconciler::{self, Context};
+
+const NS: &str = "streams";
+
+fn job(extra_metadata: Value, spec_overrides: Value) -> StreamingJob {
+    let mut metadata = json!({
+        "name": "clicks",
+        "namespace": NS,
+        "uid": "6f1c2a52-8d4e-4c1e-9a57-0c1d2e3f4a5b",
+        "generation": 3,
+        "resourceVersion": "100",
+        "finalizers": ["weir.dev/cleanup"],
+    });
+    merge(&mut metadata, extra_metadata);
+    let mut spec = json!({
+        "kafka": {"bootstrapServers": "kafka:9092"},
+        "source": {"topics": ["clicks"]},
+        "sink": {"topic": "clicks-out"},
+        "checkpoint": {"storage": "s3://bucket/weir"},
+        "parallelism": 2,
+    });
+    merge(&mut spec, spec_overrides);
+    serde_json::from_value(json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "StreamingJob",
+        "metadata": metadata,
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    if let (Value::Object(base), Value::Object(patch)) = (base, patch) {
+        for (k, v) in patch {
+            base.insert(k, v);
+        }
+    }
+}
+
+/// One expected request and its canned answer.
+struct Step {
+    method: Method,
+    path: String,
+    /// Query parameters the request must carry (`key=value`).
+    query: Vec<&'static str>,
+    /// Checks on the JSON body (Null when the request has none).
+    check: Box<dyn Fn(&Value) + Send>,
+    status: StatusCode,
+    /// The response body; `None` echoes the request body with a
+    /// resourceVersion, as a server-side apply that created the object does.
+    reply: Option<Value>,
+}
+
+fn step(method: Method, path: &str) -> Step {
+    Step {
+        method,
+        path: path.to_owned(),
+        query: Vec::new(),
+        check: Box::new(|_| {}),
+        status: StatusCode::OK,
+        reply: None,
+    }
+}
+
+impl Step {
+    fn query(mut self, query: Vec<&'static str>) -> Self {
+        self.query = query;
+        self
+    }
+    fn check(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
+        self.check = Box::new(check);
+        self
+    }
+    fn not_found(mut self) -> Self {
+        self.status = StatusCode::NOT_FOUND;
+        self.reply = Some(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "not found", "reason": "NotFound", "code": 404
+        }));
+        self
+    }
+    fn reply(mut self, reply: Value) -> Self {
+        self.reply = Some(reply);
+        self
+    }
+}
+
+const APPLY: [&str; 2] = ["fieldManager=weir-operator", "force=true"];
+
+fn get(path: &str) -> Step {
+    step(Method::GET, path)
+}
+
+fn apply(path: &str) -> Step {
+    step(Method::PATCH, path).query(APPLY.to_vec())
+}
+
+fn event(type_: &'static str, reason: &'static str, note_contains: &'static str) -> Step {
+    step(
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+    )
+    .check(move |body| {
+        assert_eq!(body["type"], type_, "{body}");
+        assert_eq!(body["reason"], reason, "{body}");
+        assert_eq!(body["regarding"]["kind"], "StreamingJob", "{body}");
+        assert_eq!(body["regarding"]["name"], "clicks", "{body}");
+        assert_eq!(body["reportingController"], "weir-operator", "{body}");
+        let note = body["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains(note_contains),
+            "note {note:?} lacks {note_contains:?}"
+        );
+    })
+}
+
+/// A Normal `Created` event about the job naming the child in `related`.
+fn created(kind: &'static str, name: &'static str) -> Step {
+    let mut step = event("Normal", "Created", "Created");
+    let check = step.check;
+    step.check = Box::new(move |body| {
+        check(body);
+        assert_eq!(body["note"], format!("Created {kind} {name}"), "{body}");
+        assert_eq!(body["related"]["kind"], kind, "{body}");
+        assert_eq!(body["related"]["name"], name, "{body}");
+    });
+    step
+}
+
+async fn serve(handle: Handle<Request<Body>, Response<Body>>, steps: Vec<Step>) {
+    let mut handle = pin!(handle);
+    for (i, step) in steps.into_iter().enumerate() {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("request {i} ({} {}) never came", step.method, step.path));
+        let uri = request.uri().clone();
+        assert_eq!(request.method(), step.method, "request {i}: {uri}");
+        assert_eq!(uri.path(), step.path, "request {i}");
+        let query = uri.query().unwrap_or_default();
+        for param in &step.query {
+            assert!(
+                query.split('&').any(|p| p == *param),
+                "request {i}: {uri} lacks {param}"
+            );
+        }
+        if step.method == Method::PATCH && step.query.contains(&"force=true") {
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/apply-patch+yaml",
+                "request {i}: {uri}"
+            );
+        }
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (step.check)(&body);
+        let reply = step.reply.unwrap_or_else(|| {
+            let mut echoed = body.clone();
+            echoed["metadata"]["resourceVersion"] = json!("1");
+            echoed
+        });
+        let response = Response::builder()
+            .status(step.status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap();
+        send.send_response(response);
+    }
+}
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "weir-operator".into(),
+                instance: Some("weir-operator-0".into()),
+            },
+        ),
+        client,
+        settings: Settings {
+            worker_image: "weir-worker:test".into(),
+        },
+        metrics: Arc::new(Metrics::new().unwrap()),
+        backoff: Backoff::default(),
+    })
+}
+
+/// Runs one reconciliation of `job` against the scripted API server.
+async fn reconcile(
+    job: StreamingJob,
+    steps: Vec<Step>,
+) -> (Result<Action, weir_operator::Error>, Arc<Context>) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, steps));
+    let ctx = context(Client::new(service, "default"));
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconciler::reconcile(Arc::new(job), ctx.clone()),
+    )
+    .await
+    .expect("the reconciler hung waiting for an unexpected request");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("expected requests were not all made")
+        .unwrap();
+    (result, ctx)
+}
+
+fn owned_by_the_job(body: &Value) {
+    let owner = &body["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "StreamingJob", "{body}");
+    assert_eq!(owner["name"], "clicks", "{body}");
+    assert_eq!(
+        owner["uid"], "6f1c2a52-8d4e-4c1e-9a57-0c1d2e3f4a5b",
+        "{body}"
+    );
+    assert_eq!(owner["controller"], true, "{body}");
+    let labels = &body["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/name"], "weir-worker", "{body}");
+    assert_eq!(labels["app.kubernetes.io/instance"], "clicks", "{body}");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"], "weir-operator",
+        "{body}"
+    );
+}
+
+fn condition<'a>(body: &'a Value, kind: &str) -> &'a Value {
+    body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {body}"))
+}
+
+#[tokio::test]
+async fn create_path_applies_every_child_then_the_status() {
+    let core = format!("/api/v1/namespaces/{NS}");
+    let steps = vec![
+        get(&format!("{core}/secrets/clicks-control")).not_found(),
+        apply(&format!("{core}/secrets/clicks-control")).check(|body| {
+            assert_eq!(body["kind"], "Secret");
+            owned_by_the_job(body);
+            let token = body["data"]["token"].as_str().expect("a token");
+            // 32 random bytes, hex: 64 characters, base64 in `data`.
+            assert_eq!(token.len(), 88, "{token}");
+        }),
+        get(&format!("{core}/configmaps/clicks-job")).not_found(),
+        apply(&format!("{core}/configmaps/clicks-job")).check(|body| {
+            assert_eq!(body["kind"], "ConfigMap");
+            owned_by_the_job(body);
+            let file = body["data"]["job.yaml"].as_str().unwrap();
+            let rendered: StreamingJob = serde_yaml::from_str(file).unwrap();
+            assert_eq!(rendered.metadata.name.as_deref(), Some("clicks"));
+            assert_eq!(rendered.metadata.namespace.as_deref(), Some(NS));
+            assert!(rendered.metadata.uid.is_none() && rendered.status.is_none());
+            // Defaults are written out for the worker.
+            assert!(file.contains("guarantee: exactlyOnce"), "{file}");
+            assert!(file.contains("interval: 10s"), "{file}");
+        }),
+        get(&format!("{core}/services/clicks-workers")).not_found(),
+        apply(&format!("{core}/services/clicks-workers")).check(|body| {
+            assert_eq!(body["kind"], "Service");
+            owned_by_the_job(body);
+            assert_eq!(body["spec"]["clusterIP"], "None");
+        }),
+        get(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets/clicks")).not_found(),
+        apply(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"))
+            .check(|body| {
+                assert_eq!(body["kind"], "StatefulSet");
+                owned_by_the_job(body);
+                let spec = &body["spec"];
+                assert_eq!(spec["replicas"], 2);
+                assert_eq!(spec["podManagementPolicy"], "Parallel");
+                assert_eq!(spec["updateStrategy"]["type"], "OnDelete");
+                assert_eq!(spec["serviceName"], "clicks-workers");
+                let container = &spec["template"]["spec"]["containers"][0];
+                assert_eq!(container["image"], "weir-worker:test");
+                assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+                assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+                let token = container["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == "WEIR_CONTROL_TOKEN")
+                    .unwrap();
+                assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], "clicks-control");
+            })
+            .reply(json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "7", "generation": 1},
+                "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "weir-worker"}},
+                         "template": {"spec": {"containers": []}}},
+                "status": {"replicas": 0, "observedGeneration": 1}
+            })),
+        get(&format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks")).not_found(),
+        apply(&format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks")).check(|body| {
+            assert_eq!(body["kind"], "PodDisruptionBudget");
+            owned_by_the_job(body);
+            assert_eq!(body["spec"]["maxUnavailable"], 1);
+        }),
+        get(&format!("{core}/pods"))
+            .query(vec![
+                "labelSelector=app.kubernetes.io%2Finstance%3Dclicks%2Capp.kubernetes.io%2Fname%3Dweir-worker",
+            ])
+            .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
+        created("Secret", "clicks-control"),
+        created("ConfigMap", "clicks-job"),
+        created("Service", "clicks-workers"),
+        created("StatefulSet", "clicks"),
+        created("PodDisruptionBudget", "clicks"),
+        apply(&format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"))
+            .check(|body| {
+                assert_eq!(body["kind"], "StreamingJob");
+                assert_eq!(body["status"]["observedGeneration"], 3);
+                assert_eq!(body["status"]["phase"], "Pending");
+                assert_eq!(body["status"]["parallelism"], 0);
+                assert_eq!(
+                    body["status"]["selector"],
+                    "app.kubernetes.io/instance=clicks,app.kubernetes.io/name=weir-worker"
+                );
+                assert_eq!(condition(body, "Ready")["status"], "False");
+                assert_eq!(condition(body, "Ready")["reason"], "WorkersNotReady");
+                assert_eq!(condition(body, "Progressing")["status"], "True");
+                assert_eq!(condition(body, "Degraded")["status"], "False");
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+    ];
+    let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::PROGRESSING_REQUEUE)
+    );
+}
+
+#[tokio::test]
+async fn an_existing_token_is_kept_and_unchanged_children_emit_no_event() {
+    let core = format!("/api/v1/namespaces/{NS}");
+    let existing_secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "clicks-control", "namespace": NS, "resourceVersion": "1"},
+        "data": {"token": "c2VjcmV0"}
+    });
+    let unchanged = |kind: &str, name: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"}});
+    let sts = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 1},
+        "spec": {"selector": {}, "template": {"spec": {"containers": []}}},
+        "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1}
+    });
+    let pdb = json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1"}
+    });
+    let steps = vec![
+        get(&format!("{core}/secrets/clicks-control")).reply(existing_secret.clone()),
+        apply(&format!("{core}/secrets/clicks-control"))
+            .check(|body| assert_eq!(body["data"]["token"], "c2VjcmV0", "the token must be kept"))
+            .reply(existing_secret),
+        get(&format!("{core}/configmaps/clicks-job")).reply(unchanged("ConfigMap", "clicks-job")),
+        apply(&format!("{core}/configmaps/clicks-job")).reply(unchanged("ConfigMap", "clicks-job")),
+        get(&format!("{core}/services/clicks-workers"))
+            .reply(unchanged("Service", "clicks-workers")),
+        apply(&format!("{core}/services/clicks-workers"))
+            .reply(unchanged("Service", "clicks-workers")),
+        get(&format!(
+            "/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"
+        ))
+        .reply(sts.clone()),
+        apply(&format!(
+            "/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"
+        ))
+        .reply(sts),
+        get(&format!(
+            "/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks"
+        ))
+        .reply(pdb.clone()),
+        apply(&format!(
+            "/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks"
+        ))
+        .reply(pdb),
+        get(&format!("{core}/pods"))
+            .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
+        apply(&format!(
+            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
+        ))
+        .check(|body| {
+            assert_eq!(body["status"]["phase"], "Running");
+            assert_eq!(body["status"]["parallelism"], 2);
+            assert_eq!(condition(body, "Ready")["status"], "True");
+        })
+        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+    ];
+    let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
+    assert_eq!(result.unwrap(), Action::requeue(reconciler::STABLE_REQUEUE));
+}
+
+#[tokio::test]
+async fn invalid_spec_patches_status_and_warns_without_touching_children() {
+    let steps = vec![
+        apply(&format!(
+            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
+        ))
+        .check(|body| {
+            assert_eq!(body["status"]["phase"], "Failed");
+            let ready = condition(body, "Ready");
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "InvalidSpec");
+            let message = ready["message"].as_str().unwrap();
+            assert!(
+                message.contains("spec.parallelism: must be between 1 and 1024"),
+                "{message}"
+            );
+            assert_eq!(condition(body, "Degraded")["status"], "True");
+            assert_eq!(body["status"]["observedGeneration"], 3);
+        })
+        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        event(
+            "Warning",
+            "InvalidSpec",
+            "spec.parallelism: must be between 1 and 1024",
+        ),
+    ];
+    let (result, ctx) = reconcile(job(json!({}), json!({"parallelism": 0})), steps).await;
+    // No hot loop: wait for the next change of the job.
+    assert_eq!(result.unwrap(), Action::await_change());
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains("weir_operator_reconciliations_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_job_gets_the_finalizer_first() {
+    let steps = vec![
+        step(
+            Method::PATCH,
+            &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks"),
+        )
+        .check(|body| {
+            assert_eq!(
+                body,
+                &json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": ["weir.dev/cleanup"]}
+                ])
+            );
+        })
+        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+    ];
+    let (result, _) = reconcile(job(json!({"finalizers": null}), json!({})), steps).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn delete_path_keeps_checkpoints_and_removes_the_finalizer() {
+    let deleting = json!({"deletionTimestamp": "2026-11-21T08:00:00Z"});
+    let steps = vec![
+        event(
+            "Normal",
+            "Deleted",
+            "checkpoints and savepoints are kept under s3://bucket/weir/streams-clicks",
+        ),
+        step(
+            Method::PATCH,
+            &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks"),
+        )
+        .check(|body| {
+            assert_eq!(
+                body,
+                &json!([
+                    {"op": "test", "path": "/metadata/finalizers/0", "value": "weir.dev/cleanup"},
+                    {"op": "remove", "path": "/metadata/finalizers/0"}
+                ])
+            );
+        })
+        .reply(serde_json::to_value(job(json!({"finalizers": null}), json!({}))).unwrap()),
+    ];
+    let (result, _) = reconcile(job(deleting, json!({})), steps).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn an_api_error_fails_the_reconciliation_with_a_warning_and_backs_off() {
+    let core = format!("/api/v1/namespaces/{NS}");
+    let mut forbidden = get(&format!("{core}/secrets/clicks-control")).reply(json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "secrets is forbidden", "reason": "Forbidden", "code": 403
+    }));
+    forbidden.status = StatusCode::FORBIDDEN;
+    let steps = vec![
+        forbidden,
+        event(
+            "Warning",
+            "ReconcileFailed",
+            "cannot get Secret streams/clicks-control",
+        ),
+    ];
+    let job = job(json!({}), json!({}));
+    let (result, ctx) = reconcile(job.clone(), steps).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "kube_get");
+    let job = Arc::new(job);
+    assert_eq!(
+        reconciler::error_policy(job.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        reconciler::error_policy(job, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains("weir_operator_reconcile_errors_total{reason=\"kube_get\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn delete_path_disposes_of_the_storage_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir
+        .path()
+        .join("streams-clicks/checkpoints/00000001/task-0.json");
+    std::fs::create_dir_all(task.parent().unwrap()).unwrap();
+    std::fs::write(&task, b"{}").unwrap();
+    let other = dir.path().join("streams-other/fence.json");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    std::fs::write(&other, b"{}").unwrap();
+    let storage = format!("file://{}", dir.path().display());
+
+    let deleting = json!({"deletionTimestamp": "2026-11-21T08:00:00Z"});
+    let spec = json!({
+        "checkpoint": {"storage": storage, "credentialsSecret": {"name": "ckpt"}},
+        "savepoint": {"disposeOnDelete": true},
+    });
+    let steps = vec![
+        get(&format!("/api/v1/namespaces/{NS}/secrets/ckpt")).reply(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "ckpt", "namespace": NS},
+            "data": {"AWS_REGION": "ZXUtd2VzdC0x"}
+        })),
+        event(
+            "Normal",
+            "Disposed",
+            "deleted 1 checkpoint and savepoint objects under file://",
+        ),
+        step(
+            Method::PATCH,
+            &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks"),
+        )
+        .check(|body| assert_eq!(body[1]["op"], "remove", "{body}"))
+        .reply(serde_json::to_value(job(json!({"finalizers": null}), json!({}))).unwrap()),
+    ];
+    let (result, _) = reconcile(job(deleting, spec), steps).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert!(!task.exists(), "the job's checkpoint files are deleted");
+    assert!(other.exists(), "other jobs' files are kept");
+}
+
+#[tokio::test]
+async fn a_failed_disposal_keeps_the_finalizer_and_warns() {
+    let deleting = json!({"deletionTimestamp": "2026-11-21T08:00:00Z"});
+    let spec = json!({"savepoint": {"disposeOnDelete": true}, "checkpoint": {"storage": "s3://bucket/weir", "credentialsSecret": {"name": "ckpt"}}});
+    let steps = vec![
+        get(&format!("/api/v1/namespaces/{NS}/secrets/ckpt")).not_found(),
+        event(
+            "Warning",
+            "DisposeFailed",
+            "set spec.savepoint.disposeOnDelete=false",
+        ),
+        event(
+            "Warning",
+            "ReconcileFailed",
+            "cannot get Secret streams/ckpt",
+        ),
+    ];
+    let (result, _) = reconcile(job(deleting, spec), steps).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "kube_get");
+}
+
+/// The requests of a reconciliation whose children all exist unchanged,
+/// with `sts_status` as the StatefulSet's status and `pods` as its pods.
+fn unchanged_children(sts_status: Value, pods: Value) -> Vec<Step> {
+    let core = format!("/api/v1/namespaces/{NS}");
+    let object = |api_version: &str, kind: &str, name: &str| {
+        json!({"apiVersion": api_version, "kind": kind,
+               "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"},
+               "data": {"token": "c2VjcmV0"}})
+    };
+    let secret = object("v1", "Secret", "clicks-control");
+    let config_map = object("v1", "ConfigMap", "clicks-job");
+    let service = object("v1", "Service", "clicks-workers");
+    let pdb = object("policy/v1", "PodDisruptionBudget", "clicks");
+    let sts = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 2},
+        "spec": {"selector": {}, "template": {"spec": {"containers": []}}},
+        "status": sts_status
+    });
+    let sts_path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/clicks");
+    let pdb_path = format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks");
+    vec![
+        get(&format!("{core}/secrets/clicks-control")).reply(secret.clone()),
+        apply(&format!("{core}/secrets/clicks-control")).reply(secret),
+        get(&format!("{core}/configmaps/clicks-job")).reply(config_map.clone()),
+        apply(&format!("{core}/configmaps/clicks-job")).reply(config_map),
+        get(&format!("{core}/services/clicks-workers")).reply(service.clone()),
+        apply(&format!("{core}/services/clicks-workers")).reply(service),
+        get(&sts_path).reply(sts.clone()),
+        apply(&sts_path).reply(sts),
+        get(&pdb_path).reply(pdb.clone()),
+        apply(&pdb_path).reply(pdb),
+        get(&format!("{core}/pods"))
+            .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})),
+    ]
+}
+
+fn worker_pod(name: &str, revision: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                     "labels": {"controller-revision-hash": revision}},
+        "status": {"phase": "Running"}
+    })
+}
+
+fn rolling_status() -> Value {
+    json!({"replicas": 2, "readyReplicas": 2, "updatedReplicas": 1, "observedGeneration": 2,
+           "currentRevision": "clicks-old", "updateRevision": "clicks-new"})
+}
+
+#[tokio::test]
+async fn workers_on_an_older_template_are_restarted() {
+    let pods = json!([
+        worker_pod("clicks-0", "clicks-old"),
+        worker_pod("clicks-1", "clicks-new")
+    ]);
+    let mut steps = unchanged_children(rolling_status(), pods);
+    steps.extend([
+        event(
+            "Normal",
+            "Restarting",
+            "restarting clicks-0 on an older pod template",
+        ),
+        step(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/{NS}/pods/clicks-0"),
+        )
+        .check(|body| assert_eq!(body["preconditions"]["uid"], "uid-clicks-0", "{body}"))
+        .reply(worker_pod("clicks-0", "clicks-old")),
+        apply(&format!(
+            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
+        ))
+        .check(|body| {
+            assert_eq!(
+                condition(body, "Progressing")["reason"],
+                "RestartPending",
+                "{body}"
+            )
+        })
+        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+    ]);
+    let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn no_restart_while_an_operation_is_in_flight() {
+    let pods = json!([
+        worker_pod("clicks-0", "clicks-old"),
+        worker_pod("clicks-1", "clicks-new")
+    ]);
+    let mut steps = unchanged_children(rolling_status(), pods);
+    steps.push(
+        apply(&format!(
+            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
+        ))
+        .check(|body| assert_eq!(body["status"]["phase"], "Savepointing", "{body}"))
+        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+    );
+    let mut job = job(json!({}), json!({}));
+    job.status = Some(
+        serde_json::from_value(json!({
+            "operation": {"kind": "rescale", "stage": "Savepointing", "targetParallelism": 3,
+                          "savepointId": "rescale-1", "startedAt": "2026-11-21T08:00:00Z"}
+        }))
+        .unwrap(),
+    );
+    let (result, _) = reconcile(job, steps).await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn an_unchanged_invalid_verdict_is_not_repeated() {
+    // The job already carries the InvalidSpec status computed for this
+    // generation: no request at all (no status patch, no event, no child).
+    let invalid = job(json!({}), json!({"parallelism": 0}));
+    let problems = vec!["spec.parallelism: must be between 1 and 1024".to_owned()];
+    let status = weir_operator::status::compute(
+        &invalid,
+        &problems,
+        weir_operator::status::Observed::default(),
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let mut again = invalid.clone();
+    again.status = Some(status);
+    let (result, _) = reconcile(again, vec![]).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+}
