@@ -13,7 +13,11 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The regular expression the CRD schema checks duration strings against.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+/// Numbers have at most nine digits before and after the point, which keeps
+/// every duration the pattern admits within what the parser represents (a
+/// value the API server accepts but the operator cannot read would stop the
+/// controller from listing any StreamingJob).
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]{1,9}(\.[0-9]{1,9})?(ns|us|µs|ms|s|m|h))+)$";
 
 /// A non-negative span of time written as a Go duration string (`90s`, `1m30s`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,28 +89,40 @@ impl FromStr for Duration {
             if number_len == 0 {
                 return Err(fail("expected a number"));
             }
-            let number: f64 = rest[..number_len]
-                .parse()
-                .map_err(|_| fail("malformed number"))?;
+            let digits = &rest[..number_len];
+            let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+            if whole.is_empty()
+                || whole.len() > 9
+                || fraction.len() > 9
+                || (digits.contains('.') && fraction.is_empty())
+            {
+                return Err(fail(
+                    "numbers have 1 to 9 digits before and at most 9 after the point",
+                ));
+            }
             rest = &rest[number_len..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit() || c == '.')
                 .unwrap_or(rest.len());
-            let nanos_per_unit: f64 = match &rest[..unit_len] {
-                "ns" => 1.0,
-                "us" | "µs" => 1e3,
-                "ms" => 1e6,
-                "s" => 1e9,
-                "m" => 60e9,
-                "h" => 3600e9,
+            let nanos_per_unit: u128 = match &rest[..unit_len] {
+                "ns" => 1,
+                "us" | "µs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
                 _ => return Err(fail("unknown unit (use ns, us, ms, s, m or h)")),
             };
             rest = &rest[unit_len..];
-            let nanos = number * nanos_per_unit;
-            if !nanos.is_finite() || nanos > 1e27 {
-                return Err(fail("too large"));
-            }
-            total_nanos += nanos.round() as u128;
+            // Integer arithmetic: 999999999h is exactly that many hours.
+            let whole: u128 = whole.parse().map_err(|_| fail("malformed number"))?;
+            let fraction_value: u128 = if fraction.is_empty() {
+                0
+            } else {
+                fraction.parse().map_err(|_| fail("malformed number"))?
+            };
+            let scale = 10u128.pow(fraction.len() as u32);
+            total_nanos += whole * nanos_per_unit + fraction_value * nanos_per_unit / scale;
         }
         let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| fail("too large"))?;
         let nanos = (total_nanos % 1_000_000_000) as u32;
@@ -115,13 +131,15 @@ impl FromStr for Duration {
 }
 
 impl fmt::Display for Duration {
-    /// Writes the shortest Go-style form: `1h30m`, `45s`, `250ms`, `0s`.
+    /// Writes the Go-style form the CRD pattern admits: `1h30m`, `45s`,
+    /// `1.5s`, `250ms`, `0s` (hours above 999999999 are written in several
+    /// `h` parts, which Go and the parser add up).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total = self.0.as_nanos();
         if total == 0 {
             return f.write_str("0s");
         }
-        if !total.is_multiple_of(1_000_000_000) {
+        if total < 1_000_000_000 {
             return if total.is_multiple_of(1_000_000) {
                 write!(f, "{}ms", total / 1_000_000)
             } else if total.is_multiple_of(1_000) {
@@ -131,14 +149,23 @@ impl fmt::Display for Duration {
             };
         }
         let secs = total / 1_000_000_000;
-        let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+        let fraction = total % 1_000_000_000;
+        let (mut h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+        const MAX_PART: u128 = 999_999_999;
+        while h > MAX_PART {
+            write!(f, "{MAX_PART}h")?;
+            h -= MAX_PART;
+        }
         if h > 0 {
             write!(f, "{h}h")?;
         }
         if m > 0 {
             write!(f, "{m}m")?;
         }
-        if s > 0 {
+        if fraction > 0 {
+            let digits = format!("{fraction:09}");
+            write!(f, "{s}.{}s", digits.trim_end_matches('0'))?;
+        } else if s > 0 {
             write!(f, "{s}s")?;
         }
         Ok(())
@@ -199,15 +226,64 @@ mod tests {
 
     #[test]
     fn rejects_malformed_durations() {
-        for text in ["", "10", "s", "10x", "-5s", "1h 30m", "ms10"] {
+        for text in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "-5s",
+            "1h 30m",
+            "ms10",
+            "1234567890h",
+            "1.s",
+        ] {
             let error = text.parse::<Duration>().unwrap_err();
             assert!(error.to_string().contains("invalid duration"), "{text}");
         }
     }
 
     #[test]
+    fn the_schema_pattern_and_the_parser_agree() {
+        let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
+        for text in [
+            "0",
+            "0s",
+            "30s",
+            "1h30m",
+            "1.5s",
+            "999999999h999999999m",
+            "10",
+            "1234567890h",
+            "1.s",
+            "-1s",
+            "5d",
+            "1h 2m",
+            "",
+            ".5s",
+        ] {
+            assert_eq!(
+                pattern.is_match(text),
+                text.parse::<Duration>().is_ok(),
+                "{text:?}: the CRD pattern and the parser disagree"
+            );
+        }
+    }
+
+    #[test]
     fn display_round_trips() {
-        for text in ["1h30m", "45s", "250ms", "0s", "2h", "1m1s", "1500us"] {
+        for text in [
+            "1h30m",
+            "45s",
+            "250ms",
+            "0s",
+            "2h",
+            "1m1s",
+            "1500us",
+            "1.5s",
+            "1h0.25s",
+            "999999999h",
+            "999999999h999999999h",
+        ] {
             let parsed: Duration = text.parse().unwrap();
             assert_eq!(parsed.to_string(), text);
             assert_eq!(parsed.to_string().parse::<Duration>().unwrap(), parsed);

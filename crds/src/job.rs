@@ -210,6 +210,11 @@ pub struct PodOverrides {
 /// Local state of each worker.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.volume) == has(oldSelf.volume) && (!has(self.volume) || self.volume == oldSelf.volume)",
+    "message": "state.volume cannot change once the job exists: a StatefulSet's volume claims are immutable (take a savepoint, delete the job and create it again with restoreFrom)",
+    "fieldPath": ".volume"
+}]))]
 pub struct StateSpec {
     /// The volume holding RocksDB. Without it an emptyDir is used: state is
     /// restored from object storage whenever a pod starts anyway.
@@ -745,6 +750,18 @@ pub struct SecretRef {
 /// Automatic parallelism.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.catchUpDuration) > duration('0s')",
+        "message": "catchUpDuration must be greater than 0",
+        "fieldPath": ".catchUpDuration"
+    },
+    {
+        "rule": "duration(self.metricsWindow) > duration('0s')",
+        "message": "metricsWindow must be greater than 0",
+        "fieldPath": ".metricsWindow"
+    }
+]))]
 pub struct AutoscalerSpec {
     /// Whether the autoscaler manages spec.parallelism. Default true.
     #[serde(default = "default_true")]
@@ -855,6 +872,18 @@ pub enum UpgradeMode {
 /// Savepoint settings.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.timeout) > duration('0s')",
+        "message": "timeout must be greater than 0",
+        "fieldPath": ".timeout"
+    },
+    {
+        "rule": "!has(self.periodicInterval) || duration(self.periodicInterval) > duration('0s')",
+        "message": "periodicInterval must be greater than 0",
+        "fieldPath": ".periodicInterval"
+    }
+]))]
 pub struct SavepointSpec {
     /// How long a savepoint may take before it is abandoned and the job
     /// resumes unchanged. Default 5m.

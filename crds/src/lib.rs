@@ -7,6 +7,7 @@ pub mod duration;
 pub mod expr;
 pub mod job;
 pub mod quantity;
+pub mod schema;
 pub mod status;
 pub mod validate;
 

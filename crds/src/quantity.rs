@@ -10,10 +10,26 @@ pub struct QuantityError {
     reason: &'static str,
 }
 
+/// The value of a quantity such as `500m` (0.5), `2` or `1.5Gi`.
+pub fn to_f64(quantity: &Quantity) -> Result<f64, QuantityError> {
+    parse(quantity.0.as_str(), true)
+}
+
 /// The number of bytes a quantity such as `128Mi` or `1.5Gi` stands for,
 /// rounded up to a whole byte.
 pub fn to_bytes(quantity: &Quantity) -> Result<u64, QuantityError> {
     let input = quantity.0.as_str();
+    let bytes = parse(input, false)?.ceil();
+    if bytes >= u64::MAX as f64 {
+        return Err(QuantityError {
+            input: input.to_owned(),
+            reason: "too large",
+        });
+    }
+    Ok(bytes as u64)
+}
+
+fn parse(input: &str, allow_milli: bool) -> Result<f64, QuantityError> {
     let fail = |reason| QuantityError {
         input: input.to_owned(),
         reason,
@@ -28,6 +44,8 @@ pub fn to_bytes(quantity: &Quantity) -> Result<u64, QuantityError> {
     let number: f64 = number.parse().map_err(|_| fail("malformed number"))?;
     let multiplier: f64 = match suffix {
         "" => 1.0,
+        "m" if allow_milli => 1e-3,
+        "m" => return Err(fail("milli-units are not a number of bytes")),
         "k" => 1e3,
         "M" => 1e6,
         "G" => 1e9,
@@ -40,14 +58,13 @@ pub fn to_bytes(quantity: &Quantity) -> Result<u64, QuantityError> {
         "Ti" => 1024f64.powi(4),
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
-        "m" => return Err(fail("milli-units are not a number of bytes")),
         _ => return Err(fail("unknown suffix")),
     };
-    let bytes = (number * multiplier).ceil();
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+    let value = number * multiplier;
+    if !value.is_finite() {
         return Err(fail("too large"));
     }
-    Ok(bytes as u64)
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -65,6 +82,14 @@ mod tests {
         assert_eq!(bytes("1.5Ki"), Ok(1536));
         assert_eq!(bytes("100M"), Ok(100_000_000));
         assert_eq!(bytes("42"), Ok(42));
+    }
+
+    #[test]
+    fn reads_cpu_quantities() {
+        let value = |text: &str| to_f64(&Quantity(text.to_owned())).unwrap();
+        assert_eq!(value("500m"), 0.5);
+        assert_eq!(value("2"), 2.0);
+        assert_eq!(value("1Ki"), 1024.0);
     }
 
     #[test]

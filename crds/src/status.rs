@@ -42,6 +42,7 @@ pub struct StreamingJobStatus {
 
     /// Ready, Progressing and Degraded, with reasons and messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Consumer lag of the job's group on the source topics.

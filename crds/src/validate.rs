@@ -10,17 +10,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::api::ObjectMeta;
 use serde::de::DeserializeOwned;
 
 use crate::duration::Duration;
 use crate::expr;
 use crate::job::{
-    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, KafkaSpec, MAX_PARALLELISM,
-    MAX_PIPELINE_STEPS, SourceSpec, StateSpec, Step, StreamingJob, StreamingJobSpec,
-    TimestampFormat, WindowKind, WindowStep,
+    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, KafkaSpec, PodOverrides,
+    SourceSpec, StateSpec, Step, StreamingJob, StreamingJobSpec, TimestampFormat, WindowKind,
+    WindowStep,
 };
 use crate::quantity;
+use crate::schema;
 
 /// The apiVersion of a StreamingJob document.
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
@@ -63,7 +65,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -228,23 +230,24 @@ pub fn validate_job(job: &StreamingJob) -> Vec<Problem> {
 /// path of the field (`spec.…`) and the reason; an empty list means valid.
 pub fn validate(spec: &StreamingJobSpec) -> Vec<Problem> {
     let mut checks = Checks::default();
+    // First what the API server checks (the CRD's schema), so that the
+    // limits are the same everywhere; then what it cannot check.
+    match serde_json::to_value(spec) {
+        Ok(value) => checks
+            .problems
+            .extend(schema::check(schema::spec_schema(), &value, "spec")),
+        Err(error) => checks.add("spec", format!("cannot be serialized: {error}")),
+    }
     if let Some(image) = &spec.image
         && image.trim().is_empty()
     {
         checks.add("spec.image", "must not be empty");
     }
     if let Some(overrides) = &spec.pod_template {
-        for (i, var) in overrides.env.iter().enumerate() {
-            if var.name.starts_with("WEIR_") {
-                checks.add(
-                    format!("spec.podTemplate.env[{i}].name"),
-                    format!(
-                        "{} is reserved: WEIR_* variables are set by the operator",
-                        var.name
-                    ),
-                );
-            }
-        }
+        checks.pod_overrides(overrides);
+    }
+    if let Some(resources) = &spec.resources {
+        checks.resources(resources);
     }
     checks.state(&spec.state);
     checks.kafka(&spec.kafka);
@@ -252,29 +255,12 @@ pub fn validate(spec: &StreamingJobSpec) -> Vec<Problem> {
     let has_window = checks.pipeline(spec);
     checks.topics(spec, has_window);
     checks.checkpoint(&spec.checkpoint);
-    if !(1..=MAX_PARALLELISM).contains(&spec.parallelism) {
-        checks.add(
-            "spec.parallelism",
-            format!("must be between 1 and {MAX_PARALLELISM}"),
-        );
-    }
     if let Some(autoscaler) = &spec.autoscaler {
         checks.autoscaler(autoscaler);
     }
     checks.positive("spec.savepoint.timeout", spec.savepoint.timeout);
     if let Some(interval) = spec.savepoint.periodic_interval {
         checks.positive("spec.savepoint.periodicInterval", interval);
-    }
-    if !(1..=100).contains(&spec.savepoint.history_limit) {
-        checks.add("spec.savepoint.historyLimit", "must be between 1 and 100");
-    }
-    if let Some(id) = &spec.restore_from
-        && !is_savepoint_id(id)
-    {
-        checks.add(
-            "spec.restoreFrom",
-            "must be a savepoint id: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters",
-        );
     }
     checks.problems
 }
@@ -295,6 +281,38 @@ fn is_dns_label(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+/// The name part of a label key, or a label value: at most 63 characters.
+fn is_qualified_name_part(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_topic_name(name: &str) -> bool {
@@ -382,6 +400,110 @@ impl Checks {
         }
     }
 
+    fn pod_overrides(&mut self, overrides: &PodOverrides) {
+        let path = "spec.podTemplate";
+        for (key, value) in &overrides.labels {
+            self.label(&format!("{path}.labels[{key:?}]"), key, Some(value));
+        }
+        for key in overrides.annotations.keys() {
+            self.label(&format!("{path}.annotations[{key:?}]"), key, None);
+        }
+        for (key, value) in &overrides.node_selector {
+            self.label(&format!("{path}.nodeSelector[{key:?}]"), key, Some(value));
+        }
+        for (i, var) in overrides.env.iter().enumerate() {
+            let var_path = format!("{path}.env[{i}].name");
+            if var.name.starts_with("WEIR_") {
+                self.add(
+                    var_path,
+                    format!(
+                        "{} is reserved: WEIR_* variables are set by the operator",
+                        var.name
+                    ),
+                );
+            } else if !is_env_name(&var.name) {
+                self.add(
+                    var_path,
+                    format!(
+                        "{:?} is not an environment variable name (letters, digits, '_', '-', '.'; not starting with a digit)",
+                        var.name
+                    ),
+                );
+            }
+        }
+        for (field, name) in [
+            ("serviceAccountName", &overrides.service_account_name),
+            ("priorityClassName", &overrides.priority_class_name),
+        ] {
+            if let Some(name) = name
+                && !is_dns_subdomain(name)
+            {
+                self.add(
+                    format!("{path}.{field}"),
+                    format!("{name:?} is not a valid name (lower-case letters, digits, '-' and '.', at most 253)"),
+                );
+            }
+        }
+    }
+
+    /// A label or annotation key (a qualified name with an optional DNS
+    /// prefix) and, for labels, the value.
+    fn label(&mut self, path: &str, key: &str, value: Option<&String>) {
+        let (prefix_ok, name) = match key.split_once('/') {
+            Some((prefix, name)) => (is_dns_subdomain(prefix), name),
+            None => (true, key),
+        };
+        if !prefix_ok || !is_qualified_name_part(name) {
+            self.add(
+                path,
+                "is not a valid key: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            );
+        }
+        if let Some(value) = value
+            && !(value.is_empty() || is_qualified_name_part(value))
+        {
+            self.add(
+                path,
+                format!(
+                    "{value:?} is not a valid label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+                ),
+            );
+        }
+    }
+
+    fn resources(&mut self, resources: &ResourceRequirements) {
+        for (field, quantities) in [
+            ("requests", &resources.requests),
+            ("limits", &resources.limits),
+        ] {
+            for (name, value) in quantities.iter().flatten() {
+                if let Err(error) = quantity::to_f64(value) {
+                    self.add(
+                        format!("spec.resources.{field}[{name:?}]"),
+                        error.to_string(),
+                    );
+                }
+            }
+        }
+        let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits) else {
+            return;
+        };
+        for (name, request) in requests {
+            let Some(limit) = limits.get(name) else {
+                continue;
+            };
+            if let (Ok(request_value), Ok(limit_value)) =
+                (quantity::to_f64(request), quantity::to_f64(limit))
+                && request_value > limit_value
+            {
+                self.add(
+                    format!("spec.resources.requests[{name:?}]"),
+                    format!("{} is more than the limit {}", request.0, limit.0),
+                );
+            }
+        }
+    }
+
     fn state(&mut self, state: &StateSpec) {
         if let Some(volume) = &state.volume {
             self.quantity("spec.state.volume.size", Some(&volume.size));
@@ -400,7 +522,7 @@ impl Checks {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        if servers.is_empty() {
+        if servers.is_empty() && !kafka.bootstrap_servers.is_empty() {
             self.add(
                 "spec.kafka.bootstrapServers",
                 "must list at least one host:port",
@@ -433,6 +555,17 @@ impl Checks {
             }
         }
         if let Some(credentials) = &kafka.credentials_secret
+            && !is_dns_subdomain(&credentials.name)
+        {
+            self.add(
+                "spec.kafka.credentialsSecret.name",
+                format!(
+                    "{:?} is not a Secret name (lower-case letters, digits, '-' and '.')",
+                    credentials.name
+                ),
+            );
+        }
+        if let Some(credentials) = &kafka.credentials_secret
             && credentials.certificate_key.is_some() != credentials.private_key_key.is_some()
         {
             self.add(
@@ -443,9 +576,6 @@ impl Checks {
     }
 
     fn source(&mut self, source: &SourceSpec) {
-        if source.topics.is_empty() {
-            self.add("spec.source.topics", "must list at least one topic");
-        }
         let mut seen = BTreeSet::new();
         for (i, topic) in source.topics.iter().enumerate() {
             if !is_topic_name(topic) {
@@ -479,31 +609,19 @@ impl Checks {
     /// pipeline has a window.
     fn pipeline(&mut self, spec: &StreamingJobSpec) -> bool {
         let steps = &spec.pipeline;
-        if steps.len() > MAX_PIPELINE_STEPS {
-            self.add(
-                "spec.pipeline",
-                format!("must have at most {MAX_PIPELINE_STEPS} steps"),
-            );
-        }
         let mut names = BTreeMap::new();
         let mut keyed_at: Option<usize> = None;
         let mut window_at: Option<usize> = None;
         let mut aggregate_at: Option<usize> = None;
         for (i, step) in steps.iter().enumerate() {
             let path = format!("spec.pipeline[{i}]");
-            if let Some(name) = &step.name {
-                if !is_dns_label(name) || name.len() > 63 {
-                    self.add(
-                        format!("{path}.name"),
-                        "must consist of lower-case letters, digits and '-', start with a letter and be at most 63 characters",
-                    );
-                }
-                if let Some(first) = names.insert(name.clone(), i) {
-                    self.add(
-                        format!("{path}.name"),
-                        format!("{name:?} is already the name of spec.pipeline[{first}]"),
-                    );
-                }
+            if let Some(name) = &step.name
+                && let Some(first) = names.insert(name.clone(), i)
+            {
+                self.add(
+                    format!("{path}.name"),
+                    format!("{name:?} is already the name of spec.pipeline[{first}]"),
+                );
             }
             let operations = operations(step);
             let operation = match operations.as_slice() {
@@ -624,9 +742,6 @@ impl Checks {
     }
 
     fn map_fields(&mut self, path: &str, map: &crate::job::MapStep) {
-        if map.fields.is_empty() {
-            self.add(format!("{path}.fields"), "must list at least one field");
-        }
         let mut seen = BTreeSet::new();
         for (j, field) in map.fields.iter().enumerate() {
             if field.name.is_empty() {
@@ -684,9 +799,6 @@ impl Checks {
     }
 
     fn aggregate(&mut self, path: &str, aggregate: &AggregateStep) {
-        if aggregate.fields.is_empty() {
-            self.add(format!("{path}.fields"), "must list at least one field");
-        }
         let mut seen = BTreeSet::new();
         for (j, field) in aggregate.fields.iter().enumerate() {
             let field_path = format!("{path}.fields[{j}]");
@@ -752,40 +864,30 @@ impl Checks {
 
     fn checkpoint(&mut self, checkpoint: &CheckpointSpec) {
         self.positive("spec.checkpoint.interval", checkpoint.interval);
-        if !(1..=100).contains(&checkpoint.retain) {
-            self.add("spec.checkpoint.retain", "must be between 1 and 100");
-        }
         if let Err(reason) = check_storage_url(&checkpoint.storage) {
             self.add("spec.checkpoint.storage", reason);
+        }
+        if let Some(secret) = &checkpoint.credentials_secret
+            && !is_dns_subdomain(&secret.name)
+        {
+            self.add(
+                "spec.checkpoint.credentialsSecret.name",
+                format!(
+                    "{:?} is not a Secret name (lower-case letters, digits, '-' and '.')",
+                    secret.name
+                ),
+            );
         }
     }
 
     fn autoscaler(&mut self, autoscaler: &AutoscalerSpec) {
         let path = "spec.autoscaler";
-        if !(1..=MAX_PARALLELISM).contains(&autoscaler.min_parallelism) {
+        if let Some(max) = autoscaler.max_parallelism
+            && autoscaler.min_parallelism > max
+        {
             self.add(
                 format!("{path}.minParallelism"),
-                format!("must be between 1 and {MAX_PARALLELISM}"),
-            );
-        }
-        if let Some(max) = autoscaler.max_parallelism {
-            if !(1..=MAX_PARALLELISM).contains(&max) {
-                self.add(
-                    format!("{path}.maxParallelism"),
-                    format!("must be between 1 and {MAX_PARALLELISM}"),
-                );
-            }
-            if autoscaler.min_parallelism > max {
-                self.add(
-                    format!("{path}.minParallelism"),
-                    format!("must be less than or equal to maxParallelism ({max})"),
-                );
-            }
-        }
-        if !(autoscaler.target_utilization > 0.0 && autoscaler.target_utilization <= 1.0) {
-            self.add(
-                format!("{path}.targetUtilization"),
-                "must be greater than 0 and at most 1",
+                format!("must be less than or equal to maxParallelism ({max})"),
             );
         }
         self.positive(
@@ -793,9 +895,6 @@ impl Checks {
             autoscaler.catch_up_duration,
         );
         self.positive(&format!("{path}.metricsWindow"), autoscaler.metrics_window);
-        if autoscaler.lag_threshold < 1 {
-            self.add(format!("{path}.lagThreshold"), "must be at least 1");
-        }
     }
 }
 

@@ -56,9 +56,7 @@ fn escape(value: &Value) -> Value {
     }
 }
 
-/// Evaluates every rule that applies to `object`; returns the messages of
-/// the rules that do not hold.
-fn failed_rules(object: &Value) -> Vec<String> {
+fn crd_schema() -> Value {
     let crd = definition();
     let schema = crd.spec.versions[0]
         .schema
@@ -66,23 +64,91 @@ fn failed_rules(object: &Value) -> Vec<String> {
         .unwrap()
         .open_api_v3_schema
         .unwrap();
-    let schema = serde_json::to_value(schema).unwrap();
+    serde_json::to_value(schema).unwrap()
+}
+
+/// Fills in the schema's defaults, as the API server does before it runs
+/// the rules.
+fn with_defaults(schema: &Value, object: &Value) -> Value {
+    match object {
+        Value::Object(fields) => {
+            let mut fields = fields.clone();
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                for (name, child_schema) in properties {
+                    if !fields.contains_key(name)
+                        && let Some(default) = child_schema.get("default")
+                    {
+                        fields.insert(name.clone(), default.clone());
+                    }
+                    if let Some(child) = fields.get(name) {
+                        let filled = with_defaults(child_schema, child);
+                        fields.insert(name.clone(), filled);
+                    }
+                }
+            }
+            Value::Object(fields)
+        }
+        Value::Array(items) => match schema.get("items") {
+            Some(item_schema) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| with_defaults(item_schema, i))
+                    .collect(),
+            ),
+            None => object.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Evaluates every rule that applies to `object` on create; returns the
+/// messages of the rules that do not hold.
+fn failed_rules(object: &Value) -> Vec<String> {
+    let schema = crd_schema();
     let mut failures = Vec::new();
-    walk(&schema, object, &mut failures);
+    walk(
+        &schema,
+        &with_defaults(&schema, object),
+        None,
+        &mut failures,
+    );
     failures
 }
 
-fn walk(schema: &Value, object: &Value, failures: &mut Vec<String>) {
+/// Evaluates every rule that applies when `old` is updated to `new`
+/// (transition rules with `oldSelf` included).
+fn failed_update_rules(old: &Value, new: &Value) -> Vec<String> {
+    let schema = crd_schema();
+    let old = with_defaults(&schema, old);
+    let mut failures = Vec::new();
+    walk(
+        &schema,
+        &with_defaults(&schema, new),
+        Some(&old),
+        &mut failures,
+    );
+    failures
+}
+
+fn walk(schema: &Value, object: &Value, old: Option<&Value>, failures: &mut Vec<String>) {
     if let Some(rules) = schema
         .get("x-kubernetes-validations")
         .and_then(Value::as_array)
     {
         for rule in rules {
             let source = rule["rule"].as_str().unwrap();
+            // The API server runs transition rules only on updates of a node
+            // that existed before.
+            if source.contains("oldSelf") && old.is_none() {
+                continue;
+            }
             let program = cel::Program::compile(source)
                 .unwrap_or_else(|e| panic!("rule {source:?} does not parse: {e:?}"));
             let mut context = cel::Context::default();
             context.add_variable_from_value("self", cel::to_value(escape(object)).unwrap());
+            if let Some(old) = old {
+                context.add_variable_from_value("oldSelf", cel::to_value(escape(old)).unwrap());
+            }
             match program.execute(&context) {
                 Ok(cel::Value::Bool(true)) => {}
                 Ok(cel::Value::Bool(false)) => {
@@ -97,15 +163,17 @@ fn walk(schema: &Value, object: &Value, failures: &mut Vec<String>) {
             if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
                 for (name, child) in fields {
                     if let Some(child_schema) = properties.get(name) {
-                        walk(child_schema, child, failures);
+                        walk(child_schema, child, old.and_then(|o| o.get(name)), failures);
                     }
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
+                // Items are matched to old values only in map-type lists;
+                // no rule here needs that.
                 for item in items {
-                    walk(item_schema, item, failures);
+                    walk(item_schema, item, None, failures);
                 }
             }
         }
@@ -236,4 +304,49 @@ fn zero_durations_are_rejected() {
         },
         "ttl must be greater than 0",
     );
+}
+
+#[test]
+fn durations_of_savepoints_and_the_autoscaler_must_be_positive() {
+    expect_rejected(
+        |o| o["spec"]["savepoint"] = serde_json::json!({"timeout": "0s"}),
+        "timeout must be greater than 0",
+    );
+    expect_rejected(
+        |o| o["spec"]["savepoint"] = serde_json::json!({"periodicInterval": "0s"}),
+        "periodicInterval must be greater than 0",
+    );
+    expect_rejected(
+        |o| o["spec"]["autoscaler"]["catchUpDuration"] = "0s".into(),
+        "catchUpDuration must be greater than 0",
+    );
+    expect_rejected(
+        |o| o["spec"]["autoscaler"]["metricsWindow"] = "0s".into(),
+        "metricsWindow must be greater than 0",
+    );
+}
+
+#[test]
+fn the_state_volume_is_immutable() {
+    const MESSAGE: &str = "state.volume cannot change once the job exists: a StatefulSet's volume claims are immutable (take a savepoint, delete the job and create it again with restoreFrom)";
+    let with_volume = |size: &str| {
+        let mut object = sample();
+        object["spec"]["state"]["volume"] = serde_json::json!({"size": size});
+        object
+    };
+    let without_volume = sample();
+    assert!(failed_update_rules(&with_volume("10Gi"), &with_volume("10Gi")).is_empty());
+    assert!(failed_update_rules(&without_volume, &without_volume).is_empty());
+    for (old, new) in [
+        (with_volume("10Gi"), with_volume("20Gi")),
+        (without_volume.clone(), with_volume("10Gi")),
+        (with_volume("10Gi"), without_volume.clone()),
+    ] {
+        assert_eq!(failed_update_rules(&old, &new), [MESSAGE]);
+    }
+    // Other fields may change, and a new job may have any volume.
+    let mut scaled = without_volume.clone();
+    scaled["spec"]["parallelism"] = 4.into();
+    assert!(failed_update_rules(&without_volume, &scaled).is_empty());
+    assert!(failed_rules(&with_volume("10Gi")).is_empty());
 }

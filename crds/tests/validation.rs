@@ -507,7 +507,7 @@ fn map_and_aggregate_fields() {
     expect_problem(
         |d| set(d, "spec.pipeline.3.aggregate.fields", Some(yaml("[]"))),
         "spec.pipeline[3].aggregate.fields",
-        "at least one field",
+        "must have at least 1 items",
     );
 }
 
@@ -535,7 +535,7 @@ fn topics() {
     expect_problem(
         |d| set(d, "spec.source.topics", Some(yaml("[]"))),
         "spec.source.topics",
-        "at least one topic",
+        "must have at least 1 items",
     );
     expect_problem(
         |d| set(d, "spec.source.topics", Some(yaml("[a, b, a]"))),
@@ -657,7 +657,7 @@ fn checkpoint_storage() {
     expect_problem(
         |d| set(d, "spec.checkpoint.retain", Some(yaml("0"))),
         "spec.checkpoint.retain",
-        "between 1 and 100",
+        "must be at least 1",
     );
 }
 
@@ -666,7 +666,7 @@ fn parallelism_and_autoscaler() {
     expect_problem(
         |d| set(d, "spec.parallelism", Some(yaml("0"))),
         "spec.parallelism",
-        "between 1 and 1024",
+        "must be at least 1",
     );
     expect_problem(
         |d| set(d, "spec.autoscaler.minParallelism", Some(yaml("5"))),
@@ -676,12 +676,12 @@ fn parallelism_and_autoscaler() {
     expect_problem(
         |d| set(d, "spec.autoscaler.targetUtilization", Some(yaml("1.5"))),
         "spec.autoscaler.targetUtilization",
-        "at most 1",
+        "must be at most 1",
     );
     expect_problem(
         |d| set(d, "spec.autoscaler.lagThreshold", Some(yaml("0"))),
         "spec.autoscaler.lagThreshold",
-        "at least 1",
+        "must be at least 1",
     );
 }
 
@@ -691,12 +691,12 @@ fn savepoints_and_restore() {
     expect_problem(
         |d| set(d, "spec.restoreFrom", Some(yaml("../etc"))),
         "spec.restoreFrom",
-        "must be a savepoint id",
+        "does not match",
     );
     expect_problem(
         |d| set(d, "spec.savepoint.historyLimit", Some(yaml("0"))),
         "spec.savepoint.historyLimit",
-        "between 1 and 100",
+        "must be at least 1",
     );
     expect_problem(
         |d| set(d, "spec.savepoint.periodicInterval", Some(yaml("0s"))),
@@ -788,4 +788,204 @@ fn report_lines_name_file_path_and_reason() {
     let (lines, valid) = weir_crds::validate::report("empty.yaml", "---\n");
     assert!(!valid);
     assert_eq!(lines, ["empty.yaml: no StreamingJob in the file"]);
+}
+
+#[test]
+fn schema_limits_match_the_crd() {
+    // What the API server rejects, weir validate rejects with the same limit.
+    expect_problem(
+        |d| {
+            let topics: Vec<String> = (0..17).map(|i| format!("t{i}")).collect();
+            set(
+                d,
+                "spec.source.topics",
+                Some(serde_yaml::to_value(topics).unwrap()),
+            );
+        },
+        "spec.source.topics",
+        "must have at most 16 items",
+    );
+    expect_problem(
+        |d| set(d, "spec.autoscaler.targetUtilization", Some(yaml("0.01"))),
+        "spec.autoscaler.targetUtilization",
+        "must be at least 0.05",
+    );
+    expect_problem(
+        |d| set(d, "spec.autoscaler.maxParallelism", Some(yaml("2000"))),
+        "spec.autoscaler.maxParallelism",
+        "must be at most 1024",
+    );
+    expect_problem(
+        |d| {
+            let steps = vec![yaml("{filter: 'record.a > 1'}"); 33];
+            set(d, "spec.pipeline", Some(Value::Sequence(steps)));
+            set(d, "spec.lateData", None);
+        },
+        "spec.pipeline",
+        "must have at most 32 items",
+    );
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.pipeline.0.filter",
+                Some(Value::from(format!("record.a > {}", "1".repeat(5000)))),
+            )
+        },
+        "spec.pipeline[0].filter",
+        "must be at most 4096 characters",
+    );
+    expect_problem(
+        |d| set(d, "spec.pipeline.0", Some(yaml("{map: {fields: []}}"))),
+        "spec.pipeline[0].map.fields",
+        "must have at least 1 items",
+    );
+    expect_problem(
+        |d| set(d, "spec.pipeline.0.name", Some(yaml("Upper_Case"))),
+        "spec.pipeline[0].name",
+        "does not match",
+    );
+}
+
+#[test]
+fn durations_the_crd_cannot_hold_are_rejected() {
+    expect_valid(|d| set(d, "spec.savepoint.timeout", Some(yaml("'999999999h'"))));
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.savepoint.timeout",
+                Some(yaml("'99999999999999999999h'")),
+            )
+        },
+        "spec.savepoint.timeout",
+        "1 to 9 digits",
+    );
+    expect_problem(
+        |d| set(d, "spec.autoscaler.metricsWindow", Some(yaml("0s"))),
+        "spec.autoscaler.metricsWindow",
+        "must be greater than 0",
+    );
+}
+
+#[test]
+fn pod_overrides() {
+    expect_valid(|d| {
+        set(
+            d,
+            "spec.podTemplate",
+            Some(yaml(
+                "{labels: {team: data, example.com/tier: gold}, annotations: {prometheus.io/scrape: 'true'}, nodeSelector: {kubernetes.io/arch: amd64}, serviceAccountName: weir-workers, priorityClassName: high}",
+            )),
+        )
+    });
+    expect_problem(
+        |d| set(d, "spec.podTemplate.labels", Some(yaml("{'bad key!': x}"))),
+        r#"spec.podTemplate.labels["bad key!"]"#,
+        "is not a valid key",
+    );
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.podTemplate.labels",
+                Some(yaml("{team: 'not valid'}")),
+            )
+        },
+        r#"spec.podTemplate.labels["team"]"#,
+        "not a valid label value",
+    );
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.podTemplate.annotations",
+                Some(yaml("{'Example.com/x': y}")),
+            )
+        },
+        r#"spec.podTemplate.annotations["Example.com/x"]"#,
+        "is not a valid key",
+    );
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.podTemplate.nodeSelector",
+                Some(yaml("{zone: 'a b'}")),
+            )
+        },
+        r#"spec.podTemplate.nodeSelector["zone"]"#,
+        "not a valid label value",
+    );
+    expect_problem(
+        |d| set(d, "spec.podTemplate.env", Some(yaml("[{name: '1BAD'}]"))),
+        "spec.podTemplate.env[0].name",
+        "not an environment variable name",
+    );
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.podTemplate.serviceAccountName",
+                Some(yaml("Weir_Workers")),
+            )
+        },
+        "spec.podTemplate.serviceAccountName",
+        "not a valid name",
+    );
+}
+
+#[test]
+fn resources() {
+    expect_valid(|d| {
+        set(
+            d,
+            "spec.resources",
+            Some(yaml(
+                "{requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: '2', memory: 1Gi}}",
+            )),
+        )
+    });
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.resources",
+                Some(yaml("{requests: {memory: 2Gi}, limits: {memory: 1Gi}}")),
+            )
+        },
+        r#"spec.resources.requests["memory"]"#,
+        "2Gi is more than the limit 1Gi",
+    );
+    expect_problem(
+        |d| set(d, "spec.resources", Some(yaml("{limits: {cpu: lots}}"))),
+        r#"spec.resources.limits["cpu"]"#,
+        "invalid quantity",
+    );
+}
+
+#[test]
+fn secret_names() {
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.checkpoint.credentialsSecret",
+                Some(yaml("{name: S3_Creds}")),
+            )
+        },
+        "spec.checkpoint.credentialsSecret.name",
+        "not a Secret name",
+    );
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.kafka.credentialsSecret",
+                Some(yaml("{name: Kafka_Creds}")),
+            )
+        },
+        "spec.kafka.credentialsSecret.name",
+        "not a Secret name",
+    );
 }

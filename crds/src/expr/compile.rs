@@ -118,11 +118,79 @@ pub(crate) struct Compiled {
     pub(crate) whole_record: bool,
 }
 
-/// Parses and compiles `source`.
+/// The longest source accepted, in bytes: pipeline expressions are short, and
+/// the parser's recursion must fit its stack.
+const MAX_SOURCE_LEN: usize = 4096;
+/// The deepest nesting of brackets accepted.
+const MAX_BRACKET_DEPTH: usize = 32;
+/// The deepest expression tree accepted, which bounds the recursion of
+/// compiling and evaluating.
+const MAX_DEPTH: usize = 128;
+/// The stack of the thread that parses: cel's parser recurses deeply per
+/// level of nesting. The worst sources the limits above let through (e.g.
+/// 370 chained `?:` or 2000 unary operators) parse within 16 MiB even in a
+/// debug build, and the tests check them.
+const PARSER_STACK: usize = 64 << 20;
+
+/// Parses and compiles `source`, on a thread with a stack large enough for
+/// the deepest source accepted.
 pub(crate) fn compile(source: &str) -> Result<Compiled, CompileError> {
-    let parsed =
-        std::panic::catch_unwind(|| cel::parser::Parser::new().parse_with_source_info(source))
-            .map_err(|_| CompileError::new(1, 1, "the expression cannot be parsed"))?;
+    if source.len() > MAX_SOURCE_LEN {
+        return Err(CompileError::new(
+            1,
+            1,
+            &format!("the expression is longer than {MAX_SOURCE_LEN} bytes"),
+        ));
+    }
+    check_nesting(source)?;
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("weir-expr-compile".to_owned())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(scope, || compile_here(source))
+            .map_err(|e| CompileError::new(1, 1, &format!("cannot start the compiler: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(CompileError::new(1, 1, "the expression cannot be parsed")))
+    })
+}
+
+/// Rejects sources whose brackets nest more than [`MAX_BRACKET_DEPTH`] deep
+/// (outside string literals).
+fn check_nesting(source: &str) -> Result<(), CompileError> {
+    let mut depth = 0_usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for (offset, c) in source.char_indices() {
+        match (quote, c) {
+            (Some(_), _) if escaped => escaped = false,
+            (Some(_), '\\') => escaped = true,
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => {
+                depth += 1;
+                if depth > MAX_BRACKET_DEPTH {
+                    let before = source.get(..offset).unwrap_or_default();
+                    let line = before.matches('\n').count() + 1;
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+                    return Err(CompileError::new(
+                        line,
+                        column,
+                        &format!("brackets nest more than {MAX_BRACKET_DEPTH} deep"),
+                    ));
+                }
+            }
+            (None, ')' | ']' | '}') => depth = depth.saturating_sub(1),
+            (None, _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses and compiles `source` on the current thread.
+fn compile_here(source: &str) -> Result<Compiled, CompileError> {
+    let parsed = cel::parser::Parser::new().parse_with_source_info(source);
     let (ast, info) = parsed.map_err(|errors| match errors.errors.first() {
         Some(error) => CompileError::new(
             usize::try_from(error.pos.0).unwrap_or(1).max(1),
@@ -137,6 +205,7 @@ pub(crate) fn compile(source: &str) -> Result<Compiled, CompileError> {
         scope: Vec::new(),
         fields: BTreeSet::new(),
         whole_record: false,
+        depth: 0,
     };
     let (node, _) = compiler.expr(&ast)?;
     Ok(Compiled {
@@ -168,6 +237,8 @@ struct Compiler<'s> {
     scope: Vec<String>,
     fields: BTreeSet<String>,
     whole_record: bool,
+    /// The depth of the node being compiled.
+    depth: usize,
 }
 
 /// The name of a type for messages, "dyn" when unknown.
@@ -224,6 +295,19 @@ impl Compiler<'_> {
     }
 
     fn expr(&mut self, e: &IdedExpr) -> Result<(Node, Ty), CompileError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(
+                e.id,
+                format!("the expression nests more than {MAX_DEPTH} levels deep"),
+            ));
+        }
+        self.depth += 1;
+        let compiled = self.node(e);
+        self.depth -= 1;
+        compiled
+    }
+
+    fn node(&mut self, e: &IdedExpr) -> Result<(Node, Ty), CompileError> {
         match &e.expr {
             Expr::Literal(literal) => self.literal(e.id, literal),
             Expr::Ident(name) => {
@@ -713,7 +797,7 @@ impl Compiler<'_> {
                         ],
                     ),
                     "bool" => (Kind::Bool, &[Kind::Bool, Kind::String]),
-                    _ => return Ok((operand, ty)),
+                    _ => return Ok((operand, None)),
                 };
                 if known_not(ty, from) {
                     return Err(self.error(

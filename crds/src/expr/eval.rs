@@ -225,28 +225,100 @@ fn items(range: Val<'_>) -> Result<Items<'_>, EvalError> {
     }
 }
 
+/// `record.name`.
+fn record_field<'a>(record: &'a Json, name: &str) -> Result<Val<'a>, EvalError> {
+    match record {
+        Json::Object(map) => map
+            .get(name)
+            .map(Val::from_json)
+            .ok_or_else(|| no_such_field(name)),
+        other => select(Val::from_json(other), name),
+    }
+}
+
 impl Node {
+    /// Evaluates an operand: constants and fields of the record without a
+    /// call (the common operands of comparisons), other nodes with one.
+    #[inline(always)]
+    fn operand<'a>(&'a self, cx: Scope<'a, '_>) -> Result<Val<'a>, EvalError> {
+        match self {
+            Node::Const(value) => Ok(value.borrowed()),
+            Node::RecordField(name) => record_field(cx.record, name),
+            other => other.eval(cx),
+        }
+    }
+
+    /// Evaluates a node that must be a bool, without building a value for
+    /// the operators that compute one; `what` names the node in the error
+    /// when it is not a bool.
+    pub(crate) fn test<'a>(&'a self, cx: Scope<'a, '_>, what: &str) -> Result<bool, EvalError> {
+        match self {
+            Node::And(lhs, rhs) => logic(cx, lhs, rhs, false),
+            Node::Or(lhs, rhs) => logic(cx, lhs, rhs, true),
+            Node::Not(operand) => operand.test(cx, "the operand of '!'").map(|b| !b),
+            Node::Eq(lhs, rhs) => {
+                let lhs = lhs.operand(cx)?;
+                Ok(equal(&lhs, &rhs.operand(cx)?))
+            }
+            Node::Ne(lhs, rhs) => {
+                let lhs = lhs.operand(cx)?;
+                Ok(!equal(&lhs, &rhs.operand(cx)?))
+            }
+            Node::Order(op, lhs, rhs) => {
+                let lhs = lhs.operand(cx)?;
+                compare(*op, &lhs, &rhs.operand(cx)?)
+            }
+            Node::Has(operand, name) => has(&operand.operand(cx)?, name),
+            Node::In(needle, haystack) => {
+                let needle = needle.operand(cx)?;
+                match haystack.operand(cx)? {
+                    Val::List(list) => Ok(list.contains(&needle)),
+                    Val::Map(map) => Ok(map.contains_key(&needle)),
+                    other => Err(EvalError::new(format!(
+                        "'in' needs a list or a map on its right, not {}",
+                        other.kind().name()
+                    ))),
+                }
+            }
+            Node::StrTest(test, subject, argument) => {
+                let subject = subject.operand(cx)?;
+                let argument = argument.operand(cx)?;
+                let name = test_name(*test);
+                let (s, a) = (string(&subject, name)?, string(&argument, name)?);
+                Ok(match test {
+                    StrTest::Contains => s.contains(a),
+                    StrTest::StartsWith => s.starts_with(a),
+                    StrTest::EndsWith => s.ends_with(a),
+                    StrTest::Matches => regex::Regex::new(a)
+                        .map_err(|_| EvalError::new(format!("invalid regular expression '{a}'")))?
+                        .is_match(s),
+                })
+            }
+            Node::Matches(subject, regex) => {
+                let subject = subject.operand(cx)?;
+                Ok(regex.is_match(string(&subject, "matches")?))
+            }
+            other => match other.eval(cx)? {
+                Val::Bool(b) => Ok(b),
+                value => Err(expected(what, &value)),
+            },
+        }
+    }
+
     /// Evaluates the node.
     pub(crate) fn eval<'a>(&'a self, cx: Scope<'a, '_>) -> Result<Val<'a>, EvalError> {
         match self {
             Node::Const(value) => Ok(value.borrowed()),
             Node::Record => Ok(Val::from_json(cx.record)),
-            Node::RecordField(name) => match cx.record {
-                Json::Object(map) => map
-                    .get(&**name)
-                    .map(Val::from_json)
-                    .ok_or_else(|| no_such_field(name)),
-                other => select(Val::from_json(other), name),
-            },
+            Node::RecordField(name) => record_field(cx.record, name),
             Node::Var(slot) => cx
                 .var(*slot)
                 .cloned()
                 .ok_or_else(|| EvalError::new_static("internal error: unbound variable")),
-            Node::Select(operand, name) => select(operand.eval(cx)?, name),
-            Node::Has(operand, name) => Ok(Val::Bool(has(&operand.eval(cx)?, name)?)),
+            Node::Select(operand, name) => select(operand.operand(cx)?, name),
             Node::Index(operand, i) => {
-                let operand = operand.eval(cx)?;
-                index(operand, &i.eval(cx)?)
+                let operand = operand.operand(cx)?;
+                index(operand, &i.operand(cx)?)
             }
             Node::List(elements) => {
                 let mut values = Vec::with_capacity(elements.len());
@@ -276,18 +348,24 @@ impl Node {
                 }
                 Ok(Val::Map(Map::Owned(values)))
             }
-            Node::And(lhs, rhs) => logic(cx, lhs, rhs, false).map(Val::Bool),
-            Node::Or(lhs, rhs) => logic(cx, lhs, rhs, true).map(Val::Bool),
-            Node::Not(operand) => match operand.eval(cx)? {
-                Val::Bool(b) => Ok(Val::Bool(!b)),
-                other => Err(expected("the operand of '!'", &other)),
-            },
-            Node::Cond(condition, then, otherwise) => match condition.eval(cx)? {
-                Val::Bool(true) => then.eval(cx),
-                Val::Bool(false) => otherwise.eval(cx),
-                other => Err(expected("the condition of '?:'", &other)),
-            },
-            Node::Neg(operand) => match operand.eval(cx)? {
+            Node::And(..)
+            | Node::Or(..)
+            | Node::Not(..)
+            | Node::Eq(..)
+            | Node::Ne(..)
+            | Node::Order(..)
+            | Node::Has(..)
+            | Node::In(..)
+            | Node::StrTest(..)
+            | Node::Matches(..) => self.test(cx, "a condition").map(Val::Bool),
+            Node::Cond(condition, then, otherwise) => {
+                if condition.test(cx, "the condition of '?:'")? {
+                    then.operand(cx)
+                } else {
+                    otherwise.operand(cx)
+                }
+            }
+            Node::Neg(operand) => match operand.operand(cx)? {
                 Val::Int(i) => i
                     .checked_neg()
                     .map(Val::Int)
@@ -299,53 +377,12 @@ impl Node {
                 ))),
             },
             Node::Arith(op, lhs, rhs) => {
-                let lhs = lhs.eval(cx)?;
-                arith(*op, lhs, rhs.eval(cx)?)
+                let lhs = lhs.operand(cx)?;
+                arith(*op, lhs, rhs.operand(cx)?)
             }
-            Node::Eq(lhs, rhs) => {
-                let lhs = lhs.eval(cx)?;
-                Ok(Val::Bool(equal(&lhs, &rhs.eval(cx)?)))
-            }
-            Node::Ne(lhs, rhs) => {
-                let lhs = lhs.eval(cx)?;
-                Ok(Val::Bool(!equal(&lhs, &rhs.eval(cx)?)))
-            }
-            Node::Order(op, lhs, rhs) => {
-                let lhs = lhs.eval(cx)?;
-                compare(*op, &lhs, &rhs.eval(cx)?).map(Val::Bool)
-            }
-            Node::In(needle, haystack) => {
-                let needle = needle.eval(cx)?;
-                match haystack.eval(cx)? {
-                    Val::List(list) => Ok(Val::Bool(list.contains(&needle))),
-                    Val::Map(map) => Ok(Val::Bool(map.contains_key(&needle))),
-                    other => Err(EvalError::new(format!(
-                        "'in' needs a list or a map on its right, not {}",
-                        other.kind().name()
-                    ))),
-                }
-            }
-            Node::Size(operand) => operand.eval(cx)?.size().map(Val::Int),
-            Node::StrTest(test, subject, argument) => {
-                let subject = subject.eval(cx)?;
-                let argument = argument.eval(cx)?;
-                let name = test_name(*test);
-                let (s, a) = (string(&subject, name)?, string(&argument, name)?);
-                Ok(Val::Bool(match test {
-                    StrTest::Contains => s.contains(a),
-                    StrTest::StartsWith => s.starts_with(a),
-                    StrTest::EndsWith => s.ends_with(a),
-                    StrTest::Matches => regex::Regex::new(a)
-                        .map_err(|_| EvalError::new(format!("invalid regular expression '{a}'")))?
-                        .is_match(s),
-                }))
-            }
-            Node::Matches(subject, regex) => {
-                let subject = subject.eval(cx)?;
-                Ok(Val::Bool(regex.is_match(string(&subject, "matches")?)))
-            }
-            Node::StrMap(map, operand) => str_map(*map, operand.eval(cx)?),
-            Node::Convert(to, operand) => convert(*to, operand.eval(cx)?),
+            Node::Size(operand) => operand.operand(cx)?.size().map(Val::Int),
+            Node::StrMap(map, operand) => str_map(*map, operand.operand(cx)?),
+            Node::Convert(to, operand) => convert(*to, operand.operand(cx)?),
             Node::Loop(l) => {
                 let items = items(l.range.eval(cx)?)?;
                 run_loop(cx, l, items)
@@ -363,18 +400,15 @@ fn logic<'a>(cx: Scope<'a, '_>, lhs: &'a Node, rhs: &'a Node, or: bool) -> Resul
     } else {
         "an operand of '&&'"
     };
-    let left = match lhs.eval(cx) {
-        Ok(Val::Bool(b)) if b == or => return Ok(or),
-        Ok(Val::Bool(_)) => None,
-        Ok(other) => Some(expected(what, &other)),
+    let left = match lhs.test(cx, what) {
+        Ok(b) if b == or => return Ok(or),
+        Ok(_) => None,
         Err(error) => Some(error),
     };
-    match (rhs.eval(cx), left) {
-        (Ok(Val::Bool(b)), _) if b == or => Ok(or),
+    match (rhs.test(cx, what), left) {
+        (Ok(b), _) if b == or => Ok(or),
         (_, Some(error)) => Err(error),
-        (Ok(Val::Bool(b)), None) => Ok(b),
-        (Ok(other), None) => Err(expected(what, &other)),
-        (Err(error), None) => Err(error),
+        (right, None) => right,
     }
 }
 
@@ -396,29 +430,24 @@ fn run_loop<'a>(cx: Scope<'a, '_>, l: &'a Loop, items: Items<'a>) -> Result<Val<
         match l.kind {
             LoopKind::Exists | LoopKind::All => {
                 let stop = l.kind == LoopKind::Exists;
-                match l.body.eval(cx) {
-                    Ok(Val::Bool(b)) if b == stop => return Ok(Val::Bool(stop)),
-                    Ok(Val::Bool(_)) => {}
-                    Ok(other) => {
-                        error.get_or_insert_with(|| expected("a predicate", &other));
-                    }
+                match l.body.test(cx, "a predicate") {
+                    Ok(b) if b == stop => return Ok(Val::Bool(stop)),
+                    Ok(_) => {}
                     Err(e) => {
                         error.get_or_insert(e);
                     }
                 }
             }
-            LoopKind::ExistsOne => match l.body.eval(cx)? {
-                Val::Bool(true) => count += 1,
-                Val::Bool(false) => {}
-                other => return Err(expected("a predicate", &other)),
-            },
+            LoopKind::ExistsOne => {
+                if l.body.test(cx, "a predicate")? {
+                    count += 1;
+                }
+            }
             LoopKind::Map => {
-                if let Some(filter) = &l.filter {
-                    match filter.eval(cx)? {
-                        Val::Bool(true) => {}
-                        Val::Bool(false) => continue,
-                        other => return Err(expected("a filter", &other)),
-                    }
+                if let Some(filter) = &l.filter
+                    && !filter.test(cx, "a filter")?
+                {
+                    continue;
                 }
                 mapped.push(l.body.eval(cx)?);
             }

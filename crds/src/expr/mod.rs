@@ -1,7 +1,7 @@
 //! The expression language of pipelines: CEL (the Kubernetes expression
 //! language) over one variable, `record`, the decoded JSON value of a record.
 //!
-//! An expression is [`compile`]d once, at start-up, into a tree that is then
+//! An expression is [`compile`](fn@compile)d once, at start-up, into a tree that is then
 //! evaluated directly over a [`serde_json::Value`] for every record: nothing
 //! is converted per record, and field accesses, comparisons and filters borrow
 //! from the record instead of allocating.
@@ -25,7 +25,8 @@
 //! - `size()`, the string methods `contains`, `startsWith`, `endsWith`,
 //!   `matches` (RE2 syntax of the `regex` crate; a literal pattern is compiled
 //!   once), `lowerAscii`, `upperAscii`, `trim`, and the conversions `int()`,
-//!   `uint()`, `double()`, `string()`, `bool()`, `dyn()`.
+//!   `uint()`, `double()`, `string()`, `bool()`, and `dyn()` (which hides
+//!   a type from the checks made when compiling).
 //! - The macros `all`, `exists`, `exists_one`, `map` (also with a filter) and
 //!   `filter` over lists and map keys.
 //!
@@ -35,7 +36,19 @@
 //! unknown functions, wrong arities, type errors between operands whose types
 //! are known without a record (`"a" - 1`, `size(1)`, `1 == "a"`), invalid
 //! literal regular expressions, bytes literals, message construction,
-//! optional syntax and two-variable comprehensions.
+//! optional syntax, two-variable comprehensions, functions outside the list
+//! above (e.g. `timestamp()`, `duration()`), and sources longer than 4096
+//! bytes, with brackets nested more than 32 deep or trees more than 128
+//! levels deep (which bound the recursion of parsing and evaluating).
+//!
+//! # Differences from cel-go
+//!
+//! `string()` of a double writes Rust's shortest round-tripping decimal
+//! without an exponent (`string(1e20)` is `"100000000000000000000"`, not
+//! `"1e+20"`); `matches` uses the `regex` crate, whose syntax is RE2's with
+//! minor differences; `trim` removes Unicode white space. Errors are plain
+//! messages (see [`EvalError`]), and an expression's result is a JSON value,
+//! so a map with int keys becomes an object keyed by their text.
 
 mod compile;
 mod eval;
@@ -108,15 +121,22 @@ impl Expression {
         self.value(record)?.to_json()
     }
 
+    /// Evaluates and appends the result to `out` as JSON text, the same JSON
+    /// as [`eval`](Self::eval) gives, without building a JSON value: for map
+    /// step outputs that are encoded anyway. On error `out` is left as it
+    /// was.
+    pub fn eval_json(&self, record: &Json, out: &mut Vec<u8>) -> Result<(), EvalError> {
+        let start = out.len();
+        let written = self.value(record).and_then(|value| value.write_json(out));
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
     /// Evaluates a filter: an error when the result is not a bool.
     pub fn eval_bool(&self, record: &Json) -> Result<bool, EvalError> {
-        match self.value(record)? {
-            Val::Bool(b) => Ok(b),
-            other => Err(EvalError::new(format!(
-                "the expression must be a bool, not {}",
-                other.kind().name()
-            ))),
-        }
+        self.inner.node.test(Scope::new(record), "the expression")
     }
 
     /// Evaluates a number for an aggregate (sum, min, max, avg): ints, uints
@@ -144,9 +164,15 @@ impl Expression {
     /// numbers, and a field that one producer writes as a string and another
     /// as a number still groups together. Write `type`-distinguishing keys
     /// explicitly, e.g. `string(record.id) + ":" + record.kind`, if they must
-    /// differ. A null (or missing) key is an error.
+    /// differ. A null (or missing) key is an error, and leaves `out` as it
+    /// was.
     pub fn eval_key(&self, record: &Json, out: &mut Vec<u8>) -> Result<(), EvalError> {
-        self.value(record)?.write_text(out)
+        let start = out.len();
+        let written = self.value(record).and_then(|value| value.write_text(out));
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
     }
 
     /// The top-level fields of `record` the expression reads, sorted and

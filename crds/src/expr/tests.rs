@@ -8,6 +8,7 @@ use std::cell::Cell;
 use proptest::prelude::*;
 use serde_json::{Value as Json, json};
 
+use super::value::Val;
 use super::{Expression, compile};
 
 /// A record with a field of every kind.
@@ -38,9 +39,33 @@ fn compiled(source: &str) -> Expression {
 fn check(cases: &[(&str, Result<Json, &str>)]) {
     let record = record();
     for (source, expected) in cases {
-        let actual = compiled(source).eval(&record).map_err(|e| e.to_string());
+        let expression = compiled(source);
+        let actual = expression.eval(&record).map_err(|e| e.to_string());
         let expected = expected.clone().map_err(str::to_owned);
         assert_eq!(actual, expected, "{source}");
+        // eval_json writes the same JSON, or fails the same way and leaves the
+        // buffer as it was.
+        let mut out = b"[".to_vec();
+        let written = expression
+            .eval_json(&record, &mut out)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                out.push(b']');
+                serde_json::from_slice::<Json>(&out).map_err(|e| e.to_string())
+            });
+        match (written, expected) {
+            (Ok(Json::Array(written)), Ok(expected)) => {
+                assert_eq!(written, [expected], "{source}")
+            }
+            (Err(written), Err(expected)) => {
+                assert_eq!(
+                    (written, out.as_slice()),
+                    (expected, b"[".as_slice()),
+                    "{source}"
+                )
+            }
+            (written, expected) => panic!("{source}: {written:?} but {expected:?}"),
+        }
     }
 }
 
@@ -140,6 +165,16 @@ fn arithmetic() {
         ("-7 % 3", Ok(json!(-1))),
         ("7.0 / 2.0", Ok(json!(3.5))),
         ("7u / 2u", Ok(json!(3))),
+        ("5u * 2u + 1u - 3u % 2u", Ok(json!(10))),
+        ("dyn(uint(record.n)) + 1", Err("cannot add uint and int")),
+        (
+            "record.tags + record.tags.map(t, t + t)",
+            Ok(json!(["a", "b", "aa", "bb"])),
+        ),
+        (
+            "(record.n > 1 ? record.country : \"x\") + record.user_id",
+            Ok(json!("DEu123")),
+        ),
         ("record.amount * 2.0", Ok(json!(25.0))),
         ("double(record.n) * 1.5", Ok(json!(10.5))),
         ("record.amount * 100", Err("cannot multiply double and int")),
@@ -225,6 +260,13 @@ fn comparisons() {
         ("\"k\" in record.nested", Ok(json!(true))),
         ("\"z\" in record.nested", Ok(json!(false))),
         ("1 in {1u: 2}", Ok(json!(true))),
+        ("(record.n > 1 ? {\"a\": record.n} : {}).a", Ok(json!(7))),
+        ("{\"a\": [record.n]}.a[0] == 7u", Ok(json!(true))),
+        ("record.email.lowerAscii() > record.email", Ok(json!(true))),
+        (
+            "{\"k\": 1, \"j\": 2}.exists(k, k == \"j\")",
+            Ok(json!(true)),
+        ),
         (
             "1 in record.n",
             Err("'in' needs a list or a map on its right, not int"),
@@ -322,7 +364,7 @@ fn functions() {
         ("uint(-0.5)", Err("cannot convert -0.5 to uint")),
         (
             "int(-9223372036854775808.0)",
-            Err("cannot convert -9223372036854775808 to int"),
+            Err("cannot convert -9223372036854776000 to int"),
         ),
         (
             "int(-9223372036854774784.0)",
@@ -603,6 +645,18 @@ fn keys_are_the_text_of_the_value() {
     assert_eq!(key("record.n > 1"), Ok("prefix|true".to_owned()));
     assert_eq!(key("record.tags"), Ok("prefix|[\"a\",\"b\"]".to_owned()));
     assert_eq!(key("record.coupon"), Err("the key is null".to_owned()));
+    let mut out = b"prefix|".to_vec();
+    assert!(
+        compiled("record.n / 0")
+            .eval_key(&record, &mut out)
+            .is_err()
+    );
+    assert!(
+        compiled("[record.n, record.n / 0]")
+            .eval_key(&record, &mut out)
+            .is_err()
+    );
+    assert_eq!(out, b"prefix|");
     assert_eq!(
         key("record.missing"),
         Err("no such field 'missing'".to_owned())
@@ -697,6 +751,28 @@ fn filters_field_accesses_and_comparisons_do_not_allocate() {
     let before = ALLOCATIONS.with(Cell::get);
     let result = e.eval_key(&record, &mut key);
     assert_eq!((result, ALLOCATIONS.with(Cell::get) - before), (Ok(()), 0));
+    // Map outputs written as JSON into a buffer with room do not allocate.
+    let mut out = Vec::with_capacity(256);
+    for source in [
+        "record.user_id",
+        "record.amount * 100.0",
+        "record.n + 1",
+        "record.tags",
+        "record.nested",
+    ] {
+        let e = compiled(source);
+        let before = ALLOCATIONS.with(Cell::get);
+        let result = e.eval_json(&record, &mut out);
+        assert_eq!(
+            (result, ALLOCATIONS.with(Cell::get) - before),
+            (Ok(()), 0),
+            "{source}"
+        );
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        r#""u123"1250.08["a","b"]{"k":"v","x":1}"#
+    );
 }
 
 /// An arithmetic or comparison expression over `record.a`, `record.b` (ints)
@@ -704,6 +780,7 @@ fn filters_field_accesses_and_comparisons_do_not_allocate() {
 #[derive(Clone, Debug)]
 enum Gen {
     Int(i64),
+    Uint(u64),
     Double(f64),
     Field(&'static str),
     Neg(Box<Gen>),
@@ -716,6 +793,7 @@ impl Gen {
     fn source(&self) -> String {
         match self {
             Gen::Int(i) => format!("({i})"),
+            Gen::Uint(u) => format!("{u}u"),
             Gen::Double(d) => format!("({d:?})"),
             Gen::Field(name) => format!("record.{name}"),
             Gen::Neg(e) => format!("-{}", e.source()),
@@ -745,6 +823,13 @@ fn double_value() -> impl Strategy<Value = f64> {
 /// (`record.z` is missing).
 fn leaf(kind: char) -> BoxedStrategy<Gen> {
     match kind {
+        'u' => prop_oneof![
+            8 => 0_u64..40,
+            1 => any::<u64>(),
+            1 => Just(u64::MAX),
+        ]
+        .prop_map(Gen::Uint)
+        .boxed(),
         'i' => prop_oneof![
             2 => int_value().prop_map(Gen::Int),
             1 => prop_oneof![Just("a"), Just("b")].prop_map(Gen::Field),
@@ -764,6 +849,7 @@ fn leaf(kind: char) -> BoxedStrategy<Gen> {
         _ => prop_oneof![
             int_value().prop_map(Gen::Int),
             double_value().prop_map(Gen::Double),
+            (0_u64..10).prop_map(Gen::Uint),
             prop_oneof![Just("a"), Just("x"), Just("z")].prop_map(Gen::Field),
         ]
         .boxed(),
@@ -790,7 +876,7 @@ fn typed(kind: char, depth: u32) -> BoxedStrategy<Gen> {
     const COMPARE: &[&str] = &["==", "!=", "<", "<=", ">", ">="];
     const LOGIC: &[&str] = &["&&", "||"];
     match kind {
-        'i' | 'd' => prop_oneof![
+        'i' | 'd' | 'u' => prop_oneof![
             2 => leaf(kind),
             4 => binary(ARITH, sub(kind), sub(kind)),
             1 => sub(kind).prop_map(|e| Gen::Neg(Box::new(e))),
@@ -802,6 +888,9 @@ fn typed(kind: char, depth: u32) -> BoxedStrategy<Gen> {
             2 => binary(COMPARE, sub('i'), sub('i')),
             2 => binary(COMPARE, sub('d'), sub('d')),
             2 => binary(COMPARE, sub('i'), sub('d')),
+            1 => binary(COMPARE, sub('u'), sub('u')),
+            1 => binary(COMPARE, sub('u'), sub('i')),
+            1 => binary(COMPARE, sub('d'), sub('u')),
             3 => binary(LOGIC, sub('b'), sub('b')),
             1 => binary(LOGIC, sub('b'), sub('?')),
             1 => sub('b').prop_map(|e| Gen::Not(Box::new(e))),
@@ -823,13 +912,14 @@ fn expression() -> impl Strategy<Value = Gen> {
     prop_oneof![
         2 => typed('i', 3),
         2 => typed('d', 3),
+        1 => typed('u', 3),
         3 => typed('b', 3),
         1 => typed('?', 2),
     ]
 }
 
-/// The result of cel's interpreter, as a JSON value or an error.
-fn cel_result(source: &str, record: &Json) -> Result<Json, String> {
+/// The result of cel's interpreter, as its type and value, or an error.
+fn cel_result(source: &str, record: &Json) -> Result<String, String> {
     let program = cel::Program::compile(source).map_err(|e| e.to_string())?;
     // Built by hand: serialising a JSON value would make every non-negative
     // integer a uint, where a JSON integer is an int.
@@ -845,24 +935,22 @@ fn cel_result(source: &str, record: &Json) -> Result<Json, String> {
     let mut context = cel::Context::default();
     context.add_variable_from_value("record", fields);
     match program.execute(&context).map_err(|e| e.to_string())? {
-        cel::Value::Int(i) => Ok(json!(i)),
-        cel::Value::UInt(u) => Ok(json!(u)),
-        cel::Value::Float(f) => {
-            Ok(serde_json::Number::from_f64(f).map_or_else(|| json!(format!("{f}")), Json::Number))
-        }
-        cel::Value::Bool(b) => Ok(json!(b)),
+        cel::Value::Int(i) => Ok(format!("int {i}")),
+        cel::Value::UInt(u) => Ok(format!("uint {u}")),
+        cel::Value::Float(f) => Ok(format!("double {f:?}")),
+        cel::Value::Bool(b) => Ok(format!("bool {b}")),
         other => Err(format!("unexpected {other:?}")),
     }
 }
 
 /// Our result in the same form as [`cel_result`].
-fn our_result(expression: &Expression, record: &Json) -> Result<Json, String> {
-    match expression.eval(record) {
-        Ok(value) => Ok(value),
-        Err(e) if e.message().ends_with("cannot be represented in JSON") => expression
-            .eval_f64(record)
-            .map(|f| json!(format!("{f}")))
-            .map_err(|e| e.to_string()),
+fn our_result(expression: &Expression, record: &Json) -> Result<String, String> {
+    match expression.value(record) {
+        Ok(Val::Int(i)) => Ok(format!("int {i}")),
+        Ok(Val::Uint(u)) => Ok(format!("uint {u}")),
+        Ok(Val::Double(f)) => Ok(format!("double {f:?}")),
+        Ok(Val::Bool(b)) => Ok(format!("bool {b}")),
+        Ok(other) => Err(format!("unexpected {other:?}")),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -898,8 +986,16 @@ proptest! {
 }
 
 #[test]
-fn malformed_sources_are_one_line_errors() {
+fn malformed_sources_are_one_line_errors_and_never_crash() {
     let deep = format!("{}1{}", "(".repeat(300), ")".repeat(300));
+    let negations = format!("{}true", "!".repeat(2000));
+    let minus = format!("{}1", "-".repeat(2000));
+    let sum = format!("1{}", " + 1".repeat(1000));
+    let select = format!("record{}", ".a".repeat(2000));
+    let long = "1 + ".repeat(2000);
+    let ternaries = format!("{}0", "true ? 1 : ".repeat(370));
+    let calls = format!("record.s{}", ".trim()".repeat(580));
+    let mixed = format!("{}1", "-!".repeat(2000));
     let sources = [
         "",
         "   ",
@@ -917,13 +1013,53 @@ fn malformed_sources_are_one_line_errors() {
         "1 = 2",
         "record.a in",
         deep.as_str(),
+        negations.as_str(),
+        minus.as_str(),
+        sum.as_str(),
+        select.as_str(),
+        long.as_str(),
+        ternaries.as_str(),
+        calls.as_str(),
+        mixed.as_str(),
     ];
     for source in sources {
-        let message = compile_error(source);
+        // Some compile (an even number of '!' or '-' cancels out), none
+        // crashes.
+        let Err(error) = compile(source) else {
+            continue;
+        };
+        let message = error.to_string();
         assert!(
             message.starts_with("column ") || message.starts_with("line "),
             "{source:?}: {message}"
         );
         assert!(!message.contains('\n'), "{source:?}: {message}");
     }
+}
+
+#[test]
+fn limits_are_reported() {
+    let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+    assert_eq!(
+        compile_error(&deep),
+        "column 33: brackets nest more than 32 deep"
+    );
+    let sum = format!("1{}", " + 1".repeat(200));
+    assert_eq!(
+        compile_error(&sum),
+        "column 287: the expression nests more than 128 levels deep"
+    );
+    assert_eq!(
+        compile_error(&"1 + ".repeat(2000)),
+        "column 1: the expression is longer than 4096 bytes"
+    );
+    // Brackets inside strings do not count.
+    let quoted = format!(
+        "record.s == \"{}\" && record.t == '{}'",
+        "(".repeat(40),
+        "[\\'".repeat(40)
+    );
+    assert_eq!(compiled(&quoted).fields(), ["s", "t"]);
+    let sum = format!("1{}", " + 1".repeat(100));
+    assert_eq!(compiled(&sum).eval(&json!({})), Ok(json!(101)));
 }

@@ -226,8 +226,43 @@ impl<'a> Val<'a> {
             Val::Int(i) => write!(out, "{i}").map_err(|e| EvalError::new(e.to_string()))?,
             Val::Uint(u) => write!(out, "{u}").map_err(|e| EvalError::new(e.to_string()))?,
             Val::Double(d) => write!(out, "{d}").map_err(|e| EvalError::new(e.to_string()))?,
-            Val::List(_) | Val::Map(_) => serde_json::to_writer(&mut *out, &self.to_json()?)
-                .map_err(|e| EvalError::new(e.to_string()))?,
+            Val::List(_) | Val::Map(_) => self.write_json(out)?,
+        }
+        Ok(())
+    }
+
+    /// Appends the value as JSON text to `out`, as [`to_json`](Self::to_json)
+    /// would convert it, without building a JSON value.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> Result<(), EvalError> {
+        use std::io::Write as _;
+        let io = |e: std::io::Error| EvalError::new(e.to_string());
+        let json = |e: serde_json::Error| EvalError::new(e.to_string());
+        match self {
+            Val::Null => out.extend_from_slice(b"null"),
+            Val::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Val::Int(i) => write!(out, "{i}").map_err(io)?,
+            Val::Uint(u) => write!(out, "{u}").map_err(io)?,
+            Val::Double(d) if d.is_finite() => serde_json::to_writer(&mut *out, d).map_err(json)?,
+            Val::Double(d) => {
+                return Err(EvalError::new(format!("{d} cannot be represented in JSON")));
+            }
+            Val::Str(s) => serde_json::to_writer(&mut *out, s.as_ref()).map_err(json)?,
+            Val::List(List::Json(items)) => {
+                serde_json::to_writer(&mut *out, items).map_err(json)?
+            }
+            Val::Map(Map::Json(map)) => serde_json::to_writer(&mut *out, map).map_err(json)?,
+            Val::List(list) => {
+                out.push(b'[');
+                for (i, item) in list.clone().into_items().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write_json(out)?;
+                }
+                out.push(b']');
+            }
+            Val::Map(Map::Ref(entries)) => write_entries(entries, out)?,
+            Val::Map(Map::Owned(entries)) => write_entries(entries, out)?,
         }
         Ok(())
     }
@@ -247,6 +282,34 @@ impl<'a> Val<'a> {
         };
         i64::try_from(size).map_err(|_| EvalError::new_static("integer overflow"))
     }
+}
+
+/// Appends map entries as a JSON object, keyed by the text of each key.
+fn write_entries(entries: &[(Val<'_>, Val<'_>)], out: &mut Vec<u8>) -> Result<(), EvalError> {
+    out.push(b'{');
+    for (i, (key, value)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match key {
+            Val::Str(_) => key.write_json(out)?,
+            Val::Int(_) | Val::Uint(_) | Val::Bool(_) => {
+                out.push(b'"');
+                key.write_json(out)?;
+                out.push(b'"');
+            }
+            other => {
+                return Err(EvalError::new(format!(
+                    "a map key cannot be {}",
+                    other.kind().name()
+                )));
+            }
+        }
+        out.push(b':');
+        value.write_json(out)?;
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 /// A JSON object of map entries, keyed by the text of each key.
