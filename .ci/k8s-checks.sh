@@ -12,6 +12,9 @@
 # run again and again. Any failure stops the script with a message.
 #
 # Usage: .ci/k8s-checks.sh   (from anywhere; honours CARGO_TARGET_DIR)
+#
+# Also checked: with watchNamespaces the ClusterRole is bound by one
+# RoleBinding per watched namespace and no ClusterRoleBinding.
 set -Eeuo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,8 +49,12 @@ kv="$venv/bin/kubernetes-validate"
 if ! "$kv" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
   step "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI)"
   command -v python3 >/dev/null || fail "python3 is required to install kubernetes-validate"
+  # Debian's python3 ships venv without ensurepip: `python3 -m venv` then
+  # fails half-way. .ci/run installs python3-venv; say so when it is missing.
+  python3 -c 'import ensurepip, venv' 2>/dev/null \
+    || fail "python3 cannot create virtual environments (on Debian/Ubuntu: apt-get install python3-venv)"
   rm -rf "$venv"
-  python3 -m venv "$venv" || fail "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+  python3 -m venv "$venv" || { rm -rf "$venv"; fail "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"; }
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
@@ -85,6 +92,28 @@ validate "$work/chart.yaml"
   --set 'watchNamespaces={team-a}' --set replicaCount=1 --set leaderElection.enabled=false \
   >"$work/chart-single.yaml"
 validate "$work/chart-single.yaml"
+
+step "helm template with watchNamespaces: the ClusterRole is bound only in those namespaces"
+"$helm" template weir "$chart" --namespace weir-system \
+  --set 'watchNamespaces={team-a,team-b}' >"$work/chart-namespaced.yaml"
+validate "$work/chart-namespaced.yaml"
+"$venv/bin/python" - "$work/chart-namespaced.yaml" <<'PY' || fail "watchNamespaces must bind the ClusterRole by RoleBindings in team-a and team-b only"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = [d["kind"] for d in docs]
+assert "ClusterRoleBinding" not in kinds, "a ClusterRoleBinding was rendered"
+assert "ClusterRole" in kinds, "no ClusterRole"
+bound = sorted(
+    d["metadata"]["namespace"] for d in docs
+    if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"
+)
+assert bound == ["team-a", "team-b"], bound
+lease = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "Role"]
+assert [d["metadata"]["namespace"] for d in lease] == ["weir-system"], lease
+PY
+grep -q '^kind: ClusterRoleBinding$' "$work/chart.yaml" \
+  || fail "without watchNamespaces the chart must render a ClusterRoleBinding"
+
 if "$helm" template weir "$chart" --set replicaCount=2 --set leaderElection.enabled=false >/dev/null 2>&1; then
   fail "the chart accepted two replicas without leader election"
 fi
@@ -94,7 +123,7 @@ shopt -s nullglob
 samples=(config/samples/*.yaml)
 [ "${#samples[@]}" -gt 0 ] || fail "no samples in config/samples"
 step "weir render ${samples[*]}"
-cargo run --quiet -p weir-operator -- render --output-dir "$work/rendered" "${samples[@]}" >"$work/rendered.txt"
+cargo run --locked --quiet -p weir-operator -- render --output-dir "$work/rendered" "${samples[@]}" >"$work/rendered.txt"
 rendered=("$work"/rendered/*/*.yaml)
 jobs=("$work"/rendered/*/)
 [ "${#jobs[@]}" -ge "${#samples[@]}" ] || fail "weir render wrote ${#jobs[@]} jobs for ${#samples[@]} samples"

@@ -31,6 +31,16 @@ impl Backoff {
         delay(*count)
     }
 
+    /// The consecutive failures of `key` so far.
+    pub fn failures(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Forgets the failures of `key` after a successful reconciliation.
     pub fn succeeded(&self, key: &str) {
         self.failures
@@ -57,7 +67,9 @@ mod tests {
         assert_eq!(backoff.failed("ns/a"), Duration::from_secs(5));
         assert_eq!(backoff.failed("ns/a"), Duration::from_secs(10));
         assert_eq!(backoff.failed("ns/b"), Duration::from_secs(5));
+        assert_eq!(backoff.failures("ns/a"), 2);
         backoff.succeeded("ns/a");
+        assert_eq!(backoff.failures("ns/a"), 0);
         assert_eq!(backoff.failed("ns/a"), Duration::from_secs(5));
     }
 }

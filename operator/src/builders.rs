@@ -48,7 +48,27 @@ pub const JOB_DIR: &str = "/etc/weir";
 pub const JOB_FILE_KEY: &str = "job.yaml";
 /// Where the RocksDB state volume is mounted.
 pub const STATE_DIR: &str = "/var/lib/weir/state";
-/// Where the Kafka credentials Secret is mounted, when the job names one.
+/// Where the Kafka credentials Secret is mounted, when the job names one
+/// (`spec.kafka.credentialsSecret`); the workers get this path as
+/// `WEIR_KAFKA_CREDENTIALS_DIR`.
+///
+/// The contract with the worker: the whole Secret is mounted read-only
+/// (mode 0440, group [`WORKER_UID`] through the pod's fsGroup), one file
+/// per Secret key, named exactly as the key. The worker reads the keys the
+/// job file names in `spec.kafka.credentialsSecret`:
+///
+/// | file (key)                               | content                          |
+/// |------------------------------------------|----------------------------------|
+/// | `<usernameKey>` (default `username`)     | SASL username                    |
+/// | `<passwordKey>` (default `password`)     | SASL password                    |
+/// | `<caKey>` (optional)                     | PEM CA certificate of the brokers |
+/// | `<certificateKey>` (optional, with key)  | PEM client certificate (mTLS)    |
+/// | `<privateKeyKey>` (optional, with cert)  | PEM client private key (mTLS)    |
+///
+/// For example `username`, `password` and `ca.crt` under
+/// `/var/run/secrets/weir/kafka/`. A key the Secret lacks is a missing file
+/// (the volume is not optional: the pod does not start without the Secret,
+/// and the operator reports a missing Secret as `SecretNotFound`).
 pub const KAFKA_CREDENTIALS_DIR: &str = "/var/run/secrets/weir/kafka";
 /// Key of the control token in the control Secret.
 pub const CONTROL_TOKEN_KEY: &str = "token";
@@ -243,7 +263,8 @@ pub fn control_secret(job: &StreamingJob, token: &str) -> Result<Secret, BuildEr
 }
 
 /// The PodDisruptionBudget letting voluntary disruptions (node drains) take
-/// down one worker at a time.
+/// down one worker at a time; workers that are not ready can always be
+/// evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`).
 pub fn pdb(job: &StreamingJob) -> Result<PodDisruptionBudget, BuildError> {
     let names = Names::of(job)?;
     Ok(PodDisruptionBudget {
@@ -254,6 +275,9 @@ pub fn pdb(job: &StreamingJob) -> Result<PodDisruptionBudget, BuildError> {
                 match_labels: Some(selector_labels(&names.job)),
                 ..LabelSelector::default()
             }),
+            // A crash-looping or never-ready worker must not block node
+            // drains: unhealthy pods can always be evicted.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
@@ -752,6 +776,16 @@ mod tests {
         });
         job.status = Some(status);
         assert_eq!(restore_source(&job), "rescale-7");
+    }
+
+    #[test]
+    fn the_pdb_lets_one_worker_go_and_never_blocks_on_unhealthy_ones() {
+        let spec = pdb(&sample_job()).unwrap().spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
     }
 
     #[test]

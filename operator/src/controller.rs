@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -16,12 +16,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use weir_crds::StreamingJob;
 
 use crate::backoff::Backoff;
 use crate::builders::{self, MANAGER, Settings};
 use crate::leader::{Elector, Timing};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, MetricsError};
 use crate::reconciler::{self, Context};
 
 /// How `weir operator` runs.
@@ -113,20 +114,35 @@ async fn shutdown_signal() {
     }
 }
 
+/// Resolves when the metrics server stops, with why: it serves until the
+/// process ends, so any return is a failure the operator must not outlive
+/// (its `/healthz` would be gone).
+async fn server_stopped(server: &mut JoinHandle<Result<(), MetricsError>>) -> anyhow::Error {
+    match server.await {
+        Ok(Ok(())) => anyhow!("the metrics server stopped"),
+        Ok(Err(error)) => anyhow::Error::new(error).context("the metrics server failed"),
+        Err(error) => anyhow::Error::new(error).context("the metrics server task failed"),
+    }
+}
+
 /// Runs the operator until SIGTERM or Ctrl-C. Returns an error when this
-/// replica loses leadership, so that it restarts as a standby.
+/// replica loses leadership, so that it restarts as a standby, or when the
+/// metrics server fails.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure the Kubernetes client")?;
     let metrics = Arc::new(Metrics::new()?);
     let listener = metrics::bind(config.metrics_addr).await?;
-    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let mut server = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     if !config.leader_election {
         metrics.set_leader(true);
         let (_always, leading) = watch::channel(true);
-        run_all(&client, &config, &metrics, leading).await;
+        tokio::select! {
+            () = run_all(&client, &config, &metrics, leading) => {}
+            error = server_stopped(&mut server) => return Err(error),
+        }
         server.abort();
         return Ok(());
     }
@@ -150,10 +166,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             server.abort();
             return Ok(());
         }
+        error = server_stopped(&mut server) => {
+            campaign.abort();
+            return Err(error);
+        }
     }
     tracing::info!(identity = %config.identity, "leading");
     metrics.set_leader(true);
-    run_all(&client, &config, &metrics, leading.clone()).await;
+    let failure = tokio::select! {
+        () = run_all(&client, &config, &metrics, leading.clone()) => None,
+        error = server_stopped(&mut server) => Some(error),
+    };
     metrics.set_leader(false);
     campaign.abort();
     server.abort();
@@ -163,7 +186,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(error) = elector.release().await {
         tracing::warn!(%error, "cannot release the leader lease");
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 async fn run_all(
@@ -198,4 +221,30 @@ async fn run_all(
             .map(|ns| run_controller(client.clone(), ns, ctx.clone(), leading.clone())),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_or_finished_metrics_server_is_reported() {
+        let mut failed = tokio::spawn(async {
+            Err(MetricsError::Serve {
+                addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                source: std::io::Error::other("accept failed"),
+            })
+        });
+        let error = format!("{:#}", server_stopped(&mut failed).await);
+        assert!(error.contains("the metrics server failed"), "{error}");
+        assert!(error.contains("accept failed"), "{error}");
+
+        let mut finished = tokio::spawn(async { Ok(()) });
+        let error = server_stopped(&mut finished).await.to_string();
+        assert_eq!(error, "the metrics server stopped");
+
+        let mut panicked = tokio::spawn(async { panic!("boom") });
+        let error = server_stopped(&mut panicked).await.to_string();
+        assert_eq!(error, "the metrics server task failed");
+    }
 }

@@ -1,11 +1,17 @@
 //! The Weir operator: reconciles StreamingJobs into StatefulSets of workers.
 //!
 //! The reconcile shape is dereference (read the children and pods) ->
-//! validate (pure, [`weir_crds::validate`]) -> build the desired objects
+//! validate (pure, [`mod@weir_crds::validate`]) -> build the desired objects
 //! (pure, [`builders`]) -> server-side apply -> compute the status (pure,
-//! [`status`]) -> patch the status. Leader election ([`leader`]) lets two
-//! replicas run with one active; [`rbac`] lists every permission the code
-//! needs, and [`metrics`] serves `/metrics` and `/healthz`.
+//! [`status`]) -> patch the status. Children are applied with the field
+//! manager `weir-operator`, the status with its own, `weir-operator-status`
+//! ([`reconciler::STATUS_MANAGER`]). A failure that needs a human (a child
+//! the API server rejects or another owner controls, a missing Secret) is
+//! reported as Ready=False / Degraded=True before it is retried with backoff;
+//! a deleted job is cleaned up under a finalizer ([`finalizer`]). Leader
+//! election ([`leader`]) lets two replicas run with one active; [`rbac`]
+//! lists every permission the code needs, and [`metrics`] serves `/metrics`
+//! and `/healthz`.
 
 #![warn(missing_docs)]
 

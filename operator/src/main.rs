@@ -67,7 +67,7 @@ struct OperatorArgs {
     #[arg(long, env = "WEIR_LEADER_ELECTION", default_value_t = false)]
     leader_election: bool,
     /// Name of the leader-election Lease.
-    #[arg(long, env = "WEIR_LEASE_NAME", default_value = "weir-operator")]
+    #[arg(long, env = "WEIR_LEASE_NAME", default_value = weir_operator::rbac::DEFAULT_LEASE_NAME)]
     lease_name: String,
     /// Namespace of the Lease: the operator's own.
     #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]

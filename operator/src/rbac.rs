@@ -10,6 +10,8 @@ pub struct Rule {
     pub api_group: &'static str,
     /// Resources (and subresources such as `streamingjobs/status`).
     pub resources: &'static [&'static str],
+    /// Names the rule is limited to; empty: every object of the resources.
+    pub resource_names: &'static [&'static str],
     /// Verbs, sorted.
     pub verbs: &'static [&'static str],
 }
@@ -26,12 +28,14 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_group: "weir.dev",
         resources: &["streamingjobs"],
+        resource_names: &[],
         verbs: &["list", "patch", "watch"],
     },
     // Status is server-side applied.
     Rule {
         api_group: "weir.dev",
         resources: &["streamingjobs/status"],
+        resource_names: &[],
         verbs: &["patch"],
     },
     // Children carry owner references with blockOwnerDeletion, which the
@@ -41,18 +45,23 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_group: "weir.dev",
         resources: &["streamingjobs/finalizers"],
+        resource_names: &[],
         verbs: &["update"],
     },
     Rule {
         api_group: "",
         resources: &["configmaps", "services"],
+        resource_names: &[],
         verbs: CHILD_VERBS,
     },
-    // The control Secret is read (to keep its token) and applied, never
-    // listed or watched: the operator has no view of other Secrets.
+    // The control Secret is read (to keep its token) and applied; the Secrets
+    // the spec names are read to check that they exist (and the checkpoint
+    // credentials to dispose of the storage). Secrets are never listed or
+    // watched: the operator has no view of other Secrets.
     Rule {
         api_group: "",
         resources: &["secrets"],
+        resource_names: &[],
         verbs: &["create", "get", "patch"],
     },
     // Worker pods are listed for the status, and deleted to restart workers
@@ -60,32 +69,60 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         api_group: "",
         resources: &["pods"],
+        resource_names: &[],
         verbs: &["delete", "list"],
+    },
+    // A deleted job's namespace is read: disposal is abandoned when the
+    // namespace is being deleted. Under a RoleBinding (watchNamespaces) this
+    // still works: a namespace's own RoleBindings cover reading it.
+    Rule {
+        api_group: "",
+        resources: &["namespaces"],
+        resource_names: &[],
+        verbs: &["get"],
     },
     Rule {
         api_group: "apps",
         resources: &["statefulsets"],
+        resource_names: &[],
         verbs: CHILD_VERBS,
     },
     Rule {
         api_group: "policy",
         resources: &["poddisruptionbudgets"],
+        resource_names: &[],
         verbs: CHILD_VERBS,
     },
     // kube's event Recorder creates events and patches them into series.
     Rule {
         api_group: "events.k8s.io",
         resources: &["events"],
+        resource_names: &[],
         verbs: &["create", "patch"],
     },
 ];
 
-/// Rules in the operator's own namespace: the leader-election Lease.
-pub const NAMESPACE_RULES: &[Rule] = &[Rule {
-    api_group: "coordination.k8s.io",
-    resources: &["leases"],
-    verbs: &["create", "get", "update"],
-}];
+/// Name of the leader-election Lease unless configured otherwise (the
+/// chart's `leaderElection.leaseName`).
+pub const DEFAULT_LEASE_NAME: &str = "weir-operator";
+
+/// Rules in the operator's own namespace: the leader-election Lease. Reading
+/// and renewing are limited to the Lease's name; creating cannot be (the API
+/// server authorizes a create before the object has a name to match).
+pub const NAMESPACE_RULES: &[Rule] = &[
+    Rule {
+        api_group: "coordination.k8s.io",
+        resources: &["leases"],
+        resource_names: &[],
+        verbs: &["create"],
+    },
+    Rule {
+        api_group: "coordination.k8s.io",
+        resources: &["leases"],
+        resource_names: &[DEFAULT_LEASE_NAME],
+        verbs: &["get", "update"],
+    },
+];
 
 /// The rules as Kubernetes PolicyRules, as a ClusterRole or Role holds them.
 pub fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
@@ -94,6 +131,12 @@ pub fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
         .map(|rule| PolicyRule {
             api_groups: Some(vec![rule.api_group.to_owned()]),
             resources: Some(rule.resources.iter().map(|r| (*r).to_owned()).collect()),
+            resource_names: (!rule.resource_names.is_empty()).then(|| {
+                rule.resource_names
+                    .iter()
+                    .map(|n| (*n).to_owned())
+                    .collect()
+            }),
             verbs: rule.verbs.iter().map(|v| (*v).to_owned()).collect(),
             ..PolicyRule::default()
         })
@@ -104,7 +147,8 @@ pub fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
 mod tests {
     use super::*;
 
-    /// The `rules:` list of a chart template, without template directives.
+    /// The `rules:` list of a chart template, without template directives;
+    /// the Lease name renders as its default.
     fn template_rules(file: &str) -> Vec<PolicyRule> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -119,7 +163,13 @@ mod tests {
         let rules: String = rules
             .lines()
             .filter(|line| !line.trim_start().starts_with("{{"))
-            .map(|line| format!("{line}\n"))
+            .map(|line| {
+                let line = line.replace(
+                    r#"{{ include "weir-operator.leaseName" . | quote }}"#,
+                    &format!("{DEFAULT_LEASE_NAME:?}"),
+                );
+                format!("{line}\n")
+            })
             .collect();
         serde_yaml::from_str(&rules).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
@@ -135,6 +185,21 @@ mod tests {
     #[test]
     fn chart_role_grants_exactly_the_namespace_rules() {
         assert_eq!(template_rules("role.yaml"), policy_rules(NAMESPACE_RULES));
+    }
+
+    #[test]
+    fn the_chart_and_the_operator_default_to_the_same_lease() {
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/weir-operator/");
+        let helpers = std::fs::read_to_string(format!("{chart}templates/_helpers.tpl")).unwrap();
+        assert!(
+            helpers.contains(&format!("| default {DEFAULT_LEASE_NAME:?}")),
+            "{helpers}"
+        );
+        let values = std::fs::read_to_string(format!("{chart}values.yaml")).unwrap();
+        assert!(
+            values.contains(&format!("leaseName: {DEFAULT_LEASE_NAME}\n")),
+            "{values}"
+        );
     }
 
     #[test]

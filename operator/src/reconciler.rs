@@ -14,7 +14,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::RngCore;
 use serde::Serialize;
@@ -26,9 +25,18 @@ use crate::backoff::Backoff;
 use crate::builders::{self, MANAGER, Names, Settings};
 use crate::error::Error;
 use crate::events;
+use crate::finalizer::Cleanup;
 use crate::metrics::Metrics;
 use crate::restart::{self, Outdated};
 use crate::status::{self, Observed};
+
+/// Field manager of the status subresource. It differs from the children's
+/// manager ([`MANAGER`]) so that the two kinds of apply never share field
+/// ownership: a server-side apply drops the fields its manager owned and no
+/// longer sends, and with one manager for both a status apply could remove
+/// fields of the job that another writer (the autoscaler, kubectl) set under
+/// the same name. Only the fields of [`status::apply_body`] are owned here.
+pub const STATUS_MANAGER: &str = "weir-operator-status";
 
 /// Requeue delay of a job whose workers all run the latest spec.
 pub const STABLE_REQUEUE: Duration = Duration::from_secs(300);
@@ -61,7 +69,8 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn kube_error(
+/// Maps a client error of `action` on an object to [`Error::Kube`].
+pub(crate) fn kube_error(
     action: &'static str,
     kind: &'static str,
     namespace: &str,
@@ -110,6 +119,8 @@ impl Child for PodDisruptionBudget {
 struct Applier<'a> {
     client: &'a Client,
     namespace: &'a str,
+    /// UID of the job: the controller every child must have, if any.
+    owner_uid: &'a str,
     /// `(reason, message, child)` of every child created or updated.
     changes: Vec<(&'static str, String, ObjectReference)>,
 }
@@ -130,9 +141,19 @@ impl Applier<'_> {
 
     /// Server-side applies `desired` (force: the operator owns these
     /// fields), given the object as it was before, and records whether it was
-    /// created or changed (a no-op apply keeps the resourceVersion).
+    /// created or changed (a no-op apply keeps the resourceVersion). An
+    /// existing object controlled by another owner is left alone
+    /// ([`Error::ChildConflict`]): forcing the apply would adopt it.
     async fn apply<K: Child>(&mut self, before: Option<&K>, desired: &K) -> Result<K, Error> {
         let name = desired.meta().name.clone().unwrap_or_default();
+        if let Some(owner) = before.and_then(|b| foreign_controller(b, self.owner_uid)) {
+            return Err(Error::ChildConflict {
+                kind: K::KIND,
+                namespace: self.namespace.to_owned(),
+                name,
+                owner,
+            });
+        }
         let applied = self
             .api::<K>()
             .patch(
@@ -164,6 +185,16 @@ impl Applier<'_> {
     }
 }
 
+/// The controller of `object` when it is not the owner with `uid`, as
+/// `Kind/name (uid)`.
+fn foreign_controller<K: Resource>(object: &K, uid: &str) -> Option<String> {
+    object
+        .owner_references()
+        .iter()
+        .find(|owner| owner.controller == Some(true) && owner.uid != uid)
+        .map(|owner| format!("{}/{} (uid {})", owner.kind, owner.name, owner.uid))
+}
+
 async fn patch_status(
     ctx: &Context,
     names: &Names,
@@ -172,7 +203,7 @@ async fn patch_status(
     let jobs: Api<StreamingJob> = Api::namespaced(ctx.client.clone(), &names.namespace);
     jobs.patch_status(
         &names.job,
-        &PatchParams::apply(MANAGER).force(),
+        &PatchParams::apply(STATUS_MANAGER).force(),
         &Patch::Apply(status::apply_body(status)),
     )
     .await
@@ -212,23 +243,75 @@ async fn reject(
     Ok(Action::await_change())
 }
 
-/// Brings the children of a job that is not being deleted to its spec.
+/// Checks that the Secrets the spec names exist (the workers could not
+/// start without them).
+async fn check_secrets(job: &StreamingJob, applier: &Applier<'_>) -> Result<(), Error> {
+    let referenced = [
+        (
+            "spec.kafka.credentialsSecret",
+            job.spec.kafka.credentials_secret.as_ref().map(|s| &s.name),
+        ),
+        (
+            "spec.checkpoint.credentialsSecret",
+            job.spec
+                .checkpoint
+                .credentials_secret
+                .as_ref()
+                .map(|s| &s.name),
+        ),
+    ];
+    for (field, name) in referenced {
+        let Some(name) = name else { continue };
+        if applier.get::<Secret>(name).await?.is_none() {
+            return Err(Error::SecretNotFound {
+                field,
+                namespace: applier.namespace.to_owned(),
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Brings the children of a job that is not being deleted to its spec. An
+/// error that needs a human ([`Error::condition`]) is also reported in the
+/// status (Ready=False, Degraded=True) before it is returned for backoff.
 async fn apply(job: &StreamingJob, ctx: &Context) -> Result<Action, Error> {
     let names = Names::of(job)?;
+    let result = converge(job, ctx, &names).await;
+    if let Err(error) = &result
+        && let Some((reason, message)) = error.condition()
+    {
+        let status = status::blocked(job, reason, &message, &now());
+        if status::owned_fields_changed(job.status.as_ref(), &status)
+            && let Err(patch_error) = patch_status(ctx, &names, &status).await
+        {
+            tracing::warn!(error = %patch_error, "cannot report the failure in the status");
+        }
+    }
+    result
+}
+
+/// Validates the job, applies its children and patches its status.
+async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Action, Error> {
     let problems: Vec<String> = weir_crds::validate::validate_job(job)
         .iter()
         .map(ToString::to_string)
         .collect();
     if !problems.is_empty() {
-        return reject(job, ctx, &names, &problems).await;
+        return reject(job, ctx, names, &problems).await;
     }
 
+    let owner_uid = job.metadata.uid.clone().unwrap_or_default();
     let mut applier = Applier {
         client: &ctx.client,
         namespace: &names.namespace,
+        owner_uid: &owner_uid,
         changes: Vec::new(),
     };
-    // Dereference: the control token is generated once and then kept.
+    // Dereference: the Secrets the spec names must exist, and the control
+    // token is generated once and then kept.
+    check_secrets(job, &applier).await?;
     let secret: Option<Secret> = applier.get(&names.control_secret).await?;
     let token = secret
         .as_ref()
@@ -285,7 +368,7 @@ async fn apply(job: &StreamingJob, ctx: &Context) -> Result<Action, Error> {
     };
     let status = status::compute(job, &[], observed, &now());
     if status::owned_fields_changed(job.status.as_ref(), &status) {
-        patch_status(ctx, &names, &status).await?;
+        patch_status(ctx, names, &status).await?;
     }
     Ok(if status.phase == Some(Phase::Running) {
         Action::requeue(STABLE_REQUEUE)
@@ -346,8 +429,39 @@ async fn restart_outdated(
     Ok(())
 }
 
-fn key(job: &StreamingJob) -> String {
+/// The backoff key of a job.
+pub fn key(job: &StreamingJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// The finalizer step: a live job gets the finalizer before anything else
+/// (the patch triggers the next reconciliation) and then its children; a
+/// deleted one is cleaned up, and its finalizer removed once that is done.
+async fn reconcile_job(job: &StreamingJob, ctx: &Context) -> Result<Action, Error> {
+    let namespace = job
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(job.name_any()))?;
+    let jobs: Api<StreamingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    let index = job
+        .finalizers()
+        .iter()
+        .position(|f| f == crate::finalizer::NAME);
+    match (job.metadata.deletion_timestamp.is_some(), index) {
+        (false, Some(_)) => apply(job, ctx).await,
+        (false, None) => {
+            crate::finalizer::add(&jobs, job).await?;
+            Ok(Action::await_change())
+        }
+        (true, Some(index)) => match crate::finalizer::cleanup(job, ctx).await? {
+            Cleanup::Wait(delay) => Ok(Action::requeue(delay)),
+            Cleanup::Done => {
+                crate::finalizer::remove(&jobs, job, index).await?;
+                Ok(Action::await_change())
+            }
+        },
+        // Cleaned up already; the API server deletes the job.
+        (true, None) => Ok(Action::await_change()),
+    }
 }
 
 /// Reconciles one StreamingJob: adds the finalizer, applies the children
@@ -355,20 +469,7 @@ fn key(job: &StreamingJob) -> String {
 /// reported as Warning events and counted in the metrics.
 pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = match job.namespace() {
-        None => Err(Error::MissingNamespace(job.name_any())),
-        Some(namespace) => {
-            let jobs: Api<StreamingJob> = Api::namespaced(ctx.client.clone(), &namespace);
-            finalizer(&jobs, crate::finalizer::NAME, job.clone(), |event| async {
-                match event {
-                    FinalizerEvent::Apply(job) => apply(&job, &ctx).await,
-                    FinalizerEvent::Cleanup(job) => crate::finalizer::cleanup(&job, &ctx).await,
-                }
-            })
-            .await
-            .map_err(|e| Error::Finalizer(Box::new(e)))
-        }
-    };
+    let result = reconcile_job(&job, &ctx).await;
     match &result {
         Ok(_) => ctx.backoff.succeeded(&key(&job)),
         Err(error) => {
@@ -376,7 +477,7 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
                 &ctx.recorder,
                 &job,
                 EventType::Warning,
-                "ReconcileFailed",
+                error.event_reason(),
                 "Reconcile",
                 &error.to_string(),
                 None,

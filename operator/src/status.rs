@@ -293,6 +293,46 @@ pub fn compute(
     }
 }
 
+/// The status of `job` when the reconciliation is stopped by something that
+/// needs a human (see [`crate::Error::condition`]): Ready and Progressing are
+/// False and Degraded is True, all with `reason` and `message`; the phase and
+/// the observed worker counts stay as last computed.
+pub fn blocked(
+    job: &StreamingJob,
+    reason: &'static str,
+    message: &str,
+    now: &Time,
+) -> StreamingJobStatus {
+    let previous = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    let verdict = |status| Verdict::new(status, reason, message);
+    let conditions = vec![
+        condition(READY, verdict(false), generation, &previous.conditions, now),
+        condition(
+            PROGRESSING,
+            verdict(false),
+            generation,
+            &previous.conditions,
+            now,
+        ),
+        condition(
+            DEGRADED,
+            verdict(true),
+            generation,
+            &previous.conditions,
+            now,
+        ),
+    ];
+    StreamingJobStatus {
+        phase: Some(previous.phase.unwrap_or(Phase::Pending)),
+        observed_generation: generation,
+        parallelism: Some(previous.parallelism.unwrap_or(0)),
+        selector: Some(builders::selector_string(&job.name_any())),
+        conditions,
+        ..previous
+    }
+}
+
 /// The status fields this module owns, as the body of a server-side apply
 /// of the status subresource.
 pub fn apply_body(status: &StreamingJobStatus) -> serde_json::Value {
@@ -559,6 +599,40 @@ mod tests {
             Some(2),
             "untouched workers are still counted"
         );
+    }
+
+    #[test]
+    fn a_blocked_job_is_degraded_and_keeps_its_counts() {
+        let mut job = sample_job();
+        let ready_sts = sts(1, 1, 2, 2, 2);
+        let observed = Observed {
+            stateful_set: Some(&ready_sts),
+            pods: &[],
+        };
+        job.status = Some(compute(&job, &[], observed, &time(10)));
+        let status = blocked(
+            &job,
+            "SecretNotFound",
+            "Secret streams/kafka is missing",
+            &time(20),
+        );
+        assert_eq!(cond(&status, READY), ("False", "SecretNotFound"));
+        assert_eq!(cond(&status, PROGRESSING), ("False", "SecretNotFound"));
+        assert_eq!(cond(&status, DEGRADED), ("True", "SecretNotFound"));
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(degraded.message, "Secret streams/kafka is missing");
+        assert_eq!(degraded.last_transition_time, time(20));
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(status.parallelism, Some(2));
+        assert_eq!(status.observed_generation, Some(1));
+
+        let fresh = blocked(&sample_job(), "ApplyFailed", "rejected", &time(1));
+        assert_eq!(fresh.phase, Some(Phase::Pending));
+        assert_eq!(fresh.parallelism, Some(0));
     }
 
     #[test]

@@ -114,6 +114,17 @@ fn apply(path: &str) -> Step {
     step(Method::PATCH, path).query(APPLY.to_vec())
 }
 
+const APPLY_STATUS: [&str; 2] = ["fieldManager=weir-operator-status", "force=true"];
+
+/// The server-side apply of the job's status, under its own field manager.
+fn apply_status() -> Step {
+    step(
+        Method::PATCH,
+        &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"),
+    )
+    .query(APPLY_STATUS.to_vec())
+}
+
 fn event(type_: &'static str, reason: &'static str, note_contains: &'static str) -> Step {
     step(
         Method::POST,
@@ -213,9 +224,22 @@ async fn reconcile(
     job: StreamingJob,
     steps: Vec<Step>,
 ) -> (Result<Action, weir_operator::Error>, Arc<Context>) {
+    reconcile_after_failures(job, steps, 0).await
+}
+
+/// Runs one reconciliation of `job`, which failed `failures` times in a row
+/// before, against the scripted API server.
+async fn reconcile_after_failures(
+    job: StreamingJob,
+    steps: Vec<Step>,
+    failures: u32,
+) -> (Result<Action, weir_operator::Error>, Arc<Context>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(serve(handle, steps));
     let ctx = context(Client::new(service, "default"));
+    for _ in 0..failures {
+        ctx.backoff.failed(&reconciler::key(&job));
+    }
     let result = tokio::time::timeout(
         Duration::from_secs(10),
         reconciler::reconcile(Arc::new(job), ctx.clone()),
@@ -332,7 +356,7 @@ async fn create_path_applies_every_child_then_the_status() {
         created("Service", "clicks-workers"),
         created("StatefulSet", "clicks"),
         created("PodDisruptionBudget", "clicks"),
-        apply(&format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"))
+        apply_status()
             .check(|body| {
                 assert_eq!(body["kind"], "StreamingJob");
                 assert_eq!(body["status"]["observedGeneration"], 3);
@@ -404,15 +428,13 @@ async fn an_existing_token_is_kept_and_unchanged_children_emit_no_event() {
         .reply(pdb),
         get(&format!("{core}/pods"))
             .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
-        apply(&format!(
-            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
-        ))
-        .check(|body| {
-            assert_eq!(body["status"]["phase"], "Running");
-            assert_eq!(body["status"]["parallelism"], 2);
-            assert_eq!(condition(body, "Ready")["status"], "True");
-        })
-        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        apply_status()
+            .check(|body| {
+                assert_eq!(body["status"]["phase"], "Running");
+                assert_eq!(body["status"]["parallelism"], 2);
+                assert_eq!(condition(body, "Ready")["status"], "True");
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
     ];
     let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
     assert_eq!(result.unwrap(), Action::requeue(reconciler::STABLE_REQUEUE));
@@ -421,27 +443,25 @@ async fn an_existing_token_is_kept_and_unchanged_children_emit_no_event() {
 #[tokio::test]
 async fn invalid_spec_patches_status_and_warns_without_touching_children() {
     let steps = vec![
-        apply(&format!(
-            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
-        ))
-        .check(|body| {
-            assert_eq!(body["status"]["phase"], "Failed");
-            let ready = condition(body, "Ready");
-            assert_eq!(ready["status"], "False");
-            assert_eq!(ready["reason"], "InvalidSpec");
-            let message = ready["message"].as_str().unwrap();
-            assert!(
-                message.contains("spec.parallelism: must be between 1 and 1024"),
-                "{message}"
-            );
-            assert_eq!(condition(body, "Degraded")["status"], "True");
-            assert_eq!(body["status"]["observedGeneration"], 3);
-        })
-        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        apply_status()
+            .check(|body| {
+                assert_eq!(body["status"]["phase"], "Failed");
+                let ready = condition(body, "Ready");
+                assert_eq!(ready["status"], "False");
+                assert_eq!(ready["reason"], "InvalidSpec");
+                let message = ready["message"].as_str().unwrap();
+                assert!(
+                    message.contains("spec.parallelism: must be at least 1"),
+                    "{message}"
+                );
+                assert_eq!(condition(body, "Degraded")["status"], "True");
+                assert_eq!(body["status"]["observedGeneration"], 3);
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
         event(
             "Warning",
             "InvalidSpec",
-            "spec.parallelism: must be between 1 and 1024",
+            "spec.parallelism: must be at least 1",
         ),
     ];
     let (result, ctx) = reconcile(job(json!({}), json!({"parallelism": 0})), steps).await;
@@ -540,8 +560,16 @@ async fn an_api_error_fails_the_reconciliation_with_a_warning_and_backs_off() {
     );
 }
 
-#[tokio::test]
-async fn delete_path_disposes_of_the_storage_when_asked() {
+/// A checkpoint file of the job `streams/clicks` and one of another job in a
+/// temporary `file://` storage.
+struct Storage {
+    _dir: tempfile::TempDir,
+    url: String,
+    task: std::path::PathBuf,
+    other: std::path::PathBuf,
+}
+
+fn storage() -> Storage {
     let dir = tempfile::tempdir().unwrap();
     let task = dir
         .path()
@@ -551,14 +579,79 @@ async fn delete_path_disposes_of_the_storage_when_asked() {
     let other = dir.path().join("streams-other/fence.json");
     std::fs::create_dir_all(other.parent().unwrap()).unwrap();
     std::fs::write(&other, b"{}").unwrap();
-    let storage = format!("file://{}", dir.path().display());
+    let url = format!("file://{}", dir.path().display());
+    Storage {
+        _dir: dir,
+        url,
+        task,
+        other,
+    }
+}
 
-    let deleting = json!({"deletionTimestamp": "2026-11-21T08:00:00Z"});
-    let spec = json!({
-        "checkpoint": {"storage": storage, "credentialsSecret": {"name": "ckpt"}},
+fn deleting() -> Value {
+    json!({"deletionTimestamp": "2026-11-21T08:00:00Z"})
+}
+
+fn namespace(phase: &str) -> Step {
+    get(&format!("/api/v1/namespaces/{NS}")).reply(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS}, "status": {"phase": phase}
+    }))
+}
+
+/// The StatefulSet is scaled to zero before the storage is touched.
+fn scale_to_zero() -> Step {
+    step(
+        Method::PATCH,
+        &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"),
+    )
+    .check(|body| assert_eq!(body, &json!({"spec": {"replicas": 0}})))
+    .reply(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "9"},
+        "spec": {"replicas": 0, "selector": {}, "template": {"spec": {"containers": []}}}
+    }))
+}
+
+fn worker_pods(pods: Value) -> Step {
+    get(&format!("/api/v1/namespaces/{NS}/pods"))
+        .query(vec![
+            "labelSelector=app.kubernetes.io%2Finstance%3Dclicks%2Capp.kubernetes.io%2Fname%3Dweir-worker",
+        ])
+        .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}))
+}
+
+fn remove_finalizer() -> Step {
+    step(
+        Method::PATCH,
+        &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks"),
+    )
+    .check(|body| {
+        assert_eq!(
+            body,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": "weir.dev/cleanup"},
+                {"op": "remove", "path": "/metadata/finalizers/0"}
+            ])
+        )
+    })
+    .reply(serde_json::to_value(job(json!({"finalizers": null}), json!({}))).unwrap())
+}
+
+fn disposing(url: &str) -> Value {
+    json!({
+        "checkpoint": {"storage": url, "credentialsSecret": {"name": "ckpt"}},
         "savepoint": {"disposeOnDelete": true},
-    });
+    })
+}
+
+#[tokio::test]
+async fn delete_path_stops_the_workers_then_disposes_of_the_storage() {
+    let storage = storage();
     let steps = vec![
+        namespace("Active"),
+        scale_to_zero(),
+        worker_pods(json!([])),
         get(&format!("/api/v1/namespaces/{NS}/secrets/ckpt")).reply(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "ckpt", "namespace": NS},
@@ -569,24 +662,42 @@ async fn delete_path_disposes_of_the_storage_when_asked() {
             "Disposed",
             "deleted 1 checkpoint and savepoint objects under file://",
         ),
-        step(
-            Method::PATCH,
-            &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks"),
-        )
-        .check(|body| assert_eq!(body[1]["op"], "remove", "{body}"))
-        .reply(serde_json::to_value(job(json!({"finalizers": null}), json!({}))).unwrap()),
+        remove_finalizer(),
     ];
-    let (result, _) = reconcile(job(deleting, spec), steps).await;
+    let (result, _) = reconcile(job(deleting(), disposing(&storage.url)), steps).await;
     assert_eq!(result.unwrap(), Action::await_change());
-    assert!(!task.exists(), "the job's checkpoint files are deleted");
-    assert!(other.exists(), "other jobs' files are kept");
+    assert!(
+        !storage.task.exists(),
+        "the job's checkpoint files are deleted"
+    );
+    assert!(storage.other.exists(), "other jobs' files are kept");
+}
+
+#[tokio::test]
+async fn disposal_waits_while_workers_still_run() {
+    let storage = storage();
+    let steps = vec![
+        namespace("Active"),
+        scale_to_zero(),
+        worker_pods(json!([worker_pod("clicks-1", "clicks-new")])),
+    ];
+    let (result, _) = reconcile(job(deleting(), disposing(&storage.url)), steps).await;
+    // Checked again soon, with the finalizer (no patch of the job) and the
+    // files (a running worker may still write a checkpoint) kept.
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(weir_operator::finalizer::DRAIN_REQUEUE)
+    );
+    assert!(storage.task.exists());
 }
 
 #[tokio::test]
 async fn a_failed_disposal_keeps_the_finalizer_and_warns() {
-    let deleting = json!({"deletionTimestamp": "2026-11-21T08:00:00Z"});
     let spec = json!({"savepoint": {"disposeOnDelete": true}, "checkpoint": {"storage": "s3://bucket/weir", "credentialsSecret": {"name": "ckpt"}}});
     let steps = vec![
+        namespace("Active"),
+        scale_to_zero(),
+        worker_pods(json!([])),
         get(&format!("/api/v1/namespaces/{NS}/secrets/ckpt")).not_found(),
         event(
             "Warning",
@@ -599,9 +710,218 @@ async fn a_failed_disposal_keeps_the_finalizer_and_warns() {
             "cannot get Secret streams/ckpt",
         ),
     ];
-    let (result, _) = reconcile(job(deleting, spec), steps).await;
+    let (result, _) = reconcile(job(deleting(), spec), steps).await;
     let error = result.unwrap_err();
     assert_eq!(error.reason(), "kube_get");
+}
+
+#[tokio::test]
+async fn disposal_is_abandoned_when_the_namespace_is_being_deleted() {
+    let storage = storage();
+    let steps = vec![
+        namespace("Terminating"),
+        event(
+            "Warning",
+            "DisposeAbandoned",
+            "namespace streams is being deleted: disposal abandoned",
+        ),
+        remove_finalizer(),
+    ];
+    let (result, _) = reconcile(job(deleting(), disposing(&storage.url)), steps).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert!(storage.task.exists(), "nothing is deleted");
+}
+
+#[tokio::test]
+async fn disposal_is_abandoned_after_repeated_failures() {
+    let storage = storage();
+    let steps = vec![
+        event(
+            "Warning",
+            "DisposeAbandoned",
+            "the clean-up failed 5 times in a row: disposal abandoned",
+        ),
+        remove_finalizer(),
+    ];
+    let job = job(deleting(), disposing(&storage.url));
+    let (result, _) = reconcile_after_failures(job, steps, 5).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    // Four failures are not enough: the clean-up goes on.
+    let steps = vec![
+        namespace("Active"),
+        scale_to_zero(),
+        worker_pods(json!([worker_pod("clicks-0", "clicks-new")])),
+    ];
+    let job2 = self::job(deleting(), disposing(&storage.url));
+    let (result, _) = reconcile_after_failures(job2, steps, 4).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(weir_operator::finalizer::DRAIN_REQUEUE)
+    );
+}
+
+fn api_failure(step: Step, code: u16, reason: &str, message: &str) -> Step {
+    let mut step = step.reply(json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code
+    }));
+    step.status = StatusCode::from_u16(code).unwrap();
+    step
+}
+
+/// The requests before the StatefulSet: Secret, ConfigMap and Service exist
+/// unchanged.
+fn unchanged_until_the_stateful_set() -> Vec<Step> {
+    let mut steps = unchanged_children(json!({}), json!([]));
+    steps.truncate(6);
+    steps
+}
+
+#[tokio::test]
+async fn a_rejected_apply_is_reported_in_the_status_and_an_event() {
+    let message = "StatefulSet.apps \"clicks\" is invalid: spec.template.spec.containers[0].image: Required value";
+    let mut steps = unchanged_until_the_stateful_set();
+    let sts_path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/clicks");
+    steps.extend([
+        get(&sts_path).not_found(),
+        api_failure(apply(&sts_path), 422, "Invalid", message),
+        apply_status()
+            .check(move |body| {
+                let ready = condition(body, "Ready");
+                assert_eq!(ready["status"], "False", "{body}");
+                assert_eq!(ready["reason"], "ApplyFailed", "{body}");
+                let degraded = condition(body, "Degraded");
+                assert_eq!(degraded["status"], "True", "{body}");
+                assert_eq!(degraded["reason"], "ApplyFailed", "{body}");
+                let text = degraded["message"].as_str().unwrap();
+                assert!(text.contains("StatefulSet streams/clicks"), "{text}");
+                assert!(text.contains("422 Invalid"), "{text}");
+                assert!(
+                    text.contains("containers[0].image: Required value"),
+                    "{text}"
+                );
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        event(
+            "Warning",
+            "ApplyFailed",
+            "containers[0].image: Required value",
+        ),
+    ]);
+    let job = job(json!({}), json!({}));
+    let (result, ctx) = reconcile(job.clone(), steps).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "kube_apply");
+    // Retried with backoff.
+    assert_eq!(
+        reconciler::error_policy(Arc::new(job), &error, ctx),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn a_child_controlled_by_another_owner_is_not_adopted() {
+    let mut steps = unchanged_until_the_stateful_set();
+    steps.truncate(2);
+    steps.extend([
+        get(&format!("/api/v1/namespaces/{NS}/configmaps/clicks-job")).reply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "clicks-job", "namespace": NS, "resourceVersion": "3",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": "someone-else", "uid": "other-uid",
+                                              "controller": true}]},
+            "data": {"config": "theirs"}
+        })),
+        // No apply of the ConfigMap, nor of anything after it.
+        apply_status()
+            .check(|body| {
+                let degraded = condition(body, "Degraded");
+                assert_eq!(degraded["status"], "True", "{body}");
+                assert_eq!(degraded["reason"], "ChildConflict", "{body}");
+                let text = degraded["message"].as_str().unwrap();
+                assert!(
+                    text.contains(
+                        "ConfigMap streams/clicks-job is controlled by Deployment/someone-else"
+                    ),
+                    "{text}"
+                );
+                assert_eq!(condition(body, "Ready")["status"], "False", "{body}");
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        event("Warning", "ChildConflict", "ConfigMap streams/clicks-job"),
+    ]);
+    let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
+    assert_eq!(result.unwrap_err().reason(), "child_conflict");
+}
+
+#[tokio::test]
+async fn a_missing_referenced_secret_is_reported() {
+    let spec = json!({"kafka": {"bootstrapServers": "kafka:9092",
+                                "credentialsSecret": {"name": "kafka-creds"}}});
+    let steps = vec![
+        get(&format!("/api/v1/namespaces/{NS}/secrets/kafka-creds")).not_found(),
+        apply_status()
+            .check(|body| {
+                let degraded = condition(body, "Degraded");
+                assert_eq!(degraded["status"], "True", "{body}");
+                assert_eq!(degraded["reason"], "SecretNotFound", "{body}");
+                assert_eq!(
+                    degraded["message"],
+                    "Secret streams/kafka-creds named by spec.kafka.credentialsSecret does not exist",
+                    "{body}"
+                );
+                let ready = condition(body, "Ready");
+                assert_eq!(ready["status"], "False", "{body}");
+                assert_eq!(ready["reason"], "SecretNotFound", "{body}");
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        event("Warning", "SecretNotFound", "Secret streams/kafka-creds"),
+    ];
+    let job = job(json!({}), spec);
+    let (result, ctx) = reconcile(job.clone(), steps).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "secret_not_found");
+    let job = Arc::new(job);
+    assert_eq!(
+        reconciler::error_policy(job.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        reconciler::error_policy(job, &error, ctx),
+        Action::requeue(Duration::from_secs(10))
+    );
+}
+
+#[tokio::test]
+async fn present_referenced_secrets_are_checked_then_the_children_applied() {
+    let spec = json!({"kafka": {"bootstrapServers": "kafka:9092",
+                                "credentialsSecret": {"name": "kafka-creds"}},
+                      "checkpoint": {"storage": "s3://bucket/weir",
+                                     "credentialsSecret": {"name": "ckpt"}}});
+    let secret = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": NS}, "data": {}})
+    };
+    let mut steps = vec![
+        get(&format!("/api/v1/namespaces/{NS}/secrets/kafka-creds")).reply(secret("kafka-creds")),
+        get(&format!("/api/v1/namespaces/{NS}/secrets/ckpt")).reply(secret("ckpt")),
+    ];
+    // The first child request follows: the reconciliation went on (and
+    // stops here on an unavailable API server, which is not a spec problem:
+    // no status patch, a ReconcileFailed event).
+    steps.push(api_failure(
+        get(&format!("/api/v1/namespaces/{NS}/secrets/clicks-control")),
+        503,
+        "ServiceUnavailable",
+        "try again",
+    ));
+    steps.push(event(
+        "Warning",
+        "ReconcileFailed",
+        "cannot get Secret streams/clicks-control",
+    ));
+    let (result, _) = reconcile(job(json!({}), spec), steps).await;
+    assert_eq!(result.unwrap_err().reason(), "kube_get");
 }
 
 /// The requests of a reconciliation whose children all exist unchanged,
@@ -674,17 +994,15 @@ async fn workers_on_an_older_template_are_restarted() {
         )
         .check(|body| assert_eq!(body["preconditions"]["uid"], "uid-clicks-0", "{body}"))
         .reply(worker_pod("clicks-0", "clicks-old")),
-        apply(&format!(
-            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
-        ))
-        .check(|body| {
-            assert_eq!(
-                condition(body, "Progressing")["reason"],
-                "RestartPending",
-                "{body}"
-            )
-        })
-        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        apply_status()
+            .check(|body| {
+                assert_eq!(
+                    condition(body, "Progressing")["reason"],
+                    "RestartPending",
+                    "{body}"
+                )
+            })
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
     ]);
     let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
     assert!(result.is_ok(), "{result:?}");
@@ -698,11 +1016,9 @@ async fn no_restart_while_an_operation_is_in_flight() {
     ]);
     let mut steps = unchanged_children(rolling_status(), pods);
     steps.push(
-        apply(&format!(
-            "/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"
-        ))
-        .check(|body| assert_eq!(body["status"]["phase"], "Savepointing", "{body}"))
-        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
+        apply_status()
+            .check(|body| assert_eq!(body["status"]["phase"], "Savepointing", "{body}"))
+            .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
     );
     let mut job = job(json!({}), json!({}));
     job.status = Some(
@@ -721,7 +1037,11 @@ async fn an_unchanged_invalid_verdict_is_not_repeated() {
     // The job already carries the InvalidSpec status computed for this
     // generation: no request at all (no status patch, no event, no child).
     let invalid = job(json!({}), json!({"parallelism": 0}));
-    let problems = vec!["spec.parallelism: must be between 1 and 1024".to_owned()];
+    let problems: Vec<String> = weir_crds::validate::validate_job(&invalid)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(!problems.is_empty());
     let status = weir_operator::status::compute(
         &invalid,
         &problems,

@@ -34,3 +34,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* The leader-election Lease (the operator's default: weir-operator). */}}
+{{- define "weir-operator.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default "weir-operator" }}
+{{- end }}
