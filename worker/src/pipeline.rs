@@ -1,0 +1,576 @@
+//! A job's pipeline compiled once at start-up: CEL expressions compiled,
+//! windows resolved into assigners, and the decode plan (which top-level
+//! fields of the input records any step reads) worked out.
+//!
+//! # Keys and repartitioning
+//!
+//! Keyed steps (a window's aggregate, an aggregate, dedupe) after a `keyBy`
+//! need every record of a key in one task. When every `keyBy` says
+//! `sourcePartitioned`, each task processes its records end to end. When one
+//! does not, [`Pipeline::needs_repartition`] is true and the runtime must
+//! route records through the internal topic `weir-<ns>-<job>-<step>`: run the
+//! steps before that `keyBy` ([`Pipeline::repartition_step`]), produce the
+//! record keyed by [`Pipeline::key_of`] (murmur2-partitioned like the Java
+//! client, the event time as the Kafka timestamp), and feed the internal
+//! topic's partition `t` to task `t`. The engine itself currently processes
+//! every step on the task that reads the record, which is exact when the
+//! source is partitioned by the key.
+
+use serde_json::Value;
+use thiserror::Error;
+use weir_crds::StreamingJobSpec;
+use weir_crds::expr::{self, CompileError, EvalError, Expression};
+use weir_crds::job::{AggregateFunction, Step};
+
+use crate::event_time::EventTimeSource;
+use crate::record::DecodePlan;
+use crate::window::{WindowAssigner, WindowError};
+
+/// Why a pipeline does not compile.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// A CEL expression does not compile.
+    #[error("{step}: {field}: {source}")]
+    Expression {
+        /// The step's name.
+        step: String,
+        /// Which expression of the step.
+        field: String,
+        /// The compiler's error.
+        source: CompileError,
+    },
+    /// A step sets no operation or more than one.
+    #[error("{step}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe")]
+    Operation {
+        /// The step's name.
+        step: String,
+    },
+    /// A window step is not usable.
+    #[error("{step}: {source}")]
+    Window {
+        /// The step's name.
+        step: String,
+        /// What is wrong with it.
+        source: WindowError,
+    },
+    /// A window is not followed by an aggregate.
+    #[error("{step}: a window must be followed by an aggregate")]
+    WindowWithoutAggregate {
+        /// The step's name.
+        step: String,
+    },
+    /// A window over records without event time.
+    #[error("{step}: a window needs source.eventTime")]
+    WindowWithoutEventTime {
+        /// The step's name.
+        step: String,
+    },
+    /// An aggregate function other than count has no expression.
+    #[error("{step}: aggregate field {field} needs an expr")]
+    MissingExpr {
+        /// The step's name.
+        step: String,
+        /// The output field.
+        field: String,
+    },
+    /// A dedupe TTL of zero.
+    #[error("{step}: dedupe ttl must be greater than 0")]
+    ZeroTtl {
+        /// The step's name.
+        step: String,
+    },
+    /// More aggregate fields than stored accumulators can hold.
+    #[error("{step}: {count} aggregate fields, more than 255")]
+    TooManyFields {
+        /// The step's name.
+        step: String,
+        /// How many fields it has.
+        count: usize,
+    },
+    /// More steps than state keys can tell apart.
+    #[error("the pipeline has {0} steps, more than 255")]
+    TooManySteps(usize),
+}
+
+/// A compiled `map` output field.
+#[derive(Clone, Debug)]
+pub struct MapField {
+    /// Output field name.
+    pub name: String,
+    /// Its expression.
+    pub expr: Expression,
+}
+
+/// A compiled aggregate output field.
+#[derive(Clone, Debug)]
+pub struct AggregateField {
+    /// Output field name.
+    pub name: String,
+    /// The function.
+    pub function: AggregateFunction,
+    /// The aggregated expression (`None` for count).
+    pub expr: Option<Expression>,
+}
+
+/// The window of an aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowOp {
+    /// How events map to windows.
+    pub assigner: WindowAssigner,
+    /// How long after firing a window still takes (and re-emits) events,
+    /// in milliseconds.
+    pub allowed_lateness: i64,
+}
+
+/// What a compiled step does.
+#[derive(Clone, Debug)]
+pub enum Operation {
+    /// Keeps records for which the expression is true.
+    Filter(Expression),
+    /// Replaces (or extends) the record with computed fields.
+    Map {
+        /// The computed fields, in order.
+        fields: Vec<MapField>,
+        /// Whether the input's fields are kept.
+        keep_input: bool,
+    },
+    /// Sets the key of the following keyed steps.
+    KeyBy {
+        /// The key expression.
+        expr: Expression,
+        /// Whether the source is already partitioned by this key.
+        source_partitioned: bool,
+    },
+    /// Aggregates per key (and window). A window step of the spec and the
+    /// aggregate after it compile into one operation.
+    Aggregate {
+        /// The window, `None` for a running (changelog) aggregate.
+        window: Option<WindowOp>,
+        /// The output fields.
+        fields: Vec<AggregateField>,
+    },
+    /// Drops records whose key was seen within the TTL.
+    Dedupe {
+        /// The duplicate key.
+        key: Expression,
+        /// How long a key is remembered, in milliseconds.
+        ttl: i64,
+    },
+}
+
+/// One compiled step.
+#[derive(Clone, Debug)]
+pub struct CompiledStep {
+    /// The step's name (the spec's or `<operation>-<index>`).
+    pub name: String,
+    /// The state id of the step: its index in the spec.
+    pub id: u8,
+    /// What it does.
+    pub operation: Operation,
+}
+
+/// A compiled pipeline, shared by the tasks of a worker.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    steps: Vec<CompiledStep>,
+    event_time: EventTimeSource,
+    max_out_of_orderness: i64,
+    idle_timeout: i64,
+    decode: DecodePlan,
+    passthrough: bool,
+}
+
+fn compile_expr(step: &str, field: &str, source: &str) -> Result<Expression, PipelineError> {
+    expr::compile(source).map_err(|source| PipelineError::Expression {
+        step: step.to_owned(),
+        field: field.to_owned(),
+        source,
+    })
+}
+
+fn step_name(step: &Step, index: usize) -> String {
+    if let Some(name) = &step.name {
+        return name.clone();
+    }
+    let op = if step.filter.is_some() {
+        "filter"
+    } else if step.map.is_some() {
+        "map"
+    } else if step.key_by.is_some() {
+        "keyBy"
+    } else if step.window.is_some() {
+        "window"
+    } else if step.aggregate.is_some() {
+        "aggregate"
+    } else if step.dedupe.is_some() {
+        "dedupe"
+    } else {
+        "step"
+    };
+    format!("{op}-{index}")
+}
+
+impl Pipeline {
+    /// Compiles the pipeline of a job spec.
+    pub fn compile(spec: &StreamingJobSpec) -> Result<Pipeline, PipelineError> {
+        if spec.pipeline.len() > 255 {
+            return Err(PipelineError::TooManySteps(spec.pipeline.len()));
+        }
+        let event_time = EventTimeSource::from_spec(spec.source.event_time.as_ref());
+        let mut steps = Vec::new();
+        let mut pending_window: Option<(String, WindowOp)> = None;
+        for (index, step) in spec.pipeline.iter().enumerate() {
+            let name = step_name(step, index);
+            let set = [
+                step.filter.is_some(),
+                step.map.is_some(),
+                step.key_by.is_some(),
+                step.window.is_some(),
+                step.aggregate.is_some(),
+                step.dedupe.is_some(),
+            ];
+            if set.iter().filter(|s| **s).count() != 1 {
+                return Err(PipelineError::Operation { step: name });
+            }
+            if let Some((window_step, _)) = &pending_window
+                && step.aggregate.is_none()
+            {
+                return Err(PipelineError::WindowWithoutAggregate {
+                    step: window_step.clone(),
+                });
+            }
+            let operation = if let Some(filter) = &step.filter {
+                Operation::Filter(compile_expr(&name, "filter", filter)?)
+            } else if let Some(map) = &step.map {
+                let fields = map
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        Ok(MapField {
+                            name: f.name.clone(),
+                            expr: compile_expr(&name, &format!("map.fields[{}]", f.name), &f.expr)?,
+                        })
+                    })
+                    .collect::<Result<_, PipelineError>>()?;
+                Operation::Map {
+                    fields,
+                    keep_input: map.keep_input,
+                }
+            } else if let Some(key_by) = &step.key_by {
+                Operation::KeyBy {
+                    expr: compile_expr(&name, "keyBy", &key_by.expr)?,
+                    source_partitioned: key_by.source_partitioned,
+                }
+            } else if let Some(window) = &step.window {
+                if event_time == EventTimeSource::None {
+                    return Err(PipelineError::WindowWithoutEventTime { step: name });
+                }
+                let assigner =
+                    WindowAssigner::from_spec(window).map_err(|source| PipelineError::Window {
+                        step: name.clone(),
+                        source,
+                    })?;
+                let op = WindowOp {
+                    assigner,
+                    allowed_lateness: window.allowed_lateness.as_millis(),
+                };
+                pending_window = Some((name, op));
+                continue;
+            } else if let Some(aggregate) = &step.aggregate {
+                if aggregate.fields.len() > 255 {
+                    return Err(PipelineError::TooManyFields {
+                        step: name,
+                        count: aggregate.fields.len(),
+                    });
+                }
+                let fields = aggregate
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        let expr = match (&f.expr, f.function) {
+                            (Some(source), _) => Some(compile_expr(
+                                &name,
+                                &format!("aggregate.fields[{}]", f.name),
+                                source,
+                            )?),
+                            (None, AggregateFunction::Count) => None,
+                            (None, _) => {
+                                return Err(PipelineError::MissingExpr {
+                                    step: name.clone(),
+                                    field: f.name.clone(),
+                                });
+                            }
+                        };
+                        Ok(AggregateField {
+                            name: f.name.clone(),
+                            function: f.function,
+                            expr: if f.function == AggregateFunction::Count {
+                                None
+                            } else {
+                                expr
+                            },
+                        })
+                    })
+                    .collect::<Result<_, PipelineError>>()?;
+                Operation::Aggregate {
+                    window: pending_window.take().map(|(_, op)| op),
+                    fields,
+                }
+            } else if let Some(dedupe) = &step.dedupe {
+                let ttl = dedupe.ttl.as_millis();
+                if ttl <= 0 {
+                    return Err(PipelineError::ZeroTtl { step: name });
+                }
+                Operation::Dedupe {
+                    key: compile_expr(&name, "dedupe.key", &dedupe.key)?,
+                    ttl,
+                }
+            } else {
+                return Err(PipelineError::Operation { step: name });
+            };
+            steps.push(CompiledStep {
+                name,
+                id: index as u8,
+                operation,
+            });
+        }
+        if let Some((step, _)) = pending_window {
+            return Err(PipelineError::WindowWithoutAggregate { step });
+        }
+        let (decode, passthrough) = decode_plan(&steps, &event_time);
+        Ok(Pipeline {
+            steps,
+            max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis(),
+            idle_timeout: spec.source.watermark.idle_timeout.as_millis(),
+            event_time,
+            decode,
+            passthrough,
+        })
+    }
+
+    /// The compiled steps, in order.
+    pub fn steps(&self) -> &[CompiledStep] {
+        &self.steps
+    }
+
+    /// Where event times come from.
+    pub fn event_time(&self) -> &EventTimeSource {
+        &self.event_time
+    }
+
+    /// The watermark's `maxOutOfOrderness` in milliseconds.
+    pub fn max_out_of_orderness(&self) -> i64 {
+        self.max_out_of_orderness
+    }
+
+    /// The partition idle timeout in milliseconds (0: never idle).
+    pub fn idle_timeout(&self) -> i64 {
+        self.idle_timeout
+    }
+
+    /// Which fields of the input records are decoded.
+    pub fn decode_plan(&self) -> &DecodePlan {
+        &self.decode
+    }
+
+    /// Whether outputs are the unchanged input values (no map, no
+    /// aggregate), written from the source bytes without re-encoding.
+    pub fn is_passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// Whether keys must be repartitioned through an internal topic: some
+    /// `keyBy` is not `sourcePartitioned`.
+    pub fn needs_repartition(&self) -> bool {
+        self.repartition_step().is_some()
+    }
+
+    /// Index (in [`Pipeline::steps`]) of the first `keyBy` that is not
+    /// source-partitioned: the runtime runs the steps before it, then
+    /// repartitions by [`Pipeline::key_of`].
+    pub fn repartition_step(&self) -> Option<usize> {
+        self.steps.iter().position(|s| {
+            matches!(
+                s.operation,
+                Operation::KeyBy {
+                    source_partitioned: false,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// The key bytes of `record` by the `keyBy` at `step` (an index in
+    /// [`Pipeline::steps`]), appended to `out`; `Ok(false)` when that step
+    /// is not a `keyBy`.
+    pub fn key_of(
+        &self,
+        step: usize,
+        record: &Value,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, EvalError> {
+        match self.steps.get(step).map(|s| &s.operation) {
+            Some(Operation::KeyBy { expr, .. }) => {
+                expr.eval_key(record, out)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// The fields of the input that the steps up to the first one replacing the
+/// record (a map or an aggregate) read, and whether the output is the input.
+fn decode_plan(steps: &[CompiledStep], event_time: &EventTimeSource) -> (DecodePlan, bool) {
+    let mut fields: Vec<String> = event_time.field().map(str::to_owned).into_iter().collect();
+    let mut whole = false;
+    let mut replaced = false;
+    let mut read = |e: &Expression, fields: &mut Vec<String>| {
+        whole |= e.reads_whole_record();
+        fields.extend(e.fields().iter().cloned());
+    };
+    for step in steps {
+        match &step.operation {
+            Operation::Filter(e) => read(e, &mut fields),
+            Operation::KeyBy { expr, .. } => read(expr, &mut fields),
+            Operation::Dedupe { key, .. } => read(key, &mut fields),
+            Operation::Map {
+                fields: map,
+                keep_input,
+            } => {
+                for f in map {
+                    read(&f.expr, &mut fields);
+                }
+                if *keep_input {
+                    // The kept input is re-encoded, so it must be whole.
+                    fields.clear();
+                    return (DecodePlan::All, false);
+                }
+                replaced = true;
+                break;
+            }
+            Operation::Aggregate { fields: aggs, .. } => {
+                for f in aggs {
+                    if let Some(e) = &f.expr {
+                        read(e, &mut fields);
+                    }
+                }
+                replaced = true;
+                break;
+            }
+        }
+    }
+    if whole {
+        return (DecodePlan::All, !replaced);
+    }
+    fields.sort();
+    fields.dedup();
+    (DecodePlan::Fields(fields), !replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(source_extra: &str, pipeline: &str) -> StreamingJobSpec {
+        let yaml = format!(
+            r#"
+kafka: {{bootstrapServers: "k:9092"}}
+source: {{topics: [in]{source_extra}}}
+sink: {{topic: out}}
+checkpoint: {{storage: "memory://"}}
+pipeline: {pipeline}
+"#
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn compiles_and_plans_decoding() {
+        let p = Pipeline::compile(&spec(
+            ", eventTime: {field: ts}",
+            r#"[{filter: "record.amount > 0.0"}, {keyBy: {expr: "record.user_id", sourcePartitioned: true}},
+                {window: {type: tumbling, size: 60s}}, {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}},
+                {filter: "record.n > 1"}]"#,
+        ))
+        .unwrap();
+        assert_eq!(p.steps().len(), 4);
+        assert_eq!(
+            p.decode_plan(),
+            &DecodePlan::Fields(vec!["amount".into(), "ts".into(), "user_id".into()])
+        );
+        assert!(!p.is_passthrough());
+        assert!(!p.needs_repartition());
+        assert!(matches!(
+            p.steps()[2].operation,
+            Operation::Aggregate {
+                window: Some(WindowOp {
+                    assigner: WindowAssigner::Tumbling { size: 60_000 },
+                    allowed_lateness: 0
+                }),
+                ..
+            }
+        ));
+        assert_eq!(p.steps()[2].id, 3);
+    }
+
+    #[test]
+    fn passthrough_and_repartition() {
+        let p = Pipeline::compile(&spec(
+            "",
+            r#"[{filter: "record.a == 1"}, {keyBy: {expr: "record.k"}}]"#,
+        ))
+        .unwrap();
+        assert!(p.is_passthrough());
+        assert!(p.needs_repartition());
+        assert_eq!(p.repartition_step(), Some(1));
+        let mut key = Vec::new();
+        assert!(
+            p.key_of(1, &serde_json::json!({"k": 42}), &mut key)
+                .unwrap()
+        );
+        assert_eq!(key, b"42");
+        assert!(!p.key_of(0, &serde_json::json!({}), &mut key).unwrap());
+        let p = Pipeline::compile(&spec(
+            "",
+            r#"[{map: {keepInput: true, fields: [{name: x, expr: "1"}]}}]"#,
+        ))
+        .unwrap();
+        assert_eq!(p.decode_plan(), &DecodePlan::All);
+    }
+
+    #[test]
+    fn rejects_bad_pipelines() {
+        let cases = [
+            ("", r#"[{filter: "record.a +"}]"#, "filter-0: filter"),
+            (
+                "",
+                r#"[{window: {type: tumbling, size: 1s}}, {aggregate: {fields: [{name: n, function: count}]}}]"#,
+                "needs source.eventTime",
+            ),
+            (
+                ", eventTime: {}",
+                r#"[{window: {type: tumbling, size: 1s}}]"#,
+                "must be followed",
+            ),
+            (
+                ", eventTime: {}",
+                r#"[{window: {type: tumbling, size: 1s}}, {filter: "true"}]"#,
+                "must be followed",
+            ),
+            (
+                "",
+                r#"[{aggregate: {fields: [{name: s, function: sum}]}}]"#,
+                "needs an expr",
+            ),
+            ("", r#"[{}]"#, "exactly one"),
+            ("", r#"[{dedupe: {key: record.id, ttl: 0s}}]"#, "ttl"),
+        ];
+        for (source, pipeline, expected) in cases {
+            let err = Pipeline::compile(&spec(source, pipeline))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{pipeline}: {err}");
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The records going into and out of the engine, and JSON decoding that keeps
+//! only the fields a pipeline reads.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// A record read from a source partition, borrowed from the consumer's
+/// buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRecord<'a> {
+    /// Topic the record was read from.
+    pub topic: &'a str,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The Kafka key.
+    pub key: Option<&'a [u8]>,
+    /// The Kafka value (a JSON object).
+    pub value: Option<&'a [u8]>,
+    /// The Kafka timestamp in epoch milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Where a record that went to the dead-letter or late-data topic came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+impl SourcePosition {
+    /// The position of a source record.
+    pub fn of(record: &SourceRecord<'_>) -> SourcePosition {
+        SourcePosition {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+        }
+    }
+}
+
+/// A record for the sink topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// The Kafka key: the source key when no keyBy ran, else the text of the
+    /// key (see [`weir_crds::expr::Expression::eval_key`]).
+    pub key: Option<Vec<u8>>,
+    /// The JSON value.
+    pub value: Vec<u8>,
+}
+
+/// A record for the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The value as read from the source (or as emitted by a window, for
+    /// records that failed in a step after an aggregate).
+    pub value: Vec<u8>,
+    /// Why it failed, e.g. `filter-0: no such field 'amount'`.
+    pub reason: String,
+    /// The source record, `None` for records emitted by a window firing.
+    pub source: Option<SourcePosition>,
+}
+
+/// An event that arrived after its windows were closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LateRecord {
+    /// The Kafka key of the source record.
+    pub key: Option<Vec<u8>>,
+    /// The value as read from the source.
+    pub value: Vec<u8>,
+    /// The source record.
+    pub source: SourcePosition,
+}
+
+/// Counts of what the engine did, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Source records processed.
+    pub records_in: u64,
+    /// Records emitted to the sink.
+    pub records_out: u64,
+    /// Records dropped by a filter.
+    pub filtered: u64,
+    /// Records dropped as duplicates by a dedupe step.
+    pub deduplicated: u64,
+    /// Records later than the allowed lateness.
+    pub late: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// Everything processing produces; the runtime drains it after each batch.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// Records for the sink.
+    pub records: Vec<OutputRecord>,
+    /// Records for the dead-letter topic.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Records for the late-data topic.
+    pub late: Vec<LateRecord>,
+    /// Cumulative counters (never cleared by [`Outputs::clear`]).
+    pub counters: Counters,
+}
+
+impl Outputs {
+    /// Drops the collected records, keeping the counters.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.dead_letters.clear();
+        self.late.clear();
+    }
+}
+
+/// Why a record value could not be decoded.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    /// The value is not valid JSON or not an object.
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Which top-level fields decoding keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodePlan {
+    /// Every field (a map keeps its input, or an expression reads the whole
+    /// record).
+    All,
+    /// Only these fields, sorted; the others are skipped without being built.
+    Fields(Vec<String>),
+}
+
+impl DecodePlan {
+    /// Decodes a JSON object, keeping the fields of the plan. The value must
+    /// be an object either way.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let map = match self {
+            DecodePlan::All => ObjectSeed { keep: None }.deserialize(&mut de)?,
+            DecodePlan::Fields(fields) => ObjectSeed {
+                keep: Some(fields.as_slice()),
+            }
+            .deserialize(&mut de)?,
+        };
+        de.end()?;
+        Ok(Value::Object(map))
+    }
+}
+
+/// Deserializes a JSON object, keeping the listed fields (all when `None`).
+struct ObjectSeed<'f> {
+    keep: Option<&'f [String]>,
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key_seed(KeySeed { keep: self.keep })? {
+            match key {
+                Some(name) => {
+                    let value: Value = access.next_value()?;
+                    map.insert(name, value);
+                }
+                None => {
+                    access.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// Deserializes an object key into `Some(owned name)` when it is kept,
+/// without allocating for skipped keys.
+struct KeySeed<'f> {
+    keep: Option<&'f [String]>,
+}
+
+impl KeySeed<'_> {
+    fn select<E>(&self, key: &str) -> Result<Option<String>, E> {
+        Ok(match self.keep {
+            None => Some(key.to_owned()),
+            Some(fields) => fields
+                .binary_search_by(|f| f.as_str().cmp(key))
+                .ok()
+                .map(|i| fields[i].clone()),
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        self.select(key)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+        self.select(key)
+    }
+
+    fn visit_string<E: de::Error>(self, key: String) -> Result<Self::Value, E> {
+        match self.keep {
+            None => Ok(Some(key)),
+            Some(_) => self.select(&key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const RECORD: &[u8] = br#"{"user_id":"u123","amount":12.5,"country":"DE","ts":1732176000000,"nested":{"a":[1,2]}}"#;
+
+    #[test]
+    fn keeps_only_the_planned_fields() {
+        let plan = DecodePlan::Fields(vec!["amount".into(), "nested".into(), "zzz".into()]);
+        assert_eq!(
+            plan.decode(RECORD).unwrap(),
+            json!({"amount": 12.5, "nested": {"a": [1, 2]}})
+        );
+        let all = DecodePlan::All.decode(RECORD).unwrap();
+        assert_eq!(all, serde_json::from_slice::<Value>(RECORD).unwrap());
+    }
+
+    #[test]
+    fn escaped_keys_are_matched() {
+        let plan = DecodePlan::Fields(vec!["a\"b".into()]);
+        assert_eq!(
+            plan.decode(br#"{"a\"b": 1, "c": 2}"#).unwrap(),
+            json!({"a\"b": 1})
+        );
+    }
+
+    #[test]
+    fn rejects_non_objects_and_garbage() {
+        let plan = DecodePlan::Fields(vec!["a".into()]);
+        for bad in [&b"[1]"[..], b"1", b"{\"a\":", b"{\"b\": tru}", b"{} x", b""] {
+            assert!(
+                plan.decode(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(DecodePlan::All.decode(bad).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = DecodePlan::All.decode(&bytes);
+            let _ = DecodePlan::Fields(vec!["a".into()]).decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! The processor of one task: runs every record of the task's partitions
+//! through the pipeline over the task's RocksDB state, tracks watermarks and
+//! fires windows and TTLs.
+//!
+//! # Semantics
+//!
+//! - A record that cannot be decoded, has no usable event time or makes an
+//!   expression fail goes to the dead-letter output with the step and the
+//!   reason; nothing in a record can make processing panic or fail.
+//! - A window `[start, end)` fires once the task watermark reaches `end - 1`
+//!   (its last millisecond, as in Flink). Its state is kept for the allowed
+//!   lateness after that: an event for it arriving meanwhile updates it and
+//!   re-emits the result at once. An event whose windows are all past
+//!   `end - 1 + allowedLateness` goes to the late output.
+//! - Aggregate results are JSON objects: `key` (the key's text, `null`
+//!   without keyBy), `window_start` and `window_end` in epoch milliseconds
+//!   (windowed aggregates only; `window_end` exclusive) and the named
+//!   fields. Without a window an aggregate emits the updated result for every
+//!   record (a changelog, like a Kafka Streams KTable).
+//! - Output keys: the source key until a keyBy, then the key's text.
+//! - Dedupe remembers a key for its TTL in event time (processing time when
+//!   the source has no event time); the state expires through a timer.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+use weir_crds::job::AggregateFunction;
+
+use crate::aggregate::{Accumulator, Accumulators, Input, Num};
+use crate::hll::hash64;
+use crate::pipeline::{AggregateField, Operation, Pipeline, WindowOp};
+use crate::record::{DeadLetter, LateRecord, OutputRecord, Outputs, SourcePosition, SourceRecord};
+use crate::state::{
+    Session, StateError, StateValue, TaskState, TimeDomain, Timer, keyed_payload,
+    parse_keyed_payload, state_key,
+};
+use crate::watermark::{PartitionId, WatermarkSnapshot, WatermarkTracker};
+use crate::window::{Window, WindowAssigner};
+
+/// Timer kinds.
+const FIRE: u8 = 1;
+const CLEANUP: u8 = 2;
+const EXPIRE: u8 = 3;
+const SESSION: u8 = 4;
+
+/// Processing failed for a reason other than the record: the state store.
+#[derive(Debug, Error)]
+pub enum TaskError {
+    /// Reading or writing state failed.
+    #[error("task state: {0}")]
+    State(#[from] StateError),
+}
+
+/// What a task checkpoint must hold besides RocksDB and the offsets: the
+/// watermark state, so that a restore resumes event time where it stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSnapshot {
+    /// Per-partition maximum event times and the task watermark.
+    pub watermarks: WatermarkSnapshot,
+}
+
+/// A record on its way through the steps.
+struct Flow<'a> {
+    value: Value,
+    /// Whether `value` differs from the source bytes.
+    modified: bool,
+    /// The output key.
+    key: Option<Vec<u8>>,
+    /// Whether a keyBy ran (the key is then its text).
+    keyed: bool,
+    /// Event time, if the source has one.
+    time: Option<i64>,
+    /// The source record; `None` for records emitted by timers.
+    source: Option<&'a SourceRecord<'a>>,
+}
+
+/// Processes the records of one task.
+pub struct TaskProcessor {
+    pipeline: Arc<Pipeline>,
+    state: TaskState,
+    watermarks: WatermarkTracker,
+    payload: Vec<u8>,
+    key_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    windows: Vec<Window>,
+}
+
+impl std::fmt::Debug for TaskProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskProcessor")
+            .field("state", &self.state)
+            .field("watermark", &self.watermarks.watermark())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskProcessor {
+    /// A processor of `pipeline` over `state`, with no watermark yet (call
+    /// [`TaskProcessor::restore_meta`] after a restore).
+    pub fn new(pipeline: Arc<Pipeline>, state: TaskState) -> TaskProcessor {
+        let watermarks =
+            WatermarkTracker::new(pipeline.max_out_of_orderness(), pipeline.idle_timeout());
+        TaskProcessor {
+            pipeline,
+            state,
+            watermarks,
+            payload: Vec::new(),
+            key_buf: Vec::new(),
+            scratch: Vec::new(),
+            windows: Vec::new(),
+        }
+    }
+
+    /// Declares a partition the task reads: it holds back the watermark
+    /// until it delivers records or turns idle.
+    pub fn register_partition(&mut self, topic: &str, partition: i32) {
+        self.watermarks.register(PartitionId {
+            topic: topic.to_owned(),
+            partition,
+        });
+    }
+
+    /// The task's state, for checkpoints.
+    pub fn state_mut(&mut self) -> &mut TaskState {
+        &mut self.state
+    }
+
+    /// The task watermark.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.watermark()
+    }
+
+    /// The watermark state to store in the checkpoint manifest.
+    pub fn snapshot_meta(&self) -> TaskSnapshot {
+        TaskSnapshot {
+            watermarks: self.watermarks.snapshot(),
+        }
+    }
+
+    /// Resumes the watermark state of a checkpoint.
+    pub fn restore_meta(&mut self, snapshot: TaskSnapshot) {
+        self.watermarks.restore(snapshot.watermarks);
+    }
+
+    /// Processes one source record, appending what it produces to `out`.
+    /// Errors come only from the state store, never from the record.
+    pub fn process(
+        &mut self,
+        record: &SourceRecord<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        out.counters.records_in += 1;
+        let Some(bytes) = record.value else {
+            dead_letter_source(record, "record has no value".into(), out);
+            return Ok(());
+        };
+        let value = match self.pipeline.decode_plan().decode(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                dead_letter_source(record, format!("invalid JSON: {e}"), out);
+                return Ok(());
+            }
+        };
+        let time = match self
+            .pipeline
+            .event_time()
+            .extract(&value, record.timestamp_ms)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                dead_letter_source(record, e.to_string(), out);
+                return Ok(());
+            }
+        };
+        if let Some(t) = time {
+            self.watermarks.observe(record.topic, record.partition, t);
+        }
+        let flow = Flow {
+            value,
+            modified: false,
+            key: record.key.map(<[u8]>::to_vec),
+            keyed: false,
+            time,
+            source: Some(record),
+        };
+        let pipeline = Arc::clone(&self.pipeline);
+        self.run(&pipeline, 0, flow, out)?;
+        self.fire_event_timers(&pipeline, out)
+    }
+
+    /// Advances processing time to `now_ms`: idle partitions stop holding
+    /// back the watermark, due windows fire and processing-time TTLs expire.
+    /// Call it regularly, also when no records arrive.
+    pub fn advance_time(&mut self, now_ms: i64, out: &mut Outputs) -> Result<(), TaskError> {
+        self.watermarks.advance(now_ms);
+        let pipeline = Arc::clone(&self.pipeline);
+        self.fire_event_timers(&pipeline, out)?;
+        let mut due = Vec::new();
+        self.state
+            .take_due_timers(TimeDomain::Processing, now_ms, &mut due)?;
+        for timer in due {
+            self.on_timer(&pipeline, timer, out)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `flow` through the steps from `from` on.
+    fn run(
+        &mut self,
+        pipeline: &Pipeline,
+        from: usize,
+        mut flow: Flow<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        for (index, step) in pipeline.steps().iter().enumerate().skip(from) {
+            match &step.operation {
+                Operation::Filter(expr) => match expr.eval_bool(&flow.value) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        out.counters.filtered += 1;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        dead_letter(&flow, &step.name, &e, out);
+                        return Ok(());
+                    }
+                },
+                Operation::Map { fields, keep_input } => {
+                    let mut computed = Vec::with_capacity(fields.len());
+                    for f in fields {
+                        match f.expr.eval(&flow.value) {
+                            Ok(v) => computed.push((f.name.clone(), v)),
+                            Err(e) => {
+                                dead_letter(&flow, &step.name, &e, out);
+                                return Ok(());
+                            }
+                        }
+                    }
+                    let mut map = match (keep_input, flow.value.take()) {
+                        (true, Value::Object(map)) => map,
+                        _ => Map::with_capacity(computed.len()),
+                    };
+                    map.extend(computed);
+                    flow.value = Value::Object(map);
+                    flow.modified = true;
+                }
+                Operation::KeyBy { expr, .. } => {
+                    let mut key = Vec::new();
+                    if let Err(e) = expr.eval_key(&flow.value, &mut key) {
+                        dead_letter(&flow, &step.name, &e, out);
+                        return Ok(());
+                    }
+                    flow.key = Some(key);
+                    flow.keyed = true;
+                }
+                Operation::Dedupe { key, ttl } => {
+                    self.key_buf.clear();
+                    if let Err(e) = key.eval_key(&flow.value, &mut self.key_buf) {
+                        dead_letter(&flow, &step.name, &e, out);
+                        return Ok(());
+                    }
+                    let (domain, now) = match flow.time {
+                        Some(t) => (TimeDomain::Event, t),
+                        None => (TimeDomain::Processing, self.watermarks.now().unwrap_or(0)),
+                    };
+                    if self.is_duplicate(step.id, domain, now, *ttl)? {
+                        out.counters.deduplicated += 1;
+                        return Ok(());
+                    }
+                }
+                Operation::Aggregate { window, fields } => {
+                    return self.aggregate(pipeline, index, *window, fields, flow, out);
+                }
+            }
+        }
+        emit(flow, out);
+        Ok(())
+    }
+
+    /// Whether the dedupe key in `key_buf` was seen within the TTL at time
+    /// `now`; remembers it if not.
+    fn is_duplicate(
+        &mut self,
+        step: u8,
+        domain: TimeDomain,
+        now: i64,
+        ttl: i64,
+    ) -> Result<bool, TaskError> {
+        self.payload.clear();
+        keyed_payload(&mut self.payload, &self.key_buf, None);
+        state_key(&mut self.scratch, step, &self.payload);
+        if let Some(StateValue::Expiry(expiry)) = self.state.get(&self.scratch)?
+            && *expiry > now
+        {
+            return Ok(true);
+        }
+        let expiry = now.saturating_add(ttl);
+        *self.state.get_mut(&self.scratch)? = Some(StateValue::Expiry(expiry));
+        self.state
+            .register_timer(domain, expiry, step, EXPIRE, &self.payload)?;
+        Ok(false)
+    }
+
+    /// The aggregate step at `index`; whatever it emits continues after it.
+    fn aggregate(
+        &mut self,
+        pipeline: &Pipeline,
+        index: usize,
+        window: Option<WindowOp>,
+        fields: &[AggregateField],
+        flow: Flow<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let step = &pipeline.steps()[index];
+        let inputs = match self.inputs(fields, &flow.value) {
+            Ok(inputs) => inputs,
+            Err(reason) => {
+                dead_letter_reason(&flow, format!("{}: {reason}", step.name), out);
+                return Ok(());
+            }
+        };
+        let key = if flow.keyed {
+            flow.key.clone().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let time = flow.time.unwrap_or(i64::MIN);
+        let mut emitted = Vec::new();
+        match window {
+            None => {
+                self.payload.clear();
+                keyed_payload(&mut self.payload, &key, None);
+                state_key(&mut self.scratch, step.id, &self.payload);
+                let slot = self.state.get_mut(&self.scratch)?;
+                let accs = accumulators(slot, fields);
+                update(accs, &inputs, time);
+                emitted.push((result(flow.keyed, &key, None, accs, fields), flow.time));
+            }
+            Some(op) => {
+                let Some(t) = flow.time else {
+                    dead_letter_reason(
+                        &flow,
+                        format!("{}: record has no event time", step.name),
+                        out,
+                    );
+                    return Ok(());
+                };
+                let accepted = if let WindowAssigner::Session { gap } = op.assigner {
+                    self.session_update(
+                        step.id,
+                        &key,
+                        flow.keyed,
+                        t,
+                        gap,
+                        op,
+                        fields,
+                        &inputs,
+                        &mut emitted,
+                    )?
+                } else {
+                    self.window_update(
+                        step.id,
+                        &key,
+                        flow.keyed,
+                        t,
+                        op,
+                        fields,
+                        &inputs,
+                        &mut emitted,
+                    )?
+                };
+                if !accepted {
+                    out.counters.late += 1;
+                    if let Some(source) = flow.source {
+                        out.late.push(LateRecord {
+                            key: source.key.map(<[u8]>::to_vec),
+                            value: source.value.unwrap_or_default().to_vec(),
+                            source: SourcePosition::of(source),
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        for (value, time) in emitted {
+            let next = Flow {
+                value,
+                modified: true,
+                key: flow.keyed.then(|| key.clone()),
+                keyed: flow.keyed,
+                time,
+                source: flow.source,
+            };
+            self.run(pipeline, index + 1, next, out)?;
+        }
+        Ok(())
+    }
+
+    /// What the record contributes to each aggregate field.
+    fn inputs(&mut self, fields: &[AggregateField], record: &Value) -> Result<Vec<Input>, String> {
+        fields
+            .iter()
+            .map(|f| {
+                let Some(expr) = &f.expr else {
+                    return Ok(Input::Unit);
+                };
+                let fail = |e: weir_crds::expr::EvalError| format!("{}: {e}", f.name);
+                Ok(match f.function {
+                    AggregateFunction::Count => Input::Unit,
+                    AggregateFunction::ApproxDistinct => {
+                        self.key_buf.clear();
+                        expr.eval_key(record, &mut self.key_buf).map_err(fail)?;
+                        Input::Hash(hash64(&self.key_buf))
+                    }
+                    AggregateFunction::First | AggregateFunction::Last => {
+                        Input::Value(expr.eval(record).map_err(fail)?)
+                    }
+                    AggregateFunction::Sum
+                    | AggregateFunction::Min
+                    | AggregateFunction::Max
+                    | AggregateFunction::Avg => {
+                        let v = expr.eval(record).map_err(fail)?;
+                        Input::Number(Num::from_json(&v).ok_or_else(|| {
+                            format!("{}: the expression must be a number, not {v}", f.name)
+                        })?)
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a record at `t` to its tumbling or sliding windows; `false` when
+    /// every window was already closed (the record is late).
+    #[allow(clippy::too_many_arguments)]
+    fn window_update(
+        &mut self,
+        step: u8,
+        key: &[u8],
+        keyed: bool,
+        t: i64,
+        op: WindowOp,
+        fields: &[AggregateField],
+        inputs: &[Input],
+        emitted: &mut Vec<(Value, Option<i64>)>,
+    ) -> Result<bool, TaskError> {
+        let watermark = self.watermarks.watermark();
+        let mut windows = std::mem::take(&mut self.windows);
+        windows.clear();
+        op.assigner.assign(t, &mut windows);
+        let mut accepted = false;
+        for w in &windows {
+            let last = w.end - 1;
+            let cleanup = last.saturating_add(op.allowed_lateness);
+            if watermark.is_some_and(|wm| cleanup <= wm) {
+                continue;
+            }
+            accepted = true;
+            let fired = watermark.is_some_and(|wm| last <= wm);
+            self.payload.clear();
+            keyed_payload(&mut self.payload, key, Some(w.start));
+            state_key(&mut self.scratch, step, &self.payload);
+            let slot = self.state.get_mut(&self.scratch)?;
+            let created = slot.is_none();
+            let accs = accumulators(slot, fields);
+            update(accs, inputs, t);
+            if fired {
+                emitted.push((result(keyed, key, Some(*w), accs, fields), Some(last)));
+            }
+            if created {
+                if !fired {
+                    self.state.register_timer(
+                        TimeDomain::Event,
+                        last,
+                        step,
+                        FIRE,
+                        &self.payload,
+                    )?;
+                }
+                if op.allowed_lateness > 0 {
+                    self.state.register_timer(
+                        TimeDomain::Event,
+                        cleanup,
+                        step,
+                        CLEANUP,
+                        &self.payload,
+                    )?;
+                }
+            }
+        }
+        self.windows = windows;
+        Ok(accepted)
+    }
+
+    /// Adds a record at `t` to the sessions of its key, merging those it
+    /// touches; `false` when it is late.
+    #[allow(clippy::too_many_arguments)]
+    fn session_update(
+        &mut self,
+        step: u8,
+        key: &[u8],
+        keyed: bool,
+        t: i64,
+        gap: i64,
+        op: WindowOp,
+        fields: &[AggregateField],
+        inputs: &[Input],
+        emitted: &mut Vec<(Value, Option<i64>)>,
+    ) -> Result<bool, TaskError> {
+        let watermark = self.watermarks.watermark();
+        let own = Window {
+            start: t,
+            end: t.saturating_add(gap),
+        };
+        self.payload.clear();
+        keyed_payload(&mut self.payload, key, None);
+        state_key(&mut self.scratch, step, &self.payload);
+        let slot = self.state.get_mut(&self.scratch)?;
+        let mut sessions = match slot.take() {
+            Some(StateValue::Sessions(s)) => s,
+            _ => Vec::new(),
+        };
+        let (touching, mut rest): (Vec<Session>, Vec<Session>) =
+            sessions.drain(..).partition(|s| s.window.touches(&own));
+        let own_closed =
+            watermark.is_some_and(|wm| (own.end - 1).saturating_add(op.allowed_lateness) <= wm);
+        if touching.is_empty() && own_closed {
+            *slot = (!rest.is_empty()).then_some(StateValue::Sessions(rest));
+            return Ok(false);
+        }
+        let mut merged = Session {
+            window: own,
+            fired: false,
+            accumulators: Accumulators(
+                fields
+                    .iter()
+                    .map(|f| Accumulator::new(f.function))
+                    .collect(),
+            ),
+        };
+        update(&mut merged.accumulators, inputs, t);
+        for s in &touching {
+            merged.window = merged.window.cover(&s.window);
+            for (a, b) in merged.accumulators.0.iter_mut().zip(&s.accumulators.0) {
+                a.merge(b);
+            }
+        }
+        let last = merged.window.end - 1;
+        let cleanup = last.saturating_add(op.allowed_lateness);
+        merged.fired = watermark.is_some_and(|wm| last <= wm);
+        if merged.fired {
+            emitted.push((
+                result(
+                    keyed,
+                    key,
+                    Some(merged.window),
+                    &merged.accumulators,
+                    fields,
+                ),
+                Some(last),
+            ));
+        }
+        let merged_fired = merged.fired;
+        let keep = watermark.is_none_or(|wm| cleanup > wm);
+        if keep {
+            rest.push(merged);
+        }
+        *slot = (!rest.is_empty()).then_some(StateValue::Sessions(rest));
+        if keep {
+            if !merged_fired {
+                self.state
+                    .register_timer(TimeDomain::Event, last, step, SESSION, &self.payload)?;
+            }
+            if op.allowed_lateness > 0 {
+                self.state.register_timer(
+                    TimeDomain::Event,
+                    cleanup,
+                    step,
+                    SESSION,
+                    &self.payload,
+                )?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Fires every event-time timer the watermark has reached.
+    fn fire_event_timers(
+        &mut self,
+        pipeline: &Pipeline,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let mut due = Vec::new();
+        // Records emitted by firing windows may register further due timers
+        // in later steps: repeat until none is due.
+        while let Some(wm) = self.watermarks.watermark() {
+            self.state
+                .take_due_timers(TimeDomain::Event, wm, &mut due)?;
+            if due.is_empty() {
+                break;
+            }
+            for timer in due.drain(..) {
+                self.on_timer(pipeline, timer, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        pipeline: &Pipeline,
+        timer: Timer,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let Some(index) = pipeline.steps().iter().position(|s| s.id == timer.step) else {
+            return Ok(());
+        };
+        let Some((key, window_start)) = parse_keyed_payload(&timer.payload) else {
+            return Ok(());
+        };
+        let key = key.to_vec();
+        state_key(&mut self.scratch, timer.step, &timer.payload);
+        let step = &pipeline.steps()[index];
+        let keyed = step_is_keyed(pipeline, index);
+        let mut emitted = Vec::new();
+        match (&step.operation, timer.kind) {
+            (Operation::Dedupe { .. }, EXPIRE) => {
+                let slot = self.state.get_mut(&self.scratch)?;
+                if matches!(slot, Some(StateValue::Expiry(e)) if *e <= timer.time) {
+                    *slot = None;
+                }
+            }
+            (
+                Operation::Aggregate {
+                    window: Some(op),
+                    fields,
+                },
+                FIRE | CLEANUP,
+            ) => {
+                let Some(start) = window_start else {
+                    return Ok(());
+                };
+                let size = match op.assigner {
+                    WindowAssigner::Tumbling { size } | WindowAssigner::Sliding { size, .. } => {
+                        size
+                    }
+                    WindowAssigner::Session { .. } => return Ok(()),
+                };
+                let window = Window {
+                    start,
+                    end: start.saturating_add(size),
+                };
+                let slot = self.state.get_mut(&self.scratch)?;
+                if timer.kind == FIRE
+                    && let Some(StateValue::Accumulators(accs)) = slot.as_ref()
+                {
+                    emitted.push((
+                        result(keyed, &key, Some(window), accs, fields),
+                        Some(timer.time),
+                    ));
+                }
+                if timer.kind == CLEANUP || op.allowed_lateness == 0 {
+                    *slot = None;
+                }
+            }
+            (
+                Operation::Aggregate {
+                    window: Some(op),
+                    fields,
+                },
+                SESSION,
+            ) => {
+                let wm = self
+                    .watermarks
+                    .watermark()
+                    .unwrap_or(timer.time)
+                    .max(timer.time);
+                let slot = self.state.get_mut(&self.scratch)?;
+                if let Some(StateValue::Sessions(sessions)) = slot {
+                    for s in sessions.iter_mut() {
+                        let last = s.window.end - 1;
+                        if !s.fired && last <= wm {
+                            s.fired = true;
+                            emitted.push((
+                                result(keyed, &key, Some(s.window), &s.accumulators, fields),
+                                Some(last),
+                            ));
+                        }
+                    }
+                    sessions
+                        .retain(|s| (s.window.end - 1).saturating_add(op.allowed_lateness) > wm);
+                    if sessions.is_empty() {
+                        *slot = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (value, time) in emitted {
+            let flow = Flow {
+                value,
+                modified: true,
+                key: keyed.then(|| key.clone()),
+                keyed,
+                time,
+                source: None,
+            };
+            self.run(pipeline, index + 1, flow, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a keyBy precedes step `index`.
+fn step_is_keyed(pipeline: &Pipeline, index: usize) -> bool {
+    pipeline.steps()[..index]
+        .iter()
+        .any(|s| matches!(s.operation, Operation::KeyBy { .. }))
+}
+
+/// The accumulators in `slot`, created empty when absent.
+fn accumulators<'s>(
+    slot: &'s mut Option<StateValue>,
+    fields: &[AggregateField],
+) -> &'s mut Accumulators {
+    if !matches!(slot, Some(StateValue::Accumulators(_))) {
+        *slot = Some(StateValue::Accumulators(Accumulators(
+            fields
+                .iter()
+                .map(|f| Accumulator::new(f.function))
+                .collect(),
+        )));
+    }
+    match slot {
+        Some(StateValue::Accumulators(accs)) => accs,
+        // Just set above.
+        _ => unreachable!("accumulators were just created"),
+    }
+}
+
+fn update(accs: &mut Accumulators, inputs: &[Input], time: i64) {
+    for (acc, input) in accs.0.iter_mut().zip(inputs) {
+        acc.update(input, time);
+    }
+}
+
+/// The output record of an aggregate.
+fn result(
+    keyed: bool,
+    key: &[u8],
+    window: Option<Window>,
+    accs: &Accumulators,
+    fields: &[AggregateField],
+) -> Value {
+    let mut map = Map::with_capacity(fields.len() + 3);
+    let key = if keyed {
+        Value::String(String::from_utf8_lossy(key).into_owned())
+    } else {
+        Value::Null
+    };
+    map.insert("key".into(), key);
+    if let Some(w) = window {
+        map.insert("window_start".into(), Value::from(w.start));
+        map.insert("window_end".into(), Value::from(w.end));
+    }
+    for (f, acc) in fields.iter().zip(&accs.0) {
+        map.insert(f.name.clone(), acc.result());
+    }
+    Value::Object(map)
+}
+
+/// Sends a record that went through every step to the sink.
+fn emit(flow: Flow<'_>, out: &mut Outputs) {
+    let value = match (flow.modified, flow.source.and_then(|s| s.value)) {
+        (false, Some(bytes)) => bytes.to_vec(),
+        _ => serde_json::to_vec(&flow.value).unwrap_or_default(),
+    };
+    out.counters.records_out += 1;
+    out.records.push(OutputRecord {
+        key: flow.key,
+        value,
+    });
+}
+
+fn dead_letter(flow: &Flow<'_>, step: &str, error: &weir_crds::expr::EvalError, out: &mut Outputs) {
+    dead_letter_reason(flow, format!("{step}: {error}"), out);
+}
+
+fn dead_letter_reason(flow: &Flow<'_>, reason: String, out: &mut Outputs) {
+    match flow.source {
+        Some(source) if !flow.modified => dead_letter_source(source, reason, out),
+        source => {
+            out.counters.dead_lettered += 1;
+            out.dead_letters.push(DeadLetter {
+                value: serde_json::to_vec(&flow.value).unwrap_or_default(),
+                reason,
+                source: source.map(SourcePosition::of),
+            });
+        }
+    }
+}
+
+fn dead_letter_source(record: &SourceRecord<'_>, reason: String, out: &mut Outputs) {
+    out.counters.dead_lettered += 1;
+    out.dead_letters.push(DeadLetter {
+        value: record.value.unwrap_or_default().to_vec(),
+        reason,
+        source: Some(SourcePosition::of(record)),
+    });
+}
+
+#[cfg(test)]
+mod tests;

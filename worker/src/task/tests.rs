@@ -1,0 +1,535 @@
+//! Engine tests: the task processor against an in-memory model, across a
+//! restart, and on bad input.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::state::StateOptions;
+
+fn spec(source_extra: &str, pipeline: &str) -> weir_crds::StreamingJobSpec {
+    let yaml = format!(
+        r#"
+kafka: {{bootstrapServers: "k:9092"}}
+source: {{topics: [in]{source_extra}}}
+sink: {{topic: out}}
+checkpoint: {{storage: "memory://"}}
+pipeline: {pipeline}
+"#
+    );
+    serde_yaml::from_str(&yaml).unwrap()
+}
+
+fn processor(
+    dir: &Path,
+    source_extra: &str,
+    pipeline: &str,
+    cache_entries: usize,
+) -> TaskProcessor {
+    let pipeline = Arc::new(Pipeline::compile(&spec(source_extra, pipeline)).unwrap());
+    let options = StateOptions {
+        cache_entries,
+        ..StateOptions::new(8 << 20, 1 << 20)
+    };
+    TaskProcessor::new(pipeline, TaskState::open(dir, &options).unwrap())
+}
+
+fn feed(p: &mut TaskProcessor, offset: i64, value: &[u8], out: &mut Outputs) {
+    let record = SourceRecord {
+        topic: "in",
+        partition: 0,
+        offset,
+        key: None,
+        value: Some(value),
+        timestamp_ms: None,
+    };
+    p.process(&record, out).unwrap();
+}
+
+fn values(out: &Outputs) -> Vec<Value> {
+    out.records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect()
+}
+
+const WINDOWED: &str = r#"[{keyBy: {expr: record.user, sourcePartitioned: true}},
+    {window: {type: tumbling, size: 10s, allowedLateness: LATENESS}},
+    {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}}]"#;
+const WATERMARK: &str =
+    ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 2s, idleTimeout: 0s}";
+
+#[derive(Clone, Debug)]
+struct Event {
+    user: u32,
+    ts: i64,
+    amount: i64,
+}
+
+impl Event {
+    fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(&json!({"user": format!("u{}", self.user), "amount": self.amount, "ts": self.ts, "pad": "x"}))
+            .unwrap()
+    }
+}
+
+/// Events with bounded disorder, and a few far behind (late).
+fn events(seed: u64, n: usize) -> Vec<Event> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            let disorder = if r % 37 == 0 {
+                15_000
+            } else {
+                (r >> 8) as i64 % 2_500
+            };
+            Event {
+                user: (next() % 40) as u32,
+                ts: 1_700_000_000_000 + i as i64 * 50 - disorder,
+                amount: (next() % 1000) as i64,
+            }
+        })
+        .collect()
+}
+
+/// The plain in-memory model of the windowed pipeline: emissions as
+/// ((user, window start) -> (count, sum)) in emission order, and the late
+/// count.
+#[derive(Default)]
+struct Model {
+    lateness: i64,
+    watermark: Option<i64>,
+    state: BTreeMap<(String, i64), (u64, i64, bool)>,
+    emitted: Vec<((String, i64), (u64, i64))>,
+    late: u64,
+}
+
+impl Model {
+    fn event(&mut self, e: &Event) {
+        let candidate = e.ts - 2_000;
+        self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+        let wm = self.watermark.unwrap_or(i64::MIN);
+        let start = e.ts - e.ts.rem_euclid(10_000);
+        let last = start + 10_000 - 1;
+        if last + self.lateness <= wm {
+            self.late += 1;
+            return;
+        }
+        let key = (format!("u{}", e.user), start);
+        let entry = self.state.entry(key.clone()).or_insert((0, 0, false));
+        entry.0 += 1;
+        entry.1 += e.amount;
+        if last <= wm {
+            entry.2 = true;
+            self.emitted.push((key, (entry.0, entry.1)));
+        }
+        self.fire();
+    }
+
+    fn fire(&mut self) {
+        let wm = self.watermark.unwrap_or(i64::MIN);
+        for (key, (n, total, fired)) in &mut self.state {
+            if !*fired && key.1 + 10_000 - 1 <= wm {
+                *fired = true;
+                self.emitted.push((key.clone(), (*n, *total)));
+            }
+        }
+        let lateness = self.lateness;
+        self.state.retain(|k, _| k.1 + 10_000 - 1 + lateness > wm);
+    }
+}
+
+fn as_model_emissions(out: &Outputs) -> Vec<((String, i64), (u64, i64))> {
+    let mut got: Vec<_> = values(out)
+        .into_iter()
+        .map(|v| {
+            assert_eq!(
+                v["window_end"].as_i64().unwrap() - v["window_start"].as_i64().unwrap(),
+                10_000
+            );
+            (
+                (
+                    v["key"].as_str().unwrap().to_owned(),
+                    v["window_start"].as_i64().unwrap(),
+                ),
+                (v["n"].as_u64().unwrap(), v["total"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+fn run_model(events: &[Event], lateness: i64) -> Model {
+    let mut model = Model {
+        lateness,
+        ..Model::default()
+    };
+    for e in events {
+        model.event(e);
+    }
+    model.emitted.sort();
+    model
+}
+
+#[test]
+fn windowed_counts_and_sums_equal_the_model() {
+    for lateness in [0, 4_000] {
+        let events = events(7 + lateness as u64, 4_000);
+        let model = run_model(&events, lateness);
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = WINDOWED.replace("LATENESS", &format!("{lateness}ms"));
+        // A small cache so that eviction and reloading are exercised.
+        let mut p = processor(dir.path(), WATERMARK, &pipeline, 16);
+        let mut out = Outputs::default();
+        for (i, e) in events.iter().enumerate() {
+            feed(&mut p, i as i64, &e.json(), &mut out);
+        }
+        assert!(
+            model.late > 10 && model.emitted.len() > 500,
+            "the data exercises lateness"
+        );
+        assert_eq!(
+            as_model_emissions(&out),
+            model.emitted,
+            "lateness {lateness}"
+        );
+        assert_eq!(out.counters.late, model.late);
+        assert_eq!(out.late.len() as u64, model.late);
+        assert_eq!(out.counters.records_in, events.len() as u64);
+        assert_eq!(out.counters.dead_lettered, 0);
+    }
+}
+
+#[test]
+fn restart_from_flushed_state_equals_the_model() {
+    let lateness = 3_000;
+    let events = events(99, 4_000);
+    let model = run_model(&events, lateness);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = WINDOWED.replace("LATENESS", "3s");
+    let mut out = Outputs::default();
+    let (first, second) = events.split_at(events.len() / 2);
+    let meta = {
+        let mut p = processor(dir.path(), WATERMARK, &pipeline, 32);
+        for (i, e) in first.iter().enumerate() {
+            feed(&mut p, i as i64, &e.json(), &mut out);
+        }
+        p.state_mut().flush_cache().unwrap();
+        serde_json::to_string(&p.snapshot_meta()).unwrap()
+    };
+    let mut p = processor(dir.path(), WATERMARK, &pipeline, 32);
+    p.restore_meta(serde_json::from_str(&meta).unwrap());
+    for (i, e) in second.iter().enumerate() {
+        feed(&mut p, i as i64, &e.json(), &mut out);
+    }
+    assert_eq!(as_model_emissions(&out), model.emitted);
+    assert_eq!(out.counters.late, model.late);
+}
+
+#[test]
+fn bad_records_go_to_dead_letter_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(
+        dir.path(),
+        "",
+        r#"[{filter: "record.amount / record.div > 1"}, {map: {fields: [{name: a, expr: record.amount}]}}]"#,
+        16,
+    );
+    let mut out = Outputs::default();
+    feed(&mut p, 1, b"{not json", &mut out);
+    feed(&mut p, 2, br#"{"amount": 10, "div": 0}"#, &mut out);
+    feed(&mut p, 3, br#"{"div": 1}"#, &mut out);
+    feed(&mut p, 4, br#"{"amount": 10, "div": 2}"#, &mut out);
+    feed(&mut p, 5, br#"[1, 2]"#, &mut out);
+    p.process(
+        &SourceRecord {
+            topic: "in",
+            partition: 3,
+            offset: 6,
+            key: None,
+            value: None,
+            timestamp_ms: None,
+        },
+        &mut out,
+    )
+    .unwrap();
+    let reasons: Vec<(&str, i64)> = out
+        .dead_letters
+        .iter()
+        .map(|d| (d.reason.as_str(), d.source.as_ref().unwrap().offset))
+        .collect();
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert!(reasons[0].0.starts_with("invalid JSON"), "{reasons:?}");
+    assert!(
+        reasons[1].0.starts_with("filter-0: ") && reasons[1].0.contains("division"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].0.starts_with("filter-0: ") && reasons[2].0.contains("amount"),
+        "{reasons:?}"
+    );
+    assert!(reasons[3].0.starts_with("invalid JSON"), "{reasons:?}");
+    assert_eq!(reasons[4].0, "record has no value");
+    assert_eq!(out.dead_letters[1].value, br#"{"amount": 10, "div": 0}"#);
+    assert_eq!(out.dead_letters[4].source.as_ref().unwrap().partition, 3);
+    assert_eq!(values(&out), vec![json!({"a": 10})]);
+    assert_eq!(out.counters.dead_lettered, 5);
+    assert_eq!(out.counters.records_in, 6);
+}
+
+#[test]
+fn bad_event_times_go_to_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(dir.path(), WATERMARK, "[]", 16);
+    let mut out = Outputs::default();
+    feed(&mut p, 1, br#"{"ts": "noon"}"#, &mut out);
+    feed(&mut p, 2, br#"{"x": 1}"#, &mut out);
+    feed(&mut p, 3, br#"{"ts": 99999999999999999}"#, &mut out);
+    feed(&mut p, 4, br#"{"ts": 5, "x": 1}"#, &mut out);
+    assert_eq!(out.dead_letters.len(), 3);
+    assert!(out.dead_letters[0].reason.contains("RFC 3339"));
+    assert!(out.dead_letters[1].reason.contains("missing"));
+    assert!(out.dead_letters[2].reason.contains("out of range"));
+    // Passthrough keeps the source bytes as they were.
+    assert_eq!(out.records[0].value, br#"{"ts": 5, "x": 1}"#);
+    assert_eq!(p.watermark(), Some(5 - 2_000));
+}
+
+#[test]
+fn late_events_go_to_late_output_and_allowed_lateness_re_emits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = WINDOWED.replace("LATENESS", "5s");
+    let wm = ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 0s, idleTimeout: 0s}";
+    let mut p = processor(dir.path(), wm, &pipeline, 16);
+    let mut out = Outputs::default();
+    let e = |user: &str, ts: i64, amount: i64| {
+        serde_json::to_vec(&json!({"user": user, "ts": ts, "amount": amount})).unwrap()
+    };
+    feed(&mut p, 0, &e("a", 1_000, 1), &mut out);
+    feed(&mut p, 1, &e("a", 9_000, 2), &mut out);
+    assert!(out.records.is_empty());
+    // Watermark 9_999 fires [0, 10s).
+    feed(&mut p, 2, &e("b", 9_999, 5), &mut out);
+    let mut fired = values(&out);
+    fired.sort_by_key(|v| v["key"].as_str().map(str::to_owned));
+    assert_eq!(
+        fired,
+        vec![
+            json!({"key": "a", "window_start": 0, "window_end": 10_000, "n": 2, "total": 3}),
+            json!({"key": "b", "window_start": 0, "window_end": 10_000, "n": 1, "total": 5}),
+        ]
+    );
+    out.clear();
+    // Late but within the allowed 5s: updates and re-emits.
+    feed(&mut p, 3, &e("c", 12_000, 1), &mut out);
+    feed(&mut p, 4, &e("a", 3_000, 10), &mut out);
+    assert_eq!(
+        values(&out),
+        vec![json!({"key": "a", "window_start": 0, "window_end": 10_000, "n": 3, "total": 13})]
+    );
+    out.clear();
+    // Watermark 14_999 closes [0, 10s) for good.
+    feed(&mut p, 5, &e("c", 14_999, 1), &mut out);
+    feed(&mut p, 6, &e("a", 5_000, 100), &mut out);
+    assert!(out.records.is_empty());
+    assert_eq!(out.late.len(), 1);
+    assert_eq!(out.late[0].source.offset, 6);
+    assert_eq!(out.counters.late, 1);
+}
+
+#[test]
+fn sliding_windows_count_every_containing_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let wm = ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 0s, idleTimeout: 0s}";
+    let mut p = processor(
+        dir.path(),
+        wm,
+        r#"[{window: {type: sliding, size: 30s, slide: 10s}}, {aggregate: {fields: [{name: n, function: count}, {name: m, function: max, expr: record.v}]}}]"#,
+        16,
+    );
+    let mut out = Outputs::default();
+    feed(&mut p, 0, br#"{"ts": 15000, "v": 4}"#, &mut out);
+    feed(&mut p, 1, br#"{"ts": 25000, "v": 2}"#, &mut out);
+    feed(&mut p, 2, br#"{"ts": 100000, "v": 0}"#, &mut out);
+    let got: Vec<(i64, u64, i64)> = values(&out)
+        .iter()
+        .map(|v| {
+            assert_eq!(v["key"], Value::Null);
+            (
+                v["window_start"].as_i64().unwrap(),
+                v["n"].as_u64().unwrap(),
+                v["m"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(-10_000, 1, 4), (0, 2, 4), (10_000, 2, 4), (20_000, 1, 2)]
+    );
+}
+
+#[test]
+fn session_windows_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let wm = ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 20s, idleTimeout: 0s}";
+    let mut p = processor(
+        dir.path(),
+        wm,
+        r#"[{keyBy: {expr: record.k, sourcePartitioned: true}}, {window: {type: session, gap: 10s}},
+            {aggregate: {fields: [{name: n, function: count}, {name: first, function: first, expr: record.v}, {name: last, function: last, expr: record.v}]}}]"#,
+        16,
+    );
+    let mut out = Outputs::default();
+    // Two sessions of "a" that a third event bridges, and one of "b".
+    feed(&mut p, 0, br#"{"k": "a", "ts": 0, "v": "x"}"#, &mut out);
+    feed(&mut p, 1, br#"{"k": "a", "ts": 15000, "v": "y"}"#, &mut out);
+    feed(&mut p, 2, br#"{"k": "b", "ts": 5000, "v": "z"}"#, &mut out);
+    feed(&mut p, 3, br#"{"k": "a", "ts": 8000, "v": "w"}"#, &mut out);
+    assert!(out.records.is_empty(), "{:?}", values(&out));
+    feed(
+        &mut p,
+        4,
+        br#"{"k": "c", "ts": 60000, "v": "end"}"#,
+        &mut out,
+    );
+    let mut got = values(&out);
+    got.sort_by_key(|v| v["key"].as_str().map(str::to_owned));
+    assert_eq!(
+        got,
+        vec![
+            json!({"key": "a", "window_start": 0, "window_end": 25_000, "n": 3, "first": "x", "last": "y"}),
+            json!({"key": "b", "window_start": 5_000, "window_end": 15_000, "n": 1, "first": "z", "last": "z"}),
+        ]
+    );
+}
+
+#[test]
+fn dedupe_forgets_keys_after_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let wm = ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 0s, idleTimeout: 0s}";
+    let mut p = processor(
+        dir.path(),
+        wm,
+        r#"[{dedupe: {key: record.id, ttl: 10s}}]"#,
+        4,
+    );
+    let mut out = Outputs::default();
+    for (offset, (id, ts)) in [
+        ("a", 0),
+        ("a", 5_000),
+        ("b", 6_000),
+        ("a", 9_999),
+        ("a", 10_000),
+        ("b", 30_000),
+        ("a", 30_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let value = serde_json::to_vec(&json!({"id": id, "ts": ts})).unwrap();
+        feed(&mut p, offset as i64, &value, &mut out);
+    }
+    let ts: Vec<i64> = values(&out)
+        .iter()
+        .map(|v| v["ts"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ts, vec![0, 6_000, 10_000, 30_000, 30_000]);
+    assert_eq!(out.counters.deduplicated, 2);
+    // Expired entries were removed from state by their timers.
+    p.state_mut().flush_cache().unwrap();
+    let live = p
+        .state_mut()
+        .db()
+        .iterator(rocksdb::IteratorMode::Start)
+        .filter(|kv| kv.as_ref().is_ok_and(|(k, _)| k[0] == 0x01))
+        .count();
+    assert_eq!(live, 2, "only the entries of ts 30000 are left");
+}
+
+#[test]
+fn unwindowed_aggregate_emits_a_changelog() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(
+        dir.path(),
+        "",
+        r#"[{keyBy: {expr: record.k}}, {aggregate: {fields: [{name: n, function: count}, {name: avg, function: avg, expr: record.v}, {name: d, function: approxDistinct, expr: record.v}]}}]"#,
+        16,
+    );
+    let mut out = Outputs::default();
+    feed(&mut p, 0, br#"{"k": "a", "v": 1}"#, &mut out);
+    feed(&mut p, 1, br#"{"k": 7, "v": 2}"#, &mut out);
+    feed(&mut p, 2, br#"{"k": "a", "v": 4}"#, &mut out);
+    feed(&mut p, 3, br#"{"k": "a", "v": "x"}"#, &mut out);
+    assert_eq!(
+        values(&out),
+        vec![
+            json!({"key": "a", "n": 1, "avg": 1.0, "d": 1}),
+            json!({"key": "7", "n": 1, "avg": 2.0, "d": 1}),
+            json!({"key": "a", "n": 2, "avg": 2.5, "d": 2}),
+        ]
+    );
+    assert_eq!(out.records[1].key.as_deref(), Some(&b"7"[..]));
+    assert!(out.dead_letters[0].reason.contains("must be a number"));
+}
+
+#[test]
+fn idle_partitions_let_windows_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let wm = ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 0s, idleTimeout: 30s}";
+    let mut p = processor(
+        dir.path(),
+        wm,
+        r#"[{window: {type: tumbling, size: 10s}}, {aggregate: {fields: [{name: n, function: count}]}}]"#,
+        16,
+    );
+    let mut out = Outputs::default();
+    p.advance_time(1_000_000, &mut out).unwrap();
+    p.register_partition("in", 0);
+    p.register_partition("in", 1);
+    feed(&mut p, 0, br#"{"ts": 5000}"#, &mut out);
+    feed(&mut p, 1, br#"{"ts": 25000}"#, &mut out);
+    assert_eq!(p.watermark(), None, "partition 1 holds the watermark back");
+    p.advance_time(1_029_999, &mut out).unwrap();
+    assert!(out.records.is_empty());
+    p.advance_time(1_030_000, &mut out).unwrap();
+    assert_eq!(p.watermark(), Some(25_000));
+    assert_eq!(
+        values(&out),
+        vec![json!({"key": null, "window_start": 0, "window_end": 10_000, "n": 1})]
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 1..20)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(
+            dir.path(),
+            WATERMARK,
+            r#"[{filter: "record.amount > 1"}, {keyBy: {expr: record.user, sourcePartitioned: true}}, {dedupe: {key: record.id, ttl: 1s}},
+                {window: {type: session, gap: 5s}}, {aggregate: {fields: [{name: n, function: count}, {name: s, function: sum, expr: record.amount}]}}]"#,
+            4,
+        );
+        let mut out = Outputs::default();
+        for (i, bytes) in records.iter().enumerate() {
+            feed(&mut p, i as i64, bytes, &mut out);
+        }
+        let json_like = br#"{"amount": 1e308, "user": [1], "id": {"a": null}, "ts": -62167219200000}"#;
+        feed(&mut p, 99, json_like, &mut out);
+        p.advance_time(i64::MAX, &mut out).unwrap();
+        prop_assert_eq!(out.counters.records_in, records.len() as u64 + 1);
+    }
+}

@@ -1,0 +1,302 @@
+//! Per-partition and per-task event-time watermarks.
+//!
+//! A partition's watermark is the highest event time it has delivered minus
+//! `maxOutOfOrderness`. A task's watermark is the minimum over its partitions
+//! that are not idle; a partition is idle once no record arrived for
+//! `idleTimeout` of processing time (as told by [`WatermarkTracker::advance`]).
+//! When every partition is idle the task watermark is the maximum of theirs,
+//! so that windows of a drained stream still fire. The task watermark never
+//! goes back, even when an idle partition wakes up behind it.
+
+use serde::{Deserialize, Serialize};
+
+/// One input partition of a task.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionId {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PartitionClock {
+    /// Highest event time delivered.
+    max_event_time: Option<i64>,
+    /// Processing time of the last record (or of registration).
+    last_active: Option<i64>,
+    /// Whether the partition no longer holds back the task watermark.
+    idle: bool,
+}
+
+/// The saved watermark state of one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionWatermark {
+    /// Which partition.
+    pub partition: PartitionId,
+    /// Highest event time it delivered before the snapshot.
+    pub max_event_time: Option<i64>,
+}
+
+/// The saved watermark state of a task, stored in the checkpoint manifest
+/// so that a restore resumes event time where it stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkSnapshot {
+    /// Every partition the task had seen.
+    pub partitions: Vec<PartitionWatermark>,
+    /// The task watermark at the snapshot.
+    pub watermark: Option<i64>,
+}
+
+/// Tracks the event-time progress of the partitions of one task.
+#[derive(Clone, Debug)]
+pub struct WatermarkTracker {
+    max_out_of_orderness: i64,
+    /// Idle timeout in milliseconds; 0 disables idleness.
+    idle_timeout: i64,
+    /// A task reads few partitions: a vector searched linearly beats a map
+    /// and needs no owned key per lookup.
+    partitions: Vec<(PartitionId, PartitionClock)>,
+    /// Latest processing time given to [`WatermarkTracker::advance`].
+    now: Option<i64>,
+    watermark: Option<i64>,
+}
+
+impl WatermarkTracker {
+    /// A tracker with no partitions yet.
+    pub fn new(max_out_of_orderness_ms: i64, idle_timeout_ms: i64) -> WatermarkTracker {
+        WatermarkTracker {
+            max_out_of_orderness: max_out_of_orderness_ms.max(0),
+            idle_timeout: idle_timeout_ms.max(0),
+            partitions: Vec::new(),
+            now: None,
+            watermark: None,
+        }
+    }
+
+    /// Declares a partition the task reads, so that it holds back the task
+    /// watermark until it delivers records or turns idle.
+    pub fn register(&mut self, partition: PartitionId) {
+        if self
+            .position(&partition.topic, partition.partition)
+            .is_none()
+        {
+            let clock = PartitionClock {
+                last_active: self.now,
+                ..PartitionClock::default()
+            };
+            self.partitions.push((partition, clock));
+        }
+    }
+
+    fn position(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.partitions
+            .iter()
+            .position(|(id, _)| id.partition == partition && id.topic == topic)
+    }
+
+    /// Records an event of partition `partition` of `topic` at `event_time`;
+    /// returns the task watermark after it.
+    pub fn observe(&mut self, topic: &str, partition: i32, event_time: i64) -> Option<i64> {
+        let now = self.now;
+        let index = match self.position(topic, partition) {
+            Some(i) => i,
+            None => {
+                let id = PartitionId {
+                    topic: topic.to_owned(),
+                    partition,
+                };
+                self.partitions.push((id, PartitionClock::default()));
+                self.partitions.len() - 1
+            }
+        };
+        let clock = &mut self.partitions[index].1;
+        clock.last_active = now;
+        clock.idle = false;
+        let max = clock
+            .max_event_time
+            .map_or(event_time, |m| m.max(event_time));
+        let advanced = clock.max_event_time != Some(max);
+        clock.max_event_time = Some(max);
+        if advanced {
+            self.recompute();
+        }
+        self.watermark
+    }
+
+    /// Marks partitions without records for the idle timeout as idle, given
+    /// the processing time `now_ms`; returns the task watermark after it.
+    pub fn advance(&mut self, now_ms: i64) -> Option<i64> {
+        self.now = Some(self.now.map_or(now_ms, |n| n.max(now_ms)));
+        let now = self.now.unwrap_or(now_ms);
+        if self.idle_timeout > 0 {
+            for (_, clock) in &mut self.partitions {
+                match clock.last_active {
+                    None => clock.last_active = Some(now),
+                    Some(last) if now.saturating_sub(last) >= self.idle_timeout => {
+                        clock.idle = true;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.recompute();
+        self.watermark
+    }
+
+    fn recompute(&mut self) {
+        let mut any_active = false;
+        let mut blocked = false;
+        let mut min_active: Option<i64> = None;
+        let mut max_all: Option<i64> = None;
+        for (_, c) in &self.partitions {
+            let w = c
+                .max_event_time
+                .map(|m| m.saturating_sub(self.max_out_of_orderness));
+            if !c.idle {
+                any_active = true;
+                match w {
+                    None => blocked = true,
+                    Some(w) => min_active = Some(min_active.map_or(w, |m| m.min(w))),
+                }
+            }
+            max_all = max_all.max(w);
+        }
+        let candidate = if !any_active {
+            max_all
+        } else if blocked {
+            None
+        } else {
+            min_active
+        };
+        if let Some(c) = candidate {
+            self.watermark = Some(self.watermark.map_or(c, |w| w.max(c)));
+        }
+    }
+
+    /// The task watermark: no event at or before it is expected any more.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// The latest processing time seen.
+    pub fn now(&self) -> Option<i64> {
+        self.now
+    }
+
+    /// The state to keep in a checkpoint.
+    pub fn snapshot(&self) -> WatermarkSnapshot {
+        WatermarkSnapshot {
+            partitions: self
+                .partitions
+                .iter()
+                .map(|(id, c)| PartitionWatermark {
+                    partition: id.clone(),
+                    max_event_time: c.max_event_time,
+                })
+                .collect(),
+            watermark: self.watermark,
+        }
+    }
+
+    /// Resumes from a checkpoint. Partitions start active and turn idle
+    /// again after the timeout.
+    pub fn restore(&mut self, snapshot: WatermarkSnapshot) {
+        self.partitions.clear();
+        for p in snapshot.partitions {
+            let clock = PartitionClock {
+                max_event_time: p.max_event_time,
+                last_active: self.now,
+                idle: false,
+            };
+            self.partitions.push((p.partition, clock));
+        }
+        self.watermark = snapshot.watermark;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn pid(partition: i32) -> PartitionId {
+        PartitionId {
+            topic: "in".into(),
+            partition,
+        }
+    }
+
+    #[test]
+    fn minimum_over_partitions_minus_out_of_orderness() {
+        let mut t = WatermarkTracker::new(5_000, 30_000);
+        t.register(pid(0));
+        t.register(pid(1));
+        assert_eq!(t.observe("in", 0, 100_000), None, "partition 1 holds back");
+        assert_eq!(t.observe("in", 1, 50_000), Some(45_000));
+        assert_eq!(t.observe("in", 1, 40_000), Some(45_000), "max event time");
+        assert_eq!(t.observe("in", 1, 200_000), Some(95_000));
+    }
+
+    #[test]
+    fn idle_partitions_stop_holding_back() {
+        let mut t = WatermarkTracker::new(1_000, 30_000);
+        t.advance(0);
+        t.register(pid(0));
+        t.register(pid(1));
+        t.observe("in", 0, 10_000);
+        assert_eq!(t.watermark(), None);
+        assert_eq!(t.advance(29_999), None);
+        // Partition 0 was active at time 0 too: both idle at 30s, max wins.
+        assert_eq!(t.advance(30_000), Some(9_000));
+        t.advance(40_000);
+        // Partition 0 wakes up.
+        assert_eq!(t.observe("in", 0, 20_000), Some(19_000));
+        // Partition 1 wakes up behind: the watermark does not go back.
+        assert_eq!(t.observe("in", 1, 1_000), Some(19_000));
+        assert_eq!(t.observe("in", 0, 30_000), Some(19_000));
+        assert_eq!(t.observe("in", 1, 25_000), Some(24_000));
+    }
+
+    #[test]
+    fn zero_idle_timeout_disables_idleness() {
+        let mut t = WatermarkTracker::new(0, 0);
+        t.register(pid(0));
+        t.register(pid(1));
+        t.observe("in", 0, 10);
+        assert_eq!(t.advance(i64::MAX), None);
+    }
+
+    #[test]
+    fn snapshot_restores_watermarks() {
+        let mut t = WatermarkTracker::new(0, 30_000);
+        t.observe("in", 0, 10);
+        t.observe("in", 1, 20);
+        let snap = t.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        let mut u = WatermarkTracker::new(0, 30_000);
+        u.restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(u.watermark(), Some(10));
+        assert_eq!(u.observe("in", 0, 30), Some(20));
+    }
+
+    proptest! {
+        #[test]
+        fn watermark_is_the_min_of_active_partitions_and_monotone(
+            events in proptest::collection::vec((0i32..4, 0i64..1_000_000), 1..200)
+        ) {
+            let mut t = WatermarkTracker::new(100, 0);
+            let mut max = BTreeMap::new();
+            let mut last = None;
+            for (p, ts) in events {
+                let wm = t.observe("in", p, ts);
+                let m = max.entry(p).or_insert(ts);
+                *m = (*m).max(ts);
+                let min = max.values().min().map(|m| m - 100);
+                prop_assert_eq!(wm, last.max(min));
+                last = wm;
+            }
+        }
+    }
+}

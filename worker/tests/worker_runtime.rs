@@ -1,0 +1,334 @@
+//! Workers end to end through librdkafka's mock cluster, RocksDB in temp
+//! dirs and object storage in memory or in a local directory: results equal
+//! a plain model of the job after normal runs, a crash and a rescale; bad
+//! and late records go to their topics; the control API wants its token.
+//!
+//! Known gaps of the mock cluster shape these tests: records of aborted
+//! transactions are visible to read_committed consumers, so results are read
+//! as the last value per (key, window) rather than checking that each is
+//! written exactly once; offsets sent to a transaction are not stored, so
+//! restores rely on the checkpoint manifests (as they do on a real broker).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use weir_worker::status::{SavepointState, WorkerPhase};
+
+fn store_url(name: &str) -> String {
+    format!(
+        "memory://{name}-{}/checkpoints",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_counts_equal_the_model() {
+    let kafka = Kafka::new(4);
+    let events = generate(4000, 40, BASE_TS, 1);
+    kafka.produce_events(&events);
+    let end_ts = BASE_TS + 3_600_000;
+    kafka.produce_end_markers(end_ts);
+    let ends = end_offsets(&HashMap::new(), &events, 4, true);
+
+    let state = tempfile::tempdir().unwrap();
+    let yaml = job_yaml(&kafka.bootstrap, &store_url("counts"), "", "");
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    wait_processed(&workers, &ends).await;
+    let records_in: u64 = workers.iter().map(|w| w.status().records_in).sum();
+    assert_eq!(records_in, events.len() as u64 + 4);
+    stop_all(workers).await;
+
+    let out = kafka.read_all(OUT);
+    let expected = model(&events);
+    assert_eq!(results(&out), expected);
+    // Exactly one result per window when nothing failed.
+    assert_eq!(out.len(), expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_and_restore_from_the_latest_checkpoint() {
+    let kafka = Kafka::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().join("store").display());
+    let yaml = job_yaml(&kafka.bootstrap, &storage, "", "");
+    let all = generate(6000, 30, BASE_TS, 2);
+    let (first, rest) = all.split_at(2000);
+    let (second, third) = rest.split_at(2000);
+
+    // Process the first part and checkpoint it (a savepoint is a checkpoint
+    // plus a copy; the interval is long so no other checkpoint happens).
+    kafka.produce_events(first);
+    let ends1 = end_offsets(&HashMap::new(), first, 2, false);
+    let workers = start_workers(&yaml, 1, 1, "latest", &dir.path().join("state")).await;
+    wait_processed(&workers, &ends1).await;
+    let (code, _) = http(
+        workers[0].addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        r#"{"id":"checkpoint-1"}"#,
+    )
+    .await;
+    assert_eq!(code, 202);
+    wait_for(Duration::from_secs(20), "checkpoint", || {
+        workers[0]
+            .status()
+            .savepoint
+            .is_some_and(|s| s.state == SavepointState::Completed)
+    })
+    .await;
+
+    // Process more, then crash: no checkpoint, no commit.
+    kafka.produce_events(second);
+    let ends2 = end_offsets(&ends1, second, 2, false);
+    wait_processed(&workers, &ends2).await;
+    let crashed = workers.into_iter().next().unwrap();
+    crashed.kill();
+    assert_eq!(
+        crashed.wait().await.unwrap(),
+        weir_worker::runtime::WorkerExit::Killed
+    );
+
+    // Restart from the latest checkpoint (same state dir, stale RocksDB
+    // files in it) and finish.
+    kafka.produce_events(third);
+    kafka.produce_end_markers(BASE_TS + 3_600_000);
+    let ends3 = end_offsets(&ends2, third, 2, true);
+    let workers = start_workers(&yaml, 1, 1, "latest", &dir.path().join("state")).await;
+    assert_eq!(
+        workers[0].status().restored_from.as_deref(),
+        Some("checkpoint:1")
+    );
+    wait_processed(&workers, &ends3).await;
+    // Only what followed the checkpoint is read again.
+    assert_eq!(
+        workers[0].status().records_in,
+        (second.len() + third.len() + 2) as u64
+    );
+    stop_all(workers).await;
+
+    assert_eq!(results(&kafka.read_all(OUT)), model(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescale_from_two_to_three_workers_through_a_savepoint() {
+    let kafka = Kafka::new(6);
+    let state = tempfile::tempdir().unwrap();
+    let yaml = job_yaml(&kafka.bootstrap, &store_url("rescale"), "", "");
+    let all = generate(6000, 60, BASE_TS, 3);
+    let (first, second) = all.split_at(3000);
+
+    kafka.produce_events(first);
+    let ends1 = end_offsets(&HashMap::new(), first, 6, false);
+    let old = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    wait_processed(&old, &ends1).await;
+    for w in &old {
+        let (code, body) = http(
+            w.addr(),
+            "POST",
+            "/v1/savepoints",
+            Some(TOKEN),
+            r#"{"id":"rescale-1","stop":true}"#,
+        )
+        .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    for w in &old {
+        wait_for(Duration::from_secs(20), "stop with savepoint", || {
+            let s = w.status();
+            s.stopped
+                && s.phase == WorkerPhase::Stopped
+                && s.savepoint
+                    .is_some_and(|s| s.state == SavepointState::Completed)
+        })
+        .await;
+    }
+    // Stopped workers consume nothing more.
+    kafka.produce_events(second);
+    kafka.produce_end_markers(BASE_TS + 3_600_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        old.iter().map(|w| w.status().records_in).sum::<u64>(),
+        first.len() as u64
+    );
+    stop_all(old).await;
+
+    let ends2 = end_offsets(&ends1, second, 6, true);
+    let new = start_workers(&yaml, 3, 2, "rescale-1", state.path()).await;
+    for w in &new {
+        assert_eq!(
+            w.status().restored_from.as_deref(),
+            Some("savepoint:rescale-1")
+        );
+        assert_eq!(w.status().tasks.len(), 2);
+    }
+    wait_processed(&new, &ends2).await;
+    stop_all(new).await;
+
+    assert_eq!(results(&kafka.read_all(OUT)), model(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_topic_and_late_ones_to_late_data() {
+    let kafka = Kafka::new(1);
+    let state = tempfile::tempdir().unwrap();
+    let yaml = job_yaml(
+        &kafka.bootstrap,
+        &store_url("dlq"),
+        "    - filter: record.amount > 0\n",
+        "  guarantee: atLeastOnce\n",
+    );
+    let on_time = Event {
+        user: "a".into(),
+        amount: 5,
+        ts: BASE_TS + 60_000,
+    };
+    let late = Event {
+        user: "a".into(),
+        amount: 7,
+        ts: BASE_TS,
+    };
+    kafka.produce(&[
+        (0, Some("a".into()), on_time.json().into_bytes()),
+        (0, None, b"{not json".to_vec()),
+        (0, None, br#"{"user":"b","ts":1700000060000}"#.to_vec()),
+        (0, Some("a".into()), late.json().into_bytes()),
+    ]);
+    let ends = HashMap::from([(0, 4)]);
+    let workers = start_workers(&yaml, 1, 1, "none", state.path()).await;
+    wait_processed(&workers, &ends).await;
+    stop_all(workers).await;
+
+    let dead = kafka.read_all(DLQ);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].value, b"{not json");
+    assert_eq!(dead[0].headers["weir.source.offset"], "1");
+    assert_eq!(dead[1].headers["weir.source.offset"], "2");
+    for d in &dead {
+        assert!(!d.headers["weir.error"].is_empty());
+        assert_eq!(d.headers["weir.source.topic"], EVENTS);
+        assert_eq!(d.headers["weir.source.partition"], "0");
+    }
+    let late_records = kafka.read_all(LATE);
+    assert_eq!(late_records.len(), 1);
+    assert_eq!(late_records[0].value, late.json().into_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_requires_the_token() {
+    let kafka = Kafka::new(1);
+    let state = tempfile::tempdir().unwrap();
+    let yaml = job_yaml(&kafka.bootstrap, &store_url("auth"), "", "");
+    let workers = start_workers(&yaml, 1, 1, "none", state.path()).await;
+    let addr = workers[0].addr();
+    let body = r#"{"id":"sp-1"}"#;
+    assert_eq!(
+        http(addr, "POST", "/v1/savepoints", None, body).await.0,
+        401
+    );
+    assert_eq!(
+        http(addr, "POST", "/v1/savepoints", Some("wrong"), body)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(http(addr, "POST", "/v1/resume", None, "").await.0, 401);
+    assert_eq!(workers[0].status().savepoint, None);
+    assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
+    assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 200);
+    let (code, status) = http(addr, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+    assert!(status.contains("\"busyRatio\""), "{status}");
+    let (code, metrics) = http(addr, "GET", "/metrics", None, "").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("weir_busy_ratio"), "{metrics}");
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/v1/savepoints",
+            Some(TOKEN),
+            r#"{"id":"../x"}"#
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        http(addr, "POST", "/v1/savepoints", Some(TOKEN), body)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        http(addr, "POST", "/v1/resume", Some(TOKEN), "").await.0,
+        202
+    );
+    stop_all(workers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_worker_stops_without_committing() {
+    use weir_worker::fence::{FenceError, write_fence};
+    use weir_worker::layout::JobLayout;
+    use weir_worker::runtime::WorkerError;
+
+    let kafka = Kafka::new(1);
+    let state = tempfile::tempdir().unwrap();
+    let url = store_url("fence");
+    let yaml = job_yaml(&kafka.bootstrap, &url, "", "");
+    let events = generate(100, 5, BASE_TS, 4);
+    kafka.produce_events(&events);
+    let workers = start_workers(&yaml, 1, 1, "latest", state.path()).await;
+    wait_processed(&workers, &end_offsets(&HashMap::new(), &events, 1, false)).await;
+
+    // A rescale moved the job to generation 2.
+    let (store, base) = weir_worker::storage::open_store(&url).unwrap();
+    let layout = JobLayout::new(&base, "test", "totals");
+    write_fence(store.as_ref(), &layout, 2).await.unwrap();
+    let (code, _) = http(
+        workers[0].addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        r#"{"id":"too-late"}"#,
+    )
+    .await;
+    assert_eq!(code, 202);
+    let worker = workers.into_iter().next().unwrap();
+    wait_for(Duration::from_secs(20), "the worker to finish", || {
+        worker.status().phase == WorkerPhase::Finished
+    })
+    .await;
+    let status = worker.status();
+    assert!(!status.ready);
+    assert!(status.error.is_some_and(|e| e.contains("fenced")));
+    assert_eq!(
+        status.savepoint.map(|s| s.state),
+        Some(SavepointState::Failed)
+    );
+    let result = tokio::time::timeout(Duration::from_secs(20), worker.wait())
+        .await
+        .expect("the worker stops");
+    match result {
+        Err(WorkerError::Fenced(e)) => assert!(
+            matches!(
+                *e,
+                FenceError::Stale {
+                    mine: 1,
+                    current: 2
+                }
+            ),
+            "{e}"
+        ),
+        other => panic!("expected fencing, got {other:?}"),
+    }
+    // Nothing was committed: no marker, so nothing to restore.
+    let listing = weir_worker::checkpoint::list_task_checkpoints(store.as_ref(), &layout, 0)
+        .await
+        .unwrap();
+    assert!(listing.iter().all(|l| !l.has_marker), "{listing:?}");
+}
