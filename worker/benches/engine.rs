@@ -73,7 +73,7 @@ fn run(name: &str, pipeline: &str, input: &[Vec<u8>]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = Arc::new(Pipeline::compile(&spec(pipeline)).expect("pipeline"));
     let state = TaskState::open(dir.path(), &StateOptions::default()).expect("state");
-    let mut task = TaskProcessor::new(pipeline, state);
+    let mut task = TaskProcessor::new(pipeline, state, 1);
     let mut out = Outputs::default();
     let mut sink_bytes = 0usize;
     let wall = Instant::now();

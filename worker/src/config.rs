@@ -33,6 +33,9 @@ pub const CONTROL_TOKEN_VAR: &str = "WEIR_CONTROL_TOKEN";
 pub const HTTP_ADDR_VAR: &str = "WEIR_HTTP_ADDR";
 /// Variable holding the job's Kubernetes namespace.
 pub const NAMESPACE_VAR: &str = "WEIR_NAMESPACE";
+/// Variable naming the directory where the job's Kafka credentials Secret
+/// (`spec.kafka.credentialsSecret`) is mounted, one file per Secret key.
+pub const KAFKA_CREDENTIALS_DIR_VAR: &str = "WEIR_KAFKA_CREDENTIALS_DIR";
 /// Variable holding the pod's host name, whose numeric suffix is the default
 /// ordinal.
 pub const HOSTNAME_VAR: &str = "HOSTNAME";
@@ -68,6 +71,9 @@ pub struct WorkerConfig {
     pub control_token: Option<String>,
     /// Address of the HTTP server (port 0 picks a free port).
     pub http_addr: SocketAddr,
+    /// Directory where the Kafka credentials Secret is mounted; set when
+    /// the job names one.
+    pub kafka_credentials_dir: Option<PathBuf>,
 }
 
 /// Why a worker configuration could not be built.
@@ -189,6 +195,13 @@ impl WorkerConfig {
             value: addr.to_owned(),
             reason: format!("expected host:port with an IP address ({e})"),
         })?;
+        let kafka_credentials_dir = get(KAFKA_CREDENTIALS_DIR_VAR).map(PathBuf::from);
+        if job.spec.kafka.credentials_secret.is_some() && kafka_credentials_dir.is_none() {
+            return Err(ConfigError::Missing {
+                var: KAFKA_CREDENTIALS_DIR_VAR,
+                reason: "the job names a Kafka credentials Secret (spec.kafka.credentialsSecret), which the worker reads from the directory this variable names",
+            });
+        }
 
         Ok(Self {
             job_name,
@@ -201,6 +214,7 @@ impl WorkerConfig {
             state_dir,
             control_token,
             http_addr,
+            kafka_credentials_dir,
         })
     }
 
@@ -295,6 +309,7 @@ spec:
         assert_eq!(cfg.namespace, "default");
         assert_eq!(cfg.http_addr, "0.0.0.0:9400".parse().unwrap());
         assert_eq!(cfg.control_token, None);
+        assert_eq!(cfg.kafka_credentials_dir, None);
         assert_eq!(cfg.group_id(), "weir-default-orders");
         assert_eq!(cfg.transactional_id(5), "weir-default-orders-5");
     }
@@ -312,6 +327,7 @@ spec:
                 ("WEIR_CONTROL_TOKEN", "s3cret"),
                 ("WEIR_HTTP_ADDR", "127.0.0.1:0"),
                 ("WEIR_NAMESPACE", "prod"),
+                ("WEIR_KAFKA_CREDENTIALS_DIR", "/run/kafka"),
             ]),
             JOB,
         )
@@ -321,6 +337,7 @@ spec:
         assert_eq!(cfg.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.control_token.as_deref(), Some("s3cret"));
         assert_eq!(cfg.http_addr.port(), 0);
+        assert_eq!(cfg.kafka_credentials_dir, Some(PathBuf::from("/run/kafka")));
         assert_eq!(cfg.transactional_id(0), "weir-prod-orders-0");
     }
 
@@ -346,6 +363,35 @@ spec:
         assert!(
             err(&[("WEIR_ORDINAL", "0"), ("WEIR_HTTP_ADDR", "localhost")])
                 .starts_with("WEIR_HTTP_ADDR")
+        );
+    }
+
+    #[test]
+    fn a_credentials_secret_needs_its_directory() {
+        let job = JOB.replace(
+            "bootstrapServers: localhost:9092",
+            "bootstrapServers: localhost:9092\n    credentialsSecret:\n      name: kafka-creds",
+        );
+        let err = WorkerConfig::from_vars(&vars(&[("WEIR_ORDINAL", "0")]), &job)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "WEIR_KAFKA_CREDENTIALS_DIR is not set: the job names a Kafka credentials Secret"
+            ),
+            "{err}"
+        );
+        let cfg = WorkerConfig::from_vars(
+            &vars(&[
+                ("WEIR_ORDINAL", "0"),
+                ("WEIR_KAFKA_CREDENTIALS_DIR", "/var/run/secrets/weir/kafka"),
+            ]),
+            &job,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.kafka_credentials_dir,
+            Some(PathBuf::from("/var/run/secrets/weir/kafka"))
         );
     }
 

@@ -2,6 +2,7 @@
 //! discovery, start-offset choice and the headers of dead-letter records.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -9,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use weir_crds::job::{KafkaSpec, StartingOffsets};
 
+use crate::credentials::{self, CredentialsError};
 use crate::record::SourcePosition;
 
 /// Header of a dead-letter record holding why it failed.
@@ -63,19 +65,33 @@ pub enum KafkaSetupError {
         /// Each topic with its partition count.
         counts: String,
     },
+    /// The job's Kafka credentials Secret could not be read.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
-/// The client configuration shared by every client of a job: the brokers
-/// and the job's extra properties (except those Weir manages).
-pub fn base_config(kafka: &KafkaSpec) -> ClientConfig {
+/// The client configuration shared by every client of a job: the brokers,
+/// the job's extra properties (except those Weir manages) and the SASL and
+/// TLS properties of its credentials Secret, mounted in `credentials_dir`
+/// (see [`credentials::client_properties`]). The Secret's properties win
+/// over extra properties of the same name; an extra `security.protocol`
+/// wins over the one derived from the Secret.
+pub fn base_config(
+    kafka: &KafkaSpec,
+    credentials_dir: Option<&Path>,
+) -> Result<ClientConfig, KafkaSetupError> {
+    let credentials = credentials::client_properties(kafka, credentials_dir)?;
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
         if !MANAGED_PROPERTIES.contains(&key.as_str()) {
             config.set(key, value);
         }
     }
+    for (key, value) in credentials {
+        config.set(key, value);
+    }
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    config
+    Ok(config)
 }
 
 /// The source consumer's configuration: manual assignment and commits under
@@ -301,7 +317,7 @@ mod tests {
             .into(),
             credentials_secret: None,
         };
-        let base = base_config(&kafka);
+        let base = base_config(&kafka, None).unwrap();
         assert_eq!(base.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(base.get("group.id"), None);
         let consumer = consumer_config(&base, "weir-ns-job");
@@ -311,6 +327,84 @@ mod tests {
         assert_eq!(producer.get("transactional.id"), Some("weir-ns-job-3"));
         assert_eq!(producer.get("linger.ms"), Some("50"));
         assert_eq!(producer_config(&base, None).get("transactional.id"), None);
+    }
+
+    #[test]
+    fn the_credentials_secret_wins_over_properties() {
+        use weir_crds::job::{KafkaCredentials, SaslMechanism};
+
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("username"), "alice\n").unwrap();
+        std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
+        let kafka = KafkaSpec {
+            bootstrap_servers: "b:9092".into(),
+            properties: [
+                ("sasl.mechanism", "OAUTHBEARER"),
+                ("security.protocol", "SASL_SSL"),
+                ("ssl.ca.location", "probe"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+            credentials_secret: Some(KafkaCredentials {
+                name: "kafka-creds".into(),
+                sasl_mechanism: Some(SaslMechanism::ScramSha256),
+                username_key: "username".into(),
+                password_key: "password".into(),
+                ca_key: None,
+                certificate_key: None,
+                private_key_key: None,
+            }),
+        };
+        let base = base_config(&kafka, Some(dir.path())).unwrap();
+        assert_eq!(base.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(base.get("sasl.username"), Some("alice"));
+        assert_eq!(base.get("sasl.password"), Some("s3cret"));
+        assert_eq!(base.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(base.get("ssl.ca.location"), Some("probe"));
+        assert_eq!(
+            producer_config(&base, None).get("sasl.username"),
+            Some("alice")
+        );
+        assert!(matches!(
+            base_config(&kafka, None),
+            Err(KafkaSetupError::Credentials(
+                CredentialsError::NoDirectory { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn librdkafka_accepts_the_credential_properties() {
+        use rdkafka::config::FromClientConfig;
+        use weir_crds::job::{KafkaCredentials, SaslMechanism};
+
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("username"), "alice").unwrap();
+        std::fs::write(dir.path().join("password"), "s3cret").unwrap();
+        for mechanism in [
+            SaslMechanism::Plain,
+            SaslMechanism::ScramSha256,
+            SaslMechanism::ScramSha512,
+        ] {
+            let kafka = KafkaSpec {
+                bootstrap_servers: "localhost:9092".into(),
+                properties: BTreeMap::new(),
+                credentials_secret: Some(KafkaCredentials {
+                    name: "kafka-creds".into(),
+                    sasl_mechanism: Some(mechanism),
+                    username_key: "username".into(),
+                    password_key: "password".into(),
+                    ca_key: None,
+                    certificate_key: None,
+                    private_key_key: None,
+                }),
+            };
+            let base = base_config(&kafka, Some(dir.path())).unwrap();
+            assert_eq!(base.get("security.protocol"), Some("SASL_PLAINTEXT"));
+            if let Err(e) = BaseConsumer::from_config(&metadata_config(&base)) {
+                panic!("{mechanism:?}: {e}");
+            }
+        }
     }
 
     #[test]

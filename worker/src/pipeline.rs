@@ -5,21 +5,19 @@
 //! # Keys and repartitioning
 //!
 //! Keyed steps (a window's aggregate, an aggregate, dedupe) after a `keyBy`
-//! need every record of a key in one task. When every `keyBy` says
-//! `sourcePartitioned`, each task processes its records end to end. When one
-//! does not, [`Pipeline::needs_repartition`] is true and the runtime must
-//! route records through the internal topic `weir-<ns>-<job>-<step>`: run the
-//! steps before that `keyBy` ([`Pipeline::repartition_step`]), produce the
-//! record keyed by [`Pipeline::key_of`] (murmur2-partitioned like the Java
-//! client, the event time as the Kafka timestamp), and feed the internal
-//! topic's partition `t` to task `t`. The engine itself currently processes
-//! every step on the task that reads the record, which is exact when the
-//! source is partitioned by the key.
+//! need every record of a key in one task. When the `keyBy` says
+//! `sourcePartitioned`, each task processes its records end to end. When it
+//! does not, the pipeline is cut at the `keyBy` ([`Pipeline::repartition_step`]):
+//! a task runs the steps before it, then sends the record keyed by the key's
+//! bytes to the job's repartition topic (murmur2-partitioned like the Java
+//! client, with the event time as the Kafka timestamp), and the task owning
+//! that partition reads it back and runs the steps after the `keyBy`
+//! ([`Pipeline::repartitioned_decode_plan`] decodes it). Validation allows
+//! one `keyBy` per pipeline, so there is at most one cut.
 
-use serde_json::Value;
 use thiserror::Error;
 use weir_crds::StreamingJobSpec;
-use weir_crds::expr::{self, CompileError, EvalError, Expression};
+use weir_crds::expr::{self, CompileError, Expression};
 use weir_crds::job::{AggregateFunction, Step};
 
 use crate::event_time::EventTimeSource;
@@ -178,6 +176,8 @@ pub struct Pipeline {
     idle_timeout: i64,
     decode: DecodePlan,
     passthrough: bool,
+    /// The decode plan of records read back from the repartition topic.
+    repartitioned_decode: DecodePlan,
 }
 
 fn compile_expr(step: &str, field: &str, source: &str) -> Result<Expression, PipelineError> {
@@ -338,6 +338,19 @@ impl Pipeline {
             return Err(PipelineError::WindowWithoutAggregate { step });
         }
         let (decode, passthrough) = decode_plan(&steps, &event_time);
+        let after_cut = steps
+            .iter()
+            .position(|s| {
+                matches!(
+                    s.operation,
+                    Operation::KeyBy {
+                        source_partitioned: false,
+                        ..
+                    }
+                )
+            })
+            .map_or(steps.len(), |r| r + 1);
+        let (repartitioned_decode, _) = decode_plan(&steps[after_cut..], &EventTimeSource::None);
         Ok(Pipeline {
             steps,
             max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis(),
@@ -345,6 +358,7 @@ impl Pipeline {
             event_time,
             decode,
             passthrough,
+            repartitioned_decode,
         })
     }
 
@@ -379,15 +393,8 @@ impl Pipeline {
         self.passthrough
     }
 
-    /// Whether keys must be repartitioned through an internal topic: some
-    /// `keyBy` is not `sourcePartitioned`.
-    pub fn needs_repartition(&self) -> bool {
-        self.repartition_step().is_some()
-    }
-
     /// Index (in [`Pipeline::steps`]) of the first `keyBy` that is not
-    /// source-partitioned: the runtime runs the steps before it, then
-    /// repartitions by [`Pipeline::key_of`].
+    /// source-partitioned: records go through the repartition topic there.
     pub fn repartition_step(&self) -> Option<usize> {
         self.steps.iter().position(|s| {
             matches!(
@@ -400,22 +407,10 @@ impl Pipeline {
         })
     }
 
-    /// The key bytes of `record` by the `keyBy` at `step` (an index in
-    /// [`Pipeline::steps`]), appended to `out`; `Ok(false)` when that step
-    /// is not a `keyBy`.
-    pub fn key_of(
-        &self,
-        step: usize,
-        record: &Value,
-        out: &mut Vec<u8>,
-    ) -> Result<bool, EvalError> {
-        match self.steps.get(step).map(|s| &s.operation) {
-            Some(Operation::KeyBy { expr, .. }) => {
-                expr.eval_key(record, out)?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+    /// Which fields of the records read back from the repartition topic are
+    /// decoded: those the steps after the cut read.
+    pub fn repartitioned_decode_plan(&self) -> &DecodePlan {
+        &self.repartitioned_decode
     }
 }
 
@@ -500,7 +495,7 @@ pipeline: {pipeline}
             &DecodePlan::Fields(vec!["amount".into(), "ts".into(), "user_id".into()])
         );
         assert!(!p.is_passthrough());
-        assert!(!p.needs_repartition());
+        assert_eq!(p.repartition_step(), None);
         assert!(matches!(
             p.steps()[2].operation,
             Operation::Aggregate {
@@ -522,15 +517,24 @@ pipeline: {pipeline}
         ))
         .unwrap();
         assert!(p.is_passthrough());
-        assert!(p.needs_repartition());
         assert_eq!(p.repartition_step(), Some(1));
-        let mut key = Vec::new();
-        assert!(
-            p.key_of(1, &serde_json::json!({"k": 42}), &mut key)
-                .unwrap()
+        let p = Pipeline::compile(&spec(
+            ", eventTime: {field: ts}",
+            r#"[{filter: "record.a == 1"}, {keyBy: {expr: "record.k"}},
+                {window: {type: tumbling, size: 1m}},
+                {aggregate: {fields: [{name: s, function: sum, expr: record.amount}]}}]"#,
+        ))
+        .unwrap();
+        assert_eq!(p.repartition_step(), Some(1));
+        assert_eq!(
+            p.decode_plan(),
+            &DecodePlan::Fields(vec!["a".into(), "amount".into(), "k".into(), "ts".into()])
         );
-        assert_eq!(key, b"42");
-        assert!(!p.key_of(0, &serde_json::json!({}), &mut key).unwrap());
+        assert_eq!(
+            p.repartitioned_decode_plan(),
+            &DecodePlan::Fields(vec!["amount".into()]),
+            "after the cut, event time is the Kafka timestamp and the key is the Kafka key"
+        );
         let p = Pipeline::compile(&spec(
             "",
             r#"[{map: {keepInput: true, fields: [{name: x, expr: "1"}]}}]"#,

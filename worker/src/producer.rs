@@ -143,6 +143,34 @@ impl OutputProducer {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
+        self.enqueue(record)
+    }
+
+    /// Queues a record for a given partition with a given timestamp (epoch
+    /// milliseconds), waiting while librdkafka's queue is full.
+    pub fn send_to_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: Option<i64>,
+        headers: OwnedHeaders,
+    ) -> Result<(), ProduceError> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(partition)
+            .payload(value)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(t) = timestamp_ms {
+            record = record.timestamp(t);
+        }
+        self.enqueue(record)
+    }
+
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), ProduceError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -150,9 +178,9 @@ impl OutputProducer {
                     record = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((source, _)) => {
+                Err((source, back)) => {
                     return Err(ProduceError::Send {
-                        topic: topic.to_owned(),
+                        topic: back.topic.to_owned(),
                         source,
                     });
                 }

@@ -80,6 +80,22 @@ pub struct LateRecord {
     pub source: SourcePosition,
 }
 
+/// A record on its way to the task that owns its key, through the job's
+/// repartition topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepartitionRecord {
+    /// The key bytes (what [`weir_crds::expr::Expression::eval_key`] made
+    /// of the keyBy expression); the partition is murmur2 of it.
+    pub key: Vec<u8>,
+    /// The JSON value after the steps before the keyBy.
+    pub value: Vec<u8>,
+    /// Its event time, if the source has event time.
+    pub time: Option<i64>,
+    /// The source record it came from, for dead-letter and late-data
+    /// headers further on.
+    pub source: Option<SourcePosition>,
+}
+
 /// Counts of what the engine did, cumulative.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -95,6 +111,8 @@ pub struct Counters {
     pub late: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records sent to the repartition topic.
+    pub repartitioned: u64,
 }
 
 /// Everything processing produces; the runtime drains it after each batch.
@@ -106,6 +124,8 @@ pub struct Outputs {
     pub dead_letters: Vec<DeadLetter>,
     /// Records for the late-data topic.
     pub late: Vec<LateRecord>,
+    /// Records for the repartition topic.
+    pub repartitioned: Vec<RepartitionRecord>,
     /// Cumulative counters (never cleared by [`Outputs::clear`]).
     pub counters: Counters,
 }
@@ -116,6 +136,7 @@ impl Outputs {
         self.records.clear();
         self.dead_letters.clear();
         self.late.clear();
+        self.repartitioned.clear();
     }
 }
 

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 use rdkafka::config::FromClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use weir_crds::job::Guarantee;
+use weir_crds::job::{Guarantee, StartingOffsets};
 
 use crate::checkpoint::{
     CheckpointError, CheckpointRequest, TaskCheckpointer, mark_committed, next_checkpoint_id,
@@ -33,10 +33,12 @@ use crate::kafka::{self, KafkaSetupError};
 use crate::layout::JobLayout;
 use crate::manifest::SourceOffset;
 use crate::metrics::{MetricsError, TaskCounters, WorkerMetrics};
+use crate::partitioner::partition_for_key;
 use crate::pipeline::Pipeline;
 use crate::producer::{OutputProducer, ProduceError};
 use crate::progress::{ProgressWindow, Sample};
-use crate::record::{Counters, Outputs, SourceRecord};
+use crate::record::{Counters, DeadLetter, Outputs, SourcePosition, SourceRecord};
+use crate::repartition::{self, RepartitionError, RepartitionMessage};
 use crate::restore::{RestoreError, RestoredFrom, restore_task};
 use crate::savepoint::{self, SavepointError};
 use crate::state::{StateError, StateOptions, TaskState};
@@ -46,6 +48,7 @@ use crate::status::{
 use crate::storage::{StorageError, open_store};
 use crate::task::{TaskProcessor, TaskSnapshot};
 use crate::transfer::TransferError;
+use crate::watermark::UpstreamReport;
 
 /// Most records handed to the tasks between two output flushes.
 const MAX_BATCH: usize = 8192;
@@ -94,6 +97,9 @@ pub enum WorkerError {
     /// The pipeline does not compile.
     #[error("pipeline: {0}")]
     Pipeline(String),
+    /// The repartition topic could not be set up.
+    #[error(transparent)]
+    Repartition(#[from] RepartitionError),
     /// A task's state failed.
     #[error("task {task}: state: {source}")]
     State {
@@ -382,6 +388,8 @@ struct Task {
     unreported_in: u64,
     /// Index of the task's producer.
     producer: usize,
+    /// The source watermark last broadcast to the repartition topic.
+    reported_watermark: Option<UpstreamReport>,
 }
 
 /// Output topics of the job.
@@ -389,6 +397,8 @@ struct Destinations {
     sink: String,
     dead_letter: Option<String>,
     late_data: Option<String>,
+    /// The repartition topic and its partition count.
+    repartition: Option<(String, i32)>,
 }
 
 /// A restored worker running its loop.
@@ -399,7 +409,11 @@ struct Running {
     layout: JobLayout,
     consumer: BaseConsumer,
     group: ConsumerGroupMetadata,
+    /// The topics every task reads partition `t` of: the source topics,
+    /// then the repartition topic if the pipeline has one.
     topics: Vec<String>,
+    /// Index of the repartition topic in `topics`.
+    repartition_input: Option<usize>,
     partitions: i32,
     tasks: Vec<Task>,
     /// Task index by partition number.
@@ -444,21 +458,34 @@ impl Running {
         let layout = JobLayout::new(&base, &config.namespace, &config.job_name);
         let pipeline =
             Arc::new(Pipeline::compile(spec).map_err(|e| WorkerError::Pipeline(e.to_string()))?);
-        if let Some(step) = pipeline.repartition_step() {
-            return Err(WorkerError::Pipeline(format!(
-                "step {step}: a keyBy that is not sourcePartitioned needs a repartition topic, which this worker does not support yet; partition the source by the key and set sourcePartitioned: true"
-            )));
-        }
 
-        let base_config = kafka::base_config(&spec.kafka);
+        let base_config = kafka::base_config(&spec.kafka, config.kafka_credentials_dir.as_deref())?;
         let consumer: BaseConsumer =
             BaseConsumer::from_config(&kafka::consumer_config(&base_config, &config.group_id()))
                 .map_err(|source| KafkaSetupError::Client {
                     what: "consumer",
                     source,
                 })?;
-        let topics = spec.source.topics.clone();
+        let mut topics = spec.source.topics.clone();
         let partitions = kafka::source_partitions(&consumer, &topics, QUERY_TIMEOUT)?;
+        let source_topics = topics.len();
+        let repartition_topic = pipeline.repartition_step().map(|step| {
+            repartition::topic_name(
+                &config.namespace,
+                &config.job_name,
+                &pipeline.steps()[step].name,
+            )
+        });
+        if let Some(topic) = &repartition_topic {
+            rt.block_on(repartition::ensure_topic(
+                &kafka::metadata_config(&base_config),
+                topic,
+                partitions,
+                QUERY_TIMEOUT,
+            ))?;
+            topics.push(topic.clone());
+        }
+        let repartition_input = repartition_topic.as_ref().map(|_| source_topics);
         let owned = kafka::owned_tasks(partitions, config.ordinal, config.parallelism);
         tracing::info!(
             job = %config.job_name,
@@ -537,8 +564,9 @@ impl Running {
             }
             let state = TaskState::open(&db_dir, &state_options)
                 .map_err(|source| WorkerError::State { task: t, source })?;
-            let mut processor = TaskProcessor::new(pipeline.clone(), state);
-            for topic in &topics {
+            let task_count = usize::try_from(partitions).unwrap_or(0);
+            let mut processor = TaskProcessor::new(pipeline.clone(), state, task_count);
+            for topic in &topics[..source_topics] {
                 processor.register_partition(topic, t);
             }
             let mut checkpointer = TaskCheckpointer::new(
@@ -557,7 +585,14 @@ impl Running {
                         .map(|o| o.offset)
                 })
             };
-            for topic in &topics {
+            for (index, topic) in topics.iter().enumerate() {
+                // The repartition topic is read from its start: what tasks
+                // wrote before this one started is this task's input.
+                let starting = if index < source_topics {
+                    spec.source.starting_offsets
+                } else {
+                    StartingOffsets::Earliest
+                };
                 let (low, high) =
                     consumer
                         .fetch_watermarks(topic, t, QUERY_TIMEOUT)
@@ -568,7 +603,7 @@ impl Running {
                 let offset = kafka::start_offset(
                     manifest_offset(topic),
                     committed.get(&(topic.clone(), t)).copied(),
-                    spec.source.starting_offsets,
+                    starting,
                     low,
                     high,
                 );
@@ -604,6 +639,7 @@ impl Running {
                 reported: Counters::default(),
                 unreported_in: 0,
                 producer: 0,
+                reported_watermark: None,
             });
         }
         consumer
@@ -670,6 +706,7 @@ impl Running {
             sink: spec.sink.topic.clone(),
             dead_letter: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
             late_data: spec.late_data.as_ref().map(|t| t.topic.clone()),
+            repartition: repartition_topic.map(|t| (t, partitions)),
         };
         let checkpoint_interval = Duration::from_millis(
             u64::try_from(spec.checkpoint.interval.as_millis())
@@ -689,6 +726,7 @@ impl Running {
             consumer,
             group,
             topics,
+            repartition_input,
             partitions,
             tasks,
             task_of_partition,
@@ -814,14 +852,22 @@ impl Running {
                 value: message.payload(),
                 timestamp_ms: message.timestamp().to_millis(),
             };
-            task.processor
-                .process(&record, &mut task.outputs)
-                .map_err(|e| WorkerError::Task {
-                    task: task.id,
-                    message: e.to_string(),
-                })?;
+            let result = if Some(topic_index) == self.repartition_input {
+                let headers = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value));
+                process_repartitioned(task, &record, repartition::classify(headers))
+            } else {
+                task.unreported_in += 1;
+                task.processor.process(&record, &mut task.outputs)
+            };
+            result.map_err(|e| WorkerError::Task {
+                task: task.id,
+                message: e.to_string(),
+            })?;
             task.offsets[topic_index] = message.offset() + 1;
-            task.unreported_in += 1;
             processed += 1;
         }
         if processed > 0 {
@@ -830,7 +876,9 @@ impl Running {
         Ok(())
     }
 
-    /// Gives every task the processing time (idle partitions, timers).
+    /// Gives every task the processing time (idle partitions, timers),
+    /// sends what that produced, then broadcasts the source watermarks that
+    /// changed to the repartition topic (after the records they cover).
     fn advance_time(&mut self) -> Result<(), WorkerError> {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         for task in &mut self.tasks {
@@ -841,7 +889,31 @@ impl Running {
                     message: e.to_string(),
                 })?;
         }
-        self.emit_all()
+        self.emit_all()?;
+        if let Some((topic, partitions)) = &self.destinations.repartition {
+            for task in &mut self.tasks {
+                let report = task.processor.source_report();
+                if task.reported_watermark == Some(report)
+                    || (report.watermark.is_none() && !report.idle)
+                {
+                    continue;
+                }
+                let producer = &self.producers[task.producer];
+                for partition in 0..*partitions {
+                    producer.send_to_partition(
+                        topic,
+                        partition,
+                        None,
+                        &[],
+                        None,
+                        repartition::watermark_headers(task.id, report),
+                    )?;
+                }
+                task.reported_watermark = Some(report);
+                self.dirty = true;
+            }
+        }
+        Ok(())
     }
 
     /// Sends every task's outputs to Kafka and updates the counters.
@@ -1186,8 +1258,70 @@ fn emit(
             sent += 1;
         }
     }
+    if let Some((topic, partitions)) = &to.repartition {
+        for record in &outputs.repartitioned {
+            let headers = match &record.source {
+                Some(source) => repartition::data_headers(source),
+                None => rdkafka::message::OwnedHeaders::new(),
+            };
+            producer.send_to_partition(
+                topic,
+                partition_for_key(&record.key, *partitions),
+                Some(&record.key),
+                &record.value,
+                record.time,
+                headers,
+            )?;
+            sent += 1;
+        }
+    }
     outputs.clear();
     Ok(sent)
+}
+
+/// Hands a record of the repartition topic to its task: a watermark report,
+/// or a keyed record named by its source position (a record whose headers
+/// cannot be read goes to the dead-letter topic).
+fn process_repartitioned(
+    task: &mut Task,
+    record: &SourceRecord<'_>,
+    message: Result<RepartitionMessage<'_>, String>,
+) -> Result<(), crate::task::TaskError> {
+    match message {
+        Ok(RepartitionMessage::Watermark { upstream, report }) => {
+            if !task
+                .processor
+                .report_upstream(upstream, report, &mut task.outputs)?
+            {
+                tracing::warn!(
+                    task = task.id,
+                    upstream,
+                    "watermark of an unknown task on the repartition topic ignored"
+                );
+            }
+            Ok(())
+        }
+        Ok(RepartitionMessage::Data { topic, position }) => {
+            let (partition, offset) = position.unwrap_or((record.partition, record.offset));
+            let origin = SourceRecord {
+                topic: topic.unwrap_or(record.topic),
+                partition,
+                offset,
+                ..*record
+            };
+            task.processor
+                .process_repartitioned(&origin, &mut task.outputs)
+        }
+        Err(reason) => {
+            task.outputs.counters.dead_lettered += 1;
+            task.outputs.dead_letters.push(DeadLetter {
+                value: record.value.unwrap_or_default().to_vec(),
+                reason,
+                source: Some(SourcePosition::of(record)),
+            });
+            Ok(())
+        }
+    }
 }
 
 /// The next offsets of a task, for its manifest.

@@ -8,7 +8,8 @@
 //!   of keyed steps is `len(key) as u32 BE, key, [window start]` (see
 //!   [`keyed_payload`]), so all windows of a key are one range scan.
 //! - `0x02 time step kind payload`: an event-time timer, `0x03 ...` a
-//!   processing-time timer. Times are big-endian with the sign bit flipped,
+//!   processing-time timer, `0x04 ...` an event-time timer of a step after a
+//!   repartition (see [`TimeDomain::Repartitioned`]). Times are big-endian with the sign bit flipped,
 //!   so RocksDB keeps timers ordered by time and firing them is a scan from
 //!   the start of the range, deleted afterwards by one range deletion.
 //!
@@ -45,6 +46,7 @@ use crate::window::Window;
 const STATE: u8 = 0x01;
 const EVENT_TIMERS: u8 = 0x02;
 const PROCESSING_TIMERS: u8 = 0x03;
+const REPARTITIONED_TIMERS: u8 = 0x04;
 
 /// Why state could not be opened, read or written.
 #[derive(Debug, Error)]
@@ -243,10 +245,22 @@ fn from_order_preserving(b: [u8; 8]) -> i64 {
 /// Which clock a timer follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeDomain {
-    /// The task watermark.
+    /// The task watermark over the source partitions.
     Event,
     /// The wall clock given to [`crate::task::TaskProcessor::advance_time`].
     Processing,
+    /// The watermark of the records read back from a repartition topic: the
+    /// minimum over the upstream tasks' watermarks.
+    Repartitioned,
+}
+
+impl TimeDomain {
+    /// Every domain.
+    const ALL: [TimeDomain; 3] = [
+        TimeDomain::Event,
+        TimeDomain::Processing,
+        TimeDomain::Repartitioned,
+    ];
 }
 
 impl TimeDomain {
@@ -254,6 +268,7 @@ impl TimeDomain {
         match self {
             TimeDomain::Event => EVENT_TIMERS,
             TimeDomain::Processing => PROCESSING_TIMERS,
+            TimeDomain::Repartitioned => REPARTITIONED_TIMERS,
         }
     }
 
@@ -261,6 +276,7 @@ impl TimeDomain {
         match self {
             TimeDomain::Event => 0,
             TimeDomain::Processing => 1,
+            TimeDomain::Repartitioned => 2,
         }
     }
 }
@@ -320,7 +336,7 @@ pub struct TaskState {
     capacity: usize,
     hand: usize,
     /// Lower bounds of the earliest timer per domain, `None` if none.
-    next_timer: [Option<i64>; 2],
+    next_timer: [Option<i64>; TimeDomain::ALL.len()],
     scratch: Vec<u8>,
 }
 
@@ -368,10 +384,10 @@ impl TaskState {
             slots: Vec::new(),
             capacity: options.cache_entries.max(1),
             hand: 0,
-            next_timer: [None, None],
+            next_timer: [None; TimeDomain::ALL.len()],
             scratch: Vec::new(),
         };
-        for domain in [TimeDomain::Event, TimeDomain::Processing] {
+        for domain in TimeDomain::ALL {
             state.next_timer[domain.index()] = state.first_timer(domain)?;
         }
         Ok(state)

@@ -20,6 +20,13 @@
 //! - Output keys: the source key until a keyBy, then the key's text.
 //! - Dedupe remembers a key for its TTL in event time (processing time when
 //!   the source has no event time); the state expires through a timer.
+//! - With a repartition (a `keyBy` that is not source-partitioned), the steps
+//!   up to the `keyBy` run on the task reading the source and the record goes
+//!   to [`Outputs::repartitioned`]; the steps after it run on the task reading
+//!   it back ([`TaskProcessor::process_repartitioned`]) and follow the
+//!   upstream watermarks ([`TaskProcessor::report_upstream`]), with timers of
+//!   their own ([`TimeDomain::Repartitioned`]). Dead letters and late events
+//!   of those steps name the original source record.
 
 use std::sync::Arc;
 
@@ -29,14 +36,20 @@ use thiserror::Error;
 use weir_crds::job::AggregateFunction;
 
 use crate::aggregate::{Accumulator, Accumulators, Input, Num};
+use crate::event_time::EventTimeSource;
 use crate::hll::hash64;
 use crate::pipeline::{AggregateField, Operation, Pipeline, WindowOp};
-use crate::record::{DeadLetter, LateRecord, OutputRecord, Outputs, SourcePosition, SourceRecord};
+use crate::record::{
+    DeadLetter, LateRecord, OutputRecord, Outputs, RepartitionRecord, SourcePosition, SourceRecord,
+};
 use crate::state::{
     Session, StateError, StateValue, TaskState, TimeDomain, Timer, keyed_payload,
     parse_keyed_payload, state_key,
 };
-use crate::watermark::{PartitionId, WatermarkSnapshot, WatermarkTracker};
+use crate::watermark::{
+    PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
+    WatermarkTracker,
+};
 use crate::window::{Window, WindowAssigner};
 
 /// Timer kinds.
@@ -59,6 +72,19 @@ pub enum TaskError {
 pub struct TaskSnapshot {
     /// Per-partition maximum event times and the task watermark.
     pub watermarks: WatermarkSnapshot,
+    /// The upstream watermarks of the repartition topic, if the pipeline
+    /// has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSnapshot>,
+}
+
+/// The event-time clock a step follows.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    /// Where its timers go.
+    domain: TimeDomain,
+    /// Its watermark.
+    watermark: Option<i64>,
 }
 
 /// A record on its way through the steps.
@@ -81,6 +107,10 @@ pub struct TaskProcessor {
     pipeline: Arc<Pipeline>,
     state: TaskState,
     watermarks: WatermarkTracker,
+    /// Index (in the pipeline's steps) of the `keyBy` that repartitions.
+    cut: Option<usize>,
+    /// The watermark of the steps after the cut.
+    upstream: UpstreamWatermarks,
     payload: Vec<u8>,
     key_buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -98,14 +128,19 @@ impl std::fmt::Debug for TaskProcessor {
 
 impl TaskProcessor {
     /// A processor of `pipeline` over `state`, with no watermark yet (call
-    /// [`TaskProcessor::restore_meta`] after a restore).
-    pub fn new(pipeline: Arc<Pipeline>, state: TaskState) -> TaskProcessor {
+    /// [`TaskProcessor::restore_meta`] after a restore). `tasks` is the
+    /// job's task count: with a repartition, the steps after it wait for the
+    /// watermark of every task.
+    pub fn new(pipeline: Arc<Pipeline>, state: TaskState, tasks: usize) -> TaskProcessor {
         let watermarks =
             WatermarkTracker::new(pipeline.max_out_of_orderness(), pipeline.idle_timeout());
+        let cut = pipeline.repartition_step();
         TaskProcessor {
             pipeline,
             state,
             watermarks,
+            cut,
+            upstream: UpstreamWatermarks::new(if cut.is_some() { tasks } else { 0 }),
             payload: Vec::new(),
             key_buf: Vec::new(),
             scratch: Vec::new(),
@@ -127,21 +162,54 @@ impl TaskProcessor {
         &mut self.state
     }
 
-    /// The task watermark.
+    /// The watermark of the task's last steps: that of the records read
+    /// back from the repartition topic if the pipeline has one, else that
+    /// of the source partitions.
     pub fn watermark(&self) -> Option<i64> {
-        self.watermarks.watermark()
+        match self.cut {
+            Some(_) => self.upstream.watermark(),
+            None => self.watermarks.watermark(),
+        }
+    }
+
+    /// What this task tells the tasks after the repartition: the watermark
+    /// of its source partitions and whether they are all idle.
+    pub fn source_report(&self) -> UpstreamReport {
+        UpstreamReport {
+            watermark: self.watermarks.watermark(),
+            idle: self.watermarks.is_idle(),
+        }
     }
 
     /// The watermark state to store in the checkpoint manifest.
     pub fn snapshot_meta(&self) -> TaskSnapshot {
         TaskSnapshot {
             watermarks: self.watermarks.snapshot(),
+            upstream: self.cut.map(|_| self.upstream.snapshot()),
         }
     }
 
     /// Resumes the watermark state of a checkpoint.
     pub fn restore_meta(&mut self, snapshot: TaskSnapshot) {
         self.watermarks.restore(snapshot.watermarks);
+        if let Some(upstream) = snapshot.upstream {
+            self.upstream.restore(upstream);
+        }
+    }
+
+    /// The clock of the step at `index`: the steps after the cut follow the
+    /// upstream watermarks.
+    fn clock(&self, index: usize) -> Clock {
+        match self.cut {
+            Some(cut) if index > cut => Clock {
+                domain: TimeDomain::Repartitioned,
+                watermark: self.upstream.watermark(),
+            },
+            _ => Clock {
+                domain: TimeDomain::Event,
+                watermark: self.watermarks.watermark(),
+            },
+        }
     }
 
     /// Processes one source record, appending what it produces to `out`.
@@ -188,6 +256,64 @@ impl TaskProcessor {
         let pipeline = Arc::clone(&self.pipeline);
         self.run(&pipeline, 0, flow, out)?;
         self.fire_event_timers(&pipeline, out)
+    }
+
+    /// Processes a record read back from the repartition topic: `record`
+    /// carries the repartition record's key, value and timestamp (the event
+    /// time) and the position of the source record it came from. Runs the
+    /// steps after the cut.
+    pub fn process_repartitioned(
+        &mut self,
+        record: &SourceRecord<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let Some(cut) = self.cut else {
+            dead_letter_source(record, "the pipeline has no repartition".into(), out);
+            return Ok(());
+        };
+        let Some(bytes) = record.value else {
+            dead_letter_source(record, "record has no value".into(), out);
+            return Ok(());
+        };
+        let value = match self.pipeline.repartitioned_decode_plan().decode(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                dead_letter_source(record, format!("invalid JSON: {e}"), out);
+                return Ok(());
+            }
+        };
+        let time = match self.pipeline.event_time() {
+            EventTimeSource::None => None,
+            _ => record.timestamp_ms,
+        };
+        let flow = Flow {
+            value,
+            modified: false,
+            key: Some(record.key.unwrap_or_default().to_vec()),
+            keyed: true,
+            time,
+            source: Some(record),
+        };
+        let pipeline = Arc::clone(&self.pipeline);
+        self.run(&pipeline, cut + 1, flow, out)?;
+        self.fire_event_timers(&pipeline, out)
+    }
+
+    /// Takes the watermark report of upstream task `upstream`, read from the
+    /// repartition topic, and fires what it makes due; `false` when no such
+    /// task is expected.
+    pub fn report_upstream(
+        &mut self,
+        upstream: usize,
+        report: UpstreamReport,
+        out: &mut Outputs,
+    ) -> Result<bool, TaskError> {
+        if !self.upstream.report(upstream, report) {
+            return Ok(false);
+        }
+        let pipeline = Arc::clone(&self.pipeline);
+        self.fire_event_timers(&pipeline, out)?;
+        Ok(true)
     }
 
     /// Advances processing time to `now_ms`: idle partitions stop holding
@@ -252,6 +378,10 @@ impl TaskProcessor {
                         dead_letter(&flow, &step.name, &e, out);
                         return Ok(());
                     }
+                    if self.cut == Some(index) {
+                        repartition(flow, key, &step.name, out);
+                        return Ok(());
+                    }
                     flow.key = Some(key);
                     flow.keyed = true;
                 }
@@ -262,7 +392,7 @@ impl TaskProcessor {
                         return Ok(());
                     }
                     let (domain, now) = match flow.time {
-                        Some(t) => (TimeDomain::Event, t),
+                        Some(t) => (self.clock(index).domain, t),
                         None => (TimeDomain::Processing, self.watermarks.now().unwrap_or(0)),
                     };
                     if self.is_duplicate(step.id, domain, now, *ttl)? {
@@ -347,8 +477,10 @@ impl TaskProcessor {
                     );
                     return Ok(());
                 };
+                let clock = self.clock(index);
                 let accepted = if let WindowAssigner::Session { gap } = op.assigner {
                     self.session_update(
+                        clock,
                         step.id,
                         &key,
                         flow.keyed,
@@ -361,6 +493,7 @@ impl TaskProcessor {
                     )?
                 } else {
                     self.window_update(
+                        clock,
                         step.id,
                         &key,
                         flow.keyed,
@@ -436,6 +569,7 @@ impl TaskProcessor {
     #[allow(clippy::too_many_arguments)]
     fn window_update(
         &mut self,
+        clock: Clock,
         step: u8,
         key: &[u8],
         keyed: bool,
@@ -445,7 +579,7 @@ impl TaskProcessor {
         inputs: &[Input],
         emitted: &mut Vec<(Value, Option<i64>)>,
     ) -> Result<bool, TaskError> {
-        let watermark = self.watermarks.watermark();
+        let watermark = clock.watermark;
         let mut windows = std::mem::take(&mut self.windows);
         windows.clear();
         op.assigner.assign(t, &mut windows);
@@ -470,17 +604,12 @@ impl TaskProcessor {
             }
             if created {
                 if !fired {
-                    self.state.register_timer(
-                        TimeDomain::Event,
-                        last,
-                        step,
-                        FIRE,
-                        &self.payload,
-                    )?;
+                    self.state
+                        .register_timer(clock.domain, last, step, FIRE, &self.payload)?;
                 }
                 if op.allowed_lateness > 0 {
                     self.state.register_timer(
-                        TimeDomain::Event,
+                        clock.domain,
                         cleanup,
                         step,
                         CLEANUP,
@@ -498,6 +627,7 @@ impl TaskProcessor {
     #[allow(clippy::too_many_arguments)]
     fn session_update(
         &mut self,
+        clock: Clock,
         step: u8,
         key: &[u8],
         keyed: bool,
@@ -508,7 +638,7 @@ impl TaskProcessor {
         inputs: &[Input],
         emitted: &mut Vec<(Value, Option<i64>)>,
     ) -> Result<bool, TaskError> {
-        let watermark = self.watermarks.watermark();
+        let watermark = clock.watermark;
         let own = Window {
             start: t,
             end: t.saturating_add(gap),
@@ -570,38 +700,40 @@ impl TaskProcessor {
         if keep {
             if !merged_fired {
                 self.state
-                    .register_timer(TimeDomain::Event, last, step, SESSION, &self.payload)?;
+                    .register_timer(clock.domain, last, step, SESSION, &self.payload)?;
             }
             if op.allowed_lateness > 0 {
-                self.state.register_timer(
-                    TimeDomain::Event,
-                    cleanup,
-                    step,
-                    SESSION,
-                    &self.payload,
-                )?;
+                self.state
+                    .register_timer(clock.domain, cleanup, step, SESSION, &self.payload)?;
             }
         }
         Ok(true)
     }
 
-    /// Fires every event-time timer the watermark has reached.
+    /// Fires every event-time timer its watermark has reached: those of
+    /// the steps before the cut (or of all steps), then those after it.
     fn fire_event_timers(
         &mut self,
         pipeline: &Pipeline,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
         let mut due = Vec::new();
-        // Records emitted by firing windows may register further due timers
-        // in later steps: repeat until none is due.
-        while let Some(wm) = self.watermarks.watermark() {
-            self.state
-                .take_due_timers(TimeDomain::Event, wm, &mut due)?;
-            if due.is_empty() {
-                break;
-            }
-            for timer in due.drain(..) {
-                self.on_timer(pipeline, timer, out)?;
+        for domain in [TimeDomain::Event, TimeDomain::Repartitioned] {
+            // Records emitted by firing windows may register further due
+            // timers in later steps: repeat until none is due.
+            loop {
+                let watermark = match domain {
+                    TimeDomain::Repartitioned => self.upstream.watermark(),
+                    _ => self.watermarks.watermark(),
+                };
+                let Some(wm) = watermark else { break };
+                self.state.take_due_timers(domain, wm, &mut due)?;
+                if due.is_empty() {
+                    break;
+                }
+                for timer in due.drain(..) {
+                    self.on_timer(pipeline, timer, out)?;
+                }
             }
         }
         Ok(())
@@ -672,8 +804,8 @@ impl TaskProcessor {
                 SESSION,
             ) => {
                 let wm = self
-                    .watermarks
-                    .watermark()
+                    .clock(index)
+                    .watermark
                     .unwrap_or(timer.time)
                     .max(timer.time);
                 let slot = self.state.get_mut(&self.scratch)?;
@@ -768,6 +900,31 @@ fn result(
         map.insert(f.name.clone(), acc.result());
     }
     Value::Object(map)
+}
+
+/// Sends a record to the repartition topic, keyed by `key`.
+fn repartition(flow: Flow<'_>, key: Vec<u8>, step: &str, out: &mut Outputs) {
+    if let Some(t) = flow.time.filter(|t| *t < 0) {
+        dead_letter_reason(
+            &flow,
+            format!(
+                "{step}: event time {t} is before 1970 and cannot be a Kafka timestamp on the repartition topic"
+            ),
+            out,
+        );
+        return;
+    }
+    let value = match (flow.modified, flow.source.and_then(|s| s.value)) {
+        (false, Some(bytes)) => bytes.to_vec(),
+        _ => serde_json::to_vec(&flow.value).unwrap_or_default(),
+    };
+    out.counters.repartitioned += 1;
+    out.repartitioned.push(RepartitionRecord {
+        key,
+        value,
+        time: flow.time,
+        source: flow.source.map(SourcePosition::of),
+    });
 }
 
 /// Sends a record that went through every step to the sink.

@@ -7,6 +7,13 @@
 //! When every partition is idle the task watermark is the maximum of theirs,
 //! so that windows of a drained stream still fire. The task watermark never
 //! goes back, even when an idle partition wakes up behind it.
+//!
+//! After a repartition topic, a task reads records of every upstream task
+//! mixed in one partition, so event time cannot be inferred from the records:
+//! each upstream task broadcasts its watermark (and whether all its
+//! partitions are idle) into every partition of the topic, and
+//! [`UpstreamWatermarks`] takes the minimum, as Flink does across a network
+//! shuffle.
 
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +186,12 @@ impl WatermarkTracker {
         self.watermark
     }
 
+    /// Whether no partition holds back the watermark any more: every one
+    /// is idle (or the task reads none).
+    pub fn is_idle(&self) -> bool {
+        self.partitions.iter().all(|(_, c)| c.idle)
+    }
+
     /// The latest processing time seen.
     pub fn now(&self) -> Option<i64> {
         self.now
@@ -212,6 +225,99 @@ impl WatermarkTracker {
             self.partitions.push((p.partition, clock));
         }
         self.watermark = snapshot.watermark;
+    }
+}
+
+/// What an upstream task last reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamReport {
+    /// Its watermark, `None` until it has one.
+    pub watermark: Option<i64>,
+    /// Whether all its partitions were idle.
+    pub idle: bool,
+}
+
+/// The saved state of [`UpstreamWatermarks`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamSnapshot {
+    /// The last report of each upstream task, indexed by task.
+    pub upstreams: Vec<UpstreamReport>,
+    /// The combined watermark at the snapshot.
+    pub watermark: Option<i64>,
+}
+
+/// The watermark of the records read from a repartition topic: the minimum
+/// over the upstream tasks that are not idle, each as it last reported; the
+/// maximum when all are idle. Until every active upstream task has
+/// reported, there is none. It never goes back.
+#[derive(Clone, Debug)]
+pub struct UpstreamWatermarks {
+    upstreams: Vec<UpstreamReport>,
+    watermark: Option<i64>,
+}
+
+impl UpstreamWatermarks {
+    /// Expects reports from `upstreams` tasks, numbered from 0.
+    pub fn new(upstreams: usize) -> UpstreamWatermarks {
+        UpstreamWatermarks {
+            upstreams: vec![UpstreamReport::default(); upstreams],
+            watermark: None,
+        }
+    }
+
+    /// Takes the report of upstream task `upstream`; returns `false` when no
+    /// such task is expected (the report is ignored). An upstream's watermark
+    /// never goes back either: a report older than the last one (a replay
+    /// after a restore) keeps the newer value.
+    pub fn report(&mut self, upstream: usize, report: UpstreamReport) -> bool {
+        let Some(slot) = self.upstreams.get_mut(upstream) else {
+            return false;
+        };
+        slot.watermark = slot.watermark.max(report.watermark);
+        slot.idle = report.idle;
+        let mut blocked = false;
+        let mut min_active: Option<i64> = None;
+        let mut max_all: Option<i64> = None;
+        let mut any_active = false;
+        for u in &self.upstreams {
+            max_all = max_all.max(u.watermark);
+            if !u.idle {
+                any_active = true;
+                match u.watermark {
+                    None => blocked = true,
+                    Some(w) => min_active = Some(min_active.map_or(w, |m| m.min(w))),
+                }
+            }
+        }
+        let candidate = match (any_active, blocked) {
+            (false, _) => max_all,
+            (true, true) => None,
+            (true, false) => min_active,
+        };
+        self.watermark = self.watermark.max(candidate);
+        true
+    }
+
+    /// The combined watermark.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// The state to keep in a checkpoint.
+    pub fn snapshot(&self) -> UpstreamSnapshot {
+        UpstreamSnapshot {
+            upstreams: self.upstreams.clone(),
+            watermark: self.watermark,
+        }
+    }
+
+    /// Resumes from a checkpoint; reports of tasks beyond the expected
+    /// count are dropped.
+    pub fn restore(&mut self, snapshot: UpstreamSnapshot) {
+        for (slot, saved) in self.upstreams.iter_mut().zip(snapshot.upstreams) {
+            *slot = saved;
+        }
+        self.watermark = self.watermark.max(snapshot.watermark);
     }
 }
 
@@ -279,6 +385,83 @@ mod tests {
         u.restore(serde_json::from_str(&json).unwrap());
         assert_eq!(u.watermark(), Some(10));
         assert_eq!(u.observe("in", 0, 30), Some(20));
+    }
+
+    #[test]
+    fn all_idle_is_idle() {
+        let mut t = WatermarkTracker::new(0, 1_000);
+        assert!(t.is_idle(), "no partitions: nothing holds back");
+        t.advance(0);
+        t.register(pid(0));
+        t.register(pid(1));
+        assert!(!t.is_idle());
+        t.observe("in", 0, 5);
+        t.advance(1_000);
+        assert!(t.is_idle());
+        t.observe("in", 1, 7);
+        assert!(!t.is_idle());
+    }
+
+    fn active(w: i64) -> UpstreamReport {
+        UpstreamReport {
+            watermark: Some(w),
+            idle: false,
+        }
+    }
+
+    #[test]
+    fn upstream_watermark_waits_for_every_active_upstream() {
+        let mut u = UpstreamWatermarks::new(3);
+        u.report(0, active(100));
+        u.report(2, active(50));
+        assert_eq!(u.watermark(), None, "upstream 1 has not reported");
+        u.report(1, active(70));
+        assert_eq!(u.watermark(), Some(50));
+        u.report(2, active(300));
+        assert_eq!(u.watermark(), Some(70));
+        // A replayed older report changes nothing.
+        u.report(2, active(10));
+        assert_eq!(u.watermark(), Some(70));
+        assert!(!u.report(3, active(1)), "no upstream 3");
+    }
+
+    #[test]
+    fn idle_upstreams_do_not_hold_back() {
+        let mut u = UpstreamWatermarks::new(2);
+        u.report(
+            1,
+            UpstreamReport {
+                watermark: None,
+                idle: true,
+            },
+        );
+        assert_eq!(u.watermark(), None);
+        u.report(0, active(40));
+        assert_eq!(u.watermark(), Some(40));
+        u.report(
+            0,
+            UpstreamReport {
+                watermark: Some(60),
+                idle: true,
+            },
+        );
+        assert_eq!(u.watermark(), Some(60), "all idle: the maximum");
+        // Upstream 1 wakes up behind: the watermark does not go back.
+        u.report(1, active(20));
+        assert_eq!(u.watermark(), Some(60));
+    }
+
+    #[test]
+    fn upstream_snapshot_round_trips() {
+        let mut u = UpstreamWatermarks::new(2);
+        u.report(0, active(5));
+        u.report(1, active(9));
+        let json = serde_json::to_string(&u.snapshot()).unwrap();
+        let mut v = UpstreamWatermarks::new(2);
+        v.restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(v.watermark(), Some(5));
+        v.report(0, active(20));
+        assert_eq!(v.watermark(), Some(9));
     }
 
     proptest! {

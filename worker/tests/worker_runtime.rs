@@ -172,6 +172,79 @@ async fn rescale_from_two_to_three_workers_through_a_savepoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartitioned_counts_equal_the_model() {
+    let kafka = Kafka::new(4);
+    let events = generate(4000, 40, BASE_TS, 4);
+    produce_round_robin(&kafka, &events);
+    kafka.produce_end_markers(BASE_TS + 3_600_000);
+
+    let state = tempfile::tempdir().unwrap();
+    let yaml = repartitioned_job_yaml(&kafka.bootstrap, &store_url("repartition"));
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    let expected = model(&events);
+    wait_results(&kafka, &expected).await;
+    // Every source record was read once (the status is refreshed twice a
+    // second), and the repartition topic is one more input of every task.
+    wait_for(Duration::from_secs(5), "status", || {
+        workers.iter().map(|w| w.status().records_in).sum::<u64>() == events.len() as u64 + 4
+    })
+    .await;
+    let status: Vec<_> = workers.iter().map(|w| w.status()).collect();
+    stop_all(workers).await;
+    for s in &status {
+        for t in &s.tasks {
+            let topics: Vec<&str> = t.partitions.iter().map(|p| p.topic.as_str()).collect();
+            assert_eq!(topics, [EVENTS, REPARTITION]);
+        }
+    }
+    // One result per window: each key was aggregated by one task only.
+    let out = kafka.read_all(OUT);
+    assert_eq!(out.len(), expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartitioned_rescale_from_two_to_three_workers() {
+    let kafka = Kafka::new(6);
+    let state = tempfile::tempdir().unwrap();
+    let yaml = repartitioned_job_yaml(&kafka.bootstrap, &store_url("repartition-rescale"));
+    let all = generate(6000, 60, BASE_TS, 5);
+    let (first, second) = all.split_at(3000);
+
+    let counts = produce_round_robin(&kafka, first);
+    let old = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    wait_processed(&old, &counts).await;
+    for w in &old {
+        let (code, body) = http(
+            w.addr(),
+            "POST",
+            "/v1/savepoints",
+            Some(TOKEN),
+            r#"{"id":"rescale-1","stop":true}"#,
+        )
+        .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    for w in &old {
+        wait_for(Duration::from_secs(20), "stop with savepoint", || {
+            let s = w.status();
+            s.stopped
+                && s.savepoint
+                    .is_some_and(|s| s.state == SavepointState::Completed)
+        })
+        .await;
+    }
+    stop_all(old).await;
+
+    // What the old workers had repartitioned but not yet aggregated is read
+    // back by the new owners from the savepoint's offsets.
+    produce_round_robin(&kafka, second);
+    kafka.produce_end_markers(BASE_TS + 3_600_000);
+    let new = start_workers(&yaml, 3, 2, "rescale-1", state.path()).await;
+    wait_results(&kafka, &model(&all)).await;
+    stop_all(new).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_dead_letter_topic_and_late_ones_to_late_data() {
     let kafka = Kafka::new(1);
     let state = tempfile::tempdir().unwrap();

@@ -34,7 +34,7 @@ fn processor(
         cache_entries,
         ..StateOptions::new(8 << 20, 1 << 20)
     };
-    TaskProcessor::new(pipeline, TaskState::open(dir, &options).unwrap())
+    TaskProcessor::new(pipeline, TaskState::open(dir, &options).unwrap(), 1)
 }
 
 fn feed(p: &mut TaskProcessor, offset: i64, value: &[u8], out: &mut Outputs) {
@@ -235,6 +235,244 @@ fn restart_from_flushed_state_equals_the_model() {
     }
     assert_eq!(as_model_emissions(&out), model.emitted);
     assert_eq!(out.counters.late, model.late);
+}
+
+/// The model of the windowed pipeline behind a repartition: the watermark
+/// is the minimum over the source partitions of their maximum event time
+/// minus the out-of-orderness, none until every partition delivered.
+fn run_partitioned_model(events: &[(usize, Event)], partitions: usize, lateness: i64) -> Model {
+    let mut model = Model {
+        lateness,
+        ..Model::default()
+    };
+    let mut maxes = vec![None; partitions];
+    for (partition, e) in events {
+        let wm = model.watermark.unwrap_or(i64::MIN);
+        let start = e.ts - e.ts.rem_euclid(10_000);
+        let last = start + 10_000 - 1;
+        if last + lateness <= wm {
+            model.late += 1;
+        } else {
+            let entry = model
+                .state
+                .entry((format!("u{}", e.user), start))
+                .or_insert((0, 0, false));
+            entry.0 += 1;
+            entry.1 += e.amount;
+            if entry.2 {
+                let (n, total) = (entry.0, entry.1);
+                model
+                    .emitted
+                    .push(((format!("u{}", e.user), start), (n, total)));
+            }
+        }
+        let m: &mut Option<i64> = &mut maxes[*partition];
+        *m = Some(m.map_or(e.ts, |m: i64| m.max(e.ts)));
+        if maxes.iter().all(Option::is_some) {
+            let min = maxes.iter().flatten().min().copied().map(|m| m - 2_000);
+            model.watermark = model.watermark.max(min);
+        }
+        model.fire();
+    }
+    model.emitted.sort();
+    model
+}
+
+/// Runs `events` (each with its source partition) through one processor per
+/// partition, routing repartitioned records by murmur2 and broadcasting each
+/// task's watermark after every record, as the runtime does through Kafka.
+fn run_repartitioned(
+    dirs: &[tempfile::TempDir],
+    pipeline: &str,
+    events: &[(usize, Event)],
+    out: &mut Outputs,
+) -> Vec<TaskSnapshot> {
+    let n = dirs.len();
+    let compiled = Arc::new(Pipeline::compile(&spec(WATERMARK, pipeline)).unwrap());
+    let options = StateOptions {
+        cache_entries: 16,
+        ..StateOptions::new(8 << 20, 1 << 20)
+    };
+    let mut tasks: Vec<TaskProcessor> = dirs
+        .iter()
+        .enumerate()
+        .map(|(t, dir)| {
+            let mut p = TaskProcessor::new(
+                compiled.clone(),
+                TaskState::open(dir.path(), &options).unwrap(),
+                n,
+            );
+            p.register_partition("in", t as i32);
+            p
+        })
+        .collect();
+    let mut upstream_out = Outputs::default();
+    for (offset, (partition, e)) in events.iter().enumerate() {
+        let value = e.json();
+        let record = SourceRecord {
+            topic: "in",
+            partition: *partition as i32,
+            offset: offset as i64,
+            key: None,
+            value: Some(&value),
+            timestamp_ms: None,
+        };
+        tasks[*partition]
+            .process(&record, &mut upstream_out)
+            .unwrap();
+        for r in std::mem::take(&mut upstream_out.repartitioned) {
+            let dest = crate::partitioner::partition_for_key(&r.key, n as i32) as usize;
+            let source = r.source.unwrap();
+            let record = SourceRecord {
+                topic: &source.topic,
+                partition: source.partition,
+                offset: source.offset,
+                key: Some(&r.key),
+                value: Some(&r.value),
+                timestamp_ms: r.time,
+            };
+            tasks[dest].process_repartitioned(&record, out).unwrap();
+        }
+        let report = tasks[*partition].source_report();
+        for task in &mut tasks {
+            assert!(task.report_upstream(*partition, report, out).unwrap());
+        }
+    }
+    assert!(
+        upstream_out.records.is_empty(),
+        "nothing reaches the sink before the cut"
+    );
+    out.counters.records_in += upstream_out.counters.records_in;
+    out.counters.repartitioned += upstream_out.counters.repartitioned;
+    tasks
+        .iter_mut()
+        .map(|t| {
+            t.state_mut().flush_cache().unwrap();
+            t.snapshot_meta()
+        })
+        .collect()
+}
+
+#[test]
+fn repartitioned_windows_equal_the_model() {
+    let pipeline = r#"[{filter: "record.amount >= 0"}, {keyBy: {expr: record.user}},
+        {window: {type: tumbling, size: 10s, allowedLateness: 3s}},
+        {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}}]"#;
+    // Source partitions not by user: round robin over three.
+    let events: Vec<(usize, Event)> = events(17, 3_000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (i % 3, e))
+        .collect();
+    let model = run_partitioned_model(&events, 3, 3_000);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut out = Outputs::default();
+    run_repartitioned(&dirs, pipeline, &events, &mut out);
+    assert!(
+        model.emitted.len() > 300 && model.late > 10,
+        "the data exercises lateness"
+    );
+    assert_eq!(as_model_emissions(&out), model.emitted);
+    assert_eq!(out.counters.late, model.late);
+    assert_eq!(out.counters.repartitioned, events.len() as u64);
+    assert_eq!(out.counters.records_in, events.len() as u64);
+    // Late events name the source record, not the repartition topic.
+    assert!(out.late.iter().all(|l| l.source.topic == "in"));
+    // Every key was counted by one task only.
+    let mut seen = BTreeMap::new();
+    for r in &out.records {
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(r.key.as_deref(), v["key"].as_str().map(str::as_bytes));
+        seen.insert(v["key"].as_str().unwrap().to_owned(), ());
+    }
+    assert_eq!(seen.len(), 40);
+}
+
+#[test]
+fn repartitioned_steps_wait_for_every_upstream_and_restore_their_watermarks() {
+    let pipeline = r#"[{keyBy: {expr: record.user}},
+        {window: {type: tumbling, size: 10s}},
+        {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}}]"#;
+    let e = |user, ts| Event {
+        user,
+        ts,
+        amount: 1,
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut out = Outputs::default();
+    // Partition 1 has delivered nothing: no window fires.
+    let snapshots = run_repartitioned(
+        &dirs,
+        pipeline,
+        &[(0, e(1, 1_000)), (0, e(2, 50_000))],
+        &mut out,
+    );
+    assert!(out.records.is_empty());
+    assert!(
+        snapshots
+            .iter()
+            .all(|s| s.upstream.as_ref().is_some_and(|u| u.watermark.is_none()))
+    );
+    // Restored from those snapshots, a report of partition 1 fires [0, 10s).
+    let compiled = Arc::new(Pipeline::compile(&spec(WATERMARK, pipeline)).unwrap());
+    let mut fired = Vec::new();
+    for (dir, snapshot) in dirs.iter().zip(snapshots) {
+        let state = TaskState::open(dir.path(), &StateOptions::new(8 << 20, 1 << 20)).unwrap();
+        let mut p = TaskProcessor::new(compiled.clone(), state, 2);
+        p.restore_meta(snapshot);
+        let report = crate::watermark::UpstreamReport {
+            watermark: Some(20_000),
+            idle: false,
+        };
+        p.report_upstream(1, report, &mut out).unwrap();
+        assert_eq!(p.watermark(), Some(20_000), "min(50s - 2s, 20s)");
+        fired.extend(values(&out));
+        out.clear();
+    }
+    assert_eq!(
+        fired,
+        vec![json!({"key": "u1", "window_start": 0, "window_end": 10_000, "n": 1, "total": 1})]
+    );
+}
+
+#[test]
+fn repartitioned_dead_letters_name_the_source_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = Arc::new(
+        Pipeline::compile(&spec(
+            "",
+            r#"[{map: {fields: [{name: u, expr: record.user}, {name: x, expr: record.x}]}}, {keyBy: {expr: record.u}},
+                {aggregate: {fields: [{name: s, function: sum, expr: record.x}]}}]"#,
+        ))
+        .unwrap(),
+    );
+    let state = TaskState::open(dir.path(), &StateOptions::new(8 << 20, 1 << 20)).unwrap();
+    let mut p = TaskProcessor::new(compiled, state, 1);
+    let mut out = Outputs::default();
+    feed(&mut p, 7, br#"{"user": "a", "x": "text"}"#, &mut out);
+    let r = out.repartitioned.pop().unwrap();
+    assert_eq!(
+        r.value, br#"{"u":"a","x":"text"}"#,
+        "the mapped record crosses"
+    );
+    assert_eq!(r.key, b"a");
+    let record = SourceRecord {
+        topic: "in",
+        partition: 0,
+        offset: 7,
+        key: Some(&r.key),
+        value: Some(&r.value),
+        timestamp_ms: None,
+    };
+    p.process_repartitioned(&record, &mut out).unwrap();
+    assert_eq!(out.dead_letters.len(), 1);
+    let dead = &out.dead_letters[0];
+    assert!(
+        dead.reason.starts_with("aggregate-2: s: "),
+        "{}",
+        dead.reason
+    );
+    assert_eq!(dead.source.as_ref().unwrap().offset, 7);
 }
 
 #[test]
@@ -463,7 +701,7 @@ fn unwindowed_aggregate_emits_a_changelog() {
     let mut p = processor(
         dir.path(),
         "",
-        r#"[{keyBy: {expr: record.k}}, {aggregate: {fields: [{name: n, function: count}, {name: avg, function: avg, expr: record.v}, {name: d, function: approxDistinct, expr: record.v}]}}]"#,
+        r#"[{keyBy: {expr: record.k, sourcePartitioned: true}}, {aggregate: {fields: [{name: n, function: count}, {name: avg, function: avg, expr: record.v}, {name: d, function: approxDistinct, expr: record.v}]}}]"#,
         16,
     );
     let mut out = Outputs::default();

@@ -31,6 +31,11 @@ pub const OUT: &str = "out";
 pub const DLQ: &str = "dlq";
 /// Late-data topic.
 pub const LATE: &str = "late";
+/// The repartition topic of the test job when its keyBy is not
+/// source-partitioned. Workers create it with the admin API, which the mock
+/// cluster does not answer, so [`Kafka::new`] creates it (the workers then
+/// check its partition count).
+pub const REPARTITION: &str = "weir-test-totals-keyBy-0";
 /// Tumbling window size of the test job, in milliseconds.
 pub const WINDOW_MS: i64 = 10_000;
 /// Event time of the first generated event.
@@ -51,6 +56,7 @@ impl Kafka {
     pub fn new(partitions: i32) -> Self {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic(EVENTS, partitions, 1).unwrap();
+        cluster.create_topic(REPARTITION, partitions, 1).unwrap();
         for topic in [OUT, DLQ, LATE] {
             cluster.create_topic(topic, 1, 1).unwrap();
         }
@@ -402,7 +408,7 @@ pub async fn wait_processed(handles: &[WorkerHandle], ends: &HashMap<i32, i64>) 
             let s = h.status();
             assert!(s.error.is_none(), "worker failed: {:?}", s.error);
             for t in s.tasks {
-                for p in t.partitions {
+                for p in t.partitions.into_iter().filter(|p| p.topic == EVENTS) {
                     done.insert(p.partition, p.offset);
                 }
             }
@@ -411,6 +417,57 @@ pub async fn wait_processed(handles: &[WorkerHandle], ends: &HashMap<i32, i64>) 
             .all(|(p, end)| done.get(p).is_some_and(|o| o >= end))
     })
     .await;
+}
+
+/// Waits until the sink holds `expected` (the last value per key and
+/// window), for jobs whose results come later than their input is read
+/// (through a repartition topic).
+pub async fn wait_results(kafka: &Kafka, expected: &Results) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = results(&kafka.read_all(OUT));
+        if &got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the results: {} of {} windows, first difference: {:?}",
+            got.len(),
+            expected.len(),
+            expected.iter().find(|(k, v)| got.get(*k) != Some(*v))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The test job with its keyBy not source-partitioned (so records go
+/// through the repartition topic) and short checkpoints, since repartitioned
+/// records become visible to the next task when their transaction commits.
+pub fn repartitioned_job_yaml(bootstrap: &str, storage: &str) -> String {
+    job_yaml(bootstrap, storage, "", "")
+        .replace("sourcePartitioned: true", "sourcePartitioned: false")
+        .replace("interval: 1h", "interval: 300ms")
+}
+
+/// Produces events round-robin over the partitions, not by key.
+pub fn produce_round_robin(kafka: &Kafka, events: &[Event]) -> HashMap<i32, i64> {
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            (
+                i as i32 % kafka.partitions,
+                Some(e.user.clone()),
+                e.json().into_bytes(),
+            )
+        })
+        .collect();
+    kafka.produce(&records);
+    let mut counts = HashMap::new();
+    for (p, _, _) in &records {
+        *counts.entry(*p).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// Stops workers (final checkpoint) and waits for them.

@@ -1,0 +1,357 @@
+//! The job's repartition topic: its name, its creation, and the two kinds
+//! of records on it.
+//!
+//! A pipeline whose `keyBy` is not `sourcePartitioned` is cut there (see
+//! [`crate::pipeline`]). Every task writes the records it keyed to partition
+//! `murmur2(key) mod N` of `weir-<namespace>-<job>-<step>` (N: the source
+//! partition count, so task `t` reads partition `t` of it as of every source
+//! topic), inside its transaction under exactly-once. Besides those data
+//! records, each task broadcasts its source watermark to every partition
+//! whenever it changes: a *watermark record* with an empty value and the
+//! headers [`UPSTREAM_HEADER`], [`WATERMARK_HEADER`] (absent while the task
+//! has none) and [`IDLE_HEADER`]. Data records carry the event time as the
+//! Kafka timestamp and their source position in the dead-letter headers of
+//! [`crate::kafka`], so that a dead letter or late event further on names
+//! the record the user produced.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::FromClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use thiserror::Error;
+
+use crate::kafka::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER};
+use crate::record::SourcePosition;
+use crate::watermark::UpstreamReport;
+
+/// Header of a watermark record: the task that sent it.
+pub const UPSTREAM_HEADER: &str = "weir.upstream";
+/// Header of a watermark record: the sender's watermark in epoch
+/// milliseconds.
+pub const WATERMARK_HEADER: &str = "weir.watermark";
+/// Header of a watermark record: `true` when all the sender's source
+/// partitions are idle.
+pub const IDLE_HEADER: &str = "weir.idle";
+
+/// How long repartitioned records are kept. Every task reads its partition
+/// continuously and checkpoints its position; a week covers a long outage.
+const RETENTION_MS: &str = "604800000";
+
+/// Why the repartition topic could not be set up.
+#[derive(Debug, Error)]
+pub enum RepartitionError {
+    /// The admin or metadata client could not be created.
+    #[error("cannot create the Kafka client that creates the repartition topic: {0}")]
+    Client(#[source] KafkaError),
+    /// The broker refused to create the topic.
+    #[error("cannot create the repartition topic {topic}: {source}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's or client's error.
+        source: KafkaError,
+    },
+    /// The topic exists with another partition count than the source.
+    #[error(
+        "repartition topic {topic} has {found} partitions but the source topics have {expected}: task t reads partition t of both, so the counts must be equal"
+    )]
+    PartitionCount {
+        /// The topic.
+        topic: String,
+        /// Its partition count.
+        found: usize,
+        /// The source's.
+        expected: i32,
+    },
+    /// Its metadata could not be read.
+    #[error("cannot read the metadata of repartition topic {topic}: {source}")]
+    Metadata {
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+}
+
+/// The name of the repartition topic of step `step` of job `job` in
+/// `namespace`.
+pub fn topic_name(namespace: &str, job: &str, step: &str) -> String {
+    format!("weir-{namespace}-{job}-{step}")
+}
+
+/// Creates the repartition topic with `partitions` partitions unless it
+/// exists, and checks the partition count of an existing one. Every worker
+/// does this at start-up; the first one creates it. A topic created
+/// beforehand (by an administrator, where workers may not create topics) is
+/// used as it is.
+pub async fn ensure_topic(
+    base: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), RepartitionError> {
+    let client: BaseConsumer = BaseConsumer::from_config(base).map_err(RepartitionError::Client)?;
+    if let Some(found) = partition_count(&client, topic, timeout)? {
+        return check_count(topic, found, partitions);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        AdminClient::from_config(base).map_err(RepartitionError::Client)?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "delete")
+        .set("message.timestamp.type", "CreateTime")
+        .set("retention.ms", RETENTION_MS);
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let create_error = |source| RepartitionError::Create {
+        topic: topic.to_owned(),
+        source,
+    };
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .map_err(create_error)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(create_error(KafkaError::AdminOp(code))),
+        }
+    }
+    let found = partition_count(&client, topic, timeout)?.unwrap_or(0);
+    check_count(topic, found, partitions)
+}
+
+/// The partition count of `topic`, `None` if it does not exist.
+fn partition_count(
+    client: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, RepartitionError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| RepartitionError::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0))
+}
+
+fn check_count(topic: &str, found: usize, expected: i32) -> Result<(), RepartitionError> {
+    if i32::try_from(found).ok() == Some(expected) {
+        Ok(())
+    } else {
+        Err(RepartitionError::PartitionCount {
+            topic: topic.to_owned(),
+            found,
+            expected,
+        })
+    }
+}
+
+/// The headers of a data record: its source position.
+pub fn data_headers(source: &SourcePosition) -> OwnedHeaders {
+    let partition = source.partition.to_string();
+    let offset = source.offset.to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: SOURCE_TOPIC_HEADER,
+            value: Some(source.topic.as_bytes()),
+        })
+        .insert(Header {
+            key: SOURCE_PARTITION_HEADER,
+            value: Some(partition.as_bytes()),
+        })
+        .insert(Header {
+            key: SOURCE_OFFSET_HEADER,
+            value: Some(offset.as_bytes()),
+        })
+}
+
+/// The headers of the watermark record of task `upstream`.
+pub fn watermark_headers(upstream: i32, report: UpstreamReport) -> OwnedHeaders {
+    let upstream = upstream.to_string();
+    let watermark = report.watermark.map(|w| w.to_string());
+    let mut headers = OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: UPSTREAM_HEADER,
+            value: Some(upstream.as_bytes()),
+        })
+        .insert(Header {
+            key: IDLE_HEADER,
+            value: Some(if report.idle { &b"true"[..] } else { b"false" }),
+        });
+    if let Some(w) = &watermark {
+        headers = headers.insert(Header {
+            key: WATERMARK_HEADER,
+            value: Some(w.as_bytes()),
+        });
+    }
+    headers
+}
+
+/// A record read from the repartition topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepartitionMessage<'a> {
+    /// A keyed record, with the position of its source record when the
+    /// headers name it.
+    Data {
+        /// Source topic.
+        topic: Option<&'a str>,
+        /// Source partition and offset.
+        position: Option<(i32, i64)>,
+    },
+    /// A watermark report of upstream task `upstream`.
+    Watermark {
+        /// The task that sent it.
+        upstream: usize,
+        /// What it reported.
+        report: UpstreamReport,
+    },
+}
+
+/// Tells a record of the repartition topic from its headers; `Err` names
+/// what is wrong with a watermark record's headers.
+pub fn classify<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<RepartitionMessage<'a>, String> {
+    let mut upstream = None;
+    let mut watermark = None;
+    let mut idle = None;
+    let mut topic = None;
+    let mut partition = None;
+    let mut offset = None;
+    for (key, value) in headers {
+        let text = value.and_then(|v| std::str::from_utf8(v).ok());
+        match key {
+            UPSTREAM_HEADER => upstream = Some(text),
+            WATERMARK_HEADER => watermark = Some(text),
+            IDLE_HEADER => idle = Some(text),
+            SOURCE_TOPIC_HEADER => topic = text,
+            SOURCE_PARTITION_HEADER => partition = text.and_then(|t| t.parse().ok()),
+            SOURCE_OFFSET_HEADER => offset = text.and_then(|t| t.parse().ok()),
+            _ => {}
+        }
+    }
+    let Some(upstream) = upstream else {
+        return Ok(RepartitionMessage::Data {
+            topic,
+            position: partition.zip(offset),
+        });
+    };
+    let upstream = upstream
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| format!("watermark record: invalid {UPSTREAM_HEADER} header"))?;
+    let watermark = match watermark {
+        None => None,
+        Some(w) => Some(
+            w.and_then(|w| w.parse().ok())
+                .ok_or_else(|| format!("watermark record: invalid {WATERMARK_HEADER} header"))?,
+        ),
+    };
+    let idle = match idle {
+        Some(Some("true")) => true,
+        Some(Some("false")) | None => false,
+        Some(_) => return Err(format!("watermark record: invalid {IDLE_HEADER} header")),
+    };
+    Ok(RepartitionMessage::Watermark {
+        upstream,
+        report: UpstreamReport { watermark, idle },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    fn pairs(headers: &OwnedHeaders) -> Vec<(&str, Option<&[u8]>)> {
+        headers.iter().map(|h| (h.key, h.value)).collect()
+    }
+
+    #[test]
+    fn watermark_records_round_trip() {
+        for report in [
+            UpstreamReport {
+                watermark: Some(-5),
+                idle: false,
+            },
+            UpstreamReport {
+                watermark: None,
+                idle: true,
+            },
+            UpstreamReport {
+                watermark: Some(1_700_000_000_000),
+                idle: true,
+            },
+        ] {
+            let headers = watermark_headers(7, report);
+            assert_eq!(
+                classify(pairs(&headers)),
+                Ok(RepartitionMessage::Watermark {
+                    upstream: 7,
+                    report
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn data_records_name_their_source() {
+        let source = SourcePosition {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 42,
+        };
+        let headers = data_headers(&source);
+        assert_eq!(
+            classify(pairs(&headers)),
+            Ok(RepartitionMessage::Data {
+                topic: Some("orders"),
+                position: Some((3, 42)),
+            })
+        );
+        assert_eq!(
+            classify([]),
+            Ok(RepartitionMessage::Data {
+                topic: None,
+                position: None
+            })
+        );
+    }
+
+    #[test]
+    fn broken_watermark_headers_are_named() {
+        let err = classify([(UPSTREAM_HEADER, Some(&b"x"[..]))]).unwrap_err();
+        assert!(err.contains(UPSTREAM_HEADER), "{err}");
+        let err = classify([
+            (UPSTREAM_HEADER, Some(&b"1"[..])),
+            (WATERMARK_HEADER, Some(&b"soon"[..])),
+        ])
+        .unwrap_err();
+        assert!(err.contains(WATERMARK_HEADER), "{err}");
+        let err = classify([
+            (UPSTREAM_HEADER, Some(&b"1"[..])),
+            (IDLE_HEADER, Some(&b"maybe"[..])),
+        ])
+        .unwrap_err();
+        assert!(err.contains(IDLE_HEADER), "{err}");
+    }
+
+    #[test]
+    fn topic_names_follow_the_design() {
+        assert_eq!(
+            topic_name("prod", "clicks", "by-user"),
+            "weir-prod-clicks-by-user"
+        );
+    }
+}
