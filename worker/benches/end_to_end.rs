@@ -122,6 +122,12 @@ const TUMBLING: &str = r#"    - keyBy:
             function: sum
             expr: record.amount"#;
 
+/// The tumbling job with its keyBy not partitioned like the source: every
+/// record goes through the repartition topic.
+fn repartitioned() -> String {
+    TUMBLING.replace("sourcePartitioned: true", "sourcePartitioned: false")
+}
+
 async fn run_case(
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     name: &str,
@@ -134,6 +140,12 @@ async fn run_case(
     cluster.create_topic(&source, PARTITIONS, 1).expect("topic");
     cluster
         .create_topic(&format!("out-{name}"), PARTITIONS, 1)
+        .expect("topic");
+    // The mock cluster does not answer the admin API the worker creates the
+    // repartition topic with.
+    let repartition = format!("weir.default.{name}.keyBy-0");
+    cluster
+        .create_topic(&repartition, PARTITIONS, 1)
         .expect("topic");
     produce(&bootstrap, &source, events);
 
@@ -164,7 +176,15 @@ async fn run_case(
         if let Some(e) = s.error {
             panic!("worker failed: {e}");
         }
-        if s.records_in >= events {
+        // With a repartition, also wait until the tasks have read back
+        // everything (no control markers at least once, so lag 0 is exact).
+        let drained = s
+            .tasks
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.topic == repartition)
+            .all(|p| p.lag == Some(0) && p.high_watermark.is_some_and(|h| h > 0));
+        if s.records_in >= events && (!pipeline.contains("sourcePartitioned: false") || drained) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -219,6 +239,14 @@ fn main() {
             "tumbling-exactly-once",
             TUMBLING,
             "exactlyOnce",
+            events,
+        )
+        .await;
+        run_case(
+            &cluster,
+            "tumbling-repartitioned-alo",
+            &repartitioned(),
+            "atLeastOnce",
             events,
         )
         .await;

@@ -124,10 +124,10 @@ pub fn producer_config(base: &ClientConfig, transactional_id: Option<&str>) -> C
     config.set("enable.idempotence", "true");
     if let Some(id) = transactional_id {
         config.set("transactional.id", id);
-        // A transaction spans a checkpoint interval: allow long intervals
-        // (the broker caps this at its transaction.max.timeout.ms, 15 min by
-        // default); a crashed owner's transaction is aborted sooner anyway,
-        // when the task's next owner initialises the same transactional id.
+        // A transaction spans a checkpoint interval (see
+        // `with_transaction_timeout`); a crashed owner's transaction is
+        // aborted sooner anyway when the task's next owner initialises the
+        // same transactional id.
         set_default(&mut config, "transaction.timeout.ms", "600000");
     }
     set_default(&mut config, "linger.ms", "5");
@@ -135,6 +135,21 @@ pub fn producer_config(base: &ClientConfig, transactional_id: Option<&str>) -> C
     set_default(&mut config, "batch.size", "1000000");
     set_default(&mut config, "queue.buffering.max.messages", "1000000");
     set_default(&mut config, "queue.buffering.max.kbytes", "1048576");
+    config
+}
+
+/// `base` with the transaction timeout of a job checkpointing every
+/// `checkpoint_interval_ms` (unless the job sets one): three intervals, at
+/// least a minute and at most the brokers' default maximum of 15 minutes.
+/// A transaction spans one interval; the timeout bounds how long a crashed
+/// owner's open transaction holds back read_committed readers (the last
+/// stable offset), which with a repartition topic is every task of the job.
+pub fn with_transaction_timeout(base: &ClientConfig, checkpoint_interval_ms: i64) -> ClientConfig {
+    let mut config = base.clone();
+    let timeout = checkpoint_interval_ms
+        .saturating_mul(3)
+        .clamp(60_000, 900_000);
+    set_default(&mut config, "transaction.timeout.ms", &timeout.to_string());
     config
 }
 
@@ -438,6 +453,30 @@ mod tests {
                 ("weir.source.offset", "42")
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn transaction_timeouts_follow_the_checkpoint_interval() {
+        let base = ClientConfig::new();
+        let timeout = |interval| {
+            with_transaction_timeout(&base, interval)
+                .get("transaction.timeout.ms")
+                .map(str::to_owned)
+        };
+        assert_eq!(timeout(10_000).as_deref(), Some("60000"));
+        assert_eq!(timeout(120_000).as_deref(), Some("360000"));
+        assert_eq!(timeout(3_600_000).as_deref(), Some("900000"));
+        let mut custom = ClientConfig::new();
+        custom.set("transaction.timeout.ms", "5000");
+        assert_eq!(
+            with_transaction_timeout(&custom, 10_000).get("transaction.timeout.ms"),
+            Some("5000")
+        );
+        assert_eq!(
+            producer_config(&with_transaction_timeout(&base, 10_000), Some("t"))
+                .get("transaction.timeout.ms"),
+            Some("60000")
         );
     }
 }

@@ -19,6 +19,7 @@ pub struct WorkerMetrics {
     records_out: IntCounterVec,
     records_late: IntCounterVec,
     records_dead_lettered: IntCounterVec,
+    records_repartitioned: IntCounterVec,
     partition_lag: IntGaugeVec,
     partition_offset: IntGaugeVec,
     watermark: IntGaugeVec,
@@ -50,6 +51,8 @@ pub struct TaskCounters {
     pub records_late: IntCounter,
     /// Records sent to the dead-letter topic or dropped as undecodable.
     pub records_dead_lettered: IntCounter,
+    /// Records sent to the repartition topic.
+    pub records_repartitioned: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -84,6 +87,11 @@ impl WorkerMetrics {
         let records_dead_lettered = counter_vec(
             "weir_records_dead_lettered_total",
             "Records that failed to decode or evaluate (sent to deadLetter or dropped).",
+            &["task"],
+        )?;
+        let records_repartitioned = counter_vec(
+            "weir_records_repartitioned_total",
+            "Records sent to the repartition topic (a keyBy not partitioned like the source).",
             &["task"],
         )?;
         let partition_lag = gauge_vec(
@@ -142,6 +150,7 @@ impl WorkerMetrics {
             records_out,
             records_late,
             records_dead_lettered,
+            records_repartitioned,
             partition_lag,
             partition_offset,
             watermark,
@@ -164,6 +173,7 @@ impl WorkerMetrics {
             records_out: self.records_out.with_label_values(&l),
             records_late: self.records_late.with_label_values(&l),
             records_dead_lettered: self.records_dead_lettered.with_label_values(&l),
+            records_repartitioned: self.records_repartitioned.with_label_values(&l),
         }
     }
 

@@ -577,4 +577,30 @@ pipeline: {pipeline}
             assert!(err.contains(expected), "{pipeline}: {err}");
         }
     }
+
+    #[test]
+    fn every_sample_job_compiles_and_keyed_samples_repartition() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
+        let mut compiled = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let job: weir_crds::StreamingJob = serde_yaml::from_str(&text).unwrap();
+            let p =
+                Pipeline::compile(&job.spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let repartitions = job
+                .spec
+                .pipeline
+                .iter()
+                .any(|s| s.key_by.as_ref().is_some_and(|k| !k.source_partitioned));
+            assert_eq!(
+                p.repartition_step().is_some(),
+                repartitions,
+                "{}",
+                path.display()
+            );
+            compiled += 1;
+        }
+        assert_eq!(compiled, 3, "the samples in {}", dir.display());
+    }
 }

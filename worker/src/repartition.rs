@@ -3,17 +3,26 @@
 //!
 //! A pipeline whose `keyBy` is not `sourcePartitioned` is cut there (see
 //! [`crate::pipeline`]). Every task writes the records it keyed to partition
-//! `murmur2(key) mod N` of `weir-<namespace>-<job>-<step>` (N: the source
+//! `murmur2(key) mod N` of `weir.<namespace>.<job>.<step>` (N: the source
 //! partition count, so task `t` reads partition `t` of it as of every source
 //! topic), inside its transaction under exactly-once. Besides those data
-//! records, each task broadcasts its source watermark to every partition
-//! whenever it changes: a *watermark record* with an empty value and the
-//! headers [`UPSTREAM_HEADER`], [`WATERMARK_HEADER`] (absent while the task
-//! has none) and [`IDLE_HEADER`]. Data records carry the event time as the
-//! Kafka timestamp and their source position in the dead-letter headers of
-//! [`crate::kafka`], so that a dead letter or late event further on names
-//! the record the user produced.
+//! records, each task broadcasts its source watermark to every partition (at
+//! every checkpoint, and at most every second under at-least-once when it
+//! changed): a *watermark record* with an empty value and the headers
+//! [`UPSTREAM_HEADER`], [`WATERMARK_HEADER`] (absent while the task has
+//! none) and [`IDLE_HEADER`]. Data records carry their event time in
+//! [`TIME_HEADER`] (not as the Kafka timestamp, which brokers may reject or
+//! overwrite and which drives time-based retention) and their source
+//! position in the dead-letter headers of [`crate::kafka`]: a dead letter or
+//! late event further on names the record the user produced, and a task
+//! skips source records it applied already.
+//!
+//! The topic keeps records until the tasks reading them have committed a
+//! checkpoint past them: retention is unlimited and each worker deletes the
+//! records before its tasks' committed offsets ([`Purger`]), as Kafka
+//! Streams does.
 
+use std::sync::mpsc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -23,6 +32,7 @@ use rdkafka::config::FromClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::kafka::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER};
@@ -37,10 +47,13 @@ pub const WATERMARK_HEADER: &str = "weir.watermark";
 /// Header of a watermark record: `true` when all the sender's source
 /// partitions are idle.
 pub const IDLE_HEADER: &str = "weir.idle";
+/// Header of a data record: its event time in epoch milliseconds.
+pub const TIME_HEADER: &str = "weir.time";
 
-/// How long repartitioned records are kept. Every task reads its partition
-/// continuously and checkpoints its position; a week covers a long outage.
-const RETENTION_MS: &str = "604800000";
+/// Timeout of a request deleting records.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long topic metadata may take to show a topic just created.
+const METADATA_PROPAGATION: Duration = Duration::from_secs(10);
 
 /// Why the repartition topic could not be set up.
 #[derive(Debug, Error)]
@@ -68,6 +81,9 @@ pub enum RepartitionError {
         /// The source's.
         expected: i32,
     },
+    /// The purging thread could not be started.
+    #[error("cannot start the thread that purges the repartition topic: {0}")]
+    Thread(#[source] std::io::Error),
     /// Its metadata could not be read.
     #[error("cannot read the metadata of repartition topic {topic}: {source}")]
     Metadata {
@@ -79,9 +95,11 @@ pub enum RepartitionError {
 }
 
 /// The name of the repartition topic of step `step` of job `job` in
-/// `namespace`.
+/// `namespace`. Dots separate the parts: namespaces and step names cannot
+/// contain one, so no two jobs share a topic (with dashes, job `a` step
+/// `b-c` and job `a-b` step `c` would).
 pub fn topic_name(namespace: &str, job: &str, step: &str) -> String {
-    format!("weir-{namespace}-{job}-{step}")
+    format!("weir.{namespace}.{job}.{step}")
 }
 
 /// Creates the repartition topic with `partitions` partitions unless it
@@ -104,7 +122,7 @@ pub async fn ensure_topic(
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "delete")
         .set("message.timestamp.type", "CreateTime")
-        .set("retention.ms", RETENTION_MS);
+        .set("retention.ms", "-1");
     let options = AdminOptions::new()
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));
@@ -122,8 +140,17 @@ pub async fn ensure_topic(
             Err((_, code)) => return Err(create_error(KafkaError::AdminOp(code))),
         }
     }
-    let found = partition_count(&client, topic, timeout)?.unwrap_or(0);
-    check_count(topic, found, partitions)
+    // Metadata may lag behind a topic just created.
+    let deadline = std::time::Instant::now() + METADATA_PROPAGATION;
+    loop {
+        match partition_count(&client, topic, timeout)? {
+            Some(found) => return check_count(topic, found, partitions),
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => return check_count(topic, 0, partitions),
+        }
+    }
 }
 
 /// The partition count of `topic`, `None` if it does not exist.
@@ -158,11 +185,93 @@ fn check_count(topic: &str, found: usize, expected: i32) -> Result<(), Repartiti
     }
 }
 
-/// The headers of a data record: its source position.
-pub fn data_headers(source: &SourcePosition) -> OwnedHeaders {
+/// Deletes the records of the repartition topic before the offsets the
+/// worker's tasks committed, on a thread of its own: a slow broker, or one
+/// that does not support deleting records, never holds up processing; the
+/// next request covers what a failed one did not.
+pub struct Purger {
+    requests: mpsc::Sender<Vec<(i32, i64)>>,
+}
+
+impl Purger {
+    /// Starts the purging thread for `topic`.
+    pub fn start(base: &ClientConfig, topic: String) -> Result<Purger, RepartitionError> {
+        let admin: AdminClient<DefaultClientContext> =
+            AdminClient::from_config(base).map_err(RepartitionError::Client)?;
+        let (requests, received) = mpsc::channel::<Vec<(i32, i64)>>();
+        std::thread::Builder::new()
+            .name("weir-purge".to_owned())
+            .spawn(move || purge_loop(&admin, &topic, &received))
+            .map_err(RepartitionError::Thread)?;
+        Ok(Purger { requests })
+    }
+
+    /// Asks for the records before `offset` of each `(partition, offset)`
+    /// to be deleted. The thread ends when the purger is dropped.
+    pub fn purge(&self, before: Vec<(i32, i64)>) {
+        // The thread only stops when this sender is dropped.
+        let _ = self.requests.send(before);
+    }
+}
+
+fn purge_loop(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    received: &mpsc::Receiver<Vec<(i32, i64)>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the repartition purger: records are kept");
+            return;
+        }
+    };
+    let options = AdminOptions::new()
+        .operation_timeout(Some(PURGE_TIMEOUT))
+        .request_timeout(Some(PURGE_TIMEOUT));
+    let mut warned = false;
+    while let Ok(mut request) = received.recv() {
+        // Each request covers every task of the worker: the newest wins.
+        while let Ok(newer) = received.try_recv() {
+            request = newer;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in request {
+            if list
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .is_err()
+            {
+                continue;
+            }
+        }
+        let failed = match rt.block_on(admin.delete_records(&list, &options)) {
+            Ok(result) => result
+                .elements()
+                .iter()
+                .find_map(|e| e.error().err())
+                .map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = failed {
+            if warned {
+                tracing::debug!(%topic, %error, "purging the repartition topic");
+            } else {
+                tracing::warn!(%topic, %error, "cannot purge the repartition topic: its records are kept until this succeeds");
+                warned = true;
+            }
+        }
+    }
+}
+
+/// The headers of a data record: its source position and event time.
+pub fn data_headers(source: &SourcePosition, time: Option<i64>) -> OwnedHeaders {
     let partition = source.partition.to_string();
     let offset = source.offset.to_string();
-    OwnedHeaders::new_with_capacity(3)
+    let time = time.map(|t| t.to_string());
+    let headers = OwnedHeaders::new_with_capacity(4)
         .insert(Header {
             key: SOURCE_TOPIC_HEADER,
             value: Some(source.topic.as_bytes()),
@@ -174,7 +283,14 @@ pub fn data_headers(source: &SourcePosition) -> OwnedHeaders {
         .insert(Header {
             key: SOURCE_OFFSET_HEADER,
             value: Some(offset.as_bytes()),
-        })
+        });
+    match &time {
+        Some(t) => headers.insert(Header {
+            key: TIME_HEADER,
+            value: Some(t.as_bytes()),
+        }),
+        None => headers,
+    }
 }
 
 /// The headers of the watermark record of task `upstream`.
@@ -202,13 +318,12 @@ pub fn watermark_headers(upstream: i32, report: UpstreamReport) -> OwnedHeaders 
 /// A record read from the repartition topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepartitionMessage<'a> {
-    /// A keyed record, with the position of its source record when the
-    /// headers name it.
+    /// A keyed record.
     Data {
-        /// Source topic.
-        topic: Option<&'a str>,
-        /// Source partition and offset.
-        position: Option<(i32, i64)>,
+        /// The topic, partition and offset of its source record.
+        source: (&'a str, i32, i64),
+        /// Its event time, if the source has event time.
+        time: Option<i64>,
     },
     /// A watermark report of upstream task `upstream`.
     Watermark {
@@ -220,7 +335,7 @@ pub enum RepartitionMessage<'a> {
 }
 
 /// Tells a record of the repartition topic from its headers; `Err` names
-/// what is wrong with a watermark record's headers.
+/// what is wrong with them.
 pub fn classify<'a>(
     headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> Result<RepartitionMessage<'a>, String> {
@@ -230,6 +345,7 @@ pub fn classify<'a>(
     let mut topic = None;
     let mut partition = None;
     let mut offset = None;
+    let mut time = None;
     for (key, value) in headers {
         let text = value.and_then(|v| std::str::from_utf8(v).ok());
         match key {
@@ -239,13 +355,28 @@ pub fn classify<'a>(
             SOURCE_TOPIC_HEADER => topic = text,
             SOURCE_PARTITION_HEADER => partition = text.and_then(|t| t.parse().ok()),
             SOURCE_OFFSET_HEADER => offset = text.and_then(|t| t.parse().ok()),
+            TIME_HEADER => time = Some(text.and_then(|t| t.parse::<i64>().ok())),
             _ => {}
         }
     }
     let Some(upstream) = upstream else {
+        let Some(((topic, partition), offset)) = topic.zip(partition).zip(offset) else {
+            return Err(format!(
+                "repartitioned record without valid {SOURCE_TOPIC_HEADER}, {SOURCE_PARTITION_HEADER} and {SOURCE_OFFSET_HEADER} headers"
+            ));
+        };
+        let time = match time {
+            None => None,
+            Some(Some(t)) => Some(t),
+            Some(None) => {
+                return Err(format!(
+                    "repartitioned record: invalid {TIME_HEADER} header"
+                ));
+            }
+        };
         return Ok(RepartitionMessage::Data {
-            topic,
-            position: partition.zip(offset),
+            source: (topic, partition, offset),
+            time,
         });
     };
     let upstream = upstream
@@ -312,21 +443,32 @@ mod tests {
             partition: 3,
             offset: 42,
         };
-        let headers = data_headers(&source);
+        let headers = data_headers(&source, Some(-86_400_000));
         assert_eq!(
             classify(pairs(&headers)),
             Ok(RepartitionMessage::Data {
-                topic: Some("orders"),
-                position: Some((3, 42)),
+                source: ("orders", 3, 42),
+                time: Some(-86_400_000),
             })
         );
+        let headers = data_headers(&source, None);
         assert_eq!(
-            classify([]),
+            classify(pairs(&headers)),
             Ok(RepartitionMessage::Data {
-                topic: None,
-                position: None
+                source: ("orders", 3, 42),
+                time: None,
             })
         );
+        let err = classify([]).unwrap_err();
+        assert!(err.contains(SOURCE_TOPIC_HEADER), "{err}");
+        let err = classify([
+            (SOURCE_TOPIC_HEADER, Some(&b"orders"[..])),
+            (SOURCE_PARTITION_HEADER, Some(&b"1"[..])),
+            (SOURCE_OFFSET_HEADER, Some(&b"2"[..])),
+            (TIME_HEADER, Some(&b"noon"[..])),
+        ])
+        .unwrap_err();
+        assert!(err.contains(TIME_HEADER), "{err}");
     }
 
     #[test]
@@ -351,7 +493,8 @@ mod tests {
     fn topic_names_follow_the_design() {
         assert_eq!(
             topic_name("prod", "clicks", "by-user"),
-            "weir-prod-clicks-by-user"
+            "weir.prod.clicks.by-user"
         );
+        assert_ne!(topic_name("ns", "a", "b-c"), topic_name("ns", "a-b", "c"));
     }
 }

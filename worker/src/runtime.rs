@@ -38,7 +38,7 @@ use crate::pipeline::Pipeline;
 use crate::producer::{OutputProducer, ProduceError};
 use crate::progress::{ProgressWindow, Sample};
 use crate::record::{Counters, DeadLetter, Outputs, SourcePosition, SourceRecord};
-use crate::repartition::{self, RepartitionError, RepartitionMessage};
+use crate::repartition::{self, Purger, RepartitionError, RepartitionMessage};
 use crate::restore::{RestoreError, RestoredFrom, restore_task};
 use crate::savepoint::{self, SavepointError};
 use crate::state::{StateError, StateOptions, TaskState};
@@ -56,6 +56,9 @@ const MAX_BATCH: usize = 8192;
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How often processing time is advanced (idle partitions, timers).
 const ADVANCE_EVERY: Duration = Duration::from_millis(100);
+/// How often, at most, a changed watermark report is broadcast to the
+/// repartition topic under at-least-once.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How often the status report is refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// How often high watermarks are fetched for lag.
@@ -388,8 +391,8 @@ struct Task {
     unreported_in: u64,
     /// Index of the task's producer.
     producer: usize,
-    /// The source watermark last broadcast to the repartition topic.
-    reported_watermark: Option<UpstreamReport>,
+    /// What the task last broadcast to the repartition topic, and when.
+    last_report: Option<(UpstreamReport, Instant)>,
 }
 
 /// Output topics of the job.
@@ -414,6 +417,8 @@ struct Running {
     topics: Vec<String>,
     /// Index of the repartition topic in `topics`.
     repartition_input: Option<usize>,
+    /// Deletes what the tasks committed past on the repartition topic.
+    purger: Option<Purger>,
     partitions: i32,
     tasks: Vec<Task>,
     /// Task index by partition number.
@@ -430,6 +435,8 @@ struct Running {
     checkpoint_interval: Duration,
     /// Something was processed since the last checkpoint.
     dirty: bool,
+    /// Some task's watermark report changed (at-least-once).
+    pending_reports: bool,
     stopped: bool,
     records_in: u64,
     records_out: u64,
@@ -486,6 +493,14 @@ impl Running {
             topics.push(topic.clone());
         }
         let repartition_input = repartition_topic.as_ref().map(|_| source_topics);
+        // Upstream tasks repeat their watermark report at every checkpoint;
+        // one not repeated for three intervals no longer counts as idle.
+        let idle_lease_ms = spec
+            .checkpoint
+            .interval
+            .as_millis()
+            .saturating_mul(3)
+            .max(10_000);
         let owned = kafka::owned_tasks(partitions, config.ordinal, config.parallelism);
         tracing::info!(
             job = %config.job_name,
@@ -565,7 +580,8 @@ impl Running {
             let state = TaskState::open(&db_dir, &state_options)
                 .map_err(|source| WorkerError::State { task: t, source })?;
             let task_count = usize::try_from(partitions).unwrap_or(0);
-            let mut processor = TaskProcessor::new(pipeline.clone(), state, task_count);
+            let mut processor = TaskProcessor::new(pipeline.clone(), state, task_count)
+                .with_idle_lease(idle_lease_ms);
             for topic in &topics[..source_topics] {
                 processor.register_partition(topic, t);
             }
@@ -600,8 +616,19 @@ impl Running {
                             operation: "fetch watermarks",
                             source,
                         })?;
+                let restored_offset = manifest_offset(topic);
+                if index >= source_topics
+                    && let Some(o) = restored_offset.filter(|o| *o < low)
+                {
+                    return Err(WorkerError::Task {
+                        task: t,
+                        message: format!(
+                            "the restored checkpoint reads {topic} from offset {o}, but its records before {low} were deleted: they were purged after a newer checkpoint committed, so this restore point is too old for a pipeline with a repartition"
+                        ),
+                    });
+                }
                 let offset = kafka::start_offset(
-                    manifest_offset(topic),
+                    restored_offset,
                     committed.get(&(topic.clone(), t)).copied(),
                     starting,
                     low,
@@ -625,6 +652,12 @@ impl Running {
                             ),
                         }
                     })?;
+                if pipeline.repartition_step().is_some() && snapshot.upstream.is_none() {
+                    return Err(WorkerError::Task {
+                        task: t,
+                        message: "the restored checkpoint was taken without the repartition this pipeline now has (a keyBy that is not sourcePartitioned), so its keyed state is laid out by source partition: restore it with sourcePartitioned: true, or start without state (restore from none)".to_owned(),
+                    });
+                }
                 processor.restore_meta(snapshot);
                 checkpointer.seed(&restored.manifest);
                 restored_from.push(restored.from.clone());
@@ -639,7 +672,7 @@ impl Running {
                 reported: Counters::default(),
                 unreported_in: 0,
                 producer: 0,
-                reported_watermark: None,
+                last_report: None,
             });
         }
         consumer
@@ -657,11 +690,15 @@ impl Running {
         // the task's previous owner), or one shared idempotent producer.
         let producers = match spec.guarantee {
             Guarantee::ExactlyOnce => {
+                let producer_config = kafka::with_transaction_timeout(
+                    &base_config,
+                    spec.checkpoint.interval.as_millis(),
+                );
                 let mut producers = Vec::with_capacity(tasks.len());
                 for (i, task) in tasks.iter_mut().enumerate() {
                     let transactional_id = config.transactional_id(task.id);
                     producers.push(OutputProducer::new(
-                        &base_config,
+                        &producer_config,
                         Some(transactional_id.as_str()),
                     )?);
                     task.producer = i;
@@ -708,6 +745,13 @@ impl Running {
             late_data: spec.late_data.as_ref().map(|t| t.topic.clone()),
             repartition: repartition_topic.map(|t| (t, partitions)),
         };
+        let purger = match &destinations.repartition {
+            Some((topic, _)) => Some(Purger::start(
+                &kafka::metadata_config(&base_config),
+                topic.clone(),
+            )?),
+            None => None,
+        };
         let checkpoint_interval = Duration::from_millis(
             u64::try_from(spec.checkpoint.interval.as_millis())
                 .unwrap_or(10_000)
@@ -727,6 +771,7 @@ impl Running {
             group,
             topics,
             repartition_input,
+            purger,
             partitions,
             tasks,
             task_of_partition,
@@ -741,6 +786,7 @@ impl Running {
             last_checkpoint_id: None,
             checkpoint_interval,
             dirty: false,
+            pending_reports: false,
             stopped: false,
             records_in: 0,
             records_out: 0,
@@ -789,7 +835,9 @@ impl Running {
                 self.advance_time()?;
             }
             if now >= next_checkpoint && !self.stopped {
-                if self.dirty {
+                // With a repartition, the checkpoint also carries the tasks'
+                // watermark heartbeat, so it runs even when nothing changed.
+                if self.dirty || self.destinations.repartition.is_some() {
                     self.checkpoint()?;
                 }
                 next_checkpoint = Instant::now() + self.checkpoint_interval;
@@ -858,7 +906,7 @@ impl Running {
                     .into_iter()
                     .flat_map(|h| h.iter())
                     .map(|h| (h.key, h.value));
-                process_repartitioned(task, &record, repartition::classify(headers))
+                dispatch_repartitioned(task, &record, repartition::classify(headers))
             } else {
                 task.unreported_in += 1;
                 task.processor.process(&record, &mut task.outputs)
@@ -890,28 +938,51 @@ impl Running {
                 })?;
         }
         self.emit_all()?;
-        if let Some((topic, partitions)) = &self.destinations.repartition {
-            for task in &mut self.tasks {
-                let report = task.processor.source_report();
-                if task.reported_watermark == Some(report)
-                    || (report.watermark.is_none() && !report.idle)
-                {
-                    continue;
-                }
-                let producer = &self.producers[task.producer];
-                for partition in 0..*partitions {
-                    producer.send_to_partition(
-                        topic,
-                        partition,
-                        None,
-                        &[],
-                        None,
-                        repartition::watermark_headers(task.id, report),
-                    )?;
-                }
-                task.reported_watermark = Some(report);
-                self.dirty = true;
+        // Under at-least-once reports are visible at once: send them when
+        // they change, at most every second. Under exactly-once they become
+        // visible when the transaction commits: the checkpoint sends them,
+        // and one must come soon when they change.
+        let at_least_once = self.config.spec.guarantee == Guarantee::AtLeastOnce;
+        for task in &self.tasks {
+            let report = task.processor.source_report();
+            match task.last_report {
+                Some((last, _)) if last == report => {}
+                Some((_, at)) if at.elapsed() < REPORT_EVERY => {}
+                _ if at_least_once => self.pending_reports = true,
+                _ => self.dirty = true,
             }
+        }
+        if std::mem::take(&mut self.pending_reports) {
+            self.broadcast_watermarks(false)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the source watermark of every task to every partition of the
+    /// repartition topic (after the records it covers, which were sent
+    /// first): all of them, or only those that changed.
+    fn broadcast_watermarks(&mut self, all: bool) -> Result<(), WorkerError> {
+        let Some((topic, partitions)) = &self.destinations.repartition else {
+            return Ok(());
+        };
+        for task in &mut self.tasks {
+            let report = task.processor.source_report();
+            let changed = task.last_report.is_none_or(|(last, _)| last != report);
+            if !(all || changed) || (report.watermark.is_none() && !report.idle) {
+                continue;
+            }
+            let producer = &self.producers[task.producer];
+            for partition in 0..*partitions {
+                producer.send_to_partition(
+                    topic,
+                    partition,
+                    None,
+                    &[],
+                    None,
+                    repartition::watermark_headers(task.id, report),
+                )?;
+            }
+            task.last_report = Some((report, Instant::now()));
         }
         Ok(())
     }
@@ -937,6 +1008,9 @@ impl Running {
             task.counters
                 .records_dead_lettered
                 .inc_by(c.dead_lettered.saturating_sub(task.reported.dead_lettered));
+            task.counters
+                .records_repartitioned
+                .inc_by(c.repartitioned.saturating_sub(task.reported.repartitioned));
             task.reported = c;
         }
         Ok(())
@@ -1015,7 +1089,9 @@ impl Running {
         let started = Instant::now();
         let id = self.next_checkpoint_id;
         self.next_checkpoint_id += 1;
-        // 1. The batch in hand is processed; make its output durable.
+        // 1. The batch in hand is processed; make its output durable, with
+        // the tasks' watermark reports after it.
+        self.broadcast_watermarks(true)?;
         for producer in &self.producers {
             producer.flush()?;
         }
@@ -1110,6 +1186,14 @@ impl Running {
             }
             Ok::<_, WorkerError>(())
         })?;
+        if let (Some(purger), Some(input)) = (&self.purger, self.repartition_input) {
+            purger.purge(
+                self.tasks
+                    .iter()
+                    .map(|t| (t.id, t.offsets[input]))
+                    .collect(),
+            );
+        }
         let duration = started.elapsed();
         self.dirty = false;
         self.last_checkpoint_id = Some(id);
@@ -1260,8 +1344,10 @@ fn emit(
     }
     if let Some((topic, partitions)) = &to.repartition {
         for record in &outputs.repartitioned {
+            // Records reach the cut straight from the source, so they have
+            // a source position; without one the reader dead-letters them.
             let headers = match &record.source {
-                Some(source) => repartition::data_headers(source),
+                Some(source) => repartition::data_headers(source, record.time),
                 None => rdkafka::message::OwnedHeaders::new(),
             };
             producer.send_to_partition(
@@ -1269,7 +1355,7 @@ fn emit(
                 partition_for_key(&record.key, *partitions),
                 Some(&record.key),
                 &record.value,
-                record.time,
+                None,
                 headers,
             )?;
             sent += 1;
@@ -1282,7 +1368,7 @@ fn emit(
 /// Hands a record of the repartition topic to its task: a watermark report,
 /// or a keyed record named by its source position (a record whose headers
 /// cannot be read goes to the dead-letter topic).
-fn process_repartitioned(
+fn dispatch_repartitioned(
     task: &mut Task,
     record: &SourceRecord<'_>,
     message: Result<RepartitionMessage<'_>, String>,
@@ -1301,12 +1387,15 @@ fn process_repartitioned(
             }
             Ok(())
         }
-        Ok(RepartitionMessage::Data { topic, position }) => {
-            let (partition, offset) = position.unwrap_or((record.partition, record.offset));
+        Ok(RepartitionMessage::Data {
+            source: (topic, partition, offset),
+            time,
+        }) => {
             let origin = SourceRecord {
-                topic: topic.unwrap_or(record.topic),
+                topic,
                 partition,
                 offset,
+                timestamp_ms: time,
                 ..*record
             };
             task.processor

@@ -26,7 +26,9 @@
 //!   it back ([`TaskProcessor::process_repartitioned`]) and follow the
 //!   upstream watermarks ([`TaskProcessor::report_upstream`]), with timers of
 //!   their own ([`TimeDomain::Repartitioned`]). Dead letters and late events
-//!   of those steps name the original source record.
+//!   of those steps carry the record as it crossed the repartition topic
+//!   and the position of the original source record. A source record the
+//!   task already applied (a replay) is skipped, so state counts each once.
 
 use std::sync::Arc;
 
@@ -52,6 +54,10 @@ use crate::watermark::{
 };
 use crate::window::{Window, WindowAssigner};
 
+/// How long an upstream task's idle report holds without being repeated,
+/// unless set with [`TaskProcessor::with_idle_lease`].
+pub const DEFAULT_IDLE_LEASE_MS: i64 = 60_000;
+
 /// Timer kinds.
 const FIRE: u8 = 1;
 const CLEANUP: u8 = 2;
@@ -76,6 +82,25 @@ pub struct TaskSnapshot {
     /// has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSnapshot>,
+    /// The highest source offset applied per source partition, of the
+    /// records read back from the repartition topic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<AppliedOffset>,
+}
+
+/// The highest offset of a source partition whose record a task applied
+/// after the repartition. Records of one source partition reach a task in
+/// offset order, so one at or below it is a replay (an upstream task
+/// restored to an earlier point, or a retry under at-least-once) and is
+/// skipped: state counts every source record once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedOffset {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Highest offset applied.
+    pub offset: i64,
 }
 
 /// The event-time clock a step follows.
@@ -111,6 +136,8 @@ pub struct TaskProcessor {
     cut: Option<usize>,
     /// The watermark of the steps after the cut.
     upstream: UpstreamWatermarks,
+    /// The highest source offsets applied after the cut.
+    applied: Vec<AppliedOffset>,
     payload: Vec<u8>,
     key_buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -130,7 +157,9 @@ impl TaskProcessor {
     /// A processor of `pipeline` over `state`, with no watermark yet (call
     /// [`TaskProcessor::restore_meta`] after a restore). `tasks` is the
     /// job's task count: with a repartition, the steps after it wait for the
-    /// watermark of every task.
+    /// watermark of every task; an idle report of a task holds for
+    /// [`DEFAULT_IDLE_LEASE_MS`] unless [`TaskProcessor::with_idle_lease`]
+    /// says otherwise.
     pub fn new(pipeline: Arc<Pipeline>, state: TaskState, tasks: usize) -> TaskProcessor {
         let watermarks =
             WatermarkTracker::new(pipeline.max_out_of_orderness(), pipeline.idle_timeout());
@@ -140,12 +169,24 @@ impl TaskProcessor {
             state,
             watermarks,
             cut,
-            upstream: UpstreamWatermarks::new(if cut.is_some() { tasks } else { 0 }),
+            upstream: UpstreamWatermarks::new(
+                if cut.is_some() { tasks } else { 0 },
+                DEFAULT_IDLE_LEASE_MS,
+            ),
+            applied: Vec::new(),
             payload: Vec::new(),
             key_buf: Vec::new(),
             scratch: Vec::new(),
             windows: Vec::new(),
         }
+    }
+
+    /// Sets how long an upstream task's idle report holds without being
+    /// repeated (it repeats it at every checkpoint).
+    pub fn with_idle_lease(mut self, lease_ms: i64) -> TaskProcessor {
+        let tasks = self.upstream.snapshot().upstreams.len();
+        self.upstream = UpstreamWatermarks::new(tasks, lease_ms);
+        self
     }
 
     /// Declares a partition the task reads: it holds back the watermark
@@ -186,6 +227,7 @@ impl TaskProcessor {
         TaskSnapshot {
             watermarks: self.watermarks.snapshot(),
             upstream: self.cut.map(|_| self.upstream.snapshot()),
+            applied: self.applied.clone(),
         }
     }
 
@@ -195,20 +237,51 @@ impl TaskProcessor {
         if let Some(upstream) = snapshot.upstream {
             self.upstream.restore(upstream);
         }
+        self.applied = snapshot.applied;
+    }
+
+    /// Whether the source record at `topic`/`partition`/`offset` was applied
+    /// after the cut already; remembers it if not.
+    fn already_applied(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        match self
+            .applied
+            .iter_mut()
+            .find(|a| a.partition == partition && a.topic == topic)
+        {
+            Some(a) if a.offset >= offset => true,
+            Some(a) => {
+                a.offset = offset;
+                false
+            }
+            None => {
+                self.applied.push(AppliedOffset {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                });
+                false
+            }
+        }
     }
 
     /// The clock of the step at `index`: the steps after the cut follow the
     /// upstream watermarks.
     fn clock(&self, index: usize) -> Clock {
-        match self.cut {
-            Some(cut) if index > cut => Clock {
-                domain: TimeDomain::Repartitioned,
-                watermark: self.upstream.watermark(),
-            },
-            _ => Clock {
-                domain: TimeDomain::Event,
-                watermark: self.watermarks.watermark(),
-            },
+        let domain = match self.cut {
+            Some(cut) if index > cut => TimeDomain::Repartitioned,
+            _ => TimeDomain::Event,
+        };
+        Clock {
+            domain,
+            watermark: self.domain_watermark(domain),
+        }
+    }
+
+    /// The watermark event-time timers of `domain` follow.
+    fn domain_watermark(&self, domain: TimeDomain) -> Option<i64> {
+        match domain {
+            TimeDomain::Repartitioned => self.upstream.watermark(),
+            TimeDomain::Event | TimeDomain::Processing => self.watermarks.watermark(),
         }
     }
 
@@ -259,9 +332,10 @@ impl TaskProcessor {
     }
 
     /// Processes a record read back from the repartition topic: `record`
-    /// carries the repartition record's key, value and timestamp (the event
-    /// time) and the position of the source record it came from. Runs the
-    /// steps after the cut.
+    /// carries the repartition record's key and value, its event time as
+    /// `timestamp_ms`, and the position of the source record it came from.
+    /// Runs the steps after the cut, unless that source record was applied
+    /// already (a replay, counted as deduplicated).
     pub fn process_repartitioned(
         &mut self,
         record: &SourceRecord<'_>,
@@ -271,6 +345,10 @@ impl TaskProcessor {
             dead_letter_source(record, "the pipeline has no repartition".into(), out);
             return Ok(());
         };
+        if self.already_applied(record.topic, record.partition, record.offset) {
+            out.counters.deduplicated += 1;
+            return Ok(());
+        }
         let Some(bytes) = record.value else {
             dead_letter_source(record, "record has no value".into(), out);
             return Ok(());
@@ -308,7 +386,8 @@ impl TaskProcessor {
         report: UpstreamReport,
         out: &mut Outputs,
     ) -> Result<bool, TaskError> {
-        if !self.upstream.report(upstream, report) {
+        let now = self.watermarks.now().unwrap_or(0);
+        if !self.upstream.report(upstream, report, now) {
             return Ok(false);
         }
         let pipeline = Arc::clone(&self.pipeline);
@@ -321,6 +400,7 @@ impl TaskProcessor {
     /// Call it regularly, also when no records arrive.
     pub fn advance_time(&mut self, now_ms: i64, out: &mut Outputs) -> Result<(), TaskError> {
         self.watermarks.advance(now_ms);
+        self.upstream.expire(now_ms);
         let pipeline = Arc::clone(&self.pipeline);
         self.fire_event_timers(&pipeline, out)?;
         let mut due = Vec::new();
@@ -379,7 +459,7 @@ impl TaskProcessor {
                         return Ok(());
                     }
                     if self.cut == Some(index) {
-                        repartition(flow, key, &step.name, out);
+                        repartition(flow, key, out);
                         return Ok(());
                     }
                     flow.key = Some(key);
@@ -721,12 +801,7 @@ impl TaskProcessor {
         for domain in [TimeDomain::Event, TimeDomain::Repartitioned] {
             // Records emitted by firing windows may register further due
             // timers in later steps: repeat until none is due.
-            loop {
-                let watermark = match domain {
-                    TimeDomain::Repartitioned => self.upstream.watermark(),
-                    _ => self.watermarks.watermark(),
-                };
-                let Some(wm) = watermark else { break };
+            while let Some(wm) = self.domain_watermark(domain) {
                 self.state.take_due_timers(domain, wm, &mut due)?;
                 if due.is_empty() {
                     break;
@@ -903,21 +978,8 @@ fn result(
 }
 
 /// Sends a record to the repartition topic, keyed by `key`.
-fn repartition(flow: Flow<'_>, key: Vec<u8>, step: &str, out: &mut Outputs) {
-    if let Some(t) = flow.time.filter(|t| *t < 0) {
-        dead_letter_reason(
-            &flow,
-            format!(
-                "{step}: event time {t} is before 1970 and cannot be a Kafka timestamp on the repartition topic"
-            ),
-            out,
-        );
-        return;
-    }
-    let value = match (flow.modified, flow.source.and_then(|s| s.value)) {
-        (false, Some(bytes)) => bytes.to_vec(),
-        _ => serde_json::to_vec(&flow.value).unwrap_or_default(),
-    };
+fn repartition(flow: Flow<'_>, key: Vec<u8>, out: &mut Outputs) {
+    let value = encoded(&flow);
     out.counters.repartitioned += 1;
     out.repartitioned.push(RepartitionRecord {
         key,
@@ -927,12 +989,17 @@ fn repartition(flow: Flow<'_>, key: Vec<u8>, step: &str, out: &mut Outputs) {
     });
 }
 
-/// Sends a record that went through every step to the sink.
-fn emit(flow: Flow<'_>, out: &mut Outputs) {
-    let value = match (flow.modified, flow.source.and_then(|s| s.value)) {
+/// The record's value as bytes: the bytes read when no step changed it.
+fn encoded(flow: &Flow<'_>) -> Vec<u8> {
+    match (flow.modified, flow.source.and_then(|s| s.value)) {
         (false, Some(bytes)) => bytes.to_vec(),
         _ => serde_json::to_vec(&flow.value).unwrap_or_default(),
-    };
+    }
+}
+
+/// Sends a record that went through every step to the sink.
+fn emit(flow: Flow<'_>, out: &mut Outputs) {
+    let value = encoded(&flow);
     out.counters.records_out += 1;
     out.records.push(OutputRecord {
         key: flow.key,

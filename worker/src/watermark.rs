@@ -105,7 +105,6 @@ impl WatermarkTracker {
     /// Records an event of partition `partition` of `topic` at `event_time`;
     /// returns the task watermark after it.
     pub fn observe(&mut self, topic: &str, partition: i32, event_time: i64) -> Option<i64> {
-        let now = self.now;
         let index = match self.position(topic, partition) {
             Some(i) => i,
             None => {
@@ -118,7 +117,10 @@ impl WatermarkTracker {
             }
         };
         let clock = &mut self.partitions[index].1;
-        clock.last_active = now;
+        // Active as of the next `advance`: `now` may be stale after a long
+        // pause of the caller (a checkpoint), and must not make a partition
+        // that just delivered look idle.
+        clock.last_active = None;
         clock.idle = false;
         let max = clock
             .max_event_time
@@ -133,13 +135,21 @@ impl WatermarkTracker {
 
     /// Marks partitions without records for the idle timeout as idle, given
     /// the processing time `now_ms`; returns the task watermark after it.
+    ///
+    /// A gap since the previous call of half the idle timeout or more means
+    /// the caller was not reading (a checkpoint, a stall): that time does
+    /// not count towards idleness.
     pub fn advance(&mut self, now_ms: i64) -> Option<i64> {
-        self.now = Some(self.now.map_or(now_ms, |n| n.max(now_ms)));
+        let previous = self.now;
+        self.now = Some(previous.map_or(now_ms, |n| n.max(now_ms)));
         let now = self.now.unwrap_or(now_ms);
         if self.idle_timeout > 0 {
+            let stalled = previous
+                .is_some_and(|p| now.saturating_sub(p).saturating_mul(2) >= self.idle_timeout);
             for (_, clock) in &mut self.partitions {
                 match clock.last_active {
                     None => clock.last_active = Some(now),
+                    Some(_) if stalled && !clock.idle => clock.last_active = Some(now),
                     Some(last) if now.saturating_sub(last) >= self.idle_timeout => {
                         clock.idle = true;
                     }
@@ -152,33 +162,13 @@ impl WatermarkTracker {
     }
 
     fn recompute(&mut self) {
-        let mut any_active = false;
-        let mut blocked = false;
-        let mut min_active: Option<i64> = None;
-        let mut max_all: Option<i64> = None;
-        for (_, c) in &self.partitions {
-            let w = c
-                .max_event_time
-                .map(|m| m.saturating_sub(self.max_out_of_orderness));
-            if !c.idle {
-                any_active = true;
-                match w {
-                    None => blocked = true,
-                    Some(w) => min_active = Some(min_active.map_or(w, |m| m.min(w))),
-                }
-            }
-            max_all = max_all.max(w);
-        }
-        let candidate = if !any_active {
-            max_all
-        } else if blocked {
-            None
-        } else {
-            min_active
-        };
-        if let Some(c) = candidate {
-            self.watermark = Some(self.watermark.map_or(c, |w| w.max(c)));
-        }
+        let ooo = self.max_out_of_orderness;
+        let candidate = combine(
+            self.partitions
+                .iter()
+                .map(|(_, c)| (c.max_event_time.map(|m| m.saturating_sub(ooo)), c.idle)),
+        );
+        self.watermark = self.watermark.max(candidate);
     }
 
     /// The task watermark: no event at or before it is expected any more.
@@ -228,6 +218,32 @@ impl WatermarkTracker {
     }
 }
 
+/// The watermark of several inputs, each given as its own watermark and
+/// whether it is idle: the minimum over the inputs that are not idle (none
+/// while one of them has no watermark yet), or the maximum when all are
+/// idle, so that a drained stream still fires its windows.
+fn combine(inputs: impl Iterator<Item = (Option<i64>, bool)>) -> Option<i64> {
+    let mut any_active = false;
+    let mut blocked = false;
+    let mut min_active: Option<i64> = None;
+    let mut max_all: Option<i64> = None;
+    for (w, idle) in inputs {
+        if !idle {
+            any_active = true;
+            match w {
+                None => blocked = true,
+                Some(w) => min_active = Some(min_active.map_or(w, |m| m.min(w))),
+            }
+        }
+        max_all = max_all.max(w);
+    }
+    match (any_active, blocked) {
+        (false, _) => max_all,
+        (true, true) => None,
+        (true, false) => min_active,
+    }
+}
+
 /// What an upstream task last reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamReport {
@@ -250,52 +266,66 @@ pub struct UpstreamSnapshot {
 /// over the upstream tasks that are not idle, each as it last reported; the
 /// maximum when all are idle. Until every active upstream task has
 /// reported, there is none. It never goes back.
+///
+/// Idleness is a lease: upstream tasks repeat their report at every
+/// checkpoint, and an idle report not repeated within the lease (the
+/// upstream's worker is down or restarting, and its partitions may be
+/// filling up) holds the watermark back again. A restore starts every
+/// upstream as not idle, for the same reason.
 #[derive(Clone, Debug)]
 pub struct UpstreamWatermarks {
     upstreams: Vec<UpstreamReport>,
+    /// Processing time until which each upstream's idle report holds.
+    idle_until: Vec<i64>,
+    /// How long an idle report holds, in milliseconds.
+    idle_lease: i64,
     watermark: Option<i64>,
 }
 
 impl UpstreamWatermarks {
-    /// Expects reports from `upstreams` tasks, numbered from 0.
-    pub fn new(upstreams: usize) -> UpstreamWatermarks {
+    /// Expects reports from `upstreams` tasks, numbered from 0, whose idle
+    /// reports hold for `idle_lease_ms` of processing time.
+    pub fn new(upstreams: usize, idle_lease_ms: i64) -> UpstreamWatermarks {
         UpstreamWatermarks {
             upstreams: vec![UpstreamReport::default(); upstreams],
+            idle_until: vec![i64::MIN; upstreams],
+            idle_lease: idle_lease_ms.max(0),
             watermark: None,
         }
     }
 
-    /// Takes the report of upstream task `upstream`; returns `false` when no
-    /// such task is expected (the report is ignored). An upstream's watermark
-    /// never goes back either: a report older than the last one (a replay
-    /// after a restore) keeps the newer value.
-    pub fn report(&mut self, upstream: usize, report: UpstreamReport) -> bool {
+    /// Takes the report of upstream task `upstream` at processing time
+    /// `now_ms`; returns `false` when no such task is expected (the report
+    /// is ignored). An upstream's watermark never goes back either: a report
+    /// older than the last one (a replay) keeps the newer value.
+    pub fn report(&mut self, upstream: usize, report: UpstreamReport, now_ms: i64) -> bool {
         let Some(slot) = self.upstreams.get_mut(upstream) else {
             return false;
         };
         slot.watermark = slot.watermark.max(report.watermark);
         slot.idle = report.idle;
-        let mut blocked = false;
-        let mut min_active: Option<i64> = None;
-        let mut max_all: Option<i64> = None;
-        let mut any_active = false;
-        for u in &self.upstreams {
-            max_all = max_all.max(u.watermark);
-            if !u.idle {
-                any_active = true;
-                match u.watermark {
-                    None => blocked = true,
-                    Some(w) => min_active = Some(min_active.map_or(w, |m| m.min(w))),
-                }
+        self.idle_until[upstream] = now_ms.saturating_add(self.idle_lease);
+        self.recompute();
+        true
+    }
+
+    /// Expires the idle reports not repeated within the lease by `now_ms`.
+    pub fn expire(&mut self, now_ms: i64) {
+        let mut expired = false;
+        for (u, until) in self.upstreams.iter_mut().zip(&self.idle_until) {
+            if u.idle && *until <= now_ms {
+                u.idle = false;
+                expired = true;
             }
         }
-        let candidate = match (any_active, blocked) {
-            (false, _) => max_all,
-            (true, true) => None,
-            (true, false) => min_active,
-        };
+        if expired {
+            self.recompute();
+        }
+    }
+
+    fn recompute(&mut self) {
+        let candidate = combine(self.upstreams.iter().map(|u| (u.watermark, u.idle)));
         self.watermark = self.watermark.max(candidate);
-        true
     }
 
     /// The combined watermark.
@@ -311,11 +341,14 @@ impl UpstreamWatermarks {
         }
     }
 
-    /// Resumes from a checkpoint; reports of tasks beyond the expected
-    /// count are dropped.
+    /// Resumes from a checkpoint with every upstream not idle; reports of
+    /// tasks beyond the expected count are dropped.
     pub fn restore(&mut self, snapshot: UpstreamSnapshot) {
         for (slot, saved) in self.upstreams.iter_mut().zip(snapshot.upstreams) {
-            *slot = saved;
+            *slot = UpstreamReport {
+                watermark: saved.watermark,
+                idle: false,
+            };
         }
         self.watermark = self.watermark.max(snapshot.watermark);
     }
@@ -353,9 +386,16 @@ mod tests {
         t.register(pid(1));
         t.observe("in", 0, 10_000);
         assert_eq!(t.watermark(), None);
-        assert_eq!(t.advance(29_999), None);
-        // Partition 0 was active at time 0 too: both idle at 30s, max wins.
+        for now in (1_000..30_000).step_by(1_000) {
+            assert_eq!(t.advance(now), None, "at {now}");
+        }
+        // Partition 1, silent since its registration at 0, is idle at 30 s:
+        // partition 0 alone sets the watermark.
         assert_eq!(t.advance(30_000), Some(9_000));
+        // Partition 0 delivered last at 1 s (its first advance after the
+        // record): both idle at 31 s, and the maximum wins.
+        assert_eq!(t.advance(31_000), Some(9_000));
+        assert!(t.is_idle());
         t.advance(40_000);
         // Partition 0 wakes up.
         assert_eq!(t.observe("in", 0, 20_000), Some(19_000));
@@ -396,7 +436,9 @@ mod tests {
         t.register(pid(1));
         assert!(!t.is_idle());
         t.observe("in", 0, 5);
-        t.advance(1_000);
+        for now in (100..=1_100).step_by(100) {
+            t.advance(now);
+        }
         assert!(t.is_idle());
         t.observe("in", 1, 7);
         assert!(!t.is_idle());
@@ -411,32 +453,33 @@ mod tests {
 
     #[test]
     fn upstream_watermark_waits_for_every_active_upstream() {
-        let mut u = UpstreamWatermarks::new(3);
-        u.report(0, active(100));
-        u.report(2, active(50));
+        let mut u = UpstreamWatermarks::new(3, 60_000);
+        u.report(0, active(100), 0);
+        u.report(2, active(50), 0);
         assert_eq!(u.watermark(), None, "upstream 1 has not reported");
-        u.report(1, active(70));
+        u.report(1, active(70), 0);
         assert_eq!(u.watermark(), Some(50));
-        u.report(2, active(300));
+        u.report(2, active(300), 0);
         assert_eq!(u.watermark(), Some(70));
         // A replayed older report changes nothing.
-        u.report(2, active(10));
+        u.report(2, active(10), 0);
         assert_eq!(u.watermark(), Some(70));
-        assert!(!u.report(3, active(1)), "no upstream 3");
+        assert!(!u.report(3, active(1), 0), "no upstream 3");
     }
 
     #[test]
     fn idle_upstreams_do_not_hold_back() {
-        let mut u = UpstreamWatermarks::new(2);
+        let mut u = UpstreamWatermarks::new(2, 60_000);
         u.report(
             1,
             UpstreamReport {
                 watermark: None,
                 idle: true,
             },
+            0,
         );
         assert_eq!(u.watermark(), None);
-        u.report(0, active(40));
+        u.report(0, active(40), 0);
         assert_eq!(u.watermark(), Some(40));
         u.report(
             0,
@@ -444,23 +487,91 @@ mod tests {
                 watermark: Some(60),
                 idle: true,
             },
+            0,
         );
         assert_eq!(u.watermark(), Some(60), "all idle: the maximum");
         // Upstream 1 wakes up behind: the watermark does not go back.
-        u.report(1, active(20));
+        u.report(1, active(20), 0);
         assert_eq!(u.watermark(), Some(60));
     }
 
     #[test]
+    fn idle_reports_expire_without_a_heartbeat() {
+        let mut u = UpstreamWatermarks::new(2, 1_000);
+        let idle = UpstreamReport {
+            watermark: Some(10),
+            idle: true,
+        };
+        u.report(0, active(50), 0);
+        u.report(1, idle, 0);
+        assert_eq!(u.watermark(), Some(50));
+        // Upstream 0 moves on; upstream 1 is still idle and repeats it.
+        u.expire(900);
+        u.report(1, idle, 900);
+        u.report(0, active(80), 1_500);
+        assert_eq!(u.watermark(), Some(80));
+        // Upstream 1 fell silent: its idleness lapses and it holds back.
+        u.expire(1_900);
+        u.report(0, active(120), 1_950);
+        assert_eq!(u.watermark(), Some(80), "held at the lapsed upstream's 10");
+    }
+
+    #[test]
+    fn restored_upstreams_are_not_idle() {
+        let mut u = UpstreamWatermarks::new(2, 60_000);
+        u.report(0, active(5), 0);
+        u.report(
+            1,
+            UpstreamReport {
+                watermark: Some(3),
+                idle: true,
+            },
+            0,
+        );
+        let mut v = UpstreamWatermarks::new(2, 60_000);
+        v.restore(u.snapshot());
+        v.report(0, active(100), 0);
+        assert_eq!(v.watermark(), Some(5), "upstream 1 must report again");
+        v.report(1, active(40), 0);
+        assert_eq!(v.watermark(), Some(40));
+    }
+
+    #[test]
+    fn a_stall_of_the_caller_does_not_make_partitions_idle() {
+        let mut t = WatermarkTracker::new(0, 30_000);
+        t.advance(0);
+        t.register(pid(0));
+        t.register(pid(1));
+        t.observe("in", 0, 100);
+        t.observe("in", 1, 200);
+        t.advance(100);
+        // A 40 s checkpoint, then a batch from partition 0 only.
+        t.observe("in", 0, 300);
+        t.advance(40_100);
+        assert!(!t.is_idle());
+        assert_eq!(t.watermark(), Some(200));
+        // Reading again, partition 1 stays silent for the timeout.
+        for now in (41_100..=70_100).step_by(1_000) {
+            t.observe("in", 0, 300);
+            t.advance(now);
+        }
+        assert_eq!(
+            t.watermark(),
+            Some(300),
+            "partition 1 idle after 30 s of reading"
+        );
+    }
+
+    #[test]
     fn upstream_snapshot_round_trips() {
-        let mut u = UpstreamWatermarks::new(2);
-        u.report(0, active(5));
-        u.report(1, active(9));
+        let mut u = UpstreamWatermarks::new(2, 60_000);
+        u.report(0, active(5), 0);
+        u.report(1, active(9), 0);
         let json = serde_json::to_string(&u.snapshot()).unwrap();
-        let mut v = UpstreamWatermarks::new(2);
+        let mut v = UpstreamWatermarks::new(2, 60_000);
         v.restore(serde_json::from_str(&json).unwrap());
         assert_eq!(v.watermark(), Some(5));
-        v.report(0, active(20));
+        v.report(0, active(20), 0);
         assert_eq!(v.watermark(), Some(9));
     }
 

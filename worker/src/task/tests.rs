@@ -476,6 +476,50 @@ fn repartitioned_dead_letters_name_the_source_record() {
 }
 
 #[test]
+fn replayed_source_records_are_applied_once_also_after_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline =
+        r#"[{keyBy: {expr: record.k}}, {aggregate: {fields: [{name: n, function: count}]}}]"#;
+    let compiled = Arc::new(Pipeline::compile(&spec("", pipeline)).unwrap());
+    let open = || TaskState::open(dir.path(), &StateOptions::new(8 << 20, 1 << 20)).unwrap();
+    let record = |partition: i32, offset: i64| SourceRecord {
+        topic: "in",
+        partition,
+        offset,
+        key: Some(b"a"),
+        value: Some(br#"{"k": "a"}"#),
+        timestamp_ms: None,
+    };
+    let mut out = Outputs::default();
+    let snapshot = {
+        let mut p = TaskProcessor::new(compiled.clone(), open(), 2);
+        for (partition, offset) in [(0, 1), (0, 2), (1, 1), (0, 2), (0, 1), (1, 5)] {
+            p.process_repartitioned(&record(partition, offset), &mut out)
+                .unwrap();
+        }
+        p.state_mut().flush_cache().unwrap();
+        p.snapshot_meta()
+    };
+    assert_eq!(out.counters.deduplicated, 2);
+    let mut p = TaskProcessor::new(compiled, open(), 2);
+    p.restore_meta(snapshot);
+    for (partition, offset) in [(1, 5), (0, 2), (0, 3)] {
+        p.process_repartitioned(&record(partition, offset), &mut out)
+            .unwrap();
+    }
+    assert_eq!(out.counters.deduplicated, 4);
+    let counts: Vec<i64> = values(&out)
+        .iter()
+        .map(|v| v["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        [1, 2, 3, 4, 5],
+        "one count per distinct source record"
+    );
+}
+
+#[test]
 fn bad_records_go_to_dead_letter_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = processor(
@@ -738,7 +782,9 @@ fn idle_partitions_let_windows_fire() {
     feed(&mut p, 0, br#"{"ts": 5000}"#, &mut out);
     feed(&mut p, 1, br#"{"ts": 25000}"#, &mut out);
     assert_eq!(p.watermark(), None, "partition 1 holds the watermark back");
-    p.advance_time(1_029_999, &mut out).unwrap();
+    for now in (1_001_000..=1_029_000).step_by(1_000) {
+        p.advance_time(now, &mut out).unwrap();
+    }
     assert!(out.records.is_empty());
     p.advance_time(1_030_000, &mut out).unwrap();
     assert_eq!(p.watermark(), Some(25_000));

@@ -35,7 +35,7 @@ pub const LATE: &str = "late";
 /// source-partitioned. Workers create it with the admin API, which the mock
 /// cluster does not answer, so [`Kafka::new`] creates it (the workers then
 /// check its partition count).
-pub const REPARTITION: &str = "weir-test-totals-keyBy-0";
+pub const REPARTITION: &str = "weir.test.totals.keyBy-0";
 /// Tumbling window size of the test job, in milliseconds.
 pub const WINDOW_MS: i64 = 10_000;
 /// Event time of the first generated event.
