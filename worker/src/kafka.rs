@@ -344,9 +344,22 @@ mod tests {
         assert_eq!(producer_config(&base, None).get("transactional.id"), None);
     }
 
+    /// A credentials Secret with a SASL login under the default keys.
+    fn sasl_secret(mechanism: weir_crds::job::SaslMechanism) -> weir_crds::job::KafkaCredentials {
+        weir_crds::job::KafkaCredentials {
+            name: "kafka-creds".into(),
+            sasl_mechanism: Some(mechanism),
+            username_key: "username".into(),
+            password_key: "password".into(),
+            ca_key: None,
+            certificate_key: None,
+            private_key_key: None,
+        }
+    }
+
     #[test]
     fn the_credentials_secret_wins_over_properties() {
-        use weir_crds::job::{KafkaCredentials, SaslMechanism};
+        use weir_crds::job::SaslMechanism;
 
         let dir = tempfile::TempDir::new().unwrap();
         std::fs::write(dir.path().join("username"), "alice\n").unwrap();
@@ -360,15 +373,7 @@ mod tests {
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into(),
-            credentials_secret: Some(KafkaCredentials {
-                name: "kafka-creds".into(),
-                sasl_mechanism: Some(SaslMechanism::ScramSha256),
-                username_key: "username".into(),
-                password_key: "password".into(),
-                ca_key: None,
-                certificate_key: None,
-                private_key_key: None,
-            }),
+            credentials_secret: Some(sasl_secret(SaslMechanism::ScramSha256)),
         };
         let base = base_config(&kafka, Some(dir.path())).unwrap();
         assert_eq!(base.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
@@ -391,7 +396,7 @@ mod tests {
     #[test]
     fn librdkafka_accepts_the_credential_properties() {
         use rdkafka::config::FromClientConfig;
-        use weir_crds::job::{KafkaCredentials, SaslMechanism};
+        use weir_crds::job::SaslMechanism;
 
         let dir = tempfile::TempDir::new().unwrap();
         std::fs::write(dir.path().join("username"), "alice").unwrap();
@@ -404,15 +409,7 @@ mod tests {
             let kafka = KafkaSpec {
                 bootstrap_servers: "localhost:9092".into(),
                 properties: BTreeMap::new(),
-                credentials_secret: Some(KafkaCredentials {
-                    name: "kafka-creds".into(),
-                    sasl_mechanism: Some(mechanism),
-                    username_key: "username".into(),
-                    password_key: "password".into(),
-                    ca_key: None,
-                    certificate_key: None,
-                    private_key_key: None,
-                }),
+                credentials_secret: Some(sasl_secret(mechanism)),
             };
             let base = base_config(&kafka, Some(dir.path())).unwrap();
             assert_eq!(base.get("security.protocol"), Some("SASL_PLAINTEXT"));

@@ -338,18 +338,7 @@ impl Pipeline {
             return Err(PipelineError::WindowWithoutAggregate { step });
         }
         let (decode, passthrough) = decode_plan(&steps, &event_time);
-        let after_cut = steps
-            .iter()
-            .position(|s| {
-                matches!(
-                    s.operation,
-                    Operation::KeyBy {
-                        source_partitioned: false,
-                        ..
-                    }
-                )
-            })
-            .map_or(steps.len(), |r| r + 1);
+        let after_cut = cut(&steps).map_or(steps.len(), |r| r + 1);
         let (repartitioned_decode, _) = decode_plan(&steps[after_cut..], &EventTimeSource::None);
         Ok(Pipeline {
             steps,
@@ -396,15 +385,7 @@ impl Pipeline {
     /// Index (in [`Pipeline::steps`]) of the first `keyBy` that is not
     /// source-partitioned: records go through the repartition topic there.
     pub fn repartition_step(&self) -> Option<usize> {
-        self.steps.iter().position(|s| {
-            matches!(
-                s.operation,
-                Operation::KeyBy {
-                    source_partitioned: false,
-                    ..
-                }
-            )
-        })
+        cut(&self.steps)
     }
 
     /// Which fields of the records read back from the repartition topic are
@@ -412,6 +393,19 @@ impl Pipeline {
     pub fn repartitioned_decode_plan(&self) -> &DecodePlan {
         &self.repartitioned_decode
     }
+}
+
+/// Index of the first `keyBy` that is not source-partitioned.
+fn cut(steps: &[CompiledStep]) -> Option<usize> {
+    steps.iter().position(|s| {
+        matches!(
+            s.operation,
+            Operation::KeyBy {
+                source_partitioned: false,
+                ..
+            }
+        )
+    })
 }
 
 /// The fields of the input that the steps up to the first one replacing the

@@ -261,9 +261,7 @@ impl TimeDomain {
         TimeDomain::Processing,
         TimeDomain::Repartitioned,
     ];
-}
 
-impl TimeDomain {
     fn prefix(self) -> u8 {
         match self {
             TimeDomain::Event => EVENT_TIMERS,

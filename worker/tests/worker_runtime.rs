@@ -64,22 +64,7 @@ async fn crash_and_restore_from_the_latest_checkpoint() {
     let ends1 = end_offsets(&HashMap::new(), first, 2, false);
     let workers = start_workers(&yaml, 1, 1, "latest", &dir.path().join("state")).await;
     wait_processed(&workers, &ends1).await;
-    let (code, _) = http(
-        workers[0].addr(),
-        "POST",
-        "/v1/savepoints",
-        Some(TOKEN),
-        r#"{"id":"checkpoint-1"}"#,
-    )
-    .await;
-    assert_eq!(code, 202);
-    wait_for(Duration::from_secs(20), "checkpoint", || {
-        workers[0]
-            .status()
-            .savepoint
-            .is_some_and(|s| s.state == SavepointState::Completed)
-    })
-    .await;
+    take_savepoint(&workers[0], "checkpoint-1").await;
 
     // Process more, then crash: no checkpoint, no commit.
     kafka.produce_events(second);
@@ -125,27 +110,7 @@ async fn rescale_from_two_to_three_workers_through_a_savepoint() {
     let ends1 = end_offsets(&HashMap::new(), first, 6, false);
     let old = start_workers(&yaml, 2, 1, "latest", state.path()).await;
     wait_processed(&old, &ends1).await;
-    for w in &old {
-        let (code, body) = http(
-            w.addr(),
-            "POST",
-            "/v1/savepoints",
-            Some(TOKEN),
-            r#"{"id":"rescale-1","stop":true}"#,
-        )
-        .await;
-        assert_eq!(code, 202, "{body}");
-    }
-    for w in &old {
-        wait_for(Duration::from_secs(20), "stop with savepoint", || {
-            let s = w.status();
-            s.stopped
-                && s.phase == WorkerPhase::Stopped
-                && s.savepoint
-                    .is_some_and(|s| s.state == SavepointState::Completed)
-        })
-        .await;
-    }
+    stop_with_savepoint(&old, "rescale-1").await;
     // Stopped workers consume nothing more.
     kafka.produce_events(second);
     kafka.produce_end_markers(BASE_TS + 3_600_000);
@@ -224,26 +189,7 @@ async fn repartitioned_rescale_from_two_to_three_workers() {
     let counts = produce_round_robin(&kafka, first);
     let old = start_workers(&yaml, 2, 1, "latest", state.path()).await;
     wait_processed(&old, &counts).await;
-    for w in &old {
-        let (code, body) = http(
-            w.addr(),
-            "POST",
-            "/v1/savepoints",
-            Some(TOKEN),
-            r#"{"id":"rescale-1","stop":true}"#,
-        )
-        .await;
-        assert_eq!(code, 202, "{body}");
-    }
-    for w in &old {
-        wait_for(Duration::from_secs(20), "stop with savepoint", || {
-            let s = w.status();
-            s.stopped
-                && s.savepoint
-                    .is_some_and(|s| s.state == SavepointState::Completed)
-        })
-        .await;
-    }
+    stop_with_savepoint(&old, "rescale-1").await;
     stop_all(old).await;
 
     // What the old workers had repartitioned but not yet aggregated is read
@@ -274,22 +220,7 @@ async fn repartitioned_crash_at_least_once_counts_each_record_once() {
     let counts = produce_round_robin(&kafka, first);
     let workers = start_workers(&yaml, 1, 1, "latest", &state).await;
     wait_processed(&workers, &counts).await;
-    let (code, _) = http(
-        workers[0].addr(),
-        "POST",
-        "/v1/savepoints",
-        Some(TOKEN),
-        r#"{"id":"checkpoint-1"}"#,
-    )
-    .await;
-    assert_eq!(code, 202);
-    wait_for(Duration::from_secs(20), "checkpoint", || {
-        workers[0]
-            .status()
-            .savepoint
-            .is_some_and(|s| s.state == SavepointState::Completed)
-    })
-    .await;
+    take_savepoint(&workers[0], "checkpoint-1").await;
 
     // More records, read back after the repartition (the tasks' watermark
     // follows the reports that come after them), then a crash.

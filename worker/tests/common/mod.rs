@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use weir_worker::config::WorkerConfig;
 use weir_worker::restore::RestoreSource;
 use weir_worker::runtime::{Worker, WorkerHandle};
+use weir_worker::status::{SavepointState, WorkerPhase};
 
 /// The control token of every test worker.
 pub const TOKEN: &str = "test-token";
@@ -468,6 +469,53 @@ pub fn produce_round_robin(kafka: &Kafka, events: &[Event]) -> HashMap<i32, i64>
         *counts.entry(*p).or_insert(0) += 1;
     }
     counts
+}
+
+/// Asks a worker for savepoint `id` (a checkpoint and its copy) and waits
+/// until it is taken.
+pub async fn take_savepoint(worker: &WorkerHandle, id: &str) {
+    let (code, body) = http(
+        worker.addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        &format!(r#"{{"id":"{id}"}}"#),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(Duration::from_secs(20), "savepoint", || {
+        worker
+            .status()
+            .savepoint
+            .is_some_and(|s| s.state == SavepointState::Completed)
+    })
+    .await;
+}
+
+/// Asks every worker for savepoint `id` with `stop: true` and waits until
+/// each has taken it and stopped consuming.
+pub async fn stop_with_savepoint(workers: &[WorkerHandle], id: &str) {
+    for w in workers {
+        let (code, body) = http(
+            w.addr(),
+            "POST",
+            "/v1/savepoints",
+            Some(TOKEN),
+            &format!(r#"{{"id":"{id}","stop":true}}"#),
+        )
+        .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    for w in workers {
+        wait_for(Duration::from_secs(20), "stop with savepoint", || {
+            let s = w.status();
+            s.stopped
+                && s.phase == WorkerPhase::Stopped
+                && s.savepoint
+                    .is_some_and(|s| s.state == SavepointState::Completed)
+        })
+        .await;
+    }
 }
 
 /// Stops workers (final checkpoint) and waits for them.
