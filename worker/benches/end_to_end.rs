@@ -4,7 +4,8 @@
 //! per second of wall time and per CPU-second of the whole process (every
 //! thread: the worker, librdkafka's threads and the mock broker's).
 //!
-//! `cargo bench -p weir-worker --bench end_to_end [-- EVENTS]`
+//! `cargo bench -p weir-worker --bench end_to_end [-- EVENTS]` (default and
+//! maximum 240,000: what the mock cluster's partitions hold).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,6 +18,10 @@ use weir_worker::config::WorkerConfig;
 use weir_worker::runtime::Worker;
 
 const PARTITIONS: i32 = 4;
+/// Records the mock cluster keeps per partition before deleting the oldest
+/// (it keeps at most 100,000 records and 5 MiB per partition): more events
+/// than the partitions hold would never all be read.
+const MOCK_PARTITION_CAPACITY: u64 = 60_000;
 const USERS: u64 = 100_000;
 
 /// Total CPU time of the process (user + system, all threads).
@@ -207,7 +212,12 @@ fn main() {
     let events: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(300_000);
+        .unwrap_or(240_000);
+    let capacity = MOCK_PARTITION_CAPACITY * PARTITIONS as u64;
+    assert!(
+        events <= capacity,
+        "at most {capacity} events: the mock cluster keeps at most 100k records and 5 MiB per partition"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
