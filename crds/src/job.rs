@@ -505,14 +505,17 @@ pub struct FieldExpr {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyByStep {
     /// CEL expression over `record` giving the key, for example
-    /// `record.user_id`. Records are repartitioned through an internal topic
-    /// unless the source is already partitioned by this key.
+    /// `record.user_id`. Unless the source is already partitioned by this
+    /// key, records go through the job's repartition topic
+    /// `weir.<namespace>.<job>.<step name>` (as many partitions as the
+    /// source, created by the workers when they may): give the step a
+    /// `name`, since renaming it renames the topic.
     #[schemars(length(min = 1, max = 4096))]
     pub expr: String,
 
     /// Declares that the source topics are already partitioned by this key
     /// (murmur2 of the key, as the Java client does), so no repartition topic
-    /// is needed.
+    /// is needed and each task aggregates the records it reads.
     #[serde(default)]
     pub source_partitioned: bool,
 }
