@@ -130,7 +130,61 @@ pub struct Outputs {
     pub counters: Counters,
 }
 
+/// How much of its value the dead letter of a record too large to send
+/// keeps.
+pub const OVERSIZED_VALUE_KEPT: usize = 64 * 1024;
+/// Room left in a message for headers and Kafka's record framing.
+const RECORD_OVERHEAD: usize = 1024;
+
 impl Outputs {
+    /// Moves the sink and repartition records that a producer limited to
+    /// `max_bytes` per message (librdkafka's `message.max.bytes`) would
+    /// refuse into the dead letters, with the reason and the first
+    /// [`OVERSIZED_VALUE_KEPT`] bytes of their value: one oversized result
+    /// must not stop the job. Returns how many were moved.
+    pub fn divert_oversized(&mut self, max_bytes: usize) -> usize {
+        let fits = |key: usize, value: usize| {
+            key.saturating_add(value).saturating_add(RECORD_OVERHEAD) <= max_bytes
+        };
+        let dead_letter = |what: &str, value: &[u8], source: Option<SourcePosition>| DeadLetter {
+            value: value[..value.len().min(OVERSIZED_VALUE_KEPT)].to_vec(),
+            reason: format!(
+                "{what} of {} bytes is larger than the producer's message.max.bytes ({max_bytes}); the first {OVERSIZED_VALUE_KEPT} bytes at most are kept here",
+                value.len()
+            ),
+            source,
+        };
+        let mut diverted = Vec::new();
+        self.records.retain(|r| {
+            let ok = fits(r.key.as_ref().map_or(0, Vec::len), r.value.len());
+            if !ok {
+                diverted.push(dead_letter("output record", &r.value, None));
+            }
+            ok
+        });
+        let sink = diverted.len();
+        self.repartitioned.retain(|r| {
+            let ok = fits(r.key.len(), r.value.len());
+            if !ok {
+                diverted.push(dead_letter(
+                    "repartitioned record",
+                    &r.value,
+                    r.source.clone(),
+                ));
+            }
+            ok
+        });
+        let moved = diverted.len();
+        self.counters.records_out = self.counters.records_out.saturating_sub(sink as u64);
+        self.counters.repartitioned = self
+            .counters
+            .repartitioned
+            .saturating_sub((moved - sink) as u64);
+        self.counters.dead_lettered += moved as u64;
+        self.dead_letters.extend(diverted);
+        moved
+    }
+
     /// Drops the collected records, keeping the counters.
     pub fn clear(&mut self) {
         self.records.clear();
@@ -268,6 +322,54 @@ mod tests {
     use serde_json::json;
 
     const RECORD: &[u8] = br#"{"user_id":"u123","amount":12.5,"country":"DE","ts":1732176000000,"nested":{"a":[1,2]}}"#;
+
+    #[test]
+    fn oversized_outputs_become_dead_letters() {
+        let mut out = Outputs::default();
+        let big = vec![b'x'; 200_000];
+        out.records.push(OutputRecord {
+            key: Some(b"k".to_vec()),
+            value: b"{}".to_vec(),
+        });
+        out.records.push(OutputRecord {
+            key: None,
+            value: big.clone(),
+        });
+        out.repartitioned.push(RepartitionRecord {
+            key: b"k".to_vec(),
+            value: big,
+            time: None,
+            source: Some(SourcePosition {
+                topic: "in".into(),
+                partition: 2,
+                offset: 9,
+            }),
+        });
+        out.counters.records_out = 2;
+        out.counters.repartitioned = 1;
+        assert_eq!(out.divert_oversized(100_000), 2);
+        assert_eq!(out.records.len(), 1);
+        assert!(out.repartitioned.is_empty());
+        assert_eq!(out.dead_letters.len(), 2);
+        assert!(
+            out.dead_letters[0]
+                .reason
+                .starts_with("output record of 200000 bytes is larger than the producer's message.max.bytes (100000)"),
+            "{}",
+            out.dead_letters[0].reason
+        );
+        assert_eq!(out.dead_letters[0].value.len(), OVERSIZED_VALUE_KEPT);
+        assert_eq!(out.dead_letters[1].source.as_ref().unwrap().offset, 9);
+        assert_eq!(
+            (
+                out.counters.records_out,
+                out.counters.repartitioned,
+                out.counters.dead_lettered
+            ),
+            (1, 0, 2)
+        );
+        assert_eq!(out.divert_oversized(100_000), 0, "what fits stays");
+    }
 
     #[test]
     fn keeps_only_the_planned_fields() {

@@ -59,6 +59,8 @@ const ADVANCE_EVERY: Duration = Duration::from_millis(100);
 /// How often, at most, a changed watermark report is broadcast to the
 /// repartition topic under at-least-once.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 /// How often the status report is refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// How often high watermarks are fetched for lag.
@@ -402,6 +404,8 @@ struct Destinations {
     late_data: Option<String>,
     /// The repartition topic and its partition count.
     repartition: Option<(String, i32)>,
+    /// The producers' `message.max.bytes`: larger outputs are dead-lettered.
+    max_message_bytes: usize,
 }
 
 /// A restored worker running its loop.
@@ -744,6 +748,10 @@ impl Running {
             dead_letter: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
             late_data: spec.late_data.as_ref().map(|t| t.topic.clone()),
             repartition: repartition_topic.map(|t| (t, partitions)),
+            max_message_bytes: base_config
+                .get("message.max.bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         };
         let purger = match &destinations.repartition {
             Some((topic, _)) => Some(Purger::start(
@@ -1324,6 +1332,7 @@ fn emit(
     to: &Destinations,
 ) -> Result<usize, ProduceError> {
     let outputs = &mut task.outputs;
+    outputs.divert_oversized(to.max_message_bytes);
     let mut sent = 0;
     for record in &outputs.records {
         producer.send(&to.sink, record.key.as_deref(), &record.value, None)?;

@@ -267,6 +267,66 @@ async fn repartitioned_crash_at_least_once_counts_each_record_once() {
     stop_all(workers).await;
 }
 
+/// A result larger than a Kafka message may be goes to the dead-letter
+/// topic (truncated, with the reason) instead of stopping the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_records_go_to_the_dead_letter_topic() {
+    let kafka = Kafka::new(1);
+    // The map comes first: the keyBy is step 1.
+    kafka
+        .cluster
+        .create_topic("weir.test.totals.keyBy-1", 1, 1)
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let copies = "    - map:\n        keepInput: true\n        fields:\n          - name: u2\n            expr: record.user\n          - name: u3\n            expr: record.user\n";
+    let yaml = job_yaml(
+        &kafka.bootstrap,
+        &store_url("oversized"),
+        copies,
+        "  guarantee: atLeastOnce\n",
+    )
+    .replace("sourcePartitioned: true", "sourcePartitioned: false");
+    let small: Vec<Event> = (0..3)
+        .map(|i| Event {
+            user: format!("u{i}"),
+            amount: 1,
+            ts: BASE_TS + i * 1_000,
+        })
+        .collect();
+    // 400 kB of key, copied twice by the map: 1.2 MB, over the 1 MB limit.
+    let big = Event {
+        user: "b".repeat(400_000),
+        amount: 1,
+        ts: BASE_TS + 1_500,
+    };
+    let mut records: Vec<_> = small
+        .iter()
+        .map(|e| (0, None, e.json().into_bytes()))
+        .collect();
+    records.insert(2, (0, None, big.json().into_bytes()));
+    kafka.produce(&records);
+    kafka.produce_end_markers(BASE_TS + 3_600_000);
+    let workers = start_workers(&yaml, 1, 1, "none", state.path()).await;
+    wait_results(&kafka, &model(&small)).await;
+    assert!(workers[0].status().error.is_none());
+    stop_all(workers).await;
+
+    let dead = kafka.read_all(DLQ);
+    assert_eq!(
+        dead.len(),
+        1,
+        "{:?}",
+        dead.iter().map(|d| &d.headers).collect::<Vec<_>>()
+    );
+    assert!(
+        dead[0].headers["weir.error"].contains("message.max.bytes"),
+        "{}",
+        dead[0].headers["weir.error"]
+    );
+    assert_eq!(dead[0].headers["weir.source.offset"], "2");
+    assert_eq!(dead[0].value.len(), 64 * 1024);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_dead_letter_topic_and_late_ones_to_late_data() {
     let kafka = Kafka::new(1);
