@@ -497,6 +497,11 @@ impl Running {
             topics.push(topic.clone());
         }
         let repartition_input = repartition_topic.as_ref().map(|_| source_topics);
+        if repartition_topic.is_some() && pipeline.idle_timeout() == 0 {
+            tracing::warn!(
+                "source.watermark.idleTimeout is 0s and records go through a repartition topic: a source partition without records holds back every window of the job, not only its own task's"
+            );
+        }
         // Upstream tasks repeat their watermark report at every checkpoint;
         // one not repeated for three intervals no longer counts as idle.
         let idle_lease_ms = spec
