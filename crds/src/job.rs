@@ -154,6 +154,15 @@ pub struct StreamingJobSpec {
     )]
     pub restore_from: Option<String>,
 
+    /// Allows a restore to drop the state of stateful steps that are no
+    /// longer in the pipeline (as Flink's allowNonRestoredState). Without
+    /// it, such a restore is refused with the step named, so that state is
+    /// never lost by accident. A step is matched to its restored state by
+    /// its `name`, or, unnamed, by its operation and its rank among the
+    /// steps of that operation.
+    #[serde(default)]
+    pub allow_non_restored_state: bool,
+
     /// Stops the job (with a savepoint when upgradeMode is savepoint) and
     /// keeps it stopped until set back to false.
     #[serde(default)]

@@ -6,7 +6,7 @@
 //! get (the keys of `checkpoint.credentialsSecret`, such as
 //! AWS_ACCESS_KEY_ID or AWS_ENDPOINT, and the plain values of
 //! `podTemplate.env`). Everything under the job root
-//! `<storage>/<namespace>-<name>/` is deleted, and nothing else.
+//! `<storage>/<namespace>/<name>/` is deleted, and nothing else.
 
 use std::collections::BTreeMap;
 
@@ -65,7 +65,6 @@ impl JobStorage {
             source,
         };
         let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-        let job_dir = format!("{namespace}-{name}");
         let (store, base): (Option<Box<dyn ObjectStore>>, Path) = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -90,7 +89,8 @@ impl JobStorage {
         Ok(Self {
             url: url.to_owned(),
             store,
-            root: base.join(job_dir.as_str()),
+            // The worker's job root: `<prefix>/<namespace>/<name>`.
+            root: base.join(namespace).join(name),
         })
     }
 
@@ -136,21 +136,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         touch(
             dir.path(),
-            "streams-clicks/checkpoints/00000001/task-0.json",
+            "streams/clicks/checkpoints/00000001/task-0.json",
         );
-        touch(dir.path(), "streams-clicks/savepoints/sp-1/_metadata");
-        touch(dir.path(), "streams-clicks2/fence.json");
-        touch(dir.path(), "other-job/fence.json");
+        touch(dir.path(), "streams/clicks/savepoints/sp-1/_metadata");
+        touch(dir.path(), "streams/clicks2/fence.json");
+        touch(dir.path(), "other/job/fence.json");
+        // Namespace `streams-clicks` with a job `x` is another job.
+        touch(dir.path(), "streams-clicks/x/fence.json");
         let url = format!("file://{}", dir.path().display());
         let storage = JobStorage::open(&url, "streams", "clicks", &BTreeMap::new()).unwrap();
         assert_eq!(storage.dispose().await.unwrap(), 2);
         assert!(
             !dir.path()
-                .join("streams-clicks/checkpoints/00000001/task-0.json")
+                .join("streams/clicks/checkpoints/00000001/task-0.json")
                 .exists()
         );
-        assert!(dir.path().join("streams-clicks2/fence.json").exists());
-        assert!(dir.path().join("other-job/fence.json").exists());
+        assert!(dir.path().join("streams/clicks2/fence.json").exists());
+        assert!(dir.path().join("other/job/fence.json").exists());
+        assert!(dir.path().join("streams-clicks/x/fence.json").exists());
         // Idempotent: a second run finds nothing.
         assert_eq!(storage.dispose().await.unwrap(), 0);
     }

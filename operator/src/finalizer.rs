@@ -37,10 +37,10 @@ use crate::reconciler::{Context, kube_error};
 pub const NAME: &str = "weir.dev/cleanup";
 
 /// The object storage location of a job's checkpoints and savepoints, as the
-/// workers lay it out: `<storage>/<namespace>-<name>`.
+/// workers lay it out: `<storage>/<namespace>/<name>`.
 pub fn storage_root(job: &StreamingJob) -> String {
     format!(
-        "{}/{}-{}",
+        "{}/{}/{}",
         job.spec.checkpoint.storage.trim_end_matches('/'),
         job.namespace().unwrap_or_default(),
         job.name_any()
@@ -335,8 +335,8 @@ mod tests {
     #[test]
     fn storage_root_follows_the_worker_layout() {
         let mut job = sample_job();
-        assert_eq!(storage_root(&job), "s3://bucket/weir/streams-clicks");
+        assert_eq!(storage_root(&job), "s3://bucket/weir/streams/clicks");
         job.spec.checkpoint.storage = "file:///data/".into();
-        assert_eq!(storage_root(&job), "file:///data/streams-clicks");
+        assert_eq!(storage_root(&job), "file:///data/streams/clicks");
     }
 }

@@ -503,7 +503,7 @@ async fn delete_path_keeps_checkpoints_and_removes_the_finalizer() {
         event(
             "Normal",
             "Deleted",
-            "checkpoints and savepoints are kept under s3://bucket/weir/streams-clicks",
+            "checkpoints and savepoints are kept under s3://bucket/weir/streams/clicks",
         ),
         step(
             Method::PATCH,
@@ -573,10 +573,10 @@ fn storage() -> Storage {
     let dir = tempfile::tempdir().unwrap();
     let task = dir
         .path()
-        .join("streams-clicks/checkpoints/00000001/task-0.json");
+        .join("streams/clicks/checkpoints/00000001/task-0.json");
     std::fs::create_dir_all(task.parent().unwrap()).unwrap();
     std::fs::write(&task, b"{}").unwrap();
-    let other = dir.path().join("streams-other/fence.json");
+    let other = dir.path().join("streams/other/fence.json");
     std::fs::create_dir_all(other.parent().unwrap()).unwrap();
     std::fs::write(&other, b"{}").unwrap();
     let url = format!("file://{}", dir.path().display());

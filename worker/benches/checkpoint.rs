@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use rand::RngCore;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
-use weir_worker::checkpoint::{CheckpointRequest, TaskCheckpointer, mark_committed};
-use weir_worker::layout::JobLayout;
-use weir_worker::restore::{RestoreSource, restore_task};
-use weir_worker::storage::open_store;
+use weir_worker::checkpoint::evidence::GroupOffsets;
+use weir_worker::checkpoint::layout::JobLayout;
+use weir_worker::checkpoint::restore::{RestoreSource, restore_task};
+use weir_worker::checkpoint::storage::open_store;
+use weir_worker::checkpoint::upload::{CheckpointRequest, TaskCheckpointer, mark_committed};
 
 const VALUE_BYTES: usize = 1024;
 
@@ -53,6 +54,9 @@ fn request(checkpoint_id: u64) -> CheckpointRequest {
         generation: 1,
         offsets: Vec::new(),
         engine: serde_json::Value::Null,
+        origin: "latest".into(),
+        steps: Vec::new(),
+        source_partitions: 1,
     }
 }
 
@@ -120,13 +124,13 @@ async fn main() {
     drop(db);
 
     let dir = tmp.path().join("restored");
-    let no_offsets = |_: &str, _: i32| None;
     let restored = restore_task(
         store.as_ref(),
         &layout,
         0,
         &RestoreSource::Latest,
-        &no_offsets,
+        1,
+        &GroupOffsets::new(),
         &dir,
     )
     .await

@@ -14,10 +14,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use weir_worker::pipeline::Pipeline;
-use weir_worker::record::{Outputs, SourceRecord};
+use weir_worker::engine::pipeline::Pipeline;
+use weir_worker::engine::record::{Outputs, SourceRecord};
+use weir_worker::engine::task::TaskProcessor;
 use weir_worker::state::{StateOptions, TaskState};
-use weir_worker::task::TaskProcessor;
 
 const USERS: u64 = 100_000;
 const COUNTRIES: [&str; 6] = ["DE", "FR", "US", "GB", "XX", "JP"];

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use weir_crds::{StreamingJob, StreamingJobSpec};
 
-use crate::layout::InvalidSavepointId;
-use crate::restore::RestoreSource;
+use crate::checkpoint::layout::InvalidSavepointId;
+use crate::checkpoint::restore::RestoreSource;
 
 /// Variable naming the job file when `--job` is not given.
 pub const JOB_FILE_VAR: &str = "WEIR_JOB_FILE";
@@ -219,15 +219,17 @@ impl WorkerConfig {
     }
 
     /// The consumer group under which offsets are committed:
-    /// `weir-<namespace>-<job>`.
+    /// `weir.<namespace>.<job>`. Namespaces cannot contain a dot, so the
+    /// first dot after `weir.` ends the namespace and no two jobs share a
+    /// group.
     pub fn group_id(&self) -> String {
-        format!("weir-{}-{}", self.namespace, self.job_name)
+        format!("weir.{}.{}", self.namespace, self.job_name)
     }
 
     /// The transactional id of a task's producer:
-    /// `weir-<namespace>-<job>-<task>`.
-    pub fn transactional_id(&self, task: i32) -> String {
-        format!("weir-{}-{}-{task}", self.namespace, self.job_name)
+    /// `weir.<namespace>.<job>.<task>` (the task is the last part).
+    pub fn transactional_id(&self, task: u32) -> String {
+        format!("weir.{}.{}.{task}", self.namespace, self.job_name)
     }
 }
 
@@ -310,8 +312,8 @@ spec:
         assert_eq!(cfg.http_addr, "0.0.0.0:9400".parse().unwrap());
         assert_eq!(cfg.control_token, None);
         assert_eq!(cfg.kafka_credentials_dir, None);
-        assert_eq!(cfg.group_id(), "weir-default-orders");
-        assert_eq!(cfg.transactional_id(5), "weir-default-orders-5");
+        assert_eq!(cfg.group_id(), "weir.default.orders");
+        assert_eq!(cfg.transactional_id(5), "weir.default.orders.5");
     }
 
     #[test]
@@ -338,7 +340,25 @@ spec:
         assert_eq!(cfg.control_token.as_deref(), Some("s3cret"));
         assert_eq!(cfg.http_addr.port(), 0);
         assert_eq!(cfg.kafka_credentials_dir, Some(PathBuf::from("/run/kafka")));
-        assert_eq!(cfg.transactional_id(0), "weir-prod-orders-0");
+        assert_eq!(cfg.transactional_id(0), "weir.prod.orders.0");
+    }
+
+    #[test]
+    fn jobs_whose_names_join_alike_never_share_kafka_names() {
+        let with = |namespace: &str, job: &str| {
+            let yaml = JOB.replacen("name: orders", &format!("name: {job}"), 1);
+            let cfg = WorkerConfig::from_vars(
+                &vars(&[("HOSTNAME", "w-0"), ("WEIR_NAMESPACE", namespace)]),
+                &yaml,
+            )
+            .unwrap();
+            (cfg.group_id(), cfg.transactional_id(1))
+        };
+        // Namespace `a-b` with job `c`, and namespace `a` with job `b-c`.
+        let (one, two) = (with("a-b", "c"), with("a", "b-c"));
+        assert_ne!(one.0, two.0);
+        assert_ne!(one.1, two.1);
+        assert_eq!(one.0, "weir.a-b.c");
     }
 
     #[test]

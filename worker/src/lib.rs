@@ -5,35 +5,23 @@
 //! its own state directory, HTTP port and cancellation token, so that local
 //! mode and tests can run several in one process. The `weir-worker` binary is
 //! a thin shell around it.
+//!
+//! The folders follow the architecture:
+//! - [`engine`]: the pipeline and its operators (records, windows,
+//!   aggregates, event time and watermarks, the per-task processor);
+//! - [`state`]: keyed state and timers in RocksDB behind a write-back cache;
+//! - [`checkpoint`]: the checkpoint protocol and everything it writes to
+//!   object storage (coordinator, upload, manifests, layout, restore,
+//!   retention, savepoints, fence);
+//! - [`kafka`]: client configuration, output producers, the repartition
+//!   topic, the partitioner and credentials;
+//! - [`control`]: the HTTP control API, status reports and metrics;
+//! - [`runtime`]: one worker instance: start-up, the event loop, commands.
 
-pub mod aggregate;
 pub mod checkpoint;
 pub mod config;
-pub mod credentials;
-pub mod event_time;
-pub mod fence;
-pub mod hll;
-pub mod http;
+pub mod control;
+pub mod engine;
 pub mod kafka;
-pub mod layout;
-pub mod manifest;
-pub mod metrics;
-pub mod partitioner;
-pub mod pipeline;
-pub mod producer;
-pub mod progress;
-pub mod record;
-pub mod repartition;
-pub mod restore;
-pub mod retention;
 pub mod runtime;
-pub mod savepoint;
 pub mod state;
-pub mod status;
-pub mod storage;
-#[cfg(test)]
-mod storage_tests;
-pub mod task;
-pub mod transfer;
-pub mod watermark;
-pub mod window;

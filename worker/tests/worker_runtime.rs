@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use weir_worker::status::{SavepointState, WorkerPhase};
+use weir_worker::control::status::{SavepointState, WorkerPhase};
 
 fn store_url(name: &str) -> String {
     format!(
@@ -428,8 +428,9 @@ async fn control_api_requires_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_worker_stops_without_committing() {
-    use weir_worker::fence::{FenceError, write_fence};
-    use weir_worker::layout::JobLayout;
+    use weir_worker::checkpoint::coordinator::CoordinatorError;
+    use weir_worker::checkpoint::fence::{FenceError, write_fence};
+    use weir_worker::checkpoint::layout::JobLayout;
     use weir_worker::runtime::WorkerError;
 
     let kafka = Kafka::new(1);
@@ -442,7 +443,7 @@ async fn a_fenced_worker_stops_without_committing() {
     wait_processed(&workers, &end_offsets(&HashMap::new(), &events, 1, false)).await;
 
     // A rescale moved the job to generation 2.
-    let (store, base) = weir_worker::storage::open_store(&url).unwrap();
+    let (store, base) = weir_worker::checkpoint::storage::open_store(&url).unwrap();
     let layout = JobLayout::new(&base, "test", "totals");
     write_fence(store.as_ref(), &layout, 2).await.unwrap();
     let (code, _) = http(
@@ -470,21 +471,22 @@ async fn a_fenced_worker_stops_without_committing() {
         .await
         .expect("the worker stops");
     match result {
-        Err(WorkerError::Fenced(e)) => assert!(
+        Err(WorkerError::Coordinator(e)) => assert!(
             matches!(
                 *e,
-                FenceError::Stale {
+                CoordinatorError::Fenced(FenceError::Stale {
                     mine: 1,
                     current: 2
-                }
+                })
             ),
             "{e}"
         ),
         other => panic!("expected fencing, got {other:?}"),
     }
-    // Nothing was committed: no marker, so nothing to restore.
-    let listing = weir_worker::checkpoint::list_task_checkpoints(store.as_ref(), &layout, 0)
-        .await
-        .unwrap();
-    assert!(listing.iter().all(|l| !l.has_marker), "{listing:?}");
+    // A fenced worker writes nothing to the store: no manifest, no marker.
+    let listing =
+        weir_worker::checkpoint::upload::list_task_checkpoints(store.as_ref(), &layout, 0)
+            .await
+            .unwrap();
+    assert!(listing.is_empty(), "{listing:?}");
 }

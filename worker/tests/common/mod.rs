@@ -17,10 +17,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use weir_worker::checkpoint::restore::RestoreSource;
 use weir_worker::config::WorkerConfig;
-use weir_worker::restore::RestoreSource;
+use weir_worker::control::status::{SavepointState, WorkerPhase};
 use weir_worker::runtime::{Worker, WorkerHandle};
-use weir_worker::status::{SavepointState, WorkerPhase};
 
 /// The control token of every test worker.
 pub const TOKEN: &str = "test-token";

@@ -8,7 +8,7 @@ use serde_json::{Number, Value};
 use thiserror::Error;
 use weir_crds::job::AggregateFunction;
 
-use crate::hll::{HllError, HyperLogLog};
+use crate::engine::hll::{HllError, HyperLogLog};
 
 /// A stored accumulator could not be read.
 #[derive(Debug, Error)]
@@ -445,7 +445,9 @@ mod tests {
         for acc in &mut accs.0 {
             let input = match acc {
                 Accumulator::Count(_) => Input::Unit,
-                Accumulator::Distinct(_) => Input::Hash(crate::hll::hash64(&time.to_le_bytes())),
+                Accumulator::Distinct(_) => {
+                    Input::Hash(crate::engine::hll::hash64(&time.to_le_bytes()))
+                }
                 // Stored as JSON text, which keeps integers exact; doubles
                 // may change in the last digit through serde_json's parser,
                 // so doubles are replaced by the time here.

@@ -37,22 +37,22 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use weir_crds::job::AggregateFunction;
 
-use crate::aggregate::{Accumulator, Accumulators, Input, Num};
-use crate::event_time::EventTimeSource;
-use crate::hll::hash64;
-use crate::pipeline::{AggregateField, Operation, Pipeline, WindowOp};
-use crate::record::{
+use crate::engine::aggregate::{Accumulator, Accumulators, Input, Num};
+use crate::engine::event_time::EventTimeSource;
+use crate::engine::hll::hash64;
+use crate::engine::pipeline::{AggregateField, Operation, Pipeline, WindowOp};
+use crate::engine::record::{
     DeadLetter, LateRecord, OutputRecord, Outputs, RepartitionRecord, SourcePosition, SourceRecord,
 };
+use crate::engine::watermark::{
+    PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
+    WatermarkTracker,
+};
+use crate::engine::window::{Window, WindowAssigner};
 use crate::state::{
     Session, StateError, StateValue, TaskState, TimeDomain, Timer, keyed_payload,
     parse_keyed_payload, state_key,
 };
-use crate::watermark::{
-    PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
-    WatermarkTracker,
-};
-use crate::window::{Window, WindowAssigner};
 
 /// How long an upstream task's idle report holds without being repeated,
 /// unless set with [`TaskProcessor::with_idle_lease`].
@@ -199,6 +199,11 @@ impl TaskProcessor {
     }
 
     /// The task's state, for checkpoints.
+    pub fn state(&self) -> &TaskState {
+        &self.state
+    }
+
+    /// The task's state, to flush its cache before a checkpoint.
     pub fn state_mut(&mut self) -> &mut TaskState {
         &mut self.state
     }

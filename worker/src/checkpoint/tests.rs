@@ -10,14 +10,17 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use rocksdb::{DB, Options};
 
-use crate::checkpoint::{CheckpointRequest, TaskCheckpointer, mark_committed, next_checkpoint_id};
-use crate::layout::JobLayout;
-use crate::manifest::{SourceOffset, TaskManifest};
-use crate::restore::{RestoreError, RestoreSource, RestoredFrom, restore_task};
-use crate::retention::collect_garbage;
-use crate::savepoint;
-use crate::storage::open_store;
-use crate::transfer;
+use crate::checkpoint::evidence::{CommitToken, Evidence, GroupOffset, GroupOffsets};
+use crate::checkpoint::layout::JobLayout;
+use crate::checkpoint::manifest::{SourceOffset, TaskManifest};
+use crate::checkpoint::restore::{RestoreError, RestoreSource, RestoredFrom, restore_task};
+use crate::checkpoint::retention::collect_garbage;
+use crate::checkpoint::savepoint;
+use crate::checkpoint::storage::open_store;
+use crate::checkpoint::transfer;
+use crate::checkpoint::upload::{
+    CheckpointRequest, TaskCheckpointer, mark_committed, next_checkpoint_id,
+};
 
 type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -56,8 +59,20 @@ fn live_ssts(db: &DB) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn no_offsets(_: &str, _: i32) -> Option<i64> {
-    None
+/// A group without committed offsets.
+fn no_offsets() -> GroupOffsets {
+    GroupOffsets::new()
+}
+
+/// A group whose offset of partition `partition` of `in` is `offset` with
+/// `metadata`.
+fn group_at(partition: i32, offset: i64, metadata: String) -> GroupOffsets {
+    [(
+        ("in".to_owned(), partition),
+        GroupOffset { offset, metadata },
+    )]
+    .into_iter()
+    .collect()
 }
 
 fn layout() -> JobLayout {
@@ -74,6 +89,9 @@ fn request(checkpoint_id: u64, task: u32, offset: i64) -> CheckpointRequest {
             offset,
         }],
         engine: serde_json::json!({ "watermark": offset }),
+        origin: "latest".into(),
+        steps: Vec::new(),
+        source_partitions: 8,
     }
 }
 
@@ -89,7 +107,7 @@ async fn restore_state(
     source: &RestoreSource,
     dir: &LocalPath,
 ) -> (TaskManifest, RestoredFrom, State) {
-    let restored = restore_task(store, layout, task, source, &no_offsets, dir)
+    let restored = restore_task(store, layout, task, source, 1, &no_offsets(), dir)
         .await
         .unwrap()
         .expect("something to restore");
@@ -194,7 +212,8 @@ async fn second_checkpoint_uploads_only_new_ssts() {
         &layout,
         0,
         &RestoreSource::Latest,
-        &no_offsets,
+        1,
+        &no_offsets(),
         &restore_dir,
     )
     .await
@@ -205,7 +224,7 @@ async fn second_checkpoint_uploads_only_new_ssts() {
     let db2 = open_db(&restore_dir);
     let mut next = TaskCheckpointer::new(store.clone(), layout.clone(), 0, tmp.path().join("s2"));
     assert_ne!(next.incarnation(), checkpointer.incarnation());
-    next.seed(&restored.manifest);
+    next.adopt(&restored.manifest).await.unwrap();
     let (_, stats3) = next.checkpoint(&db2, request(3, 0, 4000)).await.unwrap();
     assert_eq!(stats3.shared_files_uploaded, 0);
     assert_eq!(stats3.files_reused, ssts2.len());
@@ -235,12 +254,14 @@ async fn restore_picks_newest_committed_checkpoint() {
     }
     // Nothing restorable for another task, or with `none`.
     let dir = tmp.path().join("r");
+    let empty = no_offsets();
     let none = restore_task(
         store.as_ref(),
         &layout,
         5,
         &RestoreSource::Latest,
-        &no_offsets,
+        1,
+        &empty,
         &dir,
     );
     assert!(none.await.unwrap().is_none());
@@ -249,7 +270,8 @@ async fn restore_picks_newest_committed_checkpoint() {
         &layout,
         2,
         &RestoreSource::None,
-        &no_offsets,
+        1,
+        &empty,
         &dir,
     );
     assert!(none.await.unwrap().is_none());
@@ -261,36 +283,49 @@ async fn restore_picks_newest_committed_checkpoint() {
     assert_eq!(from, RestoredFrom::Checkpoint(2));
     assert_eq!(state, states[1]);
 
-    // The group's offsets equal checkpoint 3's: it committed, marker lost.
-    let at_300 = |topic: &str, partition: i32| (topic == "in" && partition == 2).then_some(300);
+    // The group's offsets carry checkpoint 3's token: it committed, marker
+    // lost.
+    let token = CommitToken {
+        checkpoint_id: 3,
+        incarnation: checkpointer.incarnation().to_owned(),
+    };
     let restored = restore_task(
         store.as_ref(),
         &layout,
         2,
         &RestoreSource::Latest,
-        &at_300,
+        1,
+        &group_at(2, 300, token.encode()),
         &dir,
     )
     .await
     .unwrap()
     .unwrap();
     assert_eq!(restored.from, RestoredFrom::Checkpoint(3));
+    assert_eq!(restored.evidence, Some(Evidence::Token));
     assert_eq!(read_all(&open_db(&dir)), states[2]);
 
-    // Other offsets prove nothing.
-    let at_250 = |_: &str, _: i32| Some(250);
-    let restored = restore_task(
-        store.as_ref(),
-        &layout,
-        2,
-        &RestoreSource::Latest,
-        &at_250,
-        &dir,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(restored.from, RestoredFrom::Checkpoint(2));
+    // Equal offsets without the token prove nothing (an aborted
+    // transaction can leave the group at the same offsets), nor do other
+    // offsets with it.
+    for group in [
+        group_at(2, 300, String::new()),
+        group_at(2, 250, token.encode()),
+    ] {
+        let restored = restore_task(
+            store.as_ref(),
+            &layout,
+            2,
+            &RestoreSource::Latest,
+            1,
+            &group,
+            &dir,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(restored.from, RestoredFrom::Checkpoint(2));
+    }
 
     assert_eq!(
         next_checkpoint_id(store.as_ref(), &layout).await.unwrap(),
@@ -340,7 +375,8 @@ async fn savepoint_stands_alone() {
         &layout,
         0,
         &sp,
-        &no_offsets,
+        1,
+        &no_offsets(),
         &tmp.path().join("x"),
     )
     .await
@@ -391,14 +427,27 @@ async fn savepoint_stands_alone() {
         assert_eq!(manifest.offsets[0].offset, 2000);
         assert_eq!(state, expected[task as usize]);
 
-        // The first checkpoint after a savepoint restore is a full one.
+        // Adopting the savepoint copies its SSTs server-side into the task's
+        // shared directory before processing resumes, so the first
+        // checkpoint after it uploads nothing it already has, and does not
+        // depend on the savepoint, which may be deleted.
         let db = open_db(&dir);
         let mut next =
             TaskCheckpointer::new(store.clone(), layout.clone(), task, tmp.path().join("s2"));
-        next.seed(&manifest);
-        let (_, stats) = next.checkpoint(&db, request(8, task, 2000)).await.unwrap();
-        assert_eq!(stats.files_reused, 0);
-        assert_eq!(stats.shared_files_uploaded, live_ssts(&db).len());
+        let copied = next.adopt(&manifest).await.unwrap();
+        assert!(copied > 0);
+        let (checkpoint, stats) = next.checkpoint(&db, request(8, task, 2000)).await.unwrap();
+        assert_eq!(stats.shared_files_uploaded, 0);
+        assert_eq!(stats.files_reused, live_ssts(&db).len());
+        let shared = layout.shared_dir(task);
+        assert!(
+            checkpoint
+                .files
+                .iter()
+                .filter(|f| f.name.ends_with(".sst"))
+                .all(|f| layout.resolve(&f.path).unwrap().prefix_matches(&shared)),
+            "the checkpoint references the savepoint's files"
+        );
     }
 
     // Complete savepoints are immutable.
@@ -562,4 +611,45 @@ async fn retention_deletes_only_unreferenced_files() {
         .await
         .unwrap();
     assert_eq!(again.checkpoints_deleted + again.shared_files_deleted, 0);
+}
+
+#[tokio::test]
+async fn two_owners_of_a_task_never_overwrite_each_others_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let layout = layout();
+    let mut owners = Vec::new();
+    for owner in ["zombie", "successor"] {
+        let db = open_db(&tmp.path().join(owner));
+        write(&db, 0, 0..50, owner);
+        let checkpointer = TaskCheckpointer::new(
+            store.clone(),
+            layout.clone(),
+            0,
+            tmp.path().join(format!("s-{owner}")),
+        );
+        owners.push((db, checkpointer));
+    }
+    let (db, zombie) = &mut owners[0];
+    let (first, _) = zombie.checkpoint(db, request(5, 0, 10)).await.unwrap();
+    let (db, successor) = &mut owners[1];
+    let err = successor
+        .checkpoint(db, request(5, 0, 20))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("create"), "{err}");
+    // The first manifest and every file it lists are intact.
+    let manifest: TaskManifest =
+        transfer::get_json(store.as_ref(), &layout.checkpoint_manifest(5, 0))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(manifest, first);
+    for file in &manifest.files {
+        let location = layout.resolve(&file.path).unwrap();
+        let meta = object_store::ObjectStoreExt::head(store.as_ref(), &location)
+            .await
+            .unwrap();
+        assert_eq!(meta.size, file.size, "{location} was overwritten");
+    }
 }

@@ -13,9 +13,9 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{InvalidSavepointId, JobLayout, validate_savepoint_id};
-use crate::manifest::{ManifestFile, TaskManifest};
-use crate::transfer::{self, TransferError};
+use crate::checkpoint::layout::{InvalidSavepointId, JobLayout, validate_savepoint_id};
+use crate::checkpoint::manifest::{ManifestFile, TaskManifest};
+use crate::checkpoint::transfer::{self, TransferError};
 
 /// Copies in flight at once per task.
 const COPIES_IN_FLIGHT: usize = 16;

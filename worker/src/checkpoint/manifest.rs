@@ -2,12 +2,14 @@
 //!
 //! A manifest is the last object written for a task's checkpoint, so its
 //! presence means every file it lists is in the store. File paths are
-//! relative to the job root (see [`crate::layout::JobLayout::relative`]).
+//! relative to the job root (see [`crate::checkpoint::layout::JobLayout::relative`]).
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the manifest format written by this code.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest format written by this code. Format 2 added the
+/// stateful steps and the source partition count; a format 1 manifest is
+/// read with positional step ids, as it was written.
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// One task's checkpoint: offsets, engine snapshot and RocksDB files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +33,36 @@ pub struct TaskManifest {
     pub engine: serde_json::Value,
     /// Every file of the RocksDB checkpoint.
     pub files: Vec<ManifestFile>,
+    /// What the job lineage that wrote it was first started from
+    /// (`latest`, `none` or `savepoint:<id>`; empty in format 1
+    /// manifests): a worker started from the same source resumes this
+    /// lineage's checkpoints, one started from another does not.
+    #[serde(default)]
+    pub origin: String,
+    /// The stateful steps whose state the checkpoint holds (empty in format
+    /// 1 manifests).
+    #[serde(default)]
+    pub steps: Vec<StepState>,
+    /// How many partitions each source topic had (0 in format 1
+    /// manifests): tasks are partitions, so state written for one count
+    /// cannot be read with another.
+    #[serde(default)]
+    pub source_partitions: u32,
+}
+
+/// The state of one stateful step, as a checkpoint records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepState {
+    /// The step's stable id: its `name`, or `<operation>#<n>`, n being its
+    /// rank among the steps of that operation.
+    pub id: String,
+    /// The byte its state keys and timers are stored under.
+    pub slot: u8,
+    /// The fingerprint of what the state's layout depends on (operation,
+    /// window, accumulator functions): equal fingerprints read each
+    /// other's state.
+    pub fingerprint: String,
 }
 
 /// The next offset to read from one source partition.
@@ -108,6 +140,13 @@ mod tests {
                     size: 16,
                 },
             ],
+            origin: "savepoint:sp-1".into(),
+            steps: vec![StepState {
+                id: "totals".into(),
+                slot: 3,
+                fingerprint: "aggregate(tumbling 60000ms; count,sum)".into(),
+            }],
+            source_partitions: 4,
         };
         let json = m.to_json();
         let text = String::from_utf8(json.clone()).unwrap();
@@ -115,6 +154,15 @@ mod tests {
         let back: TaskManifest = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.state_size(), 26);
+    }
+
+    #[test]
+    fn format_1_manifests_still_read() {
+        let old = r#"{"format": 1, "checkpointId": 4, "generation": 2, "task": 1,
+            "incarnation": "inc", "createdAt": "", "offsets": [], "engine": null,
+            "files": []}"#;
+        let m: TaskManifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.format, m.steps.len(), m.source_partitions), (1, 0, 0));
     }
 
     #[test]

@@ -20,9 +20,11 @@ use weir_crds::StreamingJobSpec;
 use weir_crds::expr::{self, CompileError, Expression};
 use weir_crds::job::{AggregateFunction, Step};
 
-use crate::event_time::EventTimeSource;
-use crate::record::DecodePlan;
-use crate::window::{WindowAssigner, WindowError};
+use crate::checkpoint::compatibility::StateBinding;
+use crate::checkpoint::manifest::StepState;
+use crate::engine::event_time::EventTimeSource;
+use crate::engine::record::DecodePlan;
+use crate::engine::window::{WindowAssigner, WindowError};
 
 /// Why a pipeline does not compile.
 #[derive(Debug, Error)]
@@ -161,8 +163,14 @@ pub enum Operation {
 pub struct CompiledStep {
     /// The step's name (the spec's or `<operation>-<index>`).
     pub name: String,
-    /// The state id of the step: its index in the spec.
+    /// The slot the step's state keys and timers are stored under: its
+    /// index in the spec, unless restored state assigned another (see
+    /// [`Pipeline::bind_state`]). Unique among the steps.
     pub id: u8,
+    /// The stable id of a stateful step's state: its `name`, or
+    /// `<operation>#<n>`, n being its rank among the steps of that operation;
+    /// `None` for stateless steps.
+    pub state_id: Option<String>,
     /// What it does.
     pub operation: Operation,
 }
@@ -178,6 +186,48 @@ pub struct Pipeline {
     passthrough: bool,
     /// The decode plan of records read back from the repartition topic.
     repartitioned_decode: DecodePlan,
+}
+
+/// The operation name stateful steps derive their state id from; `None`
+/// for stateless operations.
+fn state_kind(operation: &Operation) -> Option<&'static str> {
+    match operation {
+        Operation::Aggregate { .. } => Some("aggregate"),
+        Operation::Dedupe { .. } => Some("dedupe"),
+        Operation::Filter(_) | Operation::Map { .. } | Operation::KeyBy { .. } => None,
+    }
+}
+
+/// What a stateful step's state depends on: what it is keyed by (the
+/// preceding keyBy's expression, or the dedupe key), the window assigner
+/// and the accumulator functions in order; not the aggregated expressions,
+/// the lateness or the TTL, which change what is computed, not what is
+/// stored. Two unnamed steps that swap ranks are told apart by it unless
+/// they are identical.
+fn fingerprint(operation: &Operation, key: Option<&str>) -> Option<String> {
+    match operation {
+        Operation::Aggregate { window, fields } => {
+            let window = match window.map(|w| w.assigner) {
+                None => "running".to_owned(),
+                Some(WindowAssigner::Tumbling { size }) => format!("tumbling {size}ms"),
+                Some(WindowAssigner::Sliding { size, slide }) => {
+                    format!("sliding {size}ms every {slide}ms")
+                }
+                Some(WindowAssigner::Session { gap }) => format!("session gap {gap}ms"),
+            };
+            let functions: Vec<String> = fields
+                .iter()
+                .map(|f| format!("{:?}", f.function).to_lowercase())
+                .collect();
+            let key = key.unwrap_or("nothing");
+            Some(format!(
+                "aggregate(by {key}; {window}; {})",
+                functions.join(",")
+            ))
+        }
+        Operation::Dedupe { key, .. } => Some(format!("dedupe({})", key.source())),
+        Operation::Filter(_) | Operation::Map { .. } | Operation::KeyBy { .. } => None,
+    }
 }
 
 fn compile_expr(step: &str, field: &str, source: &str) -> Result<Expression, PipelineError> {
@@ -219,8 +269,13 @@ impl Pipeline {
         let event_time = EventTimeSource::from_spec(spec.source.event_time.as_ref());
         let mut steps = Vec::new();
         let mut pending_window: Option<(String, WindowOp)> = None;
+        let mut unnamed: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut window_name: Option<&String> = None;
         for (index, step) in spec.pipeline.iter().enumerate() {
             let name = step_name(step, index);
+            // A window and its aggregate are one stateful step, named by
+            // either.
+            let named = step.name.as_ref().or(window_name.take());
             let set = [
                 step.filter.is_some(),
                 step.map.is_some(),
@@ -275,6 +330,7 @@ impl Pipeline {
                     allowed_lateness: window.allowed_lateness.as_millis(),
                 };
                 pending_window = Some((name, op));
+                window_name = step.name.as_ref();
                 continue;
             } else if let Some(aggregate) = &step.aggregate {
                 if aggregate.fields.len() > 255 {
@@ -328,9 +384,19 @@ impl Pipeline {
             } else {
                 return Err(PipelineError::Operation { step: name });
             };
+            let state_id = state_kind(&operation).map(|kind| {
+                let nth = unnamed.entry(kind).or_insert(0usize);
+                let id = match named {
+                    Some(name) => name.clone(),
+                    None => format!("{kind}#{nth}"),
+                };
+                *nth += 1;
+                id
+            });
             steps.push(CompiledStep {
                 name,
                 id: index as u8,
+                state_id,
                 operation,
             });
         }
@@ -349,6 +415,43 @@ impl Pipeline {
             passthrough,
             repartitioned_decode,
         })
+    }
+
+    /// The state of every stateful step, with the slot it uses now.
+    pub fn step_states(&self) -> Vec<StepState> {
+        let mut key = None;
+        self.steps
+            .iter()
+            .filter_map(|step| {
+                if let Operation::KeyBy { expr, .. } = &step.operation {
+                    key = Some(expr.source());
+                }
+                Some(StepState {
+                    id: step.state_id.clone()?,
+                    slot: step.id,
+                    fingerprint: fingerprint(&step.operation, key)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves every stateful step onto the slot `binding` gives it (the one
+    /// its restored state uses) and the other steps onto slots no stateful
+    /// step uses, so that slots stay unique.
+    pub fn bind_state(&mut self, binding: &StateBinding) {
+        let mut taken: std::collections::BTreeSet<u8> = binding.slots.values().copied().collect();
+        taken.extend(binding.dropped.iter().copied());
+        for step in &mut self.steps {
+            if let Some(slot) = step.state_id.as_ref().and_then(|id| binding.slots.get(id)) {
+                step.id = *slot;
+            }
+        }
+        for step in self.steps.iter_mut().filter(|s| s.state_id.is_none()) {
+            if let Some(free) = (0..=u8::MAX).find(|s| !taken.contains(s)) {
+                step.id = free;
+                taken.insert(free);
+            }
+        }
     }
 
     /// The compiled steps, in order.
@@ -501,6 +604,69 @@ pipeline: {pipeline}
             }
         ));
         assert_eq!(p.steps()[2].id, 3);
+    }
+
+    #[test]
+    fn stateful_steps_have_stable_ids_and_fingerprints() {
+        let p = Pipeline::compile(&spec(
+            ", eventTime: {field: ts}",
+            r#"[{filter: "true"}, {keyBy: {expr: record.user, sourcePartitioned: true}},
+                {name: per-minute, window: {type: tumbling, size: 60s}},
+                {aggregate: {fields: [{name: n, function: count}, {name: s, function: sum, expr: record.x}]}},
+                {dedupe: {key: record.id, ttl: 1m}},
+                {name: seen, dedupe: {key: record.id, ttl: 1m}},
+                {dedupe: {key: record.id, ttl: 1m}}]"#,
+        ))
+        .unwrap();
+        let states: Vec<(String, u8, String)> = p
+            .step_states()
+            .into_iter()
+            .map(|s| (s.id, s.slot, s.fingerprint))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (
+                    "per-minute".into(),
+                    3,
+                    "aggregate(by record.user; tumbling 60000ms; count,sum)".into()
+                ),
+                ("dedupe#0".into(), 4, "dedupe(record.id)".into()),
+                ("seen".into(), 5, "dedupe(record.id)".into()),
+                ("dedupe#2".into(), 6, "dedupe(record.id)".into()),
+            ]
+        );
+        // Moving every step down by one keeps the ids: state follows.
+        let moved = Pipeline::compile(&spec(
+            ", eventTime: {field: ts}",
+            r#"[{filter: "true"}, {filter: "true"}, {keyBy: {expr: record.user, sourcePartitioned: true}},
+                {name: per-minute, window: {type: tumbling, size: 60s}},
+                {aggregate: {fields: [{name: n, function: count}, {name: s, function: sum, expr: record.x}]}}]"#,
+        ))
+        .unwrap();
+        assert_eq!(moved.step_states()[0].id, "per-minute");
+        assert_eq!(moved.step_states()[0].slot, 4);
+    }
+
+    #[test]
+    fn bound_slots_stay_unique() {
+        let mut p = Pipeline::compile(&spec(
+            "",
+            r#"[{filter: "true"}, {dedupe: {key: record.id, ttl: 1m}}, {map: {fields: [{name: a, expr: "1"}]}}]"#,
+        ))
+        .unwrap();
+        let binding = crate::checkpoint::compatibility::StateBinding {
+            slots: [("dedupe#0".to_owned(), 0u8)].into_iter().collect(),
+            dropped: vec![2],
+        };
+        p.bind_state(&binding);
+        let slots: Vec<u8> = p.steps().iter().map(|s| s.id).collect();
+        assert_eq!(slots[1], 0);
+        let mut unique = slots.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), slots.len(), "{slots:?}");
+        assert!(!slots.contains(&2), "a dropped slot was reused: {slots:?}");
     }
 
     #[test]

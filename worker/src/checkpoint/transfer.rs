@@ -181,6 +181,24 @@ pub async fn put_bytes(
     Ok(())
 }
 
+/// Writes `data` to `location` only if no object is there yet: an existing
+/// object is an error ([`TransferError::Store`] with `AlreadyExists`).
+pub async fn put_bytes_create(
+    store: &dyn ObjectStore,
+    location: &Path,
+    data: Bytes,
+) -> Result<(), TransferError> {
+    store
+        .put_opts(
+            location,
+            PutPayload::from(data),
+            object_store::PutMode::Create.into(),
+        )
+        .await
+        .map_err(TransferError::store("create", location))?;
+    Ok(())
+}
+
 /// Reads the JSON document at `location`; `None` if there is no object.
 pub async fn get_json<T: DeserializeOwned>(
     store: &dyn ObjectStore,

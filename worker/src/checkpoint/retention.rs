@@ -7,7 +7,7 @@
 //! never touched.
 //!
 //! Run it for a task only from the worker that owns the task, between two of
-//! its checkpoints (after [`crate::checkpoint::mark_committed`]): files of a
+//! its checkpoints (after [`crate::checkpoint::upload::mark_committed`]): files of a
 //! checkpoint still uploading are referenced by no manifest yet.
 
 use std::collections::HashSet;
@@ -15,10 +15,10 @@ use std::collections::HashSet;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
-use crate::checkpoint::{TaskCheckpointListing, summarize_task_checkpoints};
-use crate::layout::{CheckpointObjectKind, JobLayout};
-use crate::manifest::TaskManifest;
-use crate::transfer::{self, TransferError};
+use crate::checkpoint::layout::{CheckpointObjectKind, JobLayout};
+use crate::checkpoint::manifest::TaskManifest;
+use crate::checkpoint::transfer::{self, TransferError};
+use crate::checkpoint::upload::{TaskCheckpointListing, summarize_task_checkpoints};
 
 /// Which checkpoints of a task to keep and which to delete.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub async fn collect_garbage(
     retain: usize,
 ) -> Result<GcStats, RetentionError> {
     let error = |source| RetentionError { task, source };
-    let objects: Vec<(Path, crate::layout::CheckpointObject)> =
+    let objects: Vec<(Path, crate::checkpoint::layout::CheckpointObject)> =
         transfer::list(store, &layout.checkpoints_dir())
             .await
             .map_err(error)?

@@ -3,7 +3,7 @@
 //! Windows are half-open intervals `[start, end)` in epoch milliseconds.
 //! Tumbling and sliding windows are aligned to the Unix epoch. A session
 //! window starts as `[t, t + gap)` for one event and grows by merging with
-//! every session of its key it overlaps (see [`crate::task`]).
+//! every session of its key it overlaps (see [`crate::engine::task`]).
 
 use weir_crds::job::{WindowKind, WindowStep};
 
@@ -130,7 +130,7 @@ impl WindowAssigner {
 
     /// Appends to `out` every window containing event time `t`, latest start
     /// first. Times are expected within a few thousand years of the epoch
-    /// (see [`crate::event_time`]); arithmetic saturates rather than wraps.
+    /// (see [`crate::engine::event_time`]); arithmetic saturates rather than wraps.
     pub fn assign(&self, t: i64, out: &mut Vec<Window>) {
         match *self {
             WindowAssigner::Tumbling { size } => {

@@ -40,8 +40,8 @@ use rocksdb::{BlockBasedOptions, DBCompressionType, Direction, IteratorMode, Rea
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use thiserror::Error;
 
-use crate::aggregate::{AccumulatorError, Accumulators, Reader};
-use crate::window::Window;
+use crate::engine::aggregate::{AccumulatorError, Accumulators, Reader};
+use crate::engine::window::Window;
 
 const STATE: u8 = 0x01;
 const EVENT_TIMERS: u8 = 0x02;
@@ -247,7 +247,7 @@ fn from_order_preserving(b: [u8; 8]) -> i64 {
 pub enum TimeDomain {
     /// The task watermark over the source partitions.
     Event,
-    /// The wall clock given to [`crate::task::TaskProcessor::advance_time`].
+    /// The wall clock given to [`crate::engine::task::TaskProcessor::advance_time`].
     Processing,
     /// The watermark of the records read back from a repartition topic: the
     /// minimum over the upstream tasks' watermarks.
@@ -432,6 +432,22 @@ impl TaskState {
             .write_opt(batch, &self.write_options)
             .map_err(db_error("write of the cache"))?;
         self.db.flush().map_err(db_error("memtable flush"))
+    }
+
+    /// Deletes every state value of the step stored under `slot` (a step
+    /// removed from the pipeline). Its timers stay until due and are then
+    /// ignored, as no step has the slot. Call it before processing: cached
+    /// values are not looked at.
+    pub fn delete_step_state(&mut self, slot: u8) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        let end = match slot.checked_add(1) {
+            Some(next) => vec![STATE, next],
+            None => vec![STATE + 1],
+        };
+        batch.delete_range(vec![STATE, slot], end);
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(db_error("deletion of a removed step's state"))
     }
 
     /// Number of values in the write-back cache.
@@ -624,7 +640,7 @@ pub fn state_key(out: &mut Vec<u8>, step: u8, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Accumulator;
+    use crate::engine::aggregate::Accumulator;
     use proptest::prelude::*;
     use weir_crds::job::AggregateFunction;
 

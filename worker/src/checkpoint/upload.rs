@@ -3,9 +3,11 @@
 //! Per checkpoint: a RocksDB checkpoint (hard links) into a local staging
 //! directory; upload of the immutable SST/blob files not yet in the store to
 //! `tasks/<t>/shared/<incarnation>-<file>`; upload of the small metadata files
-//! to `checkpoints/<id>/task-<t>/`; then the task manifest, last. Once the
-//! Kafka transaction holding the checkpoint's output and offsets has
-//! committed, [`mark_committed`] writes the committed marker.
+//! to `checkpoints/<id>/task-<t>/<incarnation>-<file>`; then the task
+//! manifest, last and create-only. Once the Kafka transaction holding the
+//! checkpoint's output and offsets has committed, [`mark_committed`] writes
+//! the committed marker. The order of these steps across tasks is the
+//! [`crate::checkpoint::coordinator`]'s.
 
 use std::collections::HashMap;
 use std::path::{Path as LocalPath, PathBuf};
@@ -17,11 +19,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 
-use crate::layout::{CheckpointObjectKind, JobLayout};
-use crate::manifest::{
-    MANIFEST_FORMAT, ManifestFile, SourceOffset, TaskManifest, is_immutable_file,
+use crate::checkpoint::layout::{CheckpointObjectKind, JobLayout};
+use crate::checkpoint::manifest::{
+    MANIFEST_FORMAT, ManifestFile, SourceOffset, StepState, TaskManifest, is_immutable_file,
 };
-use crate::transfer::{self, TransferError};
+use crate::checkpoint::transfer::{self, TransferError};
 
 /// Files uploaded or downloaded at once per task.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -81,6 +83,13 @@ pub struct CheckpointRequest {
     pub offsets: Vec<SourceOffset>,
     /// The engine's per-task snapshot, opaque JSON.
     pub engine: serde_json::Value,
+    /// What the worker's lineage was started from
+    /// ([`crate::checkpoint::restore::RestoreSource::origin`]).
+    pub origin: String,
+    /// The pipeline's stateful steps and their slots.
+    pub steps: Vec<StepState>,
+    /// The source partition count.
+    pub source_partitions: u32,
 }
 
 /// What a task checkpoint cost.
@@ -147,22 +156,49 @@ impl TaskCheckpointer {
         }
     }
 
-    /// Seeds the index of uploaded files from the manifest a database was
-    /// restored from, so that the next checkpoint reuses its immutable files.
-    /// Only files in this task's checkpoint shared directory are reused: a
-    /// restore from a savepoint is followed by a full checkpoint, so that
-    /// checkpoints never depend on a savepoint that may be deleted.
-    pub fn seed(&mut self, manifest: &TaskManifest) {
-        let shared = self.layout.shared_dir(self.task);
-        for file in &manifest.files {
-            let in_shared_dir = self
-                .layout
-                .resolve(&file.path)
-                .is_some_and(|p| p.prefix_matches(&shared));
-            if is_immutable_file(&file.name) && in_shared_dir {
+    /// Adopts the immutable files of the manifest a database was restored
+    /// from, so that the next checkpoint uploads only what is new. Files in
+    /// this task's shared directory are reused as they are; files elsewhere
+    /// (a savepoint's, which may be deleted) are first copied server-side
+    /// into it under this incarnation. So the first checkpoint after a
+    /// savepoint restore is incremental too, and cannot outlast the
+    /// transaction it commits with. Returns the bytes copied.
+    pub async fn adopt(&mut self, manifest: &TaskManifest) -> Result<u64, CheckpointError> {
+        let task = self.task;
+        let shared = self.layout.shared_dir(task);
+        let mut copies = Vec::new();
+        for file in manifest.files.iter().filter(|f| is_immutable_file(&f.name)) {
+            let Some(location) = self.layout.resolve(&file.path) else {
+                continue;
+            };
+            if location.prefix_matches(&shared) {
                 self.uploaded.insert(file.name.clone(), file.clone());
+            } else {
+                let target = self.layout.shared_file(task, &self.incarnation, &file.name);
+                copies.push((file, location, target));
             }
         }
+        let store = self.store.as_ref();
+        let layout = &self.layout;
+        let copied: Vec<ManifestFile> = futures::stream::iter(copies)
+            .map(|(file, from, to)| async move {
+                transfer::copy(store, &from, &to).await?;
+                Ok::<_, TransferError>(ManifestFile {
+                    name: file.name.clone(),
+                    path: layout
+                        .relative(&to)
+                        .expect("shared files are under the job root"),
+                    size: file.size,
+                })
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await
+            .map_err(|source| CheckpointError::Transfer { task, source })?;
+        let bytes = copied.iter().map(|f| f.size).sum();
+        self.uploaded
+            .extend(copied.into_iter().map(|f| (f.name.clone(), f)));
+        Ok(bytes)
     }
 
     /// Sets how many files are uploaded at once (at least 1).
@@ -274,8 +310,12 @@ impl TaskCheckpointer {
             let location = if immutable {
                 self.layout.shared_file(task, &self.incarnation, &file.name)
             } else {
-                self.layout
-                    .checkpoint_metadata_file(request.checkpoint_id, task, &file.name)
+                self.layout.checkpoint_metadata_file(
+                    request.checkpoint_id,
+                    task,
+                    &self.incarnation,
+                    &file.name,
+                )
             };
             uploads.push((file, location, immutable));
         }
@@ -320,13 +360,18 @@ impl TaskCheckpointer {
             offsets,
             engine: request.engine,
             files: entries,
+            origin: request.origin,
+            steps: request.steps,
+            source_partitions: request.source_partitions,
         };
         let json = manifest.to_json();
         stats.bytes_uploaded += json.len() as u64;
         let location = self
             .layout
             .checkpoint_manifest(manifest.checkpoint_id, task);
-        transfer::put_bytes(store, &location, Bytes::from(json))
+        // Create-only: two owners of a task (a zombie and its successor)
+        // can pick the same id, and must never overwrite each other.
+        transfer::put_bytes_create(store, &location, Bytes::from(json))
             .await
             .map_err(transfer_error)?;
 
@@ -381,7 +426,7 @@ pub async fn next_checkpoint_id(
         .common_prefixes
         .iter()
         .filter_map(|p| p.filename())
-        .filter_map(crate::layout::parse_checkpoint_id)
+        .filter_map(crate::checkpoint::layout::parse_checkpoint_id)
         .max()
         .unwrap_or(0);
     Ok(highest + 1)
@@ -415,7 +460,7 @@ pub struct TaskCheckpointListing {
 
 /// Groups parsed checkpoint objects of `task` by checkpoint id, newest first.
 pub fn summarize_task_checkpoints(
-    objects: impl IntoIterator<Item = crate::layout::CheckpointObject>,
+    objects: impl IntoIterator<Item = crate::checkpoint::layout::CheckpointObject>,
     task: u32,
 ) -> Vec<TaskCheckpointListing> {
     let mut by_id: HashMap<u64, TaskCheckpointListing> = HashMap::new();

@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::layout::validate_savepoint_id;
-use crate::metrics::WorkerMetrics;
-use crate::status::{SavepointState, SavepointStatus, WorkerPhase, WorkerStatus};
+use crate::checkpoint::layout::validate_savepoint_id;
+use crate::control::metrics::WorkerMetrics;
+use crate::control::status::{SavepointState, SavepointStatus, WorkerPhase, WorkerStatus};
 
 /// A request from the control API to the processing loop.
 #[derive(Clone, Debug, PartialEq, Eq)]

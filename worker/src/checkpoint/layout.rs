@@ -1,11 +1,12 @@
 //! Where a job's checkpoints, savepoints and fence live in object storage.
 //!
 //! Pure path building and parsing, no I/O. Every object of a job sits under
-//! its job root `<prefix>/<namespace>-<name>/`:
+//! its job root `<prefix>/<namespace>/<name>/` (`/` occurs in neither part,
+//! so two jobs never share a root):
 //!
 //! ```text
 //! tasks/<t>/shared/<incarnation>-<file>       immutable SST/blob files
-//! checkpoints/<id>/task-<t>/<file>            MANIFEST-*, CURRENT, OPTIONS-*, ...
+//! checkpoints/<id>/task-<t>/<inc>-<file>      MANIFEST-*, CURRENT, OPTIONS-*, ...
 //! checkpoints/<id>/task-<t>.json              task manifest (written last)
 //! checkpoints/<id>/task-<t>.committed         committed marker
 //! savepoints/<sp>/tasks/<t>/files/<file>      self-contained copy of every file
@@ -27,7 +28,7 @@ const MARKER_SUFFIX: &str = ".committed";
 /// Longest savepoint id accepted.
 const MAX_SAVEPOINT_ID_LEN: usize = 128;
 
-/// The object store layout of one job, rooted at `<prefix>/<namespace>-<name>`.
+/// The object store layout of one job, rooted at `<prefix>/<namespace>/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobLayout {
     root: Path,
@@ -60,11 +61,11 @@ impl JobLayout {
     /// checkpoint storage URL).
     pub fn new(base: &Path, namespace: &str, name: &str) -> Self {
         Self {
-            root: base.clone().join(format!("{namespace}-{name}")),
+            root: base.clone().join(namespace).join(name),
         }
     }
 
-    /// The job root, `<prefix>/<namespace>-<name>`.
+    /// The job root, `<prefix>/<namespace>/<name>`.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -111,11 +112,19 @@ impl JobLayout {
             .join(format!("task-{task}{MARKER_SUFFIX}"))
     }
 
-    /// `checkpoints/<id>/task-<t>/<file>`, a metadata file of one checkpoint.
-    pub fn checkpoint_metadata_file(&self, checkpoint_id: u64, task: u32, file: &str) -> Path {
+    /// `checkpoints/<id>/task-<t>/<incarnation>-<file>`, a metadata file of
+    /// one checkpoint (per incarnation, so that two owners of a task never
+    /// overwrite each other's files).
+    pub fn checkpoint_metadata_file(
+        &self,
+        checkpoint_id: u64,
+        task: u32,
+        incarnation: &str,
+        file: &str,
+    ) -> Path {
         self.checkpoint_dir(checkpoint_id)
             .join(format!("task-{task}"))
-            .join(file)
+            .join(format!("{incarnation}-{file}"))
     }
 
     /// `savepoints`, the directory of all savepoints.
@@ -272,41 +281,51 @@ mod tests {
     #[test]
     fn paths_follow_the_design_layout() {
         let l = layout();
-        assert_eq!(l.fence().as_ref(), "weir/ckpt/prod-clicks/fence.json");
+        assert_eq!(l.fence().as_ref(), "weir/ckpt/prod/clicks/fence.json");
         assert_eq!(
             l.shared_file(3, "inc1", "000012.sst").as_ref(),
-            "weir/ckpt/prod-clicks/tasks/3/shared/inc1-000012.sst"
+            "weir/ckpt/prod/clicks/tasks/3/shared/inc1-000012.sst"
         );
         assert_eq!(
             l.checkpoint_manifest(42, 3).as_ref(),
-            "weir/ckpt/prod-clicks/checkpoints/00000000000000000042/task-3.json"
+            "weir/ckpt/prod/clicks/checkpoints/00000000000000000042/task-3.json"
         );
         assert_eq!(
             l.checkpoint_marker(42, 3).as_ref(),
-            "weir/ckpt/prod-clicks/checkpoints/00000000000000000042/task-3.committed"
+            "weir/ckpt/prod/clicks/checkpoints/00000000000000000042/task-3.committed"
         );
         assert_eq!(
-            l.checkpoint_metadata_file(42, 3, "CURRENT").as_ref(),
-            "weir/ckpt/prod-clicks/checkpoints/00000000000000000042/task-3/CURRENT"
+            l.checkpoint_metadata_file(42, 3, "inc", "CURRENT").as_ref(),
+            "weir/ckpt/prod/clicks/checkpoints/00000000000000000042/task-3/inc-CURRENT"
         );
         assert_eq!(
             l.savepoint_manifest("sp-1", 3).as_ref(),
-            "weir/ckpt/prod-clicks/savepoints/sp-1/tasks/3/manifest.json"
+            "weir/ckpt/prod/clicks/savepoints/sp-1/tasks/3/manifest.json"
         );
         assert_eq!(
             l.savepoint_file("sp-1", 3, "000012.sst").as_ref(),
-            "weir/ckpt/prod-clicks/savepoints/sp-1/tasks/3/files/000012.sst"
+            "weir/ckpt/prod/clicks/savepoints/sp-1/tasks/3/files/000012.sst"
         );
         assert_eq!(
             l.savepoint_metadata("sp-1").as_ref(),
-            "weir/ckpt/prod-clicks/savepoints/sp-1/_metadata"
+            "weir/ckpt/prod/clicks/savepoints/sp-1/_metadata"
         );
+    }
+
+    #[test]
+    fn jobs_whose_names_join_alike_never_share_a_root() {
+        // Namespace `a-b` with job `c`, and namespace `a` with job `b-c`.
+        let one = JobLayout::new(&Path::ROOT, "a-b", "c");
+        let two = JobLayout::new(&Path::ROOT, "a", "b-c");
+        assert_ne!(one.root(), two.root());
+        assert!(!one.root().prefix_matches(two.root()));
+        assert!(!two.root().prefix_matches(one.root()));
     }
 
     #[test]
     fn empty_base_puts_the_job_at_the_store_root() {
         let l = JobLayout::new(&Path::ROOT, "ns", "job");
-        assert_eq!(l.fence().as_ref(), "ns-job/fence.json");
+        assert_eq!(l.fence().as_ref(), "ns/job/fence.json");
     }
 
     #[test]
@@ -329,7 +348,7 @@ mod tests {
             (l.checkpoint_manifest(7, 2), CheckpointObjectKind::Manifest),
             (l.checkpoint_marker(7, 2), CheckpointObjectKind::Marker),
             (
-                l.checkpoint_metadata_file(7, 2, "MANIFEST-000005"),
+                l.checkpoint_metadata_file(7, 2, "inc", "MANIFEST-000005"),
                 CheckpointObjectKind::MetadataFile,
             ),
         ];

@@ -10,8 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use weir_crds::job::{KafkaSpec, StartingOffsets};
 
-use crate::credentials::{self, CredentialsError};
-use crate::record::SourcePosition;
+use crate::engine::record::SourcePosition;
+use crate::kafka::credentials::{self, CredentialsError};
 
 /// Header of a dead-letter record holding why it failed.
 pub const ERROR_HEADER: &str = "weir.error";

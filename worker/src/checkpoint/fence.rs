@@ -5,8 +5,8 @@
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
-use crate::layout::JobLayout;
-use crate::transfer::{self, TransferError};
+use crate::checkpoint::layout::JobLayout;
+use crate::checkpoint::transfer::{self, TransferError};
 
 /// The content of `fence.json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

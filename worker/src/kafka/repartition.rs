@@ -2,7 +2,7 @@
 //! of records on it.
 //!
 //! A pipeline whose `keyBy` is not `sourcePartitioned` is cut there (see
-//! [`crate::pipeline`]). Every task writes the records it keyed to partition
+//! [`crate::engine::pipeline`]). Every task writes the records it keyed to partition
 //! `murmur2(key) mod N` of `weir.<namespace>.<job>.<step>` (N: the source
 //! partition count, so task `t` reads partition `t` of it as of every source
 //! topic), inside its transaction under exactly-once. Besides those data
@@ -13,7 +13,7 @@
 //! none) and [`IDLE_HEADER`]. Data records carry their event time in
 //! [`TIME_HEADER`] (not as the Kafka timestamp, which brokers may reject or
 //! overwrite and which drives time-based retention) and their source
-//! position in the dead-letter headers of [`crate::kafka`]: a dead letter or
+//! position in the dead-letter headers of [`crate::kafka::client`]: a dead letter or
 //! late event further on names the record the user produced, and a task
 //! skips source records it applied already.
 //!
@@ -35,9 +35,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 
-use crate::kafka::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER};
-use crate::record::SourcePosition;
-use crate::watermark::UpstreamReport;
+use crate::engine::record::SourcePosition;
+use crate::engine::watermark::UpstreamReport;
+use crate::kafka::client::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER};
 
 /// Header of a watermark record: the task that sent it.
 pub const UPSTREAM_HEADER: &str = "weir.upstream";
@@ -49,6 +49,10 @@ pub const WATERMARK_HEADER: &str = "weir.watermark";
 pub const IDLE_HEADER: &str = "weir.idle";
 /// Header of a data record: its event time in epoch milliseconds.
 pub const TIME_HEADER: &str = "weir.time";
+/// Header of a watermark record sent when a stop-with-savepoint drains the
+/// topic: the savepoint id. The sender has stopped reading its sources and
+/// wrote nothing to the partition after it.
+pub const DRAINED_HEADER: &str = "weir.drained";
 
 /// Timeout of a request deleting records.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -293,8 +297,13 @@ pub fn data_headers(source: &SourcePosition, time: Option<i64>) -> OwnedHeaders 
     }
 }
 
-/// The headers of the watermark record of task `upstream`.
-pub fn watermark_headers(upstream: i32, report: UpstreamReport) -> OwnedHeaders {
+/// The headers of the watermark record of task `upstream`; `drained`
+/// names the savepoint whose drain it ends the sender's output for.
+pub fn watermark_headers(
+    upstream: i32,
+    report: UpstreamReport,
+    drained: Option<&str>,
+) -> OwnedHeaders {
     let upstream = upstream.to_string();
     let watermark = report.watermark.map(|w| w.to_string());
     let mut headers = OwnedHeaders::new_with_capacity(3)
@@ -310,6 +319,12 @@ pub fn watermark_headers(upstream: i32, report: UpstreamReport) -> OwnedHeaders 
         headers = headers.insert(Header {
             key: WATERMARK_HEADER,
             value: Some(w.as_bytes()),
+        });
+    }
+    if let Some(id) = drained {
+        headers = headers.insert(Header {
+            key: DRAINED_HEADER,
+            value: Some(id.as_bytes()),
         });
     }
     headers
@@ -331,6 +346,9 @@ pub enum RepartitionMessage<'a> {
         upstream: usize,
         /// What it reported.
         report: UpstreamReport,
+        /// The savepoint whose drain this report ends the sender's output
+        /// for, if any.
+        drained: Option<&'a str>,
     },
 }
 
@@ -346,6 +364,7 @@ pub fn classify<'a>(
     let mut partition = None;
     let mut offset = None;
     let mut time = None;
+    let mut drained = None;
     for (key, value) in headers {
         let text = value.and_then(|v| std::str::from_utf8(v).ok());
         match key {
@@ -356,6 +375,7 @@ pub fn classify<'a>(
             SOURCE_PARTITION_HEADER => partition = text.and_then(|t| t.parse().ok()),
             SOURCE_OFFSET_HEADER => offset = text.and_then(|t| t.parse().ok()),
             TIME_HEADER => time = Some(text.and_then(|t| t.parse::<i64>().ok())),
+            DRAINED_HEADER => drained = Some(text),
             _ => {}
         }
     }
@@ -394,9 +414,15 @@ pub fn classify<'a>(
         Some(Some("false")) | None => false,
         Some(_) => return Err(format!("watermark record: invalid {IDLE_HEADER} header")),
     };
+    let drained = match drained {
+        None => None,
+        Some(Some(id)) => Some(id),
+        Some(None) => return Err(format!("watermark record: invalid {DRAINED_HEADER} header")),
+    };
     Ok(RepartitionMessage::Watermark {
         upstream,
         report: UpstreamReport { watermark, idle },
+        drained,
     })
 }
 
@@ -425,14 +451,17 @@ mod tests {
                 idle: true,
             },
         ] {
-            let headers = watermark_headers(7, report);
-            assert_eq!(
-                classify(pairs(&headers)),
-                Ok(RepartitionMessage::Watermark {
-                    upstream: 7,
-                    report
-                })
-            );
+            for drained in [None, Some("rescale-3")] {
+                let headers = watermark_headers(7, report, drained);
+                assert_eq!(
+                    classify(pairs(&headers)),
+                    Ok(RepartitionMessage::Watermark {
+                        upstream: 7,
+                        report,
+                        drained,
+                    })
+                );
+            }
         }
     }
 

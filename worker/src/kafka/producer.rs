@@ -100,7 +100,7 @@ impl OutputProducer {
         transactional_id: Option<&str>,
     ) -> Result<Self, ProduceError> {
         let name = transactional_id.unwrap_or("shared").to_owned();
-        let config = crate::kafka::producer_config(config, transactional_id);
+        let config = crate::kafka::client::producer_config(config, transactional_id);
         let producer =
             ThreadedProducer::from_config_and_context(&config, DeliveryContext::default())
                 .map_err(|source| ProduceError::Create {

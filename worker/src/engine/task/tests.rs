@@ -321,7 +321,7 @@ fn run_repartitioned(
             .process(&record, &mut upstream_out)
             .unwrap();
         for r in std::mem::take(&mut upstream_out.repartitioned) {
-            let dest = crate::partitioner::partition_for_key(&r.key, n as i32) as usize;
+            let dest = crate::kafka::partitioner::partition_for_key(&r.key, n as i32) as usize;
             let source = r.source.unwrap();
             let record = SourceRecord {
                 topic: &source.topic,
@@ -420,7 +420,7 @@ fn repartitioned_steps_wait_for_every_upstream_and_restore_their_watermarks() {
         let state = TaskState::open(dir.path(), &StateOptions::new(8 << 20, 1 << 20)).unwrap();
         let mut p = TaskProcessor::new(compiled.clone(), state, 2);
         p.restore_meta(snapshot);
-        let report = crate::watermark::UpstreamReport {
+        let report = crate::engine::watermark::UpstreamReport {
             watermark: Some(20_000),
             idle: false,
         };

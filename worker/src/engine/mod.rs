@@ -1,0 +1,11 @@
+//! The stream-processing engine: compiled pipelines and the operators that
+//! run them over one task's records, with no I/O besides the task's state.
+
+pub mod aggregate;
+pub mod event_time;
+pub mod hll;
+pub mod pipeline;
+pub mod record;
+pub mod task;
+pub mod watermark;
+pub mod window;

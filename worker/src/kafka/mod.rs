@@ -1,0 +1,11 @@
+//! Everything that talks to Kafka: client configuration, the output
+//! producers and the protocol's output side, the repartition topic, the
+//! partitioner, credentials and the lag monitor.
+
+pub mod client;
+pub mod credentials;
+pub mod lag;
+pub mod output;
+pub mod partitioner;
+pub mod producer;
+pub mod repartition;

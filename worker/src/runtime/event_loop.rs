@@ -1,0 +1,560 @@
+//! The processing loop of a worker: poll a batch, process it, send what it
+//! produced, advance processing time, checkpoint on the interval, serve
+//! control commands and refresh the status report.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message};
+use weir_crds::job::Guarantee;
+
+use super::dispatch::{dispatch_repartitioned, emit, source_offsets};
+use super::{Drain, Running, WorkerError, WorkerExit, duration_ms, lock, task_number};
+use crate::checkpoint::coordinator::TaskCheckpointInput;
+use crate::checkpoint::savepoint::SavepointError;
+use crate::control::http::Command;
+use crate::control::progress::Sample;
+use crate::control::status::{
+    CheckpointStatus, PartitionStatus, Rates, SavepointState, TaskStatus, WorkerPhase,
+};
+use crate::engine::record::SourceRecord;
+use crate::kafka::repartition;
+
+/// Most records handed to the tasks between two output flushes.
+const MAX_BATCH: usize = 8192;
+/// How long a poll waits for input when none is buffered.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How often processing time is advanced (idle partitions, timers).
+const ADVANCE_EVERY: Duration = Duration::from_millis(100);
+/// How often, at most, a changed watermark report is broadcast to the
+/// repartition topic under at-least-once.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often the status report is refreshed.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+impl Running {
+    pub(super) fn run(&mut self) -> Result<WorkerExit, WorkerError> {
+        let mut next_checkpoint = Instant::now() + self.checkpoint_interval;
+        let mut last_advance = Instant::now();
+        let mut last_publish = Instant::now();
+        loop {
+            if self.kill.load(Ordering::SeqCst) {
+                tracing::warn!("killed: stopping without checkpoint");
+                return Ok(WorkerExit::Killed);
+            }
+            if self.cancel.is_cancelled() {
+                if self.dirty {
+                    self.checkpoint()?;
+                }
+                return Ok(WorkerExit::Stopped {
+                    last_checkpoint: self.last_checkpoint_id,
+                });
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.handle(command)?;
+                next_checkpoint = Instant::now() + self.checkpoint_interval;
+            }
+            if self.stopped {
+                std::thread::sleep(POLL_WAIT);
+                self.idle += POLL_WAIT;
+            } else {
+                self.poll_batch()?;
+                self.emit_all()?;
+                self.continue_drain()?;
+            }
+            let now = Instant::now();
+            // While draining, paused sources must not turn idle and move
+            // the watermark: processing time stands still.
+            let advancing = !self.stopped && self.draining.is_none();
+            if now.duration_since(last_advance) >= ADVANCE_EVERY && advancing {
+                last_advance = now;
+                self.advance_time()?;
+            }
+            if now >= next_checkpoint && !self.stopped {
+                // With a repartition, the checkpoint also carries the tasks'
+                // watermark heartbeat, so it runs even when nothing changed.
+                if self.dirty || self.destinations.repartition.is_some() {
+                    self.checkpoint()?;
+                }
+                next_checkpoint = Instant::now() + self.checkpoint_interval;
+            }
+            if now.duration_since(last_publish) >= PUBLISH_EVERY {
+                last_publish = now;
+                let phase = if self.stopped {
+                    WorkerPhase::Stopped
+                } else {
+                    WorkerPhase::Running
+                };
+                self.publish(phase);
+            }
+        }
+    }
+
+    /// Polls and processes up to [`MAX_BATCH`] records, waiting up to
+    /// [`POLL_WAIT`] only when nothing is buffered.
+    fn poll_batch(&mut self) -> Result<(), WorkerError> {
+        let mut processed = 0;
+        while processed < MAX_BATCH {
+            let message = match self.consumer.poll(Duration::ZERO) {
+                Some(m) => m,
+                None if processed > 0 => break,
+                None => {
+                    let waiting = Instant::now();
+                    let m = self.consumer.poll(POLL_WAIT);
+                    self.idle += waiting.elapsed();
+                    match m {
+                        Some(m) => m,
+                        None => break,
+                    }
+                }
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    // Broker and transport errors are retried by librdkafka.
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+            };
+            let partition = message.partition();
+            let Some(index) = usize::try_from(partition)
+                .ok()
+                .and_then(|p| self.task_of_partition.get(p).copied().flatten())
+            else {
+                continue;
+            };
+            let topic = message.topic();
+            let Some(topic_index) = self.topics.iter().position(|t| t == topic) else {
+                continue;
+            };
+            let task = &mut self.tasks[index];
+            let record = SourceRecord {
+                topic,
+                partition,
+                offset: message.offset(),
+                key: message.key(),
+                value: message.payload(),
+                timestamp_ms: message.timestamp().to_millis(),
+            };
+            let result = if Some(topic_index) == self.repartition_input {
+                let headers = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value));
+                dispatch_repartitioned(task, &record, repartition::classify(headers))
+            } else {
+                task.unreported_in += 1;
+                task.processor.process(&record, &mut task.outputs)
+            };
+            result.map_err(|e| WorkerError::Task {
+                task: task.id,
+                message: e.to_string(),
+            })?;
+            task.offsets[topic_index] = message.offset() + 1;
+            processed += 1;
+        }
+        if processed > 0 {
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Gives every task the processing time (idle partitions, timers),
+    /// sends what that produced, then broadcasts the source watermarks that
+    /// changed to the repartition topic (after the records they cover).
+    fn advance_time(&mut self) -> Result<(), WorkerError> {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        for task in &mut self.tasks {
+            task.processor
+                .advance_time(now_ms, &mut task.outputs)
+                .map_err(|e| WorkerError::Task {
+                    task: task.id,
+                    message: e.to_string(),
+                })?;
+        }
+        self.emit_all()?;
+        // Under at-least-once reports are visible at once: send them when
+        // they change, at most every second. Under exactly-once they become
+        // visible when the transaction commits: the checkpoint sends them,
+        // and one must come soon when they change.
+        let at_least_once = self.config.spec.guarantee == Guarantee::AtLeastOnce;
+        for task in &self.tasks {
+            let report = task.processor.source_report();
+            match task.last_report {
+                Some((last, _)) if last == report => {}
+                Some((_, at)) if at.elapsed() < REPORT_EVERY => {}
+                _ if at_least_once => self.pending_reports = true,
+                _ => self.dirty = true,
+            }
+        }
+        if std::mem::take(&mut self.pending_reports) {
+            self.broadcast_watermarks(false)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the source watermark of every task to every partition of the
+    /// repartition topic (after the records it covers, which were sent
+    /// first): all of them, or only those that changed.
+    fn broadcast_watermarks(&mut self, all: bool) -> Result<(), WorkerError> {
+        let Some((topic, partitions)) = &self.destinations.repartition else {
+            return Ok(());
+        };
+        let drained = self.draining.as_ref().map(|d| d.id.as_str());
+        for task in &mut self.tasks {
+            let report = task.processor.source_report();
+            let changed = task.last_report.is_none_or(|(last, _)| last != report);
+            let nothing_to_say = report.watermark.is_none() && !report.idle;
+            if drained.is_none() && (!(all || changed) || nothing_to_say) {
+                continue;
+            }
+            let producer = self.output.producer(task_number(task.id));
+            for partition in 0..*partitions {
+                producer.send_to_partition(
+                    topic,
+                    partition,
+                    None,
+                    &[],
+                    None,
+                    repartition::watermark_headers(task.id, report, drained),
+                )?;
+            }
+            task.last_report = Some((report, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// Sends every task's outputs to Kafka and updates the counters.
+    fn emit_all(&mut self) -> Result<(), WorkerError> {
+        for task in &mut self.tasks {
+            let producer = self.output.producer(task_number(task.id));
+            let emitted = emit(task, producer, &self.destinations)?;
+            if emitted > 0 {
+                self.dirty = true;
+            }
+            let c = task.outputs.counters;
+            task.counters.records_in.inc_by(task.unreported_in);
+            self.records_in += task.unreported_in;
+            task.unreported_in = 0;
+            let out = c.records_out.saturating_sub(task.reported.records_out);
+            task.counters.records_out.inc_by(out);
+            self.records_out += out;
+            task.counters
+                .records_late
+                .inc_by(c.late.saturating_sub(task.reported.late));
+            task.counters
+                .records_dead_lettered
+                .inc_by(c.dead_lettered.saturating_sub(task.reported.dead_lettered));
+            task.counters
+                .records_repartitioned
+                .inc_by(c.repartitioned.saturating_sub(task.reported.repartitioned));
+            task.reported = c;
+        }
+        Ok(())
+    }
+
+    /// Handles a control command.
+    fn handle(&mut self, command: Command) -> Result<(), WorkerError> {
+        match command {
+            Command::Resume => {
+                if self.stopped {
+                    tracing::info!("resuming");
+                }
+                self.stopped = false;
+                self.resume_sources()?;
+                self.publish(WorkerPhase::Running);
+                Ok(())
+            }
+            Command::Savepoint { id, stop } => {
+                tracing::info!(%id, stop, "savepoint requested");
+                self.set_savepoint(&id, SavepointState::InProgress, None);
+                if stop && self.destinations.repartition.is_some() {
+                    self.begin_drain(id)
+                } else {
+                    self.complete_savepoint(&id, stop)
+                }
+            }
+        }
+    }
+
+    /// Starts draining the repartition topic for stop-with-savepoint `id`:
+    /// the sources stop, every task tells every partition it wrote its last
+    /// record (in the checkpoint that commits them), and the savepoint is
+    /// taken once each owned task has read that from every upstream task
+    /// ([`Running::continue_drain`]). So a stopped job's savepoint stands
+    /// alone: nothing it needs is left in flight on the topic.
+    fn begin_drain(&mut self, id: String) -> Result<(), WorkerError> {
+        self.pause_sources()?;
+        for task in &mut self.tasks {
+            task.drained.clear();
+        }
+        let timeout = self.config.spec.savepoint.timeout.as_millis();
+        self.draining = Some(Drain {
+            deadline: Instant::now()
+                + Duration::from_millis(u64::try_from(timeout).unwrap_or(300_000)),
+            id,
+        });
+        if let Err(e) = self.checkpoint() {
+            if let Some(drain) = self.draining.take() {
+                self.set_savepoint(&drain.id, SavepointState::Failed, Some(e.to_string()));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Completes the drain when every owned task has read the drained
+    /// report of every upstream task; gives up (sources resume, savepoint
+    /// failed) at the savepoint timeout.
+    fn continue_drain(&mut self) -> Result<(), WorkerError> {
+        let Some(drain) = &self.draining else {
+            return Ok(());
+        };
+        let upstreams = usize::try_from(self.partitions).unwrap_or(0);
+        let drained = self.tasks.iter().all(|task| {
+            (0..upstreams).all(|u| task.drained.get(&u).is_some_and(|id| *id == drain.id))
+        });
+        if drained {
+            let id = drain.id.clone();
+            self.draining = None;
+            tracing::info!(%id, "repartition topic drained");
+            return self.complete_savepoint(&id, true);
+        }
+        if Instant::now() >= drain.deadline {
+            let id = drain.id.clone();
+            self.draining = None;
+            let message = "the repartition topic was not drained within savepoint.timeout: some upstream task did not report its last record; the job goes on";
+            tracing::warn!(%id, "{message}");
+            self.set_savepoint(&id, SavepointState::Failed, Some(message.to_owned()));
+            self.resume_sources()?;
+        }
+        Ok(())
+    }
+
+    /// Takes savepoint `id` and, with `stop`, stops processing after it.
+    fn complete_savepoint(&mut self, id: &str, stop: bool) -> Result<(), WorkerError> {
+        match self.savepoint(id) {
+            Ok(()) => {
+                self.metrics.savepoints.inc();
+                self.set_savepoint(id, SavepointState::Completed, None);
+                if stop {
+                    self.stopped = true;
+                }
+                let phase = if self.stopped {
+                    WorkerPhase::Stopped
+                } else {
+                    WorkerPhase::Running
+                };
+                self.publish(phase);
+                tracing::info!(%id, stopped = self.stopped, "savepoint completed");
+                Ok(())
+            }
+            Err(SavepointFailure::Copy(e)) => {
+                // The checkpoint committed; only the copy failed: the worker
+                // keeps running and the request can be retried.
+                tracing::warn!(%id, error = %e, "savepoint failed");
+                self.set_savepoint(id, SavepointState::Failed, Some(e.to_string()));
+                self.resume_sources()
+            }
+            Err(SavepointFailure::Checkpoint(e)) => {
+                self.set_savepoint(id, SavepointState::Failed, Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// The owned partitions of the source topics.
+    fn source_partitions(&self) -> Result<TopicPartitionList, WorkerError> {
+        let sources = self.repartition_input.unwrap_or(self.topics.len());
+        let mut list = TopicPartitionList::new();
+        for task in &self.tasks {
+            for topic in &self.topics[..sources] {
+                list.add_partition(topic, task.id);
+            }
+        }
+        Ok(list)
+    }
+
+    /// Stops reading the source topics (the repartition topic goes on).
+    fn pause_sources(&mut self) -> Result<(), WorkerError> {
+        let list = self.source_partitions()?;
+        self.consumer
+            .pause(&list)
+            .map_err(|source| WorkerError::Consumer {
+                operation: "pause the sources",
+                source,
+            })?;
+        self.sources_paused = true;
+        Ok(())
+    }
+
+    /// Reads the source topics again after a drain.
+    fn resume_sources(&mut self) -> Result<(), WorkerError> {
+        if !std::mem::take(&mut self.sources_paused) {
+            return Ok(());
+        }
+        let list = self.source_partitions()?;
+        self.consumer
+            .resume(&list)
+            .map_err(|source| WorkerError::Consumer {
+                operation: "resume the sources",
+                source,
+            })
+    }
+
+    /// Takes a checkpoint (unless nothing changed since the last one) and
+    /// copies it into `savepoints/<id>/`.
+    fn savepoint(&mut self, id: &str) -> Result<(), SavepointFailure> {
+        let checkpoint_id = match self.last_checkpoint_id {
+            Some(last) if !self.dirty => last,
+            _ => self.checkpoint().map_err(SavepointFailure::Checkpoint)?,
+        };
+        let total = task_number(self.partitions);
+        self.rt
+            .block_on(self.coordinator.savepoint(checkpoint_id, id, total))
+            .map_err(|e| SavepointFailure::Copy(Box::new(e)))
+    }
+
+    /// Takes a checkpoint through the coordinator; returns its id. Any
+    /// failure fails the worker, which restarts from the last committed
+    /// checkpoint.
+    fn checkpoint(&mut self) -> Result<u64, WorkerError> {
+        // The batch in hand is processed; the tasks' watermark reports go
+        // after the records they cover.
+        self.broadcast_watermarks(true)?;
+        for task in &mut self.tasks {
+            task.processor
+                .state_mut()
+                .flush_cache()
+                .map_err(|source| WorkerError::State {
+                    task: task.id,
+                    source,
+                })?;
+        }
+        let mut inputs = Vec::with_capacity(self.tasks.len());
+        for task in &self.tasks {
+            let engine = serde_json::to_value(task.processor.snapshot_meta()).map_err(|e| {
+                WorkerError::Task {
+                    task: task.id,
+                    message: format!("cannot encode the engine snapshot: {e}"),
+                }
+            })?;
+            inputs.push(TaskCheckpointInput {
+                task: task_number(task.id),
+                db: task.processor.state().db(),
+                offsets: source_offsets(&self.topics, task),
+                engine,
+            });
+        }
+        let outcome = self.rt.block_on(self.coordinator.checkpoint(
+            &mut self.output,
+            inputs,
+            &self.pipeline_record,
+        ))?;
+        if let (Some(purger), Some(input)) = (&self.purger, self.repartition_input) {
+            purger.purge(
+                self.tasks
+                    .iter()
+                    .map(|t| (t.id, t.offsets[input]))
+                    .collect(),
+            );
+        }
+        let id = outcome.checkpoint_id;
+        self.dirty = false;
+        self.last_checkpoint_id = Some(id);
+        self.metrics
+            .checkpoint_duration
+            .observe(outcome.duration.as_secs_f64());
+        self.metrics
+            .checkpoint_size
+            .set(i64::try_from(outcome.state_bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .checkpoint_uploaded_bytes
+            .inc_by(outcome.bytes_uploaded);
+        lock(&self.status).last_checkpoint = Some(CheckpointStatus {
+            id: id.to_string(),
+            time: jiff::Timestamp::now().to_string(),
+            duration_ms: duration_ms(outcome.duration),
+            bytes_uploaded: outcome.bytes_uploaded,
+            size_bytes: outcome.state_bytes,
+        });
+        tracing::debug!(checkpoint = id, duration = ?outcome.duration, uploaded = outcome.bytes_uploaded, "checkpoint committed");
+        Ok(id)
+    }
+
+    fn set_savepoint(&self, id: &str, state: SavepointState, error: Option<String>) {
+        let mut s = lock(&self.status);
+        if let Some(sp) = s.savepoint.as_mut().filter(|sp| sp.id == id) {
+            sp.state = state;
+            sp.error = error;
+            if matches!(state, SavepointState::Completed | SavepointState::Failed) {
+                sp.finished_at = Some(jiff::Timestamp::now().to_string());
+            }
+        }
+    }
+
+    /// Refreshes the status report and the gauges.
+    pub(super) fn publish(&mut self, phase: WorkerPhase) {
+        self.progress.push(Sample {
+            at: Instant::now(),
+            records_in: self.records_in,
+            records_out: self.records_out,
+            idle: self.idle,
+        });
+        let progress = self.progress.progress();
+        self.metrics.busy_ratio.set(progress.busy_ratio);
+        let high = self.lag.high_watermarks();
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for task in &self.tasks {
+            let watermark_ms = task.processor.watermark();
+            if let Some(w) = watermark_ms {
+                self.metrics.set_watermark(task.id, w);
+            }
+            let partitions = self
+                .topics
+                .iter()
+                .zip(&task.offsets)
+                .map(|(topic, &offset)| {
+                    let high_watermark = high.get(&(topic.clone(), task.id)).copied();
+                    let lag = high_watermark.map(|h| (h - offset).max(0));
+                    self.metrics.set_partition(topic, task.id, offset, lag);
+                    PartitionStatus {
+                        topic: topic.clone(),
+                        partition: task.id,
+                        offset,
+                        high_watermark,
+                        lag,
+                    }
+                })
+                .collect();
+            tasks.push(TaskStatus {
+                task: task.id,
+                partitions,
+                watermark_ms,
+            });
+        }
+        let mut s = lock(&self.status);
+        s.phase = phase;
+        s.stopped = self.stopped;
+        s.ready = true;
+        s.tasks = tasks;
+        s.rates = Rates {
+            input_per_sec: progress.input_per_sec,
+            output_per_sec: progress.output_per_sec,
+        };
+        s.busy_ratio = progress.busy_ratio;
+        s.records_in = self.records_in;
+        s.records_out = self.records_out;
+    }
+}
+
+/// Why a savepoint failed.
+enum SavepointFailure {
+    /// Its checkpoint failed: the worker fails.
+    Checkpoint(WorkerError),
+    /// Copying the committed checkpoint failed.
+    Copy(Box<SavepointError>),
+}
