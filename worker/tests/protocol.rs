@@ -310,6 +310,9 @@ impl Worker {
             .coordinator
             .checkpoint(&mut self.output, inputs, &self.record)
             .await?;
+        // Retention runs on a thread of its own: wait for it, so that a
+        // failure injected there happens before the test goes on.
+        self.coordinator.finish_housekeeping();
         self.last_checkpoint = outcome.checkpoint_id;
         Ok(outcome.checkpoint_id)
     }

@@ -201,6 +201,85 @@ async fn repartitioned_rescale_from_two_to_three_workers() {
     stop_all(new).await;
 }
 
+/// A stop-with-savepoint of a repartitioned job waits until every task has
+/// read what every other task wrote to it: the savepoint stands alone, no
+/// keyed record it needs is left on the repartition topic past its offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_with_savepoint_drains_the_repartition_topic() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use weir_worker::checkpoint::layout::JobLayout;
+    use weir_worker::checkpoint::manifest::TaskManifest;
+
+    let kafka = Kafka::new(4);
+    let state = tempfile::tempdir().unwrap();
+    let url = store_url("drain");
+    let yaml = repartitioned_job_yaml(&kafka.bootstrap, &url);
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    // Ask while repartitioned records are still in flight.
+    produce_round_robin(&kafka, &generate(20_000, 500, BASE_TS, 9));
+    stop_with_savepoint(&workers, "drained").await;
+    stop_all(workers).await;
+
+    let (store, base) = weir_worker::checkpoint::storage::open_store(&url).unwrap();
+    let layout = JobLayout::new(&base, "test", "totals");
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", "drain-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    for task in 0..4u32 {
+        let manifest: TaskManifest = weir_worker::checkpoint::transfer::get_json(
+            store.as_ref(),
+            &layout.savepoint_manifest("drained", task),
+        )
+        .await
+        .unwrap()
+        .expect("every task is in the savepoint");
+        let from = manifest
+            .offsets
+            .iter()
+            .find(|o| o.topic == REPARTITION)
+            .expect("the repartition offset is in the savepoint")
+            .offset;
+        let (_, high) = reader
+            .fetch_watermarks(REPARTITION, task as i32, Duration::from_secs(10))
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(REPARTITION, task as i32, rdkafka::Offset::Offset(from))
+            .unwrap();
+        reader.assign(&list).unwrap();
+        // Past the savepoint's offset only watermark reports (no value) may
+        // follow: a keyed record there would be lost to the savepoint.
+        // Transaction markers are never returned: stop once nothing more
+        // comes.
+        let mut keyed_after = 0;
+        let mut position = from;
+        let mut quiet_polls = 0;
+        while position < high && quiet_polls < 5 {
+            let Some(message) = reader.poll(Duration::from_millis(200)) else {
+                quiet_polls += 1;
+                continue;
+            };
+            quiet_polls = 0;
+            let message = message.unwrap();
+            position = message.offset() + 1;
+            let is_report = message
+                .headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == "weir.upstream"));
+            if !is_report {
+                keyed_after += 1;
+            }
+        }
+        assert_eq!(
+            keyed_after, 0,
+            "task {task}: keyed records after the savepoint's offset {from}"
+        );
+    }
+}
+
 /// At least once there are no transactions, so the mock's gaps do not
 /// apply: after a crash the restored upstream tasks write again what they
 /// wrote since the checkpoint, and the restored downstream tasks read both

@@ -20,7 +20,8 @@
 //! 5. commit each task's output with its offsets, which carry the
 //!    checkpoint's token;
 //! 6. write the committed markers;
-//! 7. retention, unless fenced meanwhile (its failures only leave garbage).
+//! 7. retention, unless fenced meanwhile, on a thread of its own (its
+//!    failures only leave garbage; the next checkpoint waits for it).
 //!
 //! It is generic over the output ([`OutputCommitter`]) and the group's
 //! offsets ([`CommittedOffsets`]); the store is any [`ObjectStore`]. The
@@ -211,6 +212,9 @@ pub struct CheckpointCoordinator {
     checkpointers: BTreeMap<u32, TaskCheckpointer>,
     /// The next checkpoint id, unless the store already has higher ones.
     next_id: u64,
+    /// The retention of the last checkpoint, running off the processing
+    /// path.
+    retention: Option<std::thread::JoinHandle<()>>,
 }
 
 impl CheckpointCoordinator {
@@ -232,6 +236,7 @@ impl CheckpointCoordinator {
             retain: retain.max(1),
             checkpointers: BTreeMap::new(),
             next_id: 1,
+            retention: None,
         }
     }
 
@@ -335,6 +340,10 @@ impl CheckpointCoordinator {
             .flush()
             .map_err(|e| CoordinatorError::output(None, e))?;
         self.check_fence(committer).await?;
+        // The last retention must be done: it deletes shared files no
+        // manifest references, which this checkpoint's uploads are until
+        // their manifest is written.
+        self.finish_housekeeping();
         // Ids above anything in the store: a fenced owner that is still
         // running may have written manifests after this worker started.
         let listed = next_checkpoint_id(self.store.as_ref(), &self.layout)
@@ -390,26 +399,67 @@ impl CheckpointCoordinator {
                 })
         }))
         .await?;
-        // A worker fenced since its commit deletes nothing: the new owner's
-        // files in flight are referenced by no manifest yet.
-        if check_fence(store, layout, self.generation).await.is_err() {
-            outcome.duration = started.elapsed();
-            return Ok(outcome);
-        }
-        let retain = self.retain;
-        for result in futures::future::join_all(
-            uploaded
-                .iter()
-                .map(|(manifest, _)| collect_garbage(store, layout, manifest.task, retain)),
-        )
-        .await
-        {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "checkpoint retention");
-            }
-        }
+        self.start_retention(uploaded.iter().map(|(m, _)| m.task).collect());
         outcome.duration = started.elapsed();
         Ok(outcome)
+    }
+
+    /// Runs retention of `tasks` on a thread of its own, off the
+    /// processing path; the next checkpoint waits for it. A worker fenced
+    /// since its commit deletes nothing: the new owner's files in flight are
+    /// referenced by no manifest yet.
+    fn start_retention(&mut self, tasks: Vec<u32>) {
+        let store = self.store.clone();
+        let layout = self.layout.clone();
+        let (generation, retain) = (self.generation, self.retain);
+        let job = move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint retention skipped");
+                    return;
+                }
+            };
+            rt.block_on(async {
+                if check_fence(store.as_ref(), &layout, generation)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let results = futures::future::join_all(
+                    tasks
+                        .iter()
+                        .map(|&task| collect_garbage(store.as_ref(), &layout, task, retain)),
+                )
+                .await;
+                for result in results {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "checkpoint retention");
+                    }
+                }
+            });
+        };
+        match std::thread::Builder::new()
+            .name("weir-retention".to_owned())
+            .spawn(job)
+        {
+            Ok(handle) => self.retention = Some(handle),
+            Err(e) => tracing::warn!(error = %e, "checkpoint retention skipped"),
+        }
+    }
+
+    /// Waits until the retention of the last checkpoint is done (before the
+    /// next checkpoint, and when the worker stops).
+    pub fn finish_housekeeping(&mut self) {
+        if let Some(handle) = self.retention.take()
+            && handle.join().is_err()
+        {
+            tracing::warn!("checkpoint retention panicked");
+        }
     }
 
     /// Copies committed checkpoint `checkpoint_id` of every registered task

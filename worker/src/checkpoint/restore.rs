@@ -410,7 +410,7 @@ mod tests {
     fn the_initial_savepoint_is_used_until_the_lineage_commits() {
         let sp = RestoreSource::Savepoint("sp-1".into());
         let own = "savepoint:sp-1";
-        let table: [(Option<(u64, &str)>, u64, &RestoreSource, RestoreChoice); 11] = [
+        let table = [
             // A pod restarted after its generation committed resumes it,
             // even though WEIR_RESTORE_FROM still names the savepoint.
             (Some((2, own)), 2, &sp, RestoreChoice::NewestCheckpoint),

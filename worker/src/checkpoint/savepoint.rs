@@ -8,6 +8,8 @@
 //! savepoint without `_metadata` is never restored. Both steps are
 //! idempotent, so a failed savepoint can simply be retried.
 
+use std::collections::BTreeMap;
+
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -243,6 +245,51 @@ pub async fn read_metadata(
             id: savepoint_id.to_owned(),
             source,
         })
+}
+
+/// The lowest offset of `topic` partition `t` that any complete savepoint
+/// restores task `t` from, for each of `tasks` some savepoint has: records
+/// of the repartition topic from there on must be kept for the savepoints
+/// to stay restorable.
+pub async fn lowest_offsets(
+    store: &dyn ObjectStore,
+    layout: &JobLayout,
+    tasks: &[u32],
+    topic: &str,
+) -> Result<BTreeMap<u32, i64>, TransferError> {
+    let listing = store
+        .list_with_delimiter(Some(&layout.savepoints_dir()))
+        .await
+        .map_err(|source| TransferError::Store {
+            op: "list",
+            location: layout.savepoints_dir(),
+            source,
+        })?;
+    let mut lowest = BTreeMap::new();
+    for id in listing.common_prefixes.iter().filter_map(|p| p.filename()) {
+        if validate_savepoint_id(id).is_err()
+            || !transfer::exists(store, &layout.savepoint_metadata(id)).await?
+        {
+            continue;
+        }
+        for &task in tasks {
+            let manifest: Option<TaskManifest> =
+                transfer::get_json(store, &layout.savepoint_manifest(id, task)).await?;
+            let offset = manifest.and_then(|m| {
+                m.offsets
+                    .iter()
+                    .find(|o| o.topic == topic)
+                    .map(|o| o.offset)
+            });
+            if let Some(offset) = offset {
+                lowest
+                    .entry(task)
+                    .and_modify(|o: &mut i64| *o = (*o).min(offset))
+                    .or_insert(offset);
+            }
+        }
+    }
+    Ok(lowest)
 }
 
 /// Deletes a savepoint (for the savepoint history limit): `_metadata` first,

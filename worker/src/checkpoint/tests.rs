@@ -653,3 +653,38 @@ async fn two_owners_of_a_task_never_overwrite_each_others_checkpoint() {
         assert_eq!(meta.size, file.size, "{location} was overwritten");
     }
 }
+
+#[tokio::test]
+async fn purging_keeps_what_the_oldest_complete_savepoint_restores_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let layout = layout();
+    let db = open_db(&tmp.path().join("db"));
+    let mut checkpointer =
+        TaskCheckpointer::new(store.clone(), layout.clone(), 0, tmp.path().join("staging"));
+    // Savepoints at offsets 500 and 300 (complete), and 100 (incomplete).
+    for (id, offset, complete) in [(1, 500, true), (2, 300, true), (3, 100, false)] {
+        write(&db, 0, 0..10, &format!("v{id}"));
+        checkpointer
+            .checkpoint(&db, request(id, 0, offset))
+            .await
+            .unwrap();
+        mark_committed(store.as_ref(), &layout, id, 0)
+            .await
+            .unwrap();
+        let name = format!("sp-{id}");
+        savepoint::copy_task(store.as_ref(), &layout, id, 0, &name)
+            .await
+            .unwrap();
+        if complete {
+            savepoint::complete(store.as_ref(), &layout, &name, 1)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    let lowest = savepoint::lowest_offsets(store.as_ref(), &layout, &[0, 1], "in")
+        .await
+        .unwrap();
+    assert_eq!(lowest, [(0, 300)].into_iter().collect());
+}

@@ -3,6 +3,7 @@
 //! state compatibility check, and the assignment of every owned task's
 //! partitions at the restored offsets.
 
+use std::collections::HashMap;
 use std::path::{Path as LocalPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::checkpoint::compatibility::{self, IncompatibleState};
 use crate::checkpoint::coordinator::{CheckpointCoordinator, PipelineRecord, RestoreTarget};
 use crate::checkpoint::layout::JobLayout;
 use crate::checkpoint::restore::{RestoredFrom, RestoredTask};
+use crate::checkpoint::savepoint;
 use crate::checkpoint::storage::open_store;
 use crate::control::progress::ProgressWindow;
 use crate::control::status::WorkerPhase;
@@ -321,6 +323,10 @@ impl Running {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         };
+        let purge_floor = match &destinations.repartition {
+            Some((topic, _)) => purge_floor(&rt, &coordinator, &owned, topic),
+            None => HashMap::new(),
+        };
         let purger = match &destinations.repartition {
             Some((topic, _)) => Some(Purger::start(
                 &client::metadata_config(&base_config),
@@ -348,6 +354,7 @@ impl Running {
             topics,
             repartition_input,
             purger,
+            purge_floor,
             partitions,
             tasks,
             task_of_partition,
@@ -372,6 +379,33 @@ impl Running {
         };
         running.publish(WorkerPhase::Running);
         Ok(running)
+    }
+}
+
+/// Per owned task, the lowest repartition offset a complete savepoint
+/// restores from. When the savepoints cannot be read, nothing is purged (a
+/// warning says so): a purge could make a savepoint unrestorable.
+fn purge_floor(
+    rt: &tokio::runtime::Runtime,
+    coordinator: &CheckpointCoordinator,
+    owned: &[i32],
+    topic: &str,
+) -> HashMap<i32, i64> {
+    let tasks: Vec<u32> = owned.iter().map(|&t| task_number(t)).collect();
+    match rt.block_on(savepoint::lowest_offsets(
+        coordinator.store().as_ref(),
+        coordinator.layout(),
+        &tasks,
+        topic,
+    )) {
+        Ok(lowest) => lowest
+            .into_iter()
+            .map(|(task, offset)| (task as i32, offset))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the savepoints: the repartition topic is not purged until the worker restarts");
+            owned.iter().map(|&t| (t, 0)).collect()
+        }
     }
 }
 
