@@ -87,6 +87,12 @@ pub struct StreamingJobStatus {
     /// The spec.restartNonce last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_restart_nonce: Option<i64>,
+
+    /// The latest operation that failed (a savepoint that timed out or
+    /// failed): the job resumed unchanged, and the operation is tried again
+    /// only after a backoff. Cleared when an operation completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_operation: Option<FailedOperation>,
 }
 
 /// Where a job is in its lifecycle.
@@ -198,6 +204,34 @@ pub struct Operation {
     /// When the current stage started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_started_at: Option<Time>,
+    /// When the current stage is given up (Savepointing: the workers resume
+    /// unchanged) or reported as stalled (Rescaling, Restoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// Parallelism of the workers when the operation started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_parallelism: Option<i32>,
+    /// Fencing generation of the workers the operation starts, set when it
+    /// enters Rescaling (and written to `fence.json` before they start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_generation: Option<i64>,
+    /// The spec.savepointTriggerNonce a manual savepoint answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_nonce: Option<i64>,
+}
+
+/// An operation that failed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedOperation {
+    /// What was being done.
+    pub kind: OperationKind,
+    /// When it failed.
+    pub time: Time,
+    /// Why, in words.
+    pub message: String,
+    /// Consecutive failures of operations of this kind.
+    pub attempts: u32,
 }
 
 /// The kind of an operation.
@@ -214,6 +248,8 @@ pub enum OperationKind {
     Suspend,
     /// A restart requested through spec.restartNonce.
     Restart,
+    /// Restart of a suspended job from its last savepoint.
+    Resume,
 }
 
 /// A stage of the rescale and upgrade protocol.

@@ -290,6 +290,29 @@ pub fn pdb(job: &StreamingJob) -> Result<PodDisruptionBudget, BuildError> {
 /// (updateStrategy OnDelete replaces them only when they are restarted).
 pub const JOB_HASH_ANNOTATION: &str = "weir.dev/job-hash";
 
+/// The job as far as the workers' behaviour depends on it: the spec without
+/// the fields only the operator acts on (parallelism, suspend, restoreFrom:
+/// the workers get those through their environment; upgradeMode, the
+/// autoscaler, the savepoint trigger and the savepoint settings other than
+/// the timeout the workers apply). Its job file is what
+/// [`JOB_HASH_ANNOTATION`] hashes, so that changing those restarts nothing.
+pub fn worker_view(job: &StreamingJob) -> StreamingJob {
+    let mut view = job.clone();
+    let spec = &mut view.spec;
+    let defaults = weir_crds::job::SavepointSpec::default();
+    spec.parallelism = 1;
+    spec.suspend = false;
+    spec.restore_from = None;
+    spec.upgrade_mode = weir_crds::job::UpgradeMode::default();
+    spec.autoscaler = None;
+    spec.savepoint_trigger_nonce = None;
+    spec.savepoint = weir_crds::job::SavepointSpec {
+        timeout: spec.savepoint.timeout,
+        ..defaults
+    };
+    view
+}
+
 /// A stable 64-bit FNV-1a hash of the job file, in hex. (The standard
 /// library's hasher may change between Rust releases; this may not.)
 pub fn job_file_hash(job_file: &str) -> String {
@@ -301,8 +324,8 @@ pub fn job_file_hash(job_file: &str) -> String {
     format!("{hash:016x}")
 }
 
-/// The number of workers the StatefulSet runs: the parallelism, or none
-/// while the job is suspended.
+/// The number of workers the spec asks for: the parallelism, or none while
+/// the job is suspended.
 pub fn desired_replicas(job: &StreamingJob) -> i32 {
     if job.spec.suspend {
         0
@@ -311,30 +334,77 @@ pub fn desired_replicas(job: &StreamingJob) -> i32 {
     }
 }
 
-/// The fencing generation the workers run with (`status.workerGeneration`,
-/// 1 before the first restart).
-pub fn worker_generation(job: &StreamingJob) -> i64 {
-    job.status
-        .as_ref()
-        .and_then(|s| s.worker_generation)
-        .unwrap_or(1)
+/// What the StatefulSet runs: how many workers, at which parallelism and
+/// fencing generation, restoring from what. The spec does not set these
+/// directly once the workers exist: the operation protocol
+/// ([`crate::operation`]) moves them, so that a new parallelism never reaches
+/// running workers without a savepoint and a fence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// StatefulSet replicas.
+    pub replicas: i32,
+    /// `WEIR_PARALLELISM`.
+    pub parallelism: i32,
+    /// `WEIR_GENERATION`.
+    pub generation: i64,
+    /// `WEIR_RESTORE_FROM`: `latest`, `none` or a savepoint id.
+    pub restore_from: String,
 }
 
-/// What the workers restore from (`WEIR_RESTORE_FROM`): the savepoint of an
-/// operation in flight; `spec.restoreFrom` until the job has completed a
-/// checkpoint or savepoint; otherwise `latest`.
-pub fn restore_source(job: &StreamingJob) -> String {
-    let status = job.status.as_ref();
-    if let Some(id) = status
-        .and_then(|s| s.operation.as_ref())
-        .and_then(|op| op.savepoint_id.clone())
-    {
-        return id;
+/// Environment variable holding the parallelism of the workers.
+const PARALLELISM_VAR: &str = "WEIR_PARALLELISM";
+/// Environment variable holding the fencing generation of the workers.
+const GENERATION_VAR: &str = "WEIR_GENERATION";
+/// Environment variable naming what the workers restore from.
+const RESTORE_FROM_VAR: &str = "WEIR_RESTORE_FROM";
+
+impl Rollout {
+    /// What a job without workers starts with: its spec (no replicas while
+    /// suspended), the generation in its status (1 at first), and
+    /// `spec.restoreFrom` or else the latest checkpoint.
+    pub fn initial(job: &StreamingJob) -> Self {
+        Self {
+            replicas: desired_replicas(job),
+            parallelism: job.spec.parallelism,
+            generation: job
+                .status
+                .as_ref()
+                .and_then(|s| s.worker_generation)
+                .unwrap_or(1),
+            restore_from: job
+                .spec
+                .restore_from
+                .clone()
+                .unwrap_or_else(|| "latest".to_owned()),
+        }
     }
-    let has_run = status.is_some_and(|s| s.last_checkpoint.is_some() || s.last_savepoint.is_some());
-    match (&job.spec.restore_from, has_run) {
-        (Some(id), false) => id.clone(),
-        _ => "latest".to_owned(),
+
+    /// What an existing StatefulSet runs, read from its replicas and its
+    /// worker environment; `None` when it does not carry them all.
+    pub fn of(stateful_set: &StatefulSet) -> Option<Self> {
+        let spec = stateful_set.spec.as_ref()?;
+        let container = spec
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == "worker")?;
+        let var = |name: &str| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|v| v.name == name)?
+                .value
+                .clone()
+        };
+        Some(Self {
+            replicas: spec.replicas.unwrap_or(1),
+            parallelism: var(PARALLELISM_VAR)?.parse().ok()?,
+            generation: var(GENERATION_VAR)?.parse().ok()?,
+            restore_from: var(RESTORE_FROM_VAR)?,
+        })
     }
 }
 
@@ -346,14 +416,14 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn worker_env(job: &StreamingJob, names: &Names) -> Vec<EnvVar> {
+fn worker_env(job: &StreamingJob, names: &Names, rollout: &Rollout) -> Vec<EnvVar> {
     // The ordinal (WEIR_ORDINAL) is left to the worker: it defaults to the
     // numeric suffix of HOSTNAME, which is the pod name in a StatefulSet.
     let mut vars = vec![
         env("WEIR_JOB_FILE", format!("{JOB_DIR}/{JOB_FILE_KEY}")),
-        env("WEIR_PARALLELISM", job.spec.parallelism.to_string()),
-        env("WEIR_GENERATION", worker_generation(job).to_string()),
-        env("WEIR_RESTORE_FROM", restore_source(job)),
+        env(PARALLELISM_VAR, rollout.parallelism.to_string()),
+        env(GENERATION_VAR, rollout.generation.to_string()),
+        env(RESTORE_FROM_VAR, rollout.restore_from.clone()),
         env("WEIR_STATE_DIR", STATE_DIR),
         env("WEIR_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
         EnvVar {
@@ -485,6 +555,7 @@ fn container(
     job: &StreamingJob,
     names: &Names,
     settings: &Settings,
+    rollout: &Rollout,
     mounts: Vec<VolumeMount>,
 ) -> Container {
     Container {
@@ -495,7 +566,7 @@ fn container(
                 .clone()
                 .unwrap_or_else(|| settings.worker_image.clone()),
         ),
-        env: Some(worker_env(job, names)),
+        env: Some(worker_env(job, names, rollout)),
         env_from: job
             .spec
             .checkpoint
@@ -547,9 +618,14 @@ where
     (!map.is_empty()).then(|| map.clone())
 }
 
-/// The StatefulSet of workers: one pod per unit of parallelism, started in
-/// parallel, replaced only when the operator deletes them (OnDelete).
-pub fn stateful_set(job: &StreamingJob, settings: &Settings) -> Result<StatefulSet, BuildError> {
+/// The StatefulSet of workers running `rollout`: one pod per unit of
+/// parallelism, started in parallel, replaced only when the operator deletes
+/// them (OnDelete).
+pub fn stateful_set(
+    job: &StreamingJob,
+    settings: &Settings,
+    rollout: &Rollout,
+) -> Result<StatefulSet, BuildError> {
     let names = Names::of(job)?;
     let overrides = job.spec.pod_template.clone().unwrap_or_default();
     let mut pod_labels = overrides.labels.clone();
@@ -557,13 +633,13 @@ pub fn stateful_set(job: &StreamingJob, settings: &Settings) -> Result<StatefulS
     let mut pod_annotations = overrides.annotations.clone();
     pod_annotations.insert(
         JOB_HASH_ANNOTATION.to_owned(),
-        job_file_hash(&job_file(job)?),
+        job_file_hash(&job_file(&worker_view(job))?),
     );
     let (volumes, mounts) = volumes(job, &names);
     Ok(StatefulSet {
         metadata: metadata(job, &names, &names.job)?,
         spec: Some(StatefulSetSpec {
-            replicas: Some(desired_replicas(job)),
+            replicas: Some(rollout.replicas),
             pod_management_policy: Some("Parallel".to_owned()),
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("OnDelete".to_owned()),
@@ -610,7 +686,7 @@ pub fn stateful_set(job: &StreamingJob, settings: &Settings) -> Result<StatefulS
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    containers: vec![container(job, &names, settings, mounts)],
+                    containers: vec![container(job, &names, settings, rollout, mounts)],
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -622,16 +698,18 @@ pub fn stateful_set(job: &StreamingJob, settings: &Settings) -> Result<StatefulS
     })
 }
 
-/// Builds every child of `job`; `token` is the control token to store.
+/// Builds every child of `job`, its workers running `rollout`; `token` is
+/// the control token to store.
 pub fn children(
     job: &StreamingJob,
     settings: &Settings,
+    rollout: &Rollout,
     token: &str,
 ) -> Result<Children, BuildError> {
     Ok(Children {
         config_map: config_map(job)?,
         service: service(job)?,
-        stateful_set: stateful_set(job, settings)?,
+        stateful_set: stateful_set(job, settings, rollout)?,
         control_secret: control_secret(job, token)?,
         pdb: pdb(job)?,
     })
@@ -670,7 +748,7 @@ mod tests {
     #[test]
     fn statefulset_is_parallel_on_delete_and_restricted() {
         let job = sample_job();
-        let sts = stateful_set(&job, &settings()).unwrap();
+        let sts = stateful_set(&job, &settings(), &Rollout::initial(&job)).unwrap();
         let spec = sts.spec.as_ref().unwrap();
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(
@@ -713,7 +791,7 @@ mod tests {
     fn state_volume_is_a_claim_template_or_an_empty_dir() {
         let mut job = sample_job();
         job.spec.state.volume = None;
-        let sts = stateful_set(&job, &settings()).unwrap();
+        let sts = stateful_set(&job, &settings(), &Rollout::initial(&job)).unwrap();
         let spec = sts.spec.unwrap();
         assert!(spec.volume_claim_templates.is_none());
         let vols = spec.template.spec.unwrap().volumes.unwrap();
@@ -726,7 +804,10 @@ mod tests {
             size: k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into()),
             storage_class_name: Some("fast".into()),
         });
-        let spec = stateful_set(&job, &settings()).unwrap().spec.unwrap();
+        let spec = stateful_set(&job, &settings(), &Rollout::initial(&job))
+            .unwrap()
+            .spec
+            .unwrap();
         let claims = spec.volume_claim_templates.unwrap();
         assert_eq!(claims[0].metadata.name.as_deref(), Some("state"));
         let vols = spec.template.spec.unwrap().volumes.unwrap();
@@ -741,41 +822,51 @@ mod tests {
             env: vec![env("WEIR_PARALLELISM", "99"), env("EXTRA", "1")],
             ..Default::default()
         });
-        let sts = stateful_set(&job, &settings()).unwrap();
+        let sts = stateful_set(&job, &settings(), &Rollout::initial(&job)).unwrap();
         assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(0));
         assert_eq!(env_value(&sts, "WEIR_PARALLELISM").as_deref(), Some("2"));
         assert_eq!(env_value(&sts, "EXTRA").as_deref(), Some("1"));
     }
 
     #[test]
-    fn restore_source_follows_operation_then_initial_savepoint_then_latest() {
+    fn a_rollout_sets_the_workers_and_is_read_back_from_the_statefulset() {
         let mut job = sample_job();
-        assert_eq!(restore_source(&job), "latest");
+        let initial = Rollout::initial(&job);
+        assert_eq!(
+            initial,
+            Rollout {
+                replicas: 2,
+                parallelism: 2,
+                generation: 1,
+                restore_from: "latest".into()
+            }
+        );
         job.spec.restore_from = Some("sp-1".into());
-        assert_eq!(restore_source(&job), "sp-1");
-        let mut status = weir_crds::StreamingJobStatus {
-            last_checkpoint: Some(weir_crds::status::CheckpointInfo {
-                id: 3,
-                time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ),
-            }),
+        job.spec.suspend = true;
+        job.status = Some(weir_crds::StreamingJobStatus {
+            worker_generation: Some(4),
             ..Default::default()
-        };
-        job.status = Some(status.clone());
-        assert_eq!(restore_source(&job), "latest");
-        status.operation = Some(weir_crds::status::Operation {
-            kind: weir_crds::status::OperationKind::Rescale,
-            stage: weir_crds::status::OperationStage::Restoring,
-            target_parallelism: Some(3),
-            savepoint_id: Some("rescale-7".into()),
-            started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            ),
-            stage_started_at: None,
         });
-        job.status = Some(status);
-        assert_eq!(restore_source(&job), "rescale-7");
+        let initial = Rollout::initial(&job);
+        assert_eq!((initial.replicas, initial.generation), (0, 4));
+        assert_eq!(initial.restore_from, "sp-1");
+
+        let rollout = Rollout {
+            replicas: 0,
+            parallelism: 5,
+            generation: 7,
+            restore_from: "rescale-7".into(),
+        };
+        let sts = stateful_set(&job, &settings(), &rollout).unwrap();
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(0));
+        assert_eq!(env_value(&sts, "WEIR_PARALLELISM").as_deref(), Some("5"));
+        assert_eq!(env_value(&sts, "WEIR_GENERATION").as_deref(), Some("7"));
+        assert_eq!(
+            env_value(&sts, "WEIR_RESTORE_FROM").as_deref(),
+            Some("rescale-7")
+        );
+        assert_eq!(Rollout::of(&sts), Some(rollout));
+        assert_eq!(Rollout::of(&StatefulSet::default()), None);
     }
 
     #[test]
@@ -791,7 +882,7 @@ mod tests {
     #[test]
     fn every_child_is_owned_and_labelled() {
         let job = sample_job();
-        let c = children(&job, &settings(), "t0ken").unwrap();
+        let c = children(&job, &settings(), &Rollout::initial(&job), "t0ken").unwrap();
         let metas = [
             &c.config_map.metadata,
             &c.service.metadata,
@@ -817,7 +908,7 @@ mod tests {
         assert_eq!(job_file_hash("a"), "af63dc4c8601ec8c");
         let job = sample_job();
         let annotation = |job: &StreamingJob| {
-            let sts = stateful_set(job, &settings()).unwrap();
+            let sts = stateful_set(job, &settings(), &Rollout::initial(job)).unwrap();
             let template = sts.spec.unwrap().template.metadata.unwrap();
             template.annotations.unwrap()[JOB_HASH_ANNOTATION].clone()
         };
@@ -827,6 +918,17 @@ mod tests {
         let mut same = job.clone();
         same.status = Some(Default::default());
         assert_eq!(annotation(&job), annotation(&same));
+        // Fields only the operator acts on restart nothing.
+        same.spec.parallelism = 7;
+        same.spec.suspend = true;
+        same.spec.savepoint_trigger_nonce = Some(3);
+        same.spec.restore_from = Some("sp-1".into());
+        same.spec.savepoint.history_limit = 3;
+        same.spec.autoscaler = Some(Default::default());
+        assert_eq!(annotation(&job), annotation(&same));
+        let mut timeout = job.clone();
+        timeout.spec.savepoint.timeout = weir_crds::duration::Duration::from_secs(1);
+        assert_ne!(annotation(&job), annotation(&timeout), "workers read it");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use weir_crds::StreamingJob;
 
 use crate::backoff::Backoff;
 use crate::builders::{self, MANAGER, Settings};
+use crate::control::{HttpWorkerControl, WorkerControl};
 use crate::leader::{Elector, Timing};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::reconciler::{self, Context};
@@ -133,6 +134,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot configure the Kubernetes client")?;
     let metrics = Arc::new(Metrics::new()?);
+    let workers: Arc<dyn WorkerControl> =
+        Arc::new(HttpWorkerControl::new().context("cannot build the workers' HTTP client")?);
     let listener = metrics::bind(config.metrics_addr).await?;
     let mut server = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
@@ -140,7 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.set_leader(true);
         let (_always, leading) = watch::channel(true);
         tokio::select! {
-            () = run_all(&client, &config, &metrics, leading) => {}
+            () = run_all(&client, &config, &metrics, &workers, leading) => {}
             error = server_stopped(&mut server) => return Err(error),
         }
         server.abort();
@@ -174,7 +177,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(identity = %config.identity, "leading");
     metrics.set_leader(true);
     let failure = tokio::select! {
-        () = run_all(&client, &config, &metrics, leading.clone()) => None,
+        () = run_all(&client, &config, &metrics, &workers, leading.clone()) => None,
         error = server_stopped(&mut server) => Some(error),
     };
     metrics.set_leader(false);
@@ -193,6 +196,7 @@ async fn run_all(
     client: &Client,
     config: &Config,
     metrics: &Arc<Metrics>,
+    workers: &Arc<dyn WorkerControl>,
     leading: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(Context {
@@ -209,6 +213,7 @@ async fn run_all(
         },
         metrics: metrics.clone(),
         backoff: Backoff::default(),
+        workers: workers.clone(),
     });
     let namespaces: Vec<Option<String>> = if config.namespaces.is_empty() {
         vec![None]

@@ -11,12 +11,13 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-/// Why a job's storage could not be disposed of.
+/// Why a job's storage could not be used (opened, read, written or
+/// disposed of).
 #[derive(Debug, thiserror::Error)]
 pub enum DisposeError {
     /// The storage URL cannot be parsed or names no supported store.
@@ -99,6 +100,47 @@ impl JobStorage {
         &self.root
     }
 
+    /// Whether savepoint `id` is complete: its `_metadata` exists under the
+    /// job root. A store this process cannot see (see [`JobStorage::open`])
+    /// is taken at the workers' word: true.
+    pub async fn savepoint_complete(&self, id: &str) -> Result<bool, DisposeError> {
+        let Some(store) = &self.store else {
+            return Ok(true);
+        };
+        let location = self
+            .root
+            .clone()
+            .join("savepoints")
+            .join(id)
+            .join("_metadata");
+        match store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(DisposeError::Store {
+                url: self.url.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes `fence.json` = `{"generation": N}` under the job root: workers
+    /// of an older generation refuse to start and to commit from then on. A
+    /// store this process cannot see is left alone.
+    pub async fn write_fence(&self, generation: i64) -> Result<(), DisposeError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let body = serde_json::json!({ "generation": generation }).to_string();
+        store
+            .put(&self.root.clone().join("fence.json"), body.into())
+            .await
+            .map_err(|source| DisposeError::Store {
+                url: self.url.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
     /// Deletes every object under the job root; returns how many.
     pub async fn dispose(&self) -> Result<usize, DisposeError> {
         let Some(store) = &self.store else {
@@ -159,6 +201,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fences_and_savepoint_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "streams/clicks/savepoints/sp-1/_metadata");
+        touch(
+            dir.path(),
+            "streams/clicks/savepoints/sp-2/tasks/0/manifest.json",
+        );
+        let url = format!("file://{}", dir.path().display());
+        let storage = JobStorage::open(&url, "streams", "clicks", &BTreeMap::new()).unwrap();
+        assert!(storage.savepoint_complete("sp-1").await.unwrap());
+        assert!(!storage.savepoint_complete("sp-2").await.unwrap());
+        storage.write_fence(4).await.unwrap();
+        let fence = std::fs::read_to_string(dir.path().join("streams/clicks/fence.json")).unwrap();
+        assert_eq!(fence, r#"{"generation":4}"#);
+
+        let unseen = JobStorage::open("memory://", "ns", "job", &BTreeMap::new()).unwrap();
+        assert!(unseen.savepoint_complete("sp").await.unwrap());
+        unseen.write_fence(2).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_missing_local_directory_holds_nothing() {
         let storage =
             JobStorage::open("file:///nonexistent/weir", "ns", "job", &BTreeMap::new()).unwrap();
@@ -173,7 +236,7 @@ mod tests {
             ("AWS_REGION".to_owned(), "eu-west-1".to_owned()),
         ]);
         let storage = JobStorage::open("s3://bucket/prefix/weir", "ns", "job", &options).unwrap();
-        assert_eq!(storage.root().as_ref(), "prefix/weir/ns-job");
+        assert_eq!(storage.root().as_ref(), "prefix/weir/ns/job");
         let error = JobStorage::open("not a url", "ns", "job", &options)
             .err()
             .unwrap();

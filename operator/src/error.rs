@@ -63,6 +63,18 @@ pub enum Error {
         /// Name of the Secret.
         name: String,
     },
+    /// The job's checkpoint storage could not be read or written (a
+    /// savepoint's manifest, the fence).
+    #[error("cannot {action} in {root}: {source}")]
+    Storage {
+        /// What was attempted.
+        action: &'static str,
+        /// The job root in object storage.
+        root: String,
+        /// The storage error.
+        #[source]
+        source: crate::disposal::DisposeError,
+    },
     /// The job's checkpoints and savepoints could not be deleted.
     #[error("cannot dispose of {root}: {source}")]
     Dispose {
@@ -87,6 +99,7 @@ impl Error {
             Error::MissingNamespace(_) => "missing_namespace",
             Error::Build(_) => "build",
             Error::Dispose { .. } => "dispose",
+            Error::Storage { .. } => "storage",
             Error::ChildConflict { .. } => "child_conflict",
             Error::SecretNotFound { .. } => "secret_not_found",
             Error::Kube { action, .. } => match *action {

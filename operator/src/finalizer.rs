@@ -82,20 +82,27 @@ async fn storage_options(
     Ok(options)
 }
 
+/// Opens the job's checkpoint storage as the workers do.
+pub(crate) async fn open_storage(
+    job: &StreamingJob,
+    ctx: &Context,
+) -> Result<Result<JobStorage, crate::disposal::DisposeError>, Error> {
+    let options = storage_options(job, ctx).await?;
+    Ok(JobStorage::open(
+        &job.spec.checkpoint.storage,
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        &options,
+    ))
+}
+
 async fn dispose(job: &StreamingJob, ctx: &Context) -> Result<usize, Error> {
     let root = storage_root(job);
     let disposal = |source| Error::Dispose {
         root: root.clone(),
         source,
     };
-    let options = storage_options(job, ctx).await?;
-    let storage = JobStorage::open(
-        &job.spec.checkpoint.storage,
-        &job.namespace().unwrap_or_default(),
-        &job.name_any(),
-        &options,
-    )
-    .map_err(disposal)?;
+    let storage = open_storage(job, ctx).await?.map_err(disposal)?;
     storage.dispose().await.map_err(disposal)
 }
 

@@ -3,7 +3,10 @@
 //! The reconcile shape is dereference (read the children and pods) ->
 //! validate (pure, [`mod@weir_crds::validate`]) -> build the desired objects
 //! (pure, [`builders`]) -> server-side apply -> compute the status (pure,
-//! [`status`]) -> patch the status. Children are applied with the field
+//! [`status`]) -> patch the status. Changes that stop the workers
+//! (rescale, suspend, resume) and savepoints go through the state machine
+//! of [`operation`], kept in `status.operation`, which talks to the workers
+//! through [`control`]. Children are applied with the field
 //! manager `weir-operator`, the status with its own, `weir-operator-status`
 //! ([`reconciler::STATUS_MANAGER`]). A failure that needs a human (a child
 //! the API server rejects or another owner controls, a missing Secret) is
@@ -18,6 +21,7 @@
 pub mod autoscaler;
 pub mod backoff;
 pub mod builders;
+pub mod control;
 pub mod controller;
 pub mod disposal;
 pub mod error;
@@ -25,6 +29,7 @@ pub mod events;
 pub mod finalizer;
 pub mod leader;
 pub mod metrics;
+pub mod operation;
 pub mod rbac;
 pub mod reconciler;
 pub mod render;

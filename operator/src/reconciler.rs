@@ -22,11 +22,13 @@ use weir_crds::StreamingJob;
 use weir_crds::status::{Phase, StreamingJobStatus};
 
 use crate::backoff::Backoff;
-use crate::builders::{self, MANAGER, Names, Settings};
+use crate::builders::{self, MANAGER, Names, Rollout, Settings};
+use crate::control::{Worker, WorkerControl, WorkerReport};
 use crate::error::Error;
 use crate::events;
 use crate::finalizer::Cleanup;
 use crate::metrics::Metrics;
+use crate::operation::{self, Effect, Observation};
 use crate::restart::{self, Outdated};
 use crate::status::{self, Observed};
 
@@ -40,6 +42,9 @@ pub const STATUS_MANAGER: &str = "weir-operator-status";
 
 /// Requeue delay of a job whose workers all run the latest spec.
 pub const STABLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Requeue delay of a job with an operation in flight (savepoint progress
+/// is read from the workers, not watched).
+pub const OPERATION_REQUEUE: Duration = Duration::from_secs(5);
 /// Requeue delay of a job still moving towards its spec (pods are not owned
 /// by the job, so their readiness changes are not always watched).
 pub const PROGRESSING_REQUEUE: Duration = Duration::from_secs(30);
@@ -56,6 +61,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Failure counts for the error policy.
     pub backoff: Backoff,
+    /// The workers' control API.
+    pub workers: Arc<dyn WorkerControl>,
 }
 
 fn now() -> Time {
@@ -319,24 +326,43 @@ async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Ac
         .and_then(|t| String::from_utf8(t.0.clone()).ok())
         .filter(|t| !t.is_empty())
         .unwrap_or_else(new_token);
-    let desired = builders::children(job, &ctx.settings, &token)?;
 
     applier
-        .apply(secret.as_ref(), &desired.control_secret)
+        .apply(secret.as_ref(), &builders::control_secret(job, &token)?)
         .await?;
-    applier.get_and_apply(&desired.config_map).await?;
-    applier.get_and_apply(&desired.service).await?;
-    let stateful_set = applier.get_and_apply(&desired.stateful_set).await?;
-    applier.get_and_apply(&desired.pdb).await?;
+    applier.get_and_apply(&builders::config_map(job)?).await?;
+    applier.get_and_apply(&builders::service(job)?).await?;
+    let live: Option<StatefulSet> = applier.get(&names.job).await?;
+
+    // The operation protocol moves what the StatefulSet runs; its state
+    // is persisted before the StatefulSet changes.
+    let deployed = live.as_ref().and_then(Rollout::of);
+    let mut view = job.clone();
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let mut pods = None;
+    if let Some(deployed) = &deployed {
+        let listed =
+            drive_operation(job, ctx, names, &token, deployed, &pod_api, live.as_ref()).await?;
+        if let Some((status, listed)) = listed {
+            view.status = Some(status);
+            pods = Some(listed);
+        }
+    }
+    let in_flight = view.status.as_ref().and_then(|s| s.operation.as_ref());
+    let rollout = operation::rollout(&view, in_flight, deployed.as_ref());
+    let stateful_set = applier
+        .apply(
+            live.as_ref(),
+            &builders::stateful_set(&view, &ctx.settings, &rollout)?,
+        )
+        .await?;
+    applier.get_and_apply(&builders::pdb(job)?).await?;
     let changes = std::mem::take(&mut applier.changes);
 
-    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let selector = builders::selector_string(&names.job);
-    let pods = pod_api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_error("list", "Pod", &names.namespace, &selector))?
-        .items;
+    let pods = match pods {
+        Some(pods) => pods,
+        None => list_pods(&pod_api, names).await?,
+    };
 
     for (reason, message, child) in changes {
         events::publish(
@@ -351,7 +377,7 @@ async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Ac
         .await;
     }
 
-    let operation_in_flight = job.status.as_ref().is_some_and(|s| s.operation.is_some());
+    let operation_in_flight = view.status.as_ref().is_some_and(|s| s.operation.is_some());
     if !operation_in_flight {
         restart_outdated(
             job,
@@ -366,15 +392,211 @@ async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Ac
         stateful_set: Some(&stateful_set),
         pods: &pods,
     };
-    let status = status::compute(job, &[], observed, &now());
-    if status::owned_fields_changed(job.status.as_ref(), &status) {
+    let status = status::compute(&view, &[], observed, &now());
+    if status::owned_fields_changed(view.status.as_ref(), &status) {
         patch_status(ctx, names, &status).await?;
     }
-    Ok(if status.phase == Some(Phase::Running) {
+    Ok(if operation_in_flight {
+        Action::requeue(OPERATION_REQUEUE)
+    } else if status.last_failed_operation.is_some() {
+        Action::requeue(PROGRESSING_REQUEUE)
+    } else if status.phase == Some(Phase::Running) {
         Action::requeue(STABLE_REQUEUE)
     } else {
         Action::requeue(PROGRESSING_REQUEUE)
     })
+}
+
+async fn list_pods(pod_api: &Api<Pod>, names: &Names) -> Result<Vec<Pod>, Error> {
+    let selector = builders::selector_string(&names.job);
+    Ok(pod_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error("list", "Pod", &names.namespace, &selector))?
+        .items)
+}
+
+/// Runs one step of the operation in flight, or of the one [`operation::plan`]
+/// starts, for a job whose StatefulSet runs `deployed`: observes the pods,
+/// the workers and the storage, carries out the effects, and patches the
+/// status with the result before anything else changes. Returns the new
+/// status and the pods listed, or `None` when no operation is involved (a
+/// failure whose backoff is over is then forgotten in the returned status).
+async fn drive_operation(
+    job: &StreamingJob,
+    ctx: &Context,
+    names: &Names,
+    token: &str,
+    deployed: &Rollout,
+    pod_api: &Api<Pod>,
+    live: Option<&StatefulSet>,
+) -> Result<Option<(StreamingJobStatus, Vec<Pod>)>, Error> {
+    let now = now();
+    let mut status = job.status.clone().unwrap_or_default();
+    let op = match status.operation.clone() {
+        Some(op) => op,
+        None => match operation::plan(job, deployed, &now) {
+            Some(op) => {
+                execute(job, ctx, names, token, operation::start_event(&op)).await?;
+                op
+            }
+            None => {
+                if status.last_failed_operation.is_none() {
+                    return Ok(None);
+                }
+                operation::forget_failure(&mut status, &now);
+                let pods = list_pods(pod_api, names).await?;
+                return Ok(Some((status, pods)));
+            }
+        },
+    };
+    let pods = list_pods(pod_api, names).await?;
+    let workers = workers(names, token, operation::workers_to_observe(&op, deployed));
+    let reports = observe_workers(ctx, &workers).await;
+    let savepoint_stored = match (&op.savepoint_id, operation::awaits_manifest(&op, &reports)) {
+        (Some(id), true) => storage(job, ctx, "open")
+            .await?
+            .savepoint_complete(id)
+            .await
+            .map_err(storage_error(job, "read the savepoint manifest"))?,
+        _ => false,
+    };
+    let observation = Observation {
+        now: now.clone(),
+        generation: operation::current_generation(job.status.as_ref(), deployed),
+        pods: pods.len(),
+        reports: &reports,
+        savepoint_stored,
+    };
+    let transition = operation::step(&op, &observation);
+    for effect in transition.effects.clone() {
+        execute(job, ctx, names, token, effect).await?;
+    }
+    operation::settle(
+        &mut status,
+        &op,
+        &transition,
+        job.spec.savepoint.history_limit,
+        &now,
+    );
+    let mut view = job.clone();
+    view.status = Some(status);
+    let observed = Observed {
+        stateful_set: live,
+        pods: &pods,
+    };
+    let computed = status::compute(&view, &[], observed, &now);
+    if status::owned_fields_changed(job.status.as_ref(), &computed) {
+        patch_status(ctx, names, &computed).await?;
+    }
+    Ok(Some((computed, pods)))
+}
+
+fn storage_error(
+    job: &StreamingJob,
+    action: &'static str,
+) -> impl FnOnce(crate::disposal::DisposeError) -> Error {
+    let root = crate::finalizer::storage_root(job);
+    move |source| Error::Storage {
+        action,
+        root,
+        source,
+    }
+}
+
+async fn storage(
+    job: &StreamingJob,
+    ctx: &Context,
+    action: &'static str,
+) -> Result<crate::disposal::JobStorage, Error> {
+    crate::finalizer::open_storage(job, ctx)
+        .await?
+        .map_err(storage_error(job, action))
+}
+
+/// The workers `0..count` of the job.
+fn workers(names: &Names, token: &str, count: i32) -> Vec<Worker> {
+    (0..count.max(0))
+        .map(|ordinal| {
+            Worker::in_cluster(&names.job, ordinal, &names.service, &names.namespace, token)
+        })
+        .collect()
+}
+
+/// The status of each worker, `None` for those that do not answer.
+async fn observe_workers(ctx: &Context, workers: &[Worker]) -> Vec<Option<WorkerReport>> {
+    let reports = futures::future::join_all(workers.iter().map(|w| ctx.workers.status(w))).await;
+    reports
+        .into_iter()
+        .map(|report| {
+            report
+                .map_err(|error| tracing::info!(%error, "worker status unavailable"))
+                .ok()
+        })
+        .collect()
+}
+
+/// Carries out one effect of a step. Requests to workers that fail are
+/// logged (the next step asks again, and the deadline bounds the wait); a
+/// fence that cannot be written fails the reconciliation, since no new
+/// worker may start before it.
+async fn execute(
+    job: &StreamingJob,
+    ctx: &Context,
+    names: &Names,
+    token: &str,
+    effect: Effect,
+) -> Result<(), Error> {
+    match effect {
+        Effect::RequestSavepoint { ordinals, id, stop } => {
+            for ordinal in ordinals {
+                let worker = Worker::in_cluster(
+                    &names.job,
+                    ordinal,
+                    &names.service,
+                    &names.namespace,
+                    token,
+                );
+                if let Err(error) = ctx.workers.savepoint(&worker, &id, stop).await {
+                    tracing::warn!(%error, savepoint = %id, "savepoint request failed");
+                }
+            }
+        }
+        Effect::Resume { ordinals } => {
+            for ordinal in ordinals {
+                let worker = Worker::in_cluster(
+                    &names.job,
+                    ordinal,
+                    &names.service,
+                    &names.namespace,
+                    token,
+                );
+                if let Err(error) = ctx.workers.resume(&worker).await {
+                    tracing::warn!(%error, "resume request failed");
+                }
+            }
+        }
+        Effect::WriteFence { generation } => {
+            storage(job, ctx, "open")
+                .await?
+                .write_fence(generation)
+                .await
+                .map_err(storage_error(job, "write fence.json"))?;
+        }
+        Effect::Event {
+            warning,
+            reason,
+            note,
+        } => {
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            events::publish(&ctx.recorder, job, type_, reason, "Operation", &note, None).await;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the workers that run an out-of-date pod template, so that the

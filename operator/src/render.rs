@@ -125,7 +125,8 @@ fn render_job(
         source,
     };
     let names = builders::Names::of(job).map_err(build)?;
-    let children = builders::children(job, settings, PLACEHOLDER_TOKEN).map_err(build)?;
+    let rollout = builders::Rollout::initial(job);
+    let children = builders::children(job, settings, &rollout, PLACEHOLDER_TOKEN).map_err(build)?;
     Ok(RenderedJob {
         id: format!("{}-{}", names.namespace, names.job),
         files: vec![

@@ -1,16 +1,15 @@
 //! Restarting workers that run an out-of-date pod template.
 //!
 //! The StatefulSet's updateStrategy is OnDelete, so a new pod template (a new
-//! parallelism, job file, image or environment) reaches the workers only when
-//! their pods are deleted. When no operation of the rescale protocol is in
-//! flight (`status.operation`), the reconciler deletes the pods whose
-//! revision differs from the StatefulSet's update revision: each worker gets
-//! SIGTERM, finishes its batch, checkpoints and exits, and its replacement
-//! restores from the latest checkpoint (lastState semantics). A parallelism
-//! change therefore restarts every worker together, so that no two workers
-//! ever settle on different parallelisms. The savepoint-based protocol of
-//! DESIGN.md, when it drives a change, records it in `status.operation`,
-//! and this module stays out of its way.
+//! job file, image or environment) reaches the workers only when their pods
+//! are deleted. When no operation of the rescale protocol is in flight
+//! (`status.operation`, see [`crate::operation`]), the reconciler deletes the
+//! pods whose revision differs from the StatefulSet's update revision: each
+//! worker gets SIGTERM, finishes its batch, checkpoints and exits, and its
+//! replacement restores from the latest checkpoint of its lineage (lastState
+//! semantics). A parallelism change never comes this way: the operation
+//! protocol moves the parallelism, and the pod template carries only what
+//! the workers read ([`crate::builders::worker_view`]).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;

@@ -25,6 +25,9 @@ pub const DEGRADED: &str = "Degraded";
 /// Reason of the conditions of a job whose spec failed validation.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
+/// Reason of the Degraded condition of a job whose latest operation failed.
+pub const OPERATION_FAILED: &str = "OperationFailed";
+
 /// Container waiting reasons that mean a worker cannot start on its own.
 const FAILING_REASONS: [&str; 6] = [
     "CrashLoopBackOff",
@@ -127,6 +130,19 @@ fn assess(
         Verdict::new(true, INVALID_SPEC, problems.join("; "))
     } else if !failing.is_empty() {
         Verdict::new(true, "WorkersFailing", failing.join("; "))
+    } else if let Some(failure) = job
+        .status
+        .as_ref()
+        .and_then(|s| s.last_failed_operation.as_ref())
+    {
+        Verdict::new(
+            true,
+            OPERATION_FAILED,
+            format!(
+                "{:?} failed ({} in a row): {}; the workers run unchanged and it is retried after a backoff",
+                failure.kind, failure.attempts, failure.message
+            ),
+        )
     } else {
         Verdict::new(false, "AsExpected", "no problem detected")
     };
@@ -284,10 +300,12 @@ pub fn compute(
         observed_generation: generation,
         parallelism: Some(parallelism),
         selector: Some(builders::selector_string(&job.name_any())),
-        worker_generation: observed
-            .stateful_set
-            .map(|_| builders::worker_generation(job))
-            .or(previous.worker_generation),
+        worker_generation: previous.worker_generation.or_else(|| {
+            observed
+                .stateful_set
+                .and_then(builders::Rollout::of)
+                .map(|rollout| rollout.generation)
+        }),
         conditions,
         ..previous
     }
@@ -333,20 +351,30 @@ pub fn blocked(
     }
 }
 
-/// The status fields this module owns, as the body of a server-side apply
-/// of the status subresource.
+/// The status fields the operator owns, as the body of a server-side apply
+/// of the status subresource: what [`compute`] sets and what the operation
+/// protocol ([`crate::operation`]) records. A field left out (None or
+/// empty) is removed.
 pub fn apply_body(status: &StreamingJobStatus) -> serde_json::Value {
+    let owned = StreamingJobStatus {
+        phase: status.phase,
+        observed_generation: status.observed_generation,
+        parallelism: status.parallelism,
+        selector: status.selector.clone(),
+        worker_generation: status.worker_generation,
+        conditions: status.conditions.clone(),
+        operation: status.operation.clone(),
+        last_savepoint: status.last_savepoint.clone(),
+        savepoint_history: status.savepoint_history.clone(),
+        scaling_history: status.scaling_history.clone(),
+        observed_savepoint_trigger_nonce: status.observed_savepoint_trigger_nonce,
+        last_failed_operation: status.last_failed_operation.clone(),
+        ..StreamingJobStatus::default()
+    };
     serde_json::json!({
         "apiVersion": StreamingJob::api_version(&()),
         "kind": StreamingJob::kind(&()),
-        "status": {
-            "phase": status.phase,
-            "observedGeneration": status.observed_generation,
-            "parallelism": status.parallelism,
-            "selector": status.selector,
-            "workerGeneration": status.worker_generation,
-            "conditions": status.conditions,
-        }
+        "status": owned,
     })
 }
 
@@ -646,6 +674,10 @@ mod tests {
                 savepoint_id: Some("sp".into()),
                 started_at: time(1),
                 stage_started_at: None,
+                deadline: None,
+                from_parallelism: Some(2),
+                worker_generation: None,
+                trigger_nonce: None,
             }),
             ..Default::default()
         });

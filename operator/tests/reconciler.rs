@@ -16,6 +16,7 @@ use tower_test::mock::{self, Handle};
 use weir_crds::StreamingJob;
 use weir_operator::backoff::Backoff;
 use weir_operator::builders::Settings;
+use weir_operator::control::{FakeWorkers, WorkerReport};
 use weir_operator::metrics::Metrics;
 use weir_operator::reconciler::{self, Context};
 
@@ -201,7 +202,7 @@ async fn serve(handle: Handle<Request<Body>, Response<Body>>, steps: Vec<Step>) 
     }
 }
 
-fn context(client: Client) -> Arc<Context> {
+fn context(client: Client, workers: Arc<FakeWorkers>) -> Arc<Context> {
     Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -216,6 +217,7 @@ fn context(client: Client) -> Arc<Context> {
         },
         metrics: Arc::new(Metrics::new().unwrap()),
         backoff: Backoff::default(),
+        workers,
     })
 }
 
@@ -234,9 +236,20 @@ async fn reconcile_after_failures(
     steps: Vec<Step>,
     failures: u32,
 ) -> (Result<Action, weir_operator::Error>, Arc<Context>) {
+    reconcile_with(job, steps, failures, Arc::new(FakeWorkers::default())).await
+}
+
+/// Runs one reconciliation of `job` against the scripted API server and the
+/// scripted `workers`.
+async fn reconcile_with(
+    job: StreamingJob,
+    steps: Vec<Step>,
+    failures: u32,
+    workers: Arc<FakeWorkers>,
+) -> (Result<Action, weir_operator::Error>, Arc<Context>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(serve(handle, steps));
-    let ctx = context(Client::new(service, "default"));
+    let ctx = context(Client::new(service, "default"), workers);
     for _ in 0..failures {
         ctx.backoff.failed(&reconciler::key(&job));
     }
@@ -1052,4 +1065,526 @@ async fn an_unchanged_invalid_verdict_is_not_repeated() {
     again.status = Some(status);
     let (result, _) = reconcile(again, vec![]).await;
     assert_eq!(result.unwrap(), Action::await_change());
+}
+
+// The operation protocol: every step persists the operation in the status
+// before the StatefulSet changes; the workers' control API is the fake.
+
+/// A StatefulSet that runs `replicas` workers of `parallelism` at
+/// `generation`, restoring from `restore`.
+fn live_sts(replicas: i32, parallelism: i32, generation: i64, restore: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 2},
+        "spec": {"replicas": replicas, "selector": {}, "template": {"spec": {"containers": [{
+            "name": "worker",
+            "env": [
+                {"name": "WEIR_PARALLELISM", "value": parallelism.to_string()},
+                {"name": "WEIR_GENERATION", "value": generation.to_string()},
+                {"name": "WEIR_RESTORE_FROM", "value": restore}
+            ]}]}}},
+        "status": {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
+                   "observedGeneration": 2}
+    })
+}
+
+fn env_of(body: &Value, name: &str) -> Value {
+    body["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {body}"))["value"]
+        .clone()
+}
+
+/// The StatefulSet is applied running `replicas` workers of `parallelism`
+/// at `generation` from `restore` (answered with `live`, unchanged).
+fn apply_sts(
+    live: &Value,
+    replicas: i32,
+    parallelism: i32,
+    generation: i64,
+    restore: &'static str,
+) -> Step {
+    apply(&format!(
+        "/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"
+    ))
+    .check(move |body| {
+        assert_eq!(body["spec"]["replicas"], replicas, "{body}");
+        assert_eq!(env_of(body, "WEIR_PARALLELISM"), parallelism.to_string());
+        assert_eq!(env_of(body, "WEIR_GENERATION"), generation.to_string());
+        assert_eq!(env_of(body, "WEIR_RESTORE_FROM"), restore);
+    })
+    .reply(live.clone())
+}
+
+/// The requests of one reconciliation of a job whose StatefulSet is `live`:
+/// the unchanged Secret, ConfigMap and Service, the StatefulSet read,
+/// `operation` (events, pods, status), the StatefulSet applied as `sts`,
+/// and the unchanged PodDisruptionBudget.
+fn operation_steps(live: &Value, operation: Vec<Step>, sts: Step) -> Vec<Step> {
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                     "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1"}});
+    let pdb_path = format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks");
+    let mut steps = unchanged_until_the_stateful_set();
+    steps.push(
+        get(&format!(
+            "/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"
+        ))
+        .reply(live.clone()),
+    );
+    steps.extend(operation);
+    steps.push(sts);
+    steps.push(get(&pdb_path).reply(pdb.clone()));
+    steps.push(apply(&pdb_path).reply(pdb));
+    steps
+}
+
+/// The status patch of an operation step, checked by `check`.
+fn operation_status(check: impl Fn(&Value) + Send + 'static) -> Step {
+    apply_status()
+        .check(check)
+        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap())
+}
+
+/// A job with `spec` (over the defaults, with the checkpoint storage in
+/// `storage`) and `status`.
+fn job_with(storage: &std::path::Path, spec: Value, status: Value) -> StreamingJob {
+    let mut spec = spec;
+    merge(
+        &mut spec,
+        json!({"checkpoint": {"storage": format!("file://{}", storage.display())}}),
+    );
+    let mut job = job(json!({}), spec);
+    job.status = Some(serde_json::from_value(status).unwrap());
+    job
+}
+
+fn report(value: Value) -> WorkerReport {
+    serde_json::from_value(value).unwrap()
+}
+
+fn running_op(kind: &str, stage: &str, deadline: &str) -> Value {
+    json!({"kind": kind, "stage": stage, "targetParallelism": 3, "savepointId": "rescale-1",
+           "fromParallelism": 2, "workerGeneration": 2,
+           "startedAt": "2026-11-21T08:00:00Z", "deadline": deadline})
+}
+
+const LATER: &str = "2099-01-01T00:00:00Z";
+const EARLIER: &str = "2000-01-01T00:00:00Z";
+
+fn savepoint_calls(workers: &FakeWorkers) -> Vec<(String, &'static str, &'static str, Value)> {
+    workers
+        .take_calls()
+        .into_iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| {
+            assert_eq!(c.token.as_deref(), Some("secret"), "the control token");
+            (c.pod, c.method, c.path, c.body)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_parallelism_change_starts_a_rescale_with_a_stop_with_savepoint() {
+    // `kubectl scale sj/clicks --replicas=3` writes the same field through
+    // the scale subresource: the reconciler sees spec.parallelism change.
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_sts(2, 2, 1, "latest");
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 1, "phase": "running", "ready": true})),
+        );
+    }
+    let steps = operation_steps(
+        &live,
+        vec![
+            event(
+                "Normal",
+                "RescaleStarted",
+                "rescaling from 2 to 3 workers through savepoint rescale-",
+            ),
+            worker_pods(json!([
+                worker_pod("clicks-0", "r1"),
+                worker_pod("clicks-1", "r1")
+            ])),
+            operation_status(|body| {
+                let status = &body["status"];
+                assert_eq!(status["phase"], "Savepointing", "{body}");
+                let op = &status["operation"];
+                assert_eq!(op["kind"], "rescale", "{body}");
+                assert_eq!(op["stage"], "Savepointing", "{body}");
+                assert_eq!(op["targetParallelism"], 3, "{body}");
+                assert_eq!(op["fromParallelism"], 2, "{body}");
+                assert!(
+                    op["savepointId"].as_str().unwrap().starts_with("rescale-"),
+                    "{body}"
+                );
+                assert!(op["deadline"].is_string(), "{body}");
+                assert_eq!(condition(body, "Progressing")["reason"], "Savepointing");
+            }),
+        ],
+        // The old workers keep running, unchanged, until the savepoint.
+        apply_sts(&live, 2, 2, 1, "latest"),
+    );
+    let job = job_with(dir.path(), json!({"parallelism": 3}), json!({}));
+    let (result, _) = reconcile_with(job, steps, 0, workers.clone()).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::OPERATION_REQUEUE)
+    );
+    let posts = savepoint_calls(&workers);
+    assert_eq!(posts.len(), 2);
+    for (i, (pod, _, path, body)) in posts.iter().enumerate() {
+        assert_eq!(pod, &format!("clicks-{i}"));
+        assert_eq!(*path, "/v1/savepoints");
+        assert_eq!(body["stop"], true);
+        assert!(body["id"].as_str().unwrap().starts_with("rescale-"));
+    }
+}
+
+#[tokio::test]
+async fn a_completed_savepoint_fences_and_scales_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir
+        .path()
+        .join("streams/clicks/savepoints/rescale-1/_metadata");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(&manifest, b"{}").unwrap();
+    let live = live_sts(2, 2, 1, "latest");
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 1, "phase": "stopped",
+            "savepoint": {"id": "rescale-1", "state": "completed"}})),
+        );
+    }
+    let mut op = running_op("rescale", "Savepointing", LATER);
+    op["workerGeneration"] = Value::Null;
+    let steps = operation_steps(
+        &live,
+        vec![
+            worker_pods(json!([
+                worker_pod("clicks-0", "r1"),
+                worker_pod("clicks-1", "r1")
+            ])),
+            event(
+                "Normal",
+                "SavepointCompleted",
+                "fencing generation 1 with 2",
+            ),
+            operation_status(|body| {
+                let status = &body["status"];
+                assert_eq!(status["operation"]["stage"], "Rescaling", "{body}");
+                assert_eq!(status["operation"]["workerGeneration"], 2, "{body}");
+                assert_eq!(status["lastSavepoint"]["id"], "rescale-1", "{body}");
+                assert_eq!(status["lastSavepoint"]["reason"], "rescale", "{body}");
+                assert_eq!(status["lastSavepoint"]["parallelism"], 2, "{body}");
+                assert_eq!(status["savepointHistory"][0]["id"], "rescale-1", "{body}");
+                assert_eq!(status["phase"], "Rescaling", "{body}");
+            }),
+        ],
+        apply_sts(&live, 0, 2, 1, "latest"),
+    );
+    let job = job_with(
+        dir.path(),
+        json!({"parallelism": 3}),
+        json!({"operation": op}),
+    );
+    let (result, _) = reconcile_with(job, steps, 0, workers.clone()).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::OPERATION_REQUEUE)
+    );
+    let fence = std::fs::read_to_string(dir.path().join("streams/clicks/fence.json")).unwrap();
+    assert_eq!(fence, r#"{"generation":2}"#);
+    assert!(savepoint_calls(&workers).is_empty(), "nothing asked again");
+}
+
+#[tokio::test]
+async fn once_the_old_pods_are_gone_the_new_parallelism_restores_the_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_sts(0, 2, 1, "latest");
+    let steps = operation_steps(
+        &live,
+        vec![
+            worker_pods(json!([])),
+            event(
+                "Normal",
+                "Restoring",
+                "starting 3 workers of generation 2 from rescale-1",
+            ),
+            operation_status(|body| {
+                assert_eq!(body["status"]["operation"]["stage"], "Restoring", "{body}");
+                assert_eq!(body["status"]["phase"], "Restoring", "{body}");
+            }),
+        ],
+        apply_sts(&live, 3, 3, 2, "rescale-1"),
+    );
+    let job = job_with(
+        dir.path(),
+        json!({"parallelism": 3}),
+        json!({"operation": running_op("rescale", "Rescaling", LATER)}),
+    );
+    let (result, _) = reconcile_with(job, steps, 0, Arc::new(FakeWorkers::default())).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::OPERATION_REQUEUE)
+    );
+    let fence = std::fs::read_to_string(dir.path().join("streams/clicks/fence.json")).unwrap();
+    assert_eq!(
+        fence, r#"{"generation":2}"#,
+        "fenced before the new workers start"
+    );
+}
+
+#[tokio::test]
+async fn the_rescale_completes_when_every_worker_restored_the_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_sts(3, 3, 2, "rescale-1");
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1", "clicks-2"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 2, "phase": "running", "ready": true,
+            "restoredFrom": "savepoint:rescale-1"})),
+        );
+    }
+    let pods = json!([
+        worker_pod("clicks-0", "r2"),
+        worker_pod("clicks-1", "r2"),
+        worker_pod("clicks-2", "r2")
+    ]);
+    let steps = operation_steps(
+        &live,
+        vec![
+            worker_pods(pods),
+            event(
+                "Normal",
+                "Rescaled",
+                "3 workers of generation 2 restored from rescale-1",
+            ),
+            operation_status(|body| {
+                let status = &body["status"];
+                assert!(status.get("operation").is_none(), "{body}");
+                assert_eq!(status["phase"], "Running", "{body}");
+                assert_eq!(status["workerGeneration"], 2, "{body}");
+                let record = &status["scalingHistory"][0];
+                assert_eq!(
+                    (record["from"].clone(), record["to"].clone()),
+                    (json!(2), json!(3)),
+                    "{body}"
+                );
+                assert_eq!(condition(body, "Ready")["status"], "True", "{body}");
+            }),
+        ],
+        apply_sts(&live, 3, 3, 2, "rescale-1"),
+    );
+    let job = job_with(
+        dir.path(),
+        json!({"parallelism": 3}),
+        json!({"operation": running_op("rescale", "Restoring", LATER), "workerGeneration": 1}),
+    );
+    let (result, _) = reconcile_with(job, steps, 0, workers).await;
+    assert_eq!(result.unwrap(), Action::requeue(reconciler::STABLE_REQUEUE));
+}
+
+#[tokio::test]
+async fn a_timed_out_savepoint_resumes_the_workers_and_leaves_the_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_sts(2, 2, 1, "latest");
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 1, "phase": "running", "ready": true,
+            "savepoint": {"id": "rescale-1", "state": "inProgress"}})),
+        );
+    }
+    let mut op = running_op("rescale", "Savepointing", EARLIER);
+    op["workerGeneration"] = Value::Null;
+    let steps = operation_steps(
+        &live,
+        vec![
+            worker_pods(json!([
+                worker_pod("clicks-0", "r1"),
+                worker_pod("clicks-1", "r1")
+            ])),
+            event(
+                "Warning",
+                "SavepointFailed",
+                "savepoint rescale-1 timed out: 0/2 workers completed",
+            ),
+            operation_status(|body| {
+                let status = &body["status"];
+                assert!(status.get("operation").is_none(), "{body}");
+                assert_eq!(status["lastFailedOperation"]["kind"], "rescale", "{body}");
+                assert_eq!(status["lastFailedOperation"]["attempts"], 1, "{body}");
+                let degraded = condition(body, "Degraded");
+                assert_eq!(degraded["status"], "True", "{body}");
+                assert_eq!(degraded["reason"], "OperationFailed", "{body}");
+            }),
+        ],
+        apply_sts(&live, 2, 2, 1, "latest"),
+    );
+    let job = job_with(
+        dir.path(),
+        json!({"parallelism": 3}),
+        json!({"operation": op}),
+    );
+    let (result, _) = reconcile_with(job, steps, 0, workers.clone()).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::PROGRESSING_REQUEUE)
+    );
+    let posts = savepoint_calls(&workers);
+    let resumed: Vec<_> = posts
+        .iter()
+        .map(|(pod, _, path, _)| (pod.as_str(), *path))
+        .collect();
+    assert_eq!(
+        resumed,
+        [("clicks-0", "/v1/resume"), ("clicks-1", "/v1/resume")]
+    );
+}
+
+#[tokio::test]
+async fn a_savepoint_trigger_takes_a_savepoint_without_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir
+        .path()
+        .join("streams/clicks/savepoints/manual-1/_metadata");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(&manifest, b"{}").unwrap();
+    let live = live_sts(2, 2, 1, "latest");
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 1, "phase": "running", "ready": true,
+            "savepoint": {"id": "manual-1", "state": "completed"}})),
+        );
+    }
+    let op = json!({"kind": "savepoint", "stage": "Savepointing", "targetParallelism": 2,
+                    "savepointId": "manual-1", "fromParallelism": 2, "triggerNonce": 5,
+                    "startedAt": "2026-11-21T08:00:00Z", "deadline": LATER});
+    let steps = operation_steps(
+        &live,
+        vec![
+            worker_pods(json!([
+                worker_pod("clicks-0", "r1"),
+                worker_pod("clicks-1", "r1")
+            ])),
+            event("Normal", "SavepointCompleted", "nothing restarted"),
+            operation_status(|body| {
+                let status = &body["status"];
+                assert!(status.get("operation").is_none(), "{body}");
+                assert_eq!(status["observedSavepointTriggerNonce"], 5, "{body}");
+                assert_eq!(status["lastSavepoint"]["reason"], "manual", "{body}");
+                assert_eq!(status["phase"], "Running", "{body}");
+            }),
+        ],
+        apply_sts(&live, 2, 2, 1, "latest"),
+    );
+    let job = job_with(
+        dir.path(),
+        json!({"savepointTriggerNonce": 5}),
+        json!({"operation": op}),
+    );
+    let (result, _) = reconcile_with(job, steps, 0, workers.clone()).await;
+    // No pod deleted: the pods run the current revision (no update
+    // revision reported), and the nonce is not in the pod template.
+    assert_eq!(result.unwrap(), Action::requeue(reconciler::STABLE_REQUEUE));
+    assert!(savepoint_calls(&workers).is_empty());
+}
+
+#[tokio::test]
+async fn suspend_stops_with_a_savepoint_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_sts(2, 2, 1, "latest");
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 1, "phase": "running", "ready": true})),
+        );
+    }
+    let steps = operation_steps(
+        &live,
+        vec![
+            event("Normal", "SuspendStarted", "stop-with-savepoint suspend-"),
+            worker_pods(json!([
+                worker_pod("clicks-0", "r1"),
+                worker_pod("clicks-1", "r1")
+            ])),
+            operation_status(|body| {
+                assert_eq!(body["status"]["operation"]["kind"], "suspend", "{body}");
+                assert_eq!(
+                    body["status"]["operation"]["targetParallelism"], 0,
+                    "{body}"
+                );
+            }),
+        ],
+        // Still running until the savepoint completes.
+        apply_sts(&live, 2, 2, 1, "latest"),
+    );
+    let job = job_with(dir.path(), json!({"suspend": true}), json!({}));
+    let (result, _) = reconcile_with(job, steps, 0, workers.clone()).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::OPERATION_REQUEUE)
+    );
+    let posts = savepoint_calls(&workers);
+    assert_eq!(posts.len(), 2);
+    assert!(
+        posts
+            .iter()
+            .all(|(_, _, path, body)| *path == "/v1/savepoints" && body["stop"] == true)
+    );
+}
+
+#[tokio::test]
+async fn resume_fences_and_restores_the_suspend_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = live_sts(0, 2, 1, "latest");
+    let steps = operation_steps(
+        &live,
+        vec![
+            event(
+                "Normal",
+                "ResumeStarted",
+                "resuming 2 workers from savepoint suspend-9",
+            ),
+            worker_pods(json!([])),
+            event(
+                "Normal",
+                "Restoring",
+                "starting 2 workers of generation 3 from suspend-9",
+            ),
+            operation_status(|body| {
+                let op = &body["status"]["operation"];
+                assert_eq!(op["kind"], "resume", "{body}");
+                assert_eq!(op["stage"], "Restoring", "{body}");
+                assert_eq!(op["workerGeneration"], 3, "{body}");
+            }),
+        ],
+        apply_sts(&live, 2, 2, 3, "suspend-9"),
+    );
+    let status = json!({
+        "workerGeneration": 2,
+        "lastSavepoint": {"id": "suspend-9", "time": "2026-11-21T08:00:00Z", "parallelism": 2,
+                          "reason": "suspend"}
+    });
+    let job = job_with(dir.path(), json!({}), status);
+    let (result, _) = reconcile_with(job, steps, 0, Arc::new(FakeWorkers::default())).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(reconciler::OPERATION_REQUEUE)
+    );
+    let fence = std::fs::read_to_string(dir.path().join("streams/clicks/fence.json")).unwrap();
+    assert_eq!(fence, r#"{"generation":3}"#);
 }
