@@ -626,6 +626,33 @@ async fn a_zombie_of_an_old_generation_writes_nothing_the_new_owner_sees() {
 }
 
 #[tokio::test]
+async fn a_rescale_during_the_upload_stops_the_commit() {
+    let job = Job::new(true);
+    let mut workers = job.start(1, 1, &RestoreSource::Latest, "a").await.unwrap();
+    job.process(&mut workers, 1);
+    assert!(checkpoint_all(&mut workers).await.is_empty());
+    job.process(&mut workers, 2);
+    let log = job.broker.log().len();
+    // The operator writes the fence after the worker's first check.
+    job.store.fence_during_upload(job.layout.fence(), 2);
+    let err = workers[0].checkpoint().await.unwrap_err();
+    assert!(matches!(err, CoordinatorError::Fenced(_)), "{err}");
+    // Nothing of the refused checkpoint is committed or marked, and its
+    // open output is discarded.
+    assert_eq!(job.broker.log().len(), log);
+    let marker = job.layout.checkpoint_marker(2, 0);
+    assert!(
+        object_store::ObjectStoreExt::head(job.store.as_ref(), &marker)
+            .await
+            .is_err()
+    );
+    let mut workers = job.start(1, 2, &RestoreSource::Latest, "b").await.unwrap();
+    job.process(&mut workers, 3);
+    assert!(checkpoint_all(&mut workers).await.is_empty());
+    assert_eq!(committed(&job.broker), job.model());
+}
+
+#[tokio::test]
 async fn a_worker_of_an_older_generation_refuses_to_start() {
     let job = Job::new(true);
     write_fence(job.store.as_ref(), &job.layout, 3)
@@ -654,7 +681,11 @@ async fn at_least_once_crashes_count_every_event_once_in_state() {
         assert!(checkpoint_all(&mut workers).await.is_empty());
         job.process(&mut workers, 2);
         point.arm(&job.faults, 2);
-        let _ = workers[0].checkpoint().await;
+        assert!(workers[0].checkpoint().await.is_err(), "{point:?}");
+        assert!(
+            !job.faults.armed(),
+            "{point:?}: the failure was never reached"
+        );
         drop(workers);
         let mut workers = job.start(3, 2, &RestoreSource::Latest, "r2").await.unwrap();
         job.process(&mut workers, 3);

@@ -83,6 +83,12 @@ impl CommittedOffsets for Broker {
 #[derive(Clone, Default)]
 pub struct Faults(pub Arc<Mutex<Vec<Fault>>>);
 
+/// A rescale that happens while a checkpoint uploads: when the first
+/// manifest is created, `fence.json` is first set to `generation` (as the
+/// operator would write it).
+#[derive(Clone, Default)]
+pub struct FenceDuringUpload(pub Arc<Mutex<Option<(Path, u64)>>>);
+
 /// One injected failure.
 #[derive(Clone, Debug)]
 pub struct Fault {
@@ -220,6 +226,13 @@ impl OutputCommitter for FakeOutput {
 pub struct FaultyStore {
     inner: InMemory,
     faults: Faults,
+    fence_during_upload: FenceDuringUpload,
+}
+
+impl fmt::Debug for FenceDuringUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", lock(&self.0))
+    }
 }
 
 impl FaultyStore {
@@ -228,7 +241,14 @@ impl FaultyStore {
         FaultyStore {
             inner: InMemory::new(),
             faults,
+            fence_during_upload: FenceDuringUpload::default(),
         }
+    }
+
+    /// Sets `fence` (the job's `fence.json`) to `generation` when the next
+    /// manifest is created.
+    pub fn fence_during_upload(&self, fence: Path, generation: u64) {
+        *lock(&self.fence_during_upload.0) = Some((fence, generation));
     }
 
     fn check(&self, op: &'static str, location: &Path) -> object_store::Result<()> {
@@ -267,6 +287,17 @@ impl ObjectStore for FaultyStore {
             _ => "put",
         };
         self.check(op, location)?;
+        let fence = lock(&self.fence_during_upload.0).take_if(|_| op == "create");
+        if let Some((fence, generation)) = fence {
+            let body = format!(r#"{{"generation": {generation}}}"#);
+            self.inner
+                .put_opts(
+                    &fence,
+                    PutPayload::from(body.into_bytes()),
+                    PutOptions::default(),
+                )
+                .await?;
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 
