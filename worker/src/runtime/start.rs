@@ -507,6 +507,90 @@ fn remove_dir(dir: &LocalPath) -> Result<(), WorkerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::manifest::{MANIFEST_FORMAT, StepState, TaskManifest};
+
+    fn restored(task: u32, format: u32, partitions: u32, steps: Vec<StepState>) -> RestoredTask {
+        RestoredTask {
+            manifest: TaskManifest {
+                format,
+                checkpoint_id: 1,
+                generation: 1,
+                task,
+                incarnation: "inc".into(),
+                created_at: String::new(),
+                offsets: Vec::new(),
+                engine: serde_json::Value::Null,
+                files: Vec::new(),
+                origin: "latest".into(),
+                steps,
+                source_partitions: partitions,
+            },
+            from: RestoredFrom::Checkpoint(1),
+            evidence: None,
+            bytes_downloaded: 0,
+            files_downloaded: 0,
+            duration: Duration::ZERO,
+        }
+    }
+
+    fn pipeline(steps: &str) -> Pipeline {
+        let yaml = format!(
+            r#"
+kafka: {{bootstrapServers: "k:9092"}}
+source: {{topics: [in], eventTime: {{field: ts}}}}
+sink: {{topic: out}}
+checkpoint: {{storage: "memory://"}}
+pipeline: {steps}
+"#
+        );
+        Pipeline::compile(&serde_yaml::from_str(&yaml).unwrap()).unwrap()
+    }
+
+    const COUNTS: &str = r#"[{keyBy: {expr: record.user, sourcePartitioned: true}},
+        {window: {type: tumbling, size: 10s}}, {aggregate: {fields: [{name: n, function: count}]}}]"#;
+
+    #[test]
+    fn restored_state_follows_its_step_across_an_inserted_filter() {
+        let old = pipeline(COUNTS).step_states();
+        let mut new = pipeline(&COUNTS.replacen('[', r#"[{filter: "true"}, "#, 1));
+        let tasks = [restored(0, MANIFEST_FORMAT, 4, old.clone())];
+        let dropped =
+            bind_restored_state(&mut new, &tasks.iter().collect::<Vec<_>>(), 4, false).unwrap();
+        assert!(dropped.is_empty());
+        assert_eq!(new.step_states()[0].slot, old[0].slot);
+    }
+
+    #[test]
+    fn incompatible_restores_are_refused_with_the_reason() {
+        let steps = pipeline(COUNTS).step_states();
+        let refuse = |tasks: Vec<RestoredTask>, partitions| {
+            let mut p = pipeline(COUNTS);
+            bind_restored_state(&mut p, &tasks.iter().collect::<Vec<_>>(), partitions, false)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refuse(vec![restored(0, MANIFEST_FORMAT, 4, steps.clone())], 8);
+        assert!(err.contains("written for 4 source partitions"), "{err}");
+        let mut other = steps.clone();
+        other[0].slot += 1;
+        let err = refuse(
+            vec![
+                restored(0, MANIFEST_FORMAT, 4, steps.clone()),
+                restored(1, MANIFEST_FORMAT, 4, other),
+            ],
+            4,
+        );
+        assert!(err.contains("tasks 0 and 1"), "{err}");
+        // A format 1 manifest keeps its positional slots.
+        let mut p = pipeline(COUNTS);
+        let legacy = [restored(0, 1, 0, Vec::new())];
+        assert!(
+            bind_restored_state(&mut p, &legacy.iter().collect::<Vec<_>>(), 4, false)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(p.step_states(), steps);
+    }
 
     #[test]
     fn restore_descriptions() {
