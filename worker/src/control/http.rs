@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::layout::validate_savepoint_id;
+use crate::control::heartbeat::HEARTBEAT_TIMEOUT;
 use crate::control::metrics::WorkerMetrics;
 use crate::control::status::{SavepointState, SavepointStatus, WorkerPhase, WorkerStatus};
 
@@ -89,8 +90,17 @@ async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Alive unless the processing loop stopped beating for
+/// [`HEARTBEAT_TIMEOUT`]: then 503 with the reason.
+async fn healthz(State(state): State<Arc<ControlState>>) -> Response {
+    match state
+        .metrics
+        .heartbeat
+        .stuck_at(std::time::Instant::now(), HEARTBEAT_TIMEOUT)
+    {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<ControlState>>) -> Response {
@@ -299,6 +309,40 @@ mod tests {
             }),
             ..WorkerStatus::default()
         }
+    }
+
+    fn control(metrics: WorkerMetrics) -> Arc<ControlState> {
+        Arc::new(ControlState {
+            metrics,
+            status: Arc::new(Mutex::new(WorkerStatus::default())),
+            commands: mpsc::channel().0,
+            token: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn healthz_follows_the_loop_heartbeat() {
+        let mut metrics = WorkerMetrics::new().unwrap();
+        let response = healthz(State(control(metrics.clone()))).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "restoring counts as alive"
+        );
+        metrics.heartbeat.beat();
+        let response = healthz(State(control(metrics.clone()))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        metrics.heartbeat = crate::control::heartbeat::Heartbeat::beaten(
+            HEARTBEAT_TIMEOUT * 3,
+            HEARTBEAT_TIMEOUT * 2,
+        );
+        let response = healthz(State(control(metrics))).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("has not made progress for 240 s"), "{body}");
     }
 
     #[test]

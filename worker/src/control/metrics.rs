@@ -37,6 +37,9 @@ pub struct WorkerMetrics {
     pub restore_duration: Gauge,
     /// Share of wall time spent processing rather than waiting for input.
     pub busy_ratio: Gauge,
+    /// The processing loop's heartbeat, behind `/healthz` (shared by the
+    /// clones the loop and the HTTP handlers hold).
+    pub heartbeat: crate::control::heartbeat::Heartbeat,
 }
 
 /// The counters of one task, resolved once so the hot path only adds to
@@ -161,6 +164,7 @@ impl WorkerMetrics {
             savepoints,
             restore_duration,
             busy_ratio,
+            heartbeat: crate::control::heartbeat::Heartbeat::new(),
         })
     }
 

@@ -118,6 +118,17 @@ fn add(a: Num, b: Num) -> Num {
 }
 
 impl Accumulator {
+    /// An estimate of the heap memory the accumulator holds besides itself.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Accumulator::Distinct(hll) => hll.heap_bytes(),
+            Accumulator::First(Some((_, v))) | Accumulator::Last(Some((_, v))) => {
+                json_heap_bytes(v)
+            }
+            _ => 0,
+        }
+    }
+
     /// An empty accumulator for `function`.
     pub fn new(function: AggregateFunction) -> Accumulator {
         match function {
@@ -215,6 +226,26 @@ impl Accumulator {
                 v.as_ref().map_or(Value::Null, |(_, v)| v.clone())
             }
         }
+    }
+}
+
+/// An estimate of the heap memory of a JSON value besides the value itself:
+/// string and array buffers, object entries (a B-tree map's entries cost
+/// about their key, their value and a pointer or two).
+fn json_heap_bytes(value: &Value) -> usize {
+    const VALUE: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::String(s) => s.capacity(),
+        Value::Array(items) => {
+            items.capacity() * VALUE + items.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                k.capacity() + std::mem::size_of::<String>() + VALUE + 16 + json_heap_bytes(v)
+            })
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
 }
 
@@ -335,6 +366,13 @@ fn encode_timed_value(v: &Option<(i64, Value)>, out: &mut Vec<u8>) {
 }
 
 impl Accumulators {
+    /// An estimate of the heap memory the accumulators hold (for the
+    /// write-back cache's byte budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<Accumulator>()
+            + self.0.iter().map(Accumulator::heap_bytes).sum::<usize>()
+    }
+
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.0.len() as u8);

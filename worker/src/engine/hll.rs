@@ -160,6 +160,14 @@ impl HyperLogLog {
         estimate.round() as u64
     }
 
+    /// The heap memory the sketch holds: its entries or registers.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            HyperLogLog::Sparse(entries) => entries.capacity() * std::mem::size_of::<u32>(),
+            HyperLogLog::Dense(registers) => registers.len(),
+        }
+    }
+
     /// Appends the serialized sketch to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {

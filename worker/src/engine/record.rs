@@ -131,17 +131,31 @@ pub struct Outputs {
 }
 
 /// How much of its value the dead letter of a record too large to send
-/// keeps.
+/// keeps (less when `message.max.bytes` leaves less room).
 pub const OVERSIZED_VALUE_KEPT: usize = 64 * 1024;
+/// The longest reason a dead letter carries (in its header); longer ones
+/// are cut.
+pub const MAX_REASON_BYTES: usize = 4 * 1024;
 /// Room left in a message for headers and Kafka's record framing.
 const RECORD_OVERHEAD: usize = 1024;
+/// Room kept for the note a truncated dead letter's reason gets.
+const TRUNCATION_NOTE: usize = 160;
+/// The header names and numbers of a dead letter's source position.
+const SOURCE_HEADERS: usize = 96;
 
 impl Outputs {
-    /// Moves the sink and repartition records that a producer limited to
-    /// `max_bytes` per message (librdkafka's `message.max.bytes`) would
-    /// refuse into the dead letters, with the reason and the first
-    /// [`OVERSIZED_VALUE_KEPT`] bytes of their value: one oversized result
-    /// must not stop the job. Returns how many were moved.
+    /// Makes every output fit a producer limited to `max_bytes` per message
+    /// (librdkafka's `message.max.bytes`), so that no record can make the
+    /// producer fail and the job crash-loop on it:
+    /// - sink, repartition and late records too large move to the dead
+    ///   letters, with the reason and the first [`OVERSIZED_VALUE_KEPT`]
+    ///   bytes of their value: one oversized result or event must not stop
+    ///   the job;
+    /// - dead letters too large (a huge undecodable record, or one of the
+    ///   above) keep the head of their value that fits, with the original
+    ///   size in the reason; reasons are cut to [`MAX_REASON_BYTES`].
+    ///
+    /// Returns how many records moved to the dead letters.
     pub fn divert_oversized(&mut self, max_bytes: usize) -> usize {
         let fits = |key: usize, value: usize| {
             key.saturating_add(value).saturating_add(RECORD_OVERHEAD) <= max_bytes
@@ -174,14 +188,27 @@ impl Outputs {
             }
             ok
         });
+        let repartitioned = diverted.len() - sink;
+        self.late.retain(|r| {
+            let ok = fits(r.key.as_ref().map_or(0, Vec::len), r.value.len());
+            if !ok {
+                diverted.push(dead_letter("late record", &r.value, Some(r.source.clone())));
+            }
+            ok
+        });
         let moved = diverted.len();
+        let late = moved - sink - repartitioned;
         self.counters.records_out = self.counters.records_out.saturating_sub(sink as u64);
         self.counters.repartitioned = self
             .counters
             .repartitioned
-            .saturating_sub((moved - sink) as u64);
+            .saturating_sub(repartitioned as u64);
+        self.counters.late = self.counters.late.saturating_sub(late as u64);
         self.counters.dead_lettered += moved as u64;
         self.dead_letters.extend(diverted);
+        for dead in &mut self.dead_letters {
+            fit_dead_letter(dead, max_bytes);
+        }
         moved
     }
 
@@ -192,6 +219,35 @@ impl Outputs {
         self.late.clear();
         self.repartitioned.clear();
     }
+}
+
+/// Cuts a dead letter to fit a message of `max_bytes`: its reason to
+/// [`MAX_REASON_BYTES`], its value to what is left after the headers, with
+/// a note in the reason.
+fn fit_dead_letter(dead: &mut DeadLetter, max_bytes: usize) {
+    if dead.reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES - 3;
+        while !dead.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        dead.reason.truncate(end);
+        dead.reason.push_str("...");
+    }
+    let headers = dead.reason.len()
+        + dead
+            .source
+            .as_ref()
+            .map_or(0, |s| s.topic.len() + SOURCE_HEADERS);
+    let size = dead.value.len() + headers + RECORD_OVERHEAD;
+    if size <= max_bytes {
+        return;
+    }
+    let room = max_bytes.saturating_sub(headers + RECORD_OVERHEAD + TRUNCATION_NOTE);
+    let original = dead.value.len();
+    dead.value.truncate(room);
+    dead.reason.push_str(&format!(
+        " (value truncated from {original} to {room} bytes to fit message.max.bytes {max_bytes})"
+    ));
 }
 
 /// Why a record value could not be decoded.
@@ -369,6 +425,73 @@ mod tests {
             (1, 0, 2)
         );
         assert_eq!(out.divert_oversized(100_000), 0, "what fits stays");
+    }
+
+    #[test]
+    fn dead_letters_and_late_records_fit_the_message_size() {
+        let max = 100_000;
+        let huge = vec![b'{'; 2_000_000];
+        let source = SourcePosition {
+            topic: "in".into(),
+            partition: 1,
+            offset: 7,
+        };
+        let mut out = Outputs::default();
+        // An undecodable record of 2 MB with a long reason, as a topic
+        // accepting larger messages than the producer would deliver it.
+        out.dead_letters.push(DeadLetter {
+            value: huge.clone(),
+            reason: format!("invalid JSON: {}", "é".repeat(10_000)),
+            source: Some(source.clone()),
+        });
+        out.late.push(LateRecord {
+            key: Some(b"k".to_vec()),
+            value: huge,
+            source: source.clone(),
+        });
+        out.late.push(LateRecord {
+            key: None,
+            value: b"{}".to_vec(),
+            source,
+        });
+        out.counters.late = 2;
+        out.counters.dead_lettered = 1;
+        assert_eq!(out.divert_oversized(max), 1);
+        assert_eq!(out.late.len(), 1, "the small late record stays");
+        assert_eq!(out.dead_letters.len(), 2);
+        for dead in &out.dead_letters {
+            let size = dead.value.len()
+                + dead.reason.len()
+                + dead.source.as_ref().map_or(0, |s| s.topic.len() + 64)
+                + 64;
+            assert!(size <= max, "a dead letter of {size} bytes");
+            assert!(dead.reason.len() <= MAX_REASON_BYTES + TRUNCATION_NOTE);
+        }
+        assert!(
+            out.dead_letters[0]
+                .reason
+                .contains("value truncated from 2000000 to"),
+            "{}",
+            out.dead_letters[0].reason
+        );
+        assert!(out.dead_letters[0].value.len() > 80_000, "as much as fits");
+        assert!(
+            out.dead_letters[1]
+                .reason
+                .starts_with("late record of 2000000 bytes"),
+            "{}",
+            out.dead_letters[1].reason
+        );
+        assert_eq!(out.dead_letters[1].source.as_ref().unwrap().offset, 7);
+        assert_eq!((out.counters.late, out.counters.dead_lettered), (1, 2));
+        // With a small limit the diverted head is cut further.
+        let mut out = Outputs::default();
+        out.records.push(OutputRecord {
+            key: None,
+            value: vec![b'x'; 50_000],
+        });
+        out.divert_oversized(20_000);
+        assert!(out.dead_letters[0].value.len() + out.dead_letters[0].reason.len() < 20_000);
     }
 
     #[test]

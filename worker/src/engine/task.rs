@@ -29,6 +29,20 @@
 //!   of those steps carry the record as it crossed the repartition topic
 //!   and the position of the original source record. A source record the
 //!   task already applied (a replay) is skipped, so state counts each once.
+//! - An event time more than [`MAX_CLOCK_SKEW_MS`] ahead of processing time
+//!   (a record dated 9999, a producer with a broken clock) goes to the
+//!   dead-letter output and does not move the watermark: otherwise one such
+//!   record would make every record after it late.
+//! - Processing time starts at the wall clock when the processor is built
+//!   and moves with [`TaskProcessor::advance_time`], so dedupe TTLs in
+//!   processing time and idle leases are right before the first tick.
+//! - Due timers fire in chunks of at most [`TIMER_CHUNK`]: each call that
+//!   moves time fires one chunk, and the caller sends the outputs and calls
+//!   [`TaskProcessor::fire_due_timers`] while
+//!   [`TaskProcessor::has_due_timers`], so a watermark jump over a million
+//!   windows never holds a million timers or results in memory. A record
+//!   is only processed once every due timer has fired (the rest of a
+//!   backlog fires first), so results do not depend on the chunk size.
 
 use std::sync::Arc;
 
@@ -57,6 +71,22 @@ use crate::state::{
 /// How long an upstream task's idle report holds without being repeated,
 /// unless set with [`TaskProcessor::with_idle_lease`].
 pub const DEFAULT_IDLE_LEASE_MS: i64 = 60_000;
+
+/// How far ahead of processing time (the wall clock) an event time may be:
+/// one hour, the tolerance Kafka brokers apply to record timestamps
+/// (`log.message.timestamp.after.max.ms`). A record dated further ahead
+/// goes to the dead-letter output, as Flink users would set a clock-skew
+/// tolerance on a bounded-out-of-orderness strategy.
+pub const MAX_CLOCK_SKEW_MS: i64 = 3_600_000;
+
+/// Most timers fired between two hand-backs to the caller (see
+/// [`TaskProcessor::fire_due_timers`]).
+pub const TIMER_CHUNK: usize = 4096;
+
+/// The wall clock in epoch milliseconds.
+fn wall_clock_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
 
 /// Timer kinds.
 const FIRE: u8 = 1;
@@ -142,6 +172,14 @@ pub struct TaskProcessor {
     key_buf: Vec<u8>,
     scratch: Vec<u8>,
     windows: Vec<Window>,
+    /// Due timers taken from the state, reused between chunks.
+    due: Vec<Timer>,
+    /// Most timers fired per chunk.
+    timer_chunk: usize,
+    /// How far ahead of processing time an event time may be.
+    max_clock_skew: i64,
+    /// Due timers are left from the last chunk.
+    backlog: bool,
 }
 
 impl std::fmt::Debug for TaskProcessor {
@@ -155,14 +193,15 @@ impl std::fmt::Debug for TaskProcessor {
 
 impl TaskProcessor {
     /// A processor of `pipeline` over `state`, with no watermark yet (call
-    /// [`TaskProcessor::restore_meta`] after a restore). `tasks` is the
-    /// job's task count: with a repartition, the steps after it wait for the
-    /// watermark of every task; an idle report of a task holds for
-    /// [`DEFAULT_IDLE_LEASE_MS`] unless [`TaskProcessor::with_idle_lease`]
-    /// says otherwise.
+    /// [`TaskProcessor::restore_meta`] after a restore) and processing time
+    /// at the wall clock. `tasks` is the job's task count: with a
+    /// repartition, the steps after it wait for the watermark of every
+    /// task; an idle report of a task holds for [`DEFAULT_IDLE_LEASE_MS`]
+    /// unless [`TaskProcessor::with_idle_lease`] says otherwise.
     pub fn new(pipeline: Arc<Pipeline>, state: TaskState, tasks: usize) -> TaskProcessor {
-        let watermarks =
+        let mut watermarks =
             WatermarkTracker::new(pipeline.max_out_of_orderness(), pipeline.idle_timeout());
+        watermarks.start_at(wall_clock_ms());
         let cut = pipeline.repartition_step();
         TaskProcessor {
             pipeline,
@@ -178,7 +217,37 @@ impl TaskProcessor {
             key_buf: Vec::new(),
             scratch: Vec::new(),
             windows: Vec::new(),
+            due: Vec::new(),
+            timer_chunk: TIMER_CHUNK,
+            max_clock_skew: MAX_CLOCK_SKEW_MS,
+            backlog: false,
         }
+    }
+
+    /// Starts processing time at `now_ms` instead of the wall clock (a
+    /// replay of recorded time). Call it before registering partitions.
+    pub fn with_processing_time(mut self, now_ms: i64) -> TaskProcessor {
+        self.watermarks.start_at(now_ms);
+        self
+    }
+
+    /// Fires at most `timers` timers per chunk instead of [`TIMER_CHUNK`].
+    pub fn with_timer_chunk(mut self, timers: usize) -> TaskProcessor {
+        self.timer_chunk = timers.max(1);
+        self
+    }
+
+    /// Refuses event times more than `skew_ms` ahead of processing time
+    /// instead of [`MAX_CLOCK_SKEW_MS`].
+    pub fn with_clock_skew_tolerance(mut self, skew_ms: i64) -> TaskProcessor {
+        self.max_clock_skew = skew_ms.max(0);
+        self
+    }
+
+    /// The processing time: the wall clock when the processor was built, or
+    /// the latest given to [`TaskProcessor::advance_time`].
+    pub fn processing_time(&self) -> i64 {
+        self.watermarks.now().unwrap_or_else(wall_clock_ms)
     }
 
     /// Sets how long an upstream task's idle report holds without being
@@ -297,6 +366,8 @@ impl TaskProcessor {
         record: &SourceRecord<'_>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
+        let pipeline = Arc::clone(&self.pipeline);
+        self.complete_backlog(&pipeline, out)?;
         out.counters.records_in += 1;
         let Some(bytes) = record.value else {
             dead_letter_source(record, "record has no value".into(), out);
@@ -321,6 +392,11 @@ impl TaskProcessor {
             }
         };
         if let Some(t) = time {
+            let now = self.processing_time();
+            if t.saturating_sub(now) > self.max_clock_skew {
+                dead_letter_source(record, clock_skew_reason(t, now, self.max_clock_skew), out);
+                return Ok(());
+            }
             self.watermarks.observe(record.topic, record.partition, t);
         }
         let flow = Flow {
@@ -331,9 +407,9 @@ impl TaskProcessor {
             time,
             source: Some(record),
         };
-        let pipeline = Arc::clone(&self.pipeline);
         self.run(&pipeline, 0, flow, out)?;
-        self.fire_event_timers(&pipeline, out)
+        self.fire_chunk(&pipeline, out)?;
+        Ok(())
     }
 
     /// Processes a record read back from the repartition topic: `record`
@@ -346,6 +422,8 @@ impl TaskProcessor {
         record: &SourceRecord<'_>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
+        let pipeline = Arc::clone(&self.pipeline);
+        self.complete_backlog(&pipeline, out)?;
         let Some(cut) = self.cut else {
             dead_letter_source(record, "the pipeline has no repartition".into(), out);
             return Ok(());
@@ -377,9 +455,9 @@ impl TaskProcessor {
             time,
             source: Some(record),
         };
-        let pipeline = Arc::clone(&self.pipeline);
         self.run(&pipeline, cut + 1, flow, out)?;
-        self.fire_event_timers(&pipeline, out)
+        self.fire_chunk(&pipeline, out)?;
+        Ok(())
     }
 
     /// Takes the watermark report of upstream task `upstream`, read from the
@@ -391,30 +469,52 @@ impl TaskProcessor {
         report: UpstreamReport,
         out: &mut Outputs,
     ) -> Result<bool, TaskError> {
-        let now = self.watermarks.now().unwrap_or(0);
+        let now = self.processing_time();
         if !self.upstream.report(upstream, report, now) {
             return Ok(false);
         }
         let pipeline = Arc::clone(&self.pipeline);
-        self.fire_event_timers(&pipeline, out)?;
+        self.fire_chunk(&pipeline, out)?;
         Ok(true)
     }
 
     /// Advances processing time to `now_ms`: idle partitions stop holding
-    /// back the watermark, due windows fire and processing-time TTLs expire.
-    /// Call it regularly, also when no records arrive.
+    /// back the watermark, due windows fire and processing-time TTLs expire
+    /// (the first [`TIMER_CHUNK`] of them; see
+    /// [`TaskProcessor::fire_due_timers`]). Call it regularly, also when no
+    /// records arrive.
     pub fn advance_time(&mut self, now_ms: i64, out: &mut Outputs) -> Result<(), TaskError> {
         self.watermarks.advance(now_ms);
         self.upstream.expire(now_ms);
         let pipeline = Arc::clone(&self.pipeline);
-        self.fire_event_timers(&pipeline, out)?;
-        let mut due = Vec::new();
-        self.state
-            .take_due_timers(TimeDomain::Processing, now_ms, &mut due)?;
-        for timer in due {
-            self.on_timer(&pipeline, timer, out)?;
-        }
+        self.fire_chunk(&pipeline, out)?;
         Ok(())
+    }
+
+    /// Whether timers are due that were not fired yet: the calls that move
+    /// time fire one chunk of at most [`TIMER_CHUNK`] and leave the rest.
+    pub fn has_due_timers(&self) -> bool {
+        [
+            TimeDomain::Event,
+            TimeDomain::Repartitioned,
+            TimeDomain::Processing,
+        ]
+        .into_iter()
+        .any(|domain| {
+            matches!(
+                (self.state.next_timer(domain), self.due_until(domain)),
+                (Some(next), Some(until)) if next <= until
+            )
+        })
+    }
+
+    /// Fires the next chunk of due timers into `out`; returns whether more
+    /// are due. Send what `out` holds between two calls: that bounds the
+    /// memory of a watermark jump over many windows. Whatever is left fires
+    /// before the next record is processed anyway.
+    pub fn fire_due_timers(&mut self, out: &mut Outputs) -> Result<bool, TaskError> {
+        let pipeline = Arc::clone(&self.pipeline);
+        self.fire_chunk(&pipeline, out)
     }
 
     /// Runs `flow` through the steps from `from` on.
@@ -478,7 +578,7 @@ impl TaskProcessor {
                     }
                     let (domain, now) = match flow.time {
                         Some(t) => (self.clock(index).domain, t),
-                        None => (TimeDomain::Processing, self.watermarks.now().unwrap_or(0)),
+                        None => (TimeDomain::Processing, self.processing_time()),
                     };
                     if self.is_duplicate(step.id, domain, now, *ttl)? {
                         out.counters.deduplicated += 1;
@@ -795,26 +895,57 @@ impl TaskProcessor {
         Ok(true)
     }
 
-    /// Fires every event-time timer its watermark has reached: those of
-    /// the steps before the cut (or of all steps), then those after it.
-    fn fire_event_timers(
-        &mut self,
-        pipeline: &Pipeline,
-        out: &mut Outputs,
-    ) -> Result<(), TaskError> {
-        let mut due = Vec::new();
-        for domain in [TimeDomain::Event, TimeDomain::Repartitioned] {
+    /// The time up to which timers of `domain` are due: the watermark it
+    /// follows, or processing time.
+    fn due_until(&self, domain: TimeDomain) -> Option<i64> {
+        match domain {
+            TimeDomain::Processing => Some(self.processing_time()),
+            TimeDomain::Event | TimeDomain::Repartitioned => self.domain_watermark(domain),
+        }
+    }
+
+    /// Fires at most one chunk of due timers: event-time timers of the
+    /// steps before the cut (or of all steps), then those after it, then
+    /// processing-time timers. Returns whether more are due.
+    fn fire_chunk(&mut self, pipeline: &Pipeline, out: &mut Outputs) -> Result<bool, TaskError> {
+        let mut budget = self.timer_chunk;
+        let mut due = std::mem::take(&mut self.due);
+        for domain in [
+            TimeDomain::Event,
+            TimeDomain::Repartitioned,
+            TimeDomain::Processing,
+        ] {
             // Records emitted by firing windows may register further due
             // timers in later steps: repeat until none is due.
-            while let Some(wm) = self.domain_watermark(domain) {
-                self.state.take_due_timers(domain, wm, &mut due)?;
+            while budget > 0
+                && let Some(until) = self.due_until(domain)
+            {
+                due.clear();
+                self.state
+                    .take_due_timers(domain, until, budget, &mut due)?;
                 if due.is_empty() {
                     break;
                 }
+                budget = budget.saturating_sub(due.len());
                 for timer in due.drain(..) {
                     self.on_timer(pipeline, timer, out)?;
                 }
             }
+        }
+        self.due = due;
+        self.backlog = self.has_due_timers();
+        Ok(self.backlog)
+    }
+
+    /// Fires every timer still due from the last chunk, so that a record
+    /// sees the state of a caller that drained them.
+    fn complete_backlog(
+        &mut self,
+        pipeline: &Pipeline,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        if self.backlog {
+            while self.fire_chunk(pipeline, out)? {}
         }
         Ok(())
     }
@@ -1030,6 +1161,19 @@ fn dead_letter_reason(flow: &Flow<'_>, reason: String, out: &mut Outputs) {
     }
 }
 
+/// Why an event time too far ahead of processing time is refused.
+fn clock_skew_reason(time: i64, now: i64, tolerance: i64) -> String {
+    let show = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms} ms"), |t| t.to_string())
+    };
+    format!(
+        "event time {} is more than {} s ahead of processing time {}: refused as clock skew, so that it does not move the watermark",
+        show(time),
+        tolerance / 1000,
+        show(now),
+    )
+}
+
 fn dead_letter_source(record: &SourceRecord<'_>, reason: String, out: &mut Outputs) {
     out.counters.dead_lettered += 1;
     out.dead_letters.push(DeadLetter {
@@ -1039,5 +1183,7 @@ fn dead_letter_source(record: &SourceRecord<'_>, reason: String, out: &mut Outpu
     });
 }
 
+#[cfg(test)]
+mod limits_tests;
 #[cfg(test)]
 mod tests;

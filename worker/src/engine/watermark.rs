@@ -187,6 +187,18 @@ impl WatermarkTracker {
         self.now
     }
 
+    /// Starts the processing-time clock at `now_ms`, also backwards (a
+    /// replay of recorded time in a test): partitions count as active from
+    /// then on. [`WatermarkTracker::advance`] moves it forward only.
+    pub fn start_at(&mut self, now_ms: i64) {
+        self.now = Some(now_ms);
+        for (_, clock) in &mut self.partitions {
+            if clock.last_active.is_some() {
+                clock.last_active = Some(now_ms);
+            }
+        }
+    }
+
     /// The state to keep in a checkpoint.
     pub fn snapshot(&self) -> WatermarkSnapshot {
         WatermarkSnapshot {

@@ -119,7 +119,21 @@ pub fn metadata_config(base: &ClientConfig) -> ClientConfig {
 
 /// A producer's configuration: transactional with `transactional_id`
 /// (exactly-once) or idempotent (at-least-once).
-pub fn producer_config(base: &ClientConfig, transactional_id: Option<&str>) -> ClientConfig {
+///
+/// The queue limits default to `queue_bytes`, the budget all output
+/// producers of the worker share ([`crate::kafka::producer::QueueBudget`]),
+/// instead of librdkafka's 1 GiB per producer: `queue.buffering.max.kbytes`
+/// to the budget and `queue.buffering.max.messages` to the records of
+/// [`crate::kafka::producer::QUEUED_RECORD_OVERHEAD`] bytes it holds. Each
+/// producer keeps to its equal share of the budget itself (so the sum
+/// stays within it however many producers there are); librdkafka's limits
+/// are the backstop. A job setting them in `spec.kafka.properties` keeps
+/// its values.
+pub fn producer_config(
+    base: &ClientConfig,
+    transactional_id: Option<&str>,
+    queue_bytes: usize,
+) -> ClientConfig {
     let mut config = base.clone();
     config.set("enable.idempotence", "true");
     if let Some(id) = transactional_id {
@@ -133,8 +147,18 @@ pub fn producer_config(base: &ClientConfig, transactional_id: Option<&str>) -> C
     set_default(&mut config, "linger.ms", "5");
     set_default(&mut config, "batch.num.messages", "10000");
     set_default(&mut config, "batch.size", "1000000");
-    set_default(&mut config, "queue.buffering.max.messages", "1000000");
-    set_default(&mut config, "queue.buffering.max.kbytes", "1048576");
+    let messages = (queue_bytes / crate::kafka::producer::QUEUED_RECORD_OVERHEAD).max(1000);
+    let kbytes = (queue_bytes / 1024).clamp(1024, i32::MAX as usize);
+    set_default(
+        &mut config,
+        "queue.buffering.max.messages",
+        &messages.to_string(),
+    );
+    set_default(
+        &mut config,
+        "queue.buffering.max.kbytes",
+        &kbytes.to_string(),
+    );
     config
 }
 
@@ -338,10 +362,28 @@ mod tests {
         let consumer = consumer_config(&base, "weir-ns-job");
         assert_eq!(consumer.get("group.id"), Some("weir-ns-job"));
         assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
-        let producer = producer_config(&base, Some("weir-ns-job-3"));
+        let producer = producer_config(&base, Some("weir-ns-job-3"), 64 << 20);
         assert_eq!(producer.get("transactional.id"), Some("weir-ns-job-3"));
         assert_eq!(producer.get("linger.ms"), Some("50"));
-        assert_eq!(producer_config(&base, None).get("transactional.id"), None);
+        assert_eq!(
+            producer_config(&base, None, 64 << 20).get("transactional.id"),
+            None
+        );
+    }
+
+    #[test]
+    fn producer_queues_follow_the_memory_budget_unless_set() {
+        let base = ClientConfig::new();
+        let config = producer_config(&base, Some("t"), 128 << 20);
+        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("131072"));
+        assert_eq!(config.get("queue.buffering.max.messages"), Some("524288"));
+        let mut custom = ClientConfig::new();
+        custom
+            .set("queue.buffering.max.kbytes", "2048")
+            .set("queue.buffering.max.messages", "5000");
+        let config = producer_config(&custom, None, 128 << 20);
+        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("2048"));
+        assert_eq!(config.get("queue.buffering.max.messages"), Some("5000"));
     }
 
     /// A credentials Secret with a SASL login under the default keys.
@@ -382,7 +424,7 @@ mod tests {
         assert_eq!(base.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(base.get("ssl.ca.location"), Some("probe"));
         assert_eq!(
-            producer_config(&base, None).get("sasl.username"),
+            producer_config(&base, None, 64 << 20).get("sasl.username"),
             Some("alice")
         );
         assert!(matches!(
@@ -471,8 +513,12 @@ mod tests {
             Some("5000")
         );
         assert_eq!(
-            producer_config(&with_transaction_timeout(&base, 10_000), Some("t"))
-                .get("transaction.timeout.ms"),
+            producer_config(
+                &with_transaction_timeout(&base, 10_000),
+                Some("t"),
+                64 << 20
+            )
+            .get("transaction.timeout.ms"),
             Some("60000")
         );
     }

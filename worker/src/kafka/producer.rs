@@ -2,9 +2,28 @@
 //! (exactly-once, one per task, `transactional.id` `weir-<ns>-<job>-<task>`)
 //! or merely idempotent (at-least-once), with delivery failures recorded so
 //! that a checkpoint never commits offsets past lost output.
+//!
+//! # Memory
+//!
+//! librdkafka keeps every record until the broker acknowledged it, by
+//! default up to 1 GiB per producer, and exactly-once runs a producer per
+//! task. The producers of a process share one [`QueueBudget`] (an eighth of
+//! the container's memory, see [`crate::state::memory`]): each waits before
+//! queueing a record while its unacknowledged records would take more than
+//! its equal share, whatever the number of producers. librdkafka's own
+//! limits are set to the whole budget as a backstop (see
+//! [`crate::kafka::client::producer_config`]). A job that sets
+//! `queue.buffering.max.kbytes` itself gets librdkafka's limits only.
+//!
+//! # Stop and kill
+//!
+//! A wait for queue space (the broker is slow or gone) gives up with
+//! [`ProduceError::Interrupted`] once the condition given to
+//! [`OutputProducer::interrupt_when`] holds, so a worker told to stop or
+//! killed never stays blocked on a full queue.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -13,11 +32,67 @@ use rdkafka::TopicPartitionList;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 /// How long producer flushes and transaction operations may take.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a queued record costs besides its key, value and headers:
+/// librdkafka's message structure and allocator headers.
+pub const QUEUED_RECORD_OVERHEAD: usize = 256;
+
+/// The bytes the queues of the output producers of a process may hold
+/// together (records queued and not yet acknowledged), split equally among
+/// the producers alive: each counts itself in while it lives.
+#[derive(Debug)]
+pub struct QueueBudget {
+    bytes: usize,
+    producers: AtomicUsize,
+}
+
+impl QueueBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget {
+            bytes,
+            producers: AtomicUsize::new(0),
+        })
+    }
+
+    /// The budget of this process: the producers' share of the container's
+    /// memory ([`crate::state::memory::MemoryBudget::producer_queue_bytes`]).
+    /// One worker runs per pod, so this is the worker's budget.
+    pub fn process() -> Arc<QueueBudget> {
+        static PROCESS: OnceLock<Arc<QueueBudget>> = OnceLock::new();
+        PROCESS
+            .get_or_init(|| {
+                QueueBudget::new(
+                    crate::state::memory::MemoryBudget::detect().producer_queue_bytes(),
+                )
+            })
+            .clone()
+    }
+
+    /// The whole budget, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many producers share it.
+    pub fn producers(&self) -> usize {
+        self.producers.load(Ordering::Relaxed)
+    }
+
+    /// The share of one producer.
+    pub fn per_producer(&self) -> usize {
+        self.bytes / self.producers().max(1)
+    }
+}
+
+/// Tells a producer waiting for queue space to give up (see
+/// [`OutputProducer::interrupt_when`]).
+pub type Interrupt = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Why output could not be written or committed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +123,17 @@ pub enum ProduceError {
         /// The first failure.
         first: String,
     },
+    /// The producer's queue was full and the worker was told to stop or
+    /// killed while waiting for room: nothing more is sent.
+    #[error(
+        "producer {name} gave up sending to {topic}: its queue is full and the worker is stopping"
+    )]
+    Interrupted {
+        /// The producer's name.
+        name: String,
+        /// The destination topic.
+        topic: String,
+    },
     /// A flush or transaction operation failed.
     #[error("{operation} failed for producer {name}: {source}")]
     Operation {
@@ -60,19 +146,24 @@ pub enum ProduceError {
     },
 }
 
-/// Records delivery failures reported by librdkafka.
+/// Records delivery failures reported by librdkafka, and the bytes of the
+/// records queued and not yet reported.
 #[derive(Default)]
 pub struct DeliveryContext {
     failures: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Cost of the records queued and not yet reported (each record
+    /// carries its cost as its delivery opaque).
+    queued_bytes: AtomicUsize,
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, cost: usize) {
+        self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
         if let Err((e, _)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             let mut first = self
@@ -89,28 +180,60 @@ pub struct OutputProducer {
     name: String,
     transactional: bool,
     producer: ThreadedProducer<DeliveryContext>,
+    /// The budget whose share the queue keeps to; `None` when the job sets
+    /// `queue.buffering.max.kbytes` itself.
+    budget: Option<Arc<QueueBudget>>,
+    /// When a wait for queue space gives up.
+    interrupt: Mutex<Option<Interrupt>>,
+}
+
+impl Drop for OutputProducer {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.producers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl OutputProducer {
-    /// Creates a producer; with `transactional_id`, it also initialises
-    /// transactions (fencing any previous owner of the id) and begins the
-    /// first one.
+    /// Creates a producer within the process's [`QueueBudget`]; with
+    /// `transactional_id`, it also initialises transactions (fencing any
+    /// previous owner of the id) and begins the first one.
     pub fn new(
         config: &ClientConfig,
         transactional_id: Option<&str>,
     ) -> Result<Self, ProduceError> {
+        Self::with_budget(config, transactional_id, QueueBudget::process())
+    }
+
+    /// Creates a producer whose queue takes its share of `budget` (unless
+    /// `config` sets `queue.buffering.max.kbytes`); see
+    /// [`OutputProducer::new`].
+    pub fn with_budget(
+        config: &ClientConfig,
+        transactional_id: Option<&str>,
+        budget: Arc<QueueBudget>,
+    ) -> Result<Self, ProduceError> {
         let name = transactional_id.unwrap_or("shared").to_owned();
-        let config = crate::kafka::client::producer_config(config, transactional_id);
+        let user_sized = config.get("queue.buffering.max.kbytes").is_some();
+        let config =
+            crate::kafka::client::producer_config(config, transactional_id, budget.bytes());
         let producer =
             ThreadedProducer::from_config_and_context(&config, DeliveryContext::default())
                 .map_err(|source| ProduceError::Create {
                     name: name.clone(),
                     source,
                 })?;
+        let budget = (!user_sized).then_some(budget);
+        if let Some(budget) = &budget {
+            budget.producers.fetch_add(1, Ordering::Relaxed);
+        }
         let this = Self {
             name,
             transactional: transactional_id.is_some(),
             producer,
+            budget,
+            interrupt: Mutex::new(None),
         };
         if this.transactional {
             this.producer
@@ -128,6 +251,23 @@ impl OutputProducer {
         self.transactional
     }
 
+    /// Makes a wait for queue space give up with
+    /// [`ProduceError::Interrupted`] once `interrupted` returns `true` (the
+    /// worker was killed or told to stop). It is asked about once a
+    /// millisecond while the queue is full.
+    pub fn interrupt_when(&self, interrupted: impl Fn() -> bool + Send + Sync + 'static) {
+        *self
+            .interrupt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(interrupted));
+    }
+
+    /// The cost of the records queued and not yet acknowledged, as counted
+    /// against the [`QueueBudget`].
+    pub fn queued_bytes(&self) -> usize {
+        self.producer.context().queued_bytes.load(Ordering::Relaxed)
+    }
+
     /// Queues a record, waiting while librdkafka's queue is full.
     pub fn send(
         &self,
@@ -136,7 +276,8 @@ impl OutputProducer {
         value: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, 0).payload(value);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -157,7 +298,7 @@ impl OutputProducer {
         timestamp_ms: Option<i64>,
         headers: OwnedHeaders,
     ) -> Result<(), ProduceError> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, 0)
             .partition(partition)
             .payload(value)
             .headers(headers);
@@ -170,22 +311,63 @@ impl OutputProducer {
         self.enqueue(record)
     }
 
-    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), ProduceError> {
+    /// Queues a record, waiting while the queue is full or over this
+    /// producer's share of the budget; gives up when interrupted.
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), ProduceError> {
+        let topic = record.topic;
+        let cost = record_cost(&record);
+        record.delivery_opaque = cost;
+        let queued = &self.producer.context().queued_bytes;
         loop {
+            if self.over_share(cost) {
+                self.wait_for_room(topic)?;
+                continue;
+            }
+            // Counted before it is queued: its delivery may come first.
+            queued.fetch_add(cost, Ordering::Relaxed);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    queued.fetch_sub(cost, Ordering::Relaxed);
                     record = back;
-                    std::thread::sleep(Duration::from_millis(1));
+                    self.wait_for_room(topic)?;
                 }
-                Err((source, back)) => {
+                Err((source, _)) => {
+                    queued.fetch_sub(cost, Ordering::Relaxed);
                     return Err(ProduceError::Send {
-                        topic: back.topic.to_owned(),
+                        topic: topic.to_owned(),
                         source,
                     });
                 }
             }
         }
+    }
+
+    /// Whether queueing a record of `cost` would take the queue over this
+    /// producer's share (a record alone always goes).
+    fn over_share(&self, cost: usize) -> bool {
+        let Some(budget) = &self.budget else {
+            return false;
+        };
+        let queued = self.queued_bytes();
+        queued > 0 && queued.saturating_add(cost) > budget.per_producer()
+    }
+
+    /// Waits a millisecond for the queue to drain, or gives up.
+    fn wait_for_room(&self, topic: &str) -> Result<(), ProduceError> {
+        let interrupt = self
+            .interrupt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if interrupt.is_some_and(|interrupted| interrupted()) {
+            return Err(ProduceError::Interrupted {
+                name: self.name.clone(),
+                topic: topic.to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
     }
 
     /// Waits until every queued record is delivered and fails if any was
@@ -249,5 +431,115 @@ impl OutputProducer {
             name: self.name.clone(),
             source,
         }
+    }
+}
+
+/// What a record costs in the queue: key, value, headers and
+/// [`QUEUED_RECORD_OVERHEAD`].
+fn record_cost(record: &BaseRecord<'_, [u8], [u8], usize>) -> usize {
+    let headers = record.headers.as_ref().map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    record.key.map_or(0, <[u8]>::len)
+        + record.payload.map_or(0, <[u8]>::len)
+        + headers
+        + QUEUED_RECORD_OVERHEAD
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A producer of a cluster that does not answer: what it queues stays.
+    fn unreachable(extra: &[(&str, &str)], budget: Arc<QueueBudget>) -> Arc<OutputProducer> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:9");
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        Arc::new(OutputProducer::with_budget(&config, None, budget).unwrap())
+    }
+
+    /// What a send on another thread returned.
+    type Sent = mpsc::Receiver<Result<(), ProduceError>>;
+
+    /// Sends `value` on another thread; the channel of its result, and the
+    /// result if it came within `wait`.
+    fn send_within(
+        producer: &Arc<OutputProducer>,
+        value: Vec<u8>,
+        wait: Duration,
+    ) -> (Sent, Option<Result<(), ProduceError>>) {
+        let (tx, rx) = mpsc::channel();
+        let producer = Arc::clone(producer);
+        std::thread::spawn(move || {
+            let _ = tx.send(producer.send("out", None, &value, None));
+        });
+        let result = rx.recv_timeout(wait).ok();
+        (rx, result)
+    }
+
+    #[test]
+    fn a_full_queue_gives_up_when_interrupted() {
+        let producer = unreachable(
+            &[("queue.buffering.max.messages", "1")],
+            QueueBudget::new(64 << 20),
+        );
+        producer.send("out", None, b"first", None).unwrap();
+        let killed = Arc::new(AtomicBool::new(false));
+        producer.interrupt_when({
+            let killed = Arc::clone(&killed);
+            move || killed.load(Ordering::SeqCst)
+        });
+        let (rx, early) = send_within(&producer, b"second".to_vec(), Duration::from_millis(200));
+        assert!(early.is_none(), "a full queue makes the send wait");
+        killed.store(true, Ordering::SeqCst);
+        let result = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiting send returns once interrupted");
+        assert!(
+            matches!(result, Err(ProduceError::Interrupted { ref topic, .. }) if topic == "out"),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn producers_share_the_queue_budget() {
+        let budget = QueueBudget::new(1 << 20);
+        let a = unreachable(&[], budget.clone());
+        let b = unreachable(&[], budget.clone());
+        assert_eq!(budget.producers(), 2);
+        let record = vec![0u8; 100_000];
+        for _ in 0..5 {
+            a.send("out", None, &record, None).unwrap();
+        }
+        assert!(a.queued_bytes() <= budget.per_producer());
+        // The sixth would take `a` over its half: it waits...
+        let (rx, early) = send_within(&a, record.clone(), Duration::from_millis(200));
+        assert!(early.is_none(), "over its share, a producer waits");
+        // ... until the other producer is gone and `a` has the whole budget.
+        drop(b);
+        assert_eq!(budget.producers(), 1);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the send goes on within the larger share")
+            .unwrap();
+        assert!(a.queued_bytes() > 512 << 10);
+        assert!(a.queued_bytes() <= 1 << 20);
+    }
+
+    #[test]
+    fn a_job_sizing_the_queue_itself_is_left_alone() {
+        let budget = QueueBudget::new(1 << 20);
+        let producer = unreachable(&[("queue.buffering.max.kbytes", "65536")], budget.clone());
+        assert_eq!(budget.producers(), 0);
+        for _ in 0..20 {
+            producer.send("out", None, &[0u8; 100_000], None).unwrap();
+        }
+        assert!(producer.queued_bytes() > 1 << 20);
     }
 }

@@ -11,15 +11,19 @@ use rdkafka::message::{Headers, Message};
 use weir_crds::job::Guarantee;
 
 use super::dispatch::{dispatch_repartitioned, emit, source_offsets};
-use super::{Drain, Running, WorkerError, WorkerExit, duration_ms, lock, task_number};
+use super::{
+    Destinations, Drain, Running, Task, WorkerError, WorkerExit, duration_ms, lock, task_number,
+};
 use crate::checkpoint::coordinator::TaskCheckpointInput;
 use crate::checkpoint::savepoint::SavepointError;
+use crate::control::heartbeat::Heartbeat;
 use crate::control::http::Command;
 use crate::control::progress::Sample;
 use crate::control::status::{
     CheckpointStatus, PartitionStatus, Rates, SavepointState, TaskStatus, WorkerPhase,
 };
 use crate::engine::record::SourceRecord;
+use crate::kafka::producer::{OutputProducer, ProduceError};
 use crate::kafka::repartition;
 
 /// Most records handed to the tasks between two output flushes.
@@ -35,11 +39,39 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 impl Running {
+    /// Runs the loop until stopped, killed or failed. A producer waiting on
+    /// a full queue gives up when the worker is killed or told to stop, and
+    /// the worker then ends as killed, or stopped without a last checkpoint
+    /// (its output since the last one is aborted or replayed, as after a
+    /// crash).
     pub(super) fn run(&mut self) -> Result<WorkerExit, WorkerError> {
+        for producer in self.output.producers() {
+            let (kill, cancel) = (self.kill.clone(), self.cancel.clone());
+            producer.interrupt_when(move || kill.load(Ordering::SeqCst) || cancel.is_cancelled());
+        }
+        match self.run_loop() {
+            Err(WorkerError::Produce(e @ ProduceError::Interrupted { .. })) => {
+                if self.kill.load(Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "killed while the output queue was full");
+                    Ok(WorkerExit::Killed)
+                } else {
+                    tracing::warn!(error = %e, "stopping without a last checkpoint");
+                    Ok(WorkerExit::Stopped {
+                        last_checkpoint: self.last_checkpoint_id,
+                    })
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<WorkerExit, WorkerError> {
         let mut next_checkpoint = Instant::now() + self.checkpoint_interval;
         let mut last_advance = Instant::now();
         let mut last_publish = Instant::now();
         loop {
+            // Also while stopped after a savepoint: the loop is alive.
+            self.metrics.heartbeat.beat();
             if self.kill.load(Ordering::SeqCst) {
                 tracing::warn!("killed: stopping without checkpoint");
                 return Ok(WorkerExit::Killed);
@@ -48,6 +80,7 @@ impl Running {
                 if self.dirty {
                     self.checkpoint()?;
                 }
+                self.coordinator.finish_housekeeping();
                 return Ok(WorkerExit::Stopped {
                     last_checkpoint: self.last_checkpoint_id,
                 });
@@ -153,6 +186,8 @@ impl Running {
                 task: task.id,
                 message: e.to_string(),
             })?;
+            let producer = self.output.producer(task_number(task.id));
+            drain_timers(task, producer, &self.destinations, &self.metrics.heartbeat)?;
             task.offsets[topic_index] = message.offset() + 1;
             processed += 1;
         }
@@ -174,6 +209,10 @@ impl Running {
                     task: task.id,
                     message: e.to_string(),
                 })?;
+            let producer = self.output.producer(task_number(task.id));
+            if drain_timers(task, producer, &self.destinations, &self.metrics.heartbeat)? {
+                self.dirty = true;
+            }
         }
         self.emit_all()?;
         // Under at-least-once reports are visible at once: send them when
@@ -415,7 +454,17 @@ impl Running {
         let total = task_number(self.partitions);
         self.rt
             .block_on(self.coordinator.savepoint(checkpoint_id, id, total))
-            .map_err(|e| SavepointFailure::Copy(Box::new(e)))
+            .map_err(|e| SavepointFailure::Copy(Box::new(e)))?;
+        // The savepoint restores from the offsets of that checkpoint, which
+        // are the tasks' offsets now: purging stops there.
+        if let Some(input) = self.repartition_input {
+            for task in &self.tasks {
+                self.purge_floor
+                    .entry(task.id)
+                    .or_insert(task.offsets[input]);
+            }
+        }
+        Ok(())
     }
 
     /// Takes a checkpoint through the coordinator; returns its id. Any
@@ -455,10 +504,17 @@ impl Running {
             &self.pipeline_record,
         ))?;
         if let (Some(purger), Some(input)) = (&self.purger, self.repartition_input) {
+            // Never below what a savepoint restores from.
             purger.purge(
                 self.tasks
                     .iter()
-                    .map(|t| (t.id, t.offsets[input]))
+                    .map(|t| {
+                        let floor = self.purge_floor.get(&t.id).copied();
+                        (
+                            t.id,
+                            floor.map_or(t.offsets[input], |f| f.min(t.offsets[input])),
+                        )
+                    })
                     .collect(),
             );
         }
@@ -549,6 +605,30 @@ impl Running {
         s.records_in = self.records_in;
         s.records_out = self.records_out;
     }
+}
+
+/// Fires the task's remaining due timers chunk by chunk, sending each
+/// chunk's outputs before the next, so that a watermark jump over many
+/// windows never holds all their results in memory. Returns whether it
+/// sent anything.
+fn drain_timers(
+    task: &mut Task,
+    producer: &OutputProducer,
+    to: &Destinations,
+    heartbeat: &Heartbeat,
+) -> Result<bool, WorkerError> {
+    let mut sent = false;
+    while task.processor.has_due_timers() {
+        sent |= emit(task, producer, to)? > 0;
+        heartbeat.beat();
+        task.processor
+            .fire_due_timers(&mut task.outputs)
+            .map_err(|e| WorkerError::Task {
+                task: task.id,
+                message: e.to_string(),
+            })?;
+    }
+    Ok(sent)
 }
 
 /// Why a savepoint failed.

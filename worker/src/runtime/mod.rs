@@ -128,7 +128,9 @@ impl From<CoordinatorError> for WorkerError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerExit {
     /// Cancelled: the batch in hand was finished and checkpointed (when
-    /// anything was processed since the last checkpoint).
+    /// anything was processed since the last checkpoint), unless the output
+    /// queue was full and did not drain: then it stopped at once, without
+    /// a last checkpoint.
     Stopped {
         /// The last completed checkpoint, if any.
         last_checkpoint: Option<u64>,
@@ -374,6 +376,9 @@ struct Running {
     repartition_input: Option<usize>,
     /// Deletes what the tasks committed past on the repartition topic.
     purger: Option<Purger>,
+    /// Per task, the lowest repartition offset a savepoint restores from:
+    /// purging never goes below it.
+    purge_floor: HashMap<i32, i64>,
     partitions: i32,
     tasks: Vec<Task>,
     /// Task index by partition number.

@@ -26,13 +26,21 @@
 //!
 //! # Memory
 //!
-//! Accumulators and dedupe entries live in RocksDB; the write-back cache holds
-//! at most [`StateOptions::cache_entries`] of them (clock eviction, dirty
-//! entries written on eviction), so memory is bounded by that, the shared
-//! block cache and the memtables, whatever the number of keys. Timers go to
-//! RocksDB directly.
+//! Accumulators and dedupe entries live in RocksDB; the write-back cache in
+//! front of it is bounded in bytes, not entries: the tasks of a worker share
+//! one [`CacheBudget`] (by default an eighth of the container's memory, see
+//! [`memory`]), each task holding at most its equal share. An entry costs
+//! its key (twice: slot and index), its decoded value's heap and a fixed
+//! overhead (see [`TaskState::cached_bytes`]). Eviction is a clock, dirty
+//! entries are written on eviction. So memory is bounded by the budget, the
+//! shared block cache and the memtables, whatever the number of keys or the
+//! size of their values (a sketch turning dense, a growing session list).
+//! Timers go to RocksDB directly and are taken in bounded chunks
+//! ([`TaskState::take_due_timers`]).
 
-use std::collections::HashMap;
+mod cache;
+pub mod memory;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,6 +50,10 @@ use thiserror::Error;
 
 use crate::engine::aggregate::{AccumulatorError, Accumulators, Reader};
 use crate::engine::window::Window;
+pub use cache::CacheBudget;
+use cache::WriteBack;
+#[cfg(test)]
+use cache::entry_bytes;
 
 const STATE: u8 = 0x01;
 const EVENT_TIMERS: u8 = 0x02;
@@ -92,23 +104,32 @@ pub struct StateOptions {
     pub block_cache: Arc<rocksdb::Cache>,
     /// Size of each memtable of a task, in bytes.
     pub write_buffer_size: usize,
-    /// How many values the write-back cache of a task holds.
-    pub cache_entries: usize,
+    /// The write-back cache budget shared by every task of the worker.
+    pub cache: Arc<CacheBudget>,
 }
 
 impl StateOptions {
-    /// Default number of entries of the write-back cache of a task.
-    pub const DEFAULT_CACHE_ENTRIES: usize = 1 << 18;
-
-    /// Options with a new block cache of `block_cache_bytes` (to be shared
-    /// by cloning these options for every task) and memtables of
-    /// `write_buffer_size` bytes.
+    /// Options with a new block cache of `block_cache_bytes` and a new
+    /// write-back cache budget (to be shared by cloning these options for
+    /// every task of the worker), and memtables of `write_buffer_size`
+    /// bytes. The write-back caches get
+    /// [`memory::MemoryBudget::state_cache_bytes`] of the container this
+    /// process runs in: no spec field sizes them (the spec's `state` sizes
+    /// RocksDB's block cache and memtables only), and a share of the pod's
+    /// memory is what keeps them within it whatever the key count.
     pub fn new(block_cache_bytes: usize, write_buffer_size: usize) -> StateOptions {
         StateOptions {
             block_cache: Arc::new(rocksdb::Cache::new_lru_cache(block_cache_bytes)),
             write_buffer_size,
-            cache_entries: Self::DEFAULT_CACHE_ENTRIES,
+            cache: CacheBudget::new(memory::MemoryBudget::detect().state_cache_bytes()),
         }
+    }
+
+    /// These options with a write-back cache budget of its own of `bytes`
+    /// for all tasks opened with them.
+    pub fn with_cache_bytes(mut self, bytes: usize) -> StateOptions {
+        self.cache = CacheBudget::new(bytes);
+        self
     }
 }
 
@@ -123,7 +144,7 @@ impl std::fmt::Debug for StateOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateOptions")
             .field("write_buffer_size", &self.write_buffer_size)
-            .field("cache_entries", &self.cache_entries)
+            .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +176,21 @@ const VALUE_SESSIONS: u8 = 2;
 const VALUE_EXPIRY: u8 = 3;
 
 impl StateValue {
+    /// An estimate of the heap memory the decoded value holds.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            StateValue::Accumulators(accs) => accs.heap_bytes(),
+            StateValue::Sessions(sessions) => {
+                sessions.capacity() * std::mem::size_of::<Session>()
+                    + sessions
+                        .iter()
+                        .map(|s| s.accumulators.heap_bytes())
+                        .sum::<usize>()
+            }
+            StateValue::Expiry(_) => 0,
+        }
+    }
+
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
@@ -311,38 +347,22 @@ fn parse_timer_key(key: &[u8]) -> Option<Timer> {
     })
 }
 
-/// A cached value.
-struct Slot {
-    key: Box<[u8]>,
-    /// `None`: absent (never stored, or deleted).
-    value: Option<StateValue>,
-    /// Differs from what RocksDB holds.
-    dirty: bool,
-    /// RocksDB holds a value for the key (so a deletion must reach it).
-    in_db: bool,
-    /// Used since the clock hand last passed.
-    referenced: bool,
-}
-
 /// The keyed state of one task.
 pub struct TaskState {
     db: DB,
     path: PathBuf,
     write_options: WriteOptions,
-    index: HashMap<Box<[u8]>, usize>,
-    slots: Vec<Slot>,
-    capacity: usize,
-    hand: usize,
+    cache: WriteBack,
     /// Lower bounds of the earliest timer per domain, `None` if none.
     next_timer: [Option<i64>; TimeDomain::ALL.len()],
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for TaskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskState")
             .field("path", &self.path)
-            .field("cached", &self.slots.len())
+            .field("cached", &self.cache.len())
+            .field("cached_bytes", &self.cache.bytes())
             .finish_non_exhaustive()
     }
 }
@@ -378,12 +398,8 @@ impl TaskState {
             db,
             path: dir.to_owned(),
             write_options,
-            index: HashMap::new(),
-            slots: Vec::new(),
-            capacity: options.cache_entries.max(1),
-            hand: 0,
+            cache: WriteBack::new(Arc::clone(&options.cache)),
             next_timer: [None; TimeDomain::ALL.len()],
-            scratch: Vec::new(),
         };
         for domain in TimeDomain::ALL {
             state.next_timer[domain.index()] = state.first_timer(domain)?;
@@ -407,27 +423,7 @@ impl TaskState {
     /// values stay cached.
     pub fn flush_cache(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
-        let mut buf = Vec::new();
-        for slot in &mut self.slots {
-            if !slot.dirty {
-                continue;
-            }
-            match &slot.value {
-                Some(value) => {
-                    buf.clear();
-                    value.encode(&mut buf);
-                    batch.put(&slot.key, &buf);
-                    slot.in_db = true;
-                }
-                None => {
-                    if slot.in_db {
-                        batch.delete(&slot.key);
-                    }
-                    slot.in_db = false;
-                }
-            }
-            slot.dirty = false;
-        }
+        self.cache.write_dirty(&mut batch);
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(db_error("write of the cache"))?;
@@ -452,95 +448,30 @@ impl TaskState {
 
     /// Number of values in the write-back cache.
     pub fn cached_entries(&self) -> usize {
-        self.slots.len()
+        self.cache.len()
+    }
+
+    /// The estimated memory of the write-back cache: per entry its key
+    /// twice, its value's heap ([`StateValue::heap_bytes`]) and a fixed
+    /// overhead for the slot, the index entry and allocator headers. As of
+    /// the last access: a value changed through [`TaskState::get_mut`] is
+    /// measured again at the next one.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     /// The value of a state key (built by [`state_key`]), loading it into
     /// the cache.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<&StateValue>, StateError> {
-        let slot = self.load(key)?;
-        Ok(self.slots[slot].value.as_ref())
+        let slot = self.cache.load(&self.db, &self.write_options, key)?;
+        Ok(self.cache.value(slot))
     }
 
     /// The value of a state key for update: whatever the caller leaves there
     /// (`None` deletes) is written back on eviction or flush.
     pub fn get_mut(&mut self, key: &[u8]) -> Result<&mut Option<StateValue>, StateError> {
-        let slot = self.load(key)?;
-        let slot = &mut self.slots[slot];
-        slot.dirty = true;
-        Ok(&mut slot.value)
-    }
-
-    fn load(&mut self, key: &[u8]) -> Result<usize, StateError> {
-        if let Some(&i) = self.index.get(key) {
-            self.slots[i].referenced = true;
-            return Ok(i);
-        }
-        let stored = self
-            .db
-            .get_pinned(key)
-            .map_err(db_error("read"))?
-            .map(|bytes| {
-                StateValue::decode(&bytes).map_err(|e| StateError::Corrupt {
-                    key: hex(key),
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()?;
-        let slot = Slot {
-            key: key.into(),
-            in_db: stored.is_some(),
-            value: stored,
-            dirty: false,
-            referenced: true,
-        };
-        let i = if self.slots.len() < self.capacity {
-            self.slots.push(slot);
-            self.slots.len() - 1
-        } else {
-            let victim = self.victim();
-            self.evict(victim)?;
-            self.slots[victim] = slot;
-            victim
-        };
-        self.index.insert(key.into(), i);
-        Ok(i)
-    }
-
-    /// The next slot the clock hand finds unreferenced.
-    fn victim(&mut self) -> usize {
-        loop {
-            let i = self.hand;
-            self.hand = (self.hand + 1) % self.slots.len();
-            let slot = &mut self.slots[i];
-            if slot.referenced {
-                slot.referenced = false;
-            } else {
-                return i;
-            }
-        }
-    }
-
-    fn evict(&mut self, i: usize) -> Result<(), StateError> {
-        let slot = &self.slots[i];
-        if slot.dirty {
-            match &slot.value {
-                Some(value) => {
-                    self.scratch.clear();
-                    value.encode(&mut self.scratch);
-                    self.db
-                        .put_opt(&slot.key, &self.scratch, &self.write_options)
-                        .map_err(db_error("write of an evicted value"))?;
-                }
-                None if slot.in_db => self
-                    .db
-                    .delete_opt(&slot.key, &self.write_options)
-                    .map_err(db_error("delete of an evicted value"))?,
-                None => {}
-            }
-        }
-        self.index.remove(&slot.key);
-        Ok(())
+        let slot = self.cache.load(&self.db, &self.write_options, key)?;
+        Ok(self.cache.value_mut(slot))
     }
 
     /// Registers a timer; registering the same timer twice keeps one.
@@ -583,16 +514,19 @@ impl TaskState {
         }
     }
 
-    /// Removes and appends to `out` every timer of `domain` due at or before
-    /// `up_to`, in time order.
+    /// Removes and appends to `out` the timers of `domain` due at or before
+    /// `up_to`, in time order, at most `limit` of them: a watermark jump
+    /// over a million windows is taken chunk by chunk, never all at once.
+    /// Returns whether due timers remain.
     pub fn take_due_timers(
         &mut self,
         domain: TimeDomain,
         up_to: i64,
+        limit: usize,
         out: &mut Vec<Timer>,
-    ) -> Result<(), StateError> {
-        if self.next_timer(domain).is_none_or(|next| next > up_to) {
-            return Ok(());
+    ) -> Result<bool, StateError> {
+        if limit == 0 || self.next_timer(domain).is_none_or(|next| next > up_to) {
+            return Ok(self.next_timer(domain).is_some_and(|next| next <= up_to));
         }
         let start = [domain.prefix()];
         let mut end = Vec::with_capacity(9);
@@ -608,23 +542,31 @@ impl TaskState {
             .db
             .iterator_opt(IteratorMode::From(&start, Direction::Forward), read);
         let mut next = None;
-        for item in iter {
+        // Exclusive end of the deletion: `end`, or the first timer left
+        // when the limit stops the scan.
+        let mut delete_to = None;
+        for (taken, item) in iter.enumerate() {
             let (key, _) = item.map_err(db_error("timer scan"))?;
-            if key.as_ref() >= end.as_slice() {
+            let due = key.as_ref() < end.as_slice();
+            if !due || taken == limit {
                 next = parse_timer_key(&key).map(|t| t.time);
+                if due {
+                    delete_to = Some(key.to_vec());
+                }
                 break;
             }
             if let Some(timer) = parse_timer_key(&key) {
                 out.push(timer);
             }
         }
+        let delete_to = delete_to.unwrap_or(end);
         let mut batch = WriteBatch::default();
-        batch.delete_range(&start[..], &end[..]);
+        batch.delete_range(&start[..], &delete_to[..]);
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(db_error("timer deletion"))?;
         self.next_timer[domain.index()] = next;
-        Ok(())
+        Ok(next.is_some_and(|next| next <= up_to))
     }
 }
 
@@ -644,11 +586,14 @@ mod tests {
     use proptest::prelude::*;
     use weir_crds::job::AggregateFunction;
 
+    /// Options with a cache budget of about `entries` small entries.
     fn options(entries: usize) -> StateOptions {
-        StateOptions {
-            cache_entries: entries,
-            ..StateOptions::new(8 << 20, 1 << 20)
-        }
+        StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(entries * small_entry())
+    }
+
+    /// What one entry of [`key`] and [`count`] costs.
+    fn small_entry() -> usize {
+        entry_bytes(&key(100), Some(&count(1)))
     }
 
     fn count(n: u64) -> StateValue {
@@ -669,8 +614,10 @@ mod tests {
         let mut state = TaskState::open(dir.path(), &options(100)).unwrap();
         for i in 0..1000 {
             *state.get_mut(&key(i)).unwrap() = Some(count(u64::from(i)));
-            assert!(state.cached_entries() <= 100);
+            assert!(state.cached_bytes() <= 100 * small_entry());
+            assert!(state.cached_entries() <= 110);
         }
+        assert!(state.cached_entries() >= 50, "the budget is used");
         for i in 0..1000 {
             assert_eq!(state.get(&key(i)).unwrap(), Some(&count(u64::from(i))));
         }
@@ -715,9 +662,10 @@ mod tests {
             .register_timer(TimeDomain::Processing, 0, 1, 2, b"")
             .unwrap();
         let mut due = Vec::new();
-        state
-            .take_due_timers(TimeDomain::Event, 10, &mut due)
+        let more = state
+            .take_due_timers(TimeDomain::Event, 10, usize::MAX, &mut due)
             .unwrap();
+        assert!(!more);
         let times: Vec<i64> = due.iter().map(|t| t.time).collect();
         assert_eq!(times, vec![i64::MIN, -5, 10]);
         assert_eq!(due[1].payload, (-5i64).to_be_bytes());
@@ -725,16 +673,125 @@ mod tests {
         assert_eq!(state.next_timer(TimeDomain::Event), Some(20));
         due.clear();
         state
-            .take_due_timers(TimeDomain::Event, 10, &mut due)
+            .take_due_timers(TimeDomain::Event, 10, usize::MAX, &mut due)
             .unwrap();
         assert!(due.is_empty());
         state
-            .take_due_timers(TimeDomain::Event, i64::MAX, &mut due)
+            .take_due_timers(TimeDomain::Event, i64::MAX, usize::MAX, &mut due)
             .unwrap();
         let times: Vec<i64> = due.iter().map(|t| t.time).collect();
         assert_eq!(times, vec![20, 30, i64::MAX]);
         assert_eq!(state.next_timer(TimeDomain::Event), None);
         assert_eq!(state.next_timer(TimeDomain::Processing), Some(0));
+    }
+
+    #[test]
+    fn due_timers_are_taken_in_bounded_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = TaskState::open(dir.path(), &options(10)).unwrap();
+        for t in 0..10_000i64 {
+            state
+                .register_timer(TimeDomain::Event, t % 1000, 1, 2, &t.to_be_bytes())
+                .unwrap();
+        }
+        state
+            .register_timer(TimeDomain::Event, 5000, 1, 2, b"later")
+            .unwrap();
+        let mut all = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunks = 0;
+        loop {
+            let more = state
+                .take_due_timers(TimeDomain::Event, 999, 3000, &mut chunk)
+                .unwrap();
+            assert!(chunk.len() <= 3000, "a chunk holds {}", chunk.len());
+            chunks += 1;
+            all.append(&mut chunk);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(chunks, 4);
+        assert_eq!(all.len(), 10_000, "every due timer once");
+        assert!(all.windows(2).all(|w| w[0].time <= w[1].time));
+        assert_eq!(state.next_timer(TimeDomain::Event), Some(5000));
+        let mut rest = Vec::new();
+        assert!(
+            !state
+                .take_due_timers(TimeDomain::Event, i64::MAX, 3000, &mut rest)
+                .unwrap()
+        );
+        assert_eq!(rest.len(), 1);
+    }
+
+    /// A sparse sketch of `n` distinct values.
+    fn distinct(n: u64) -> StateValue {
+        let mut hll = crate::engine::hll::HyperLogLog::default();
+        for i in 0..n {
+            hll.insert(&i.to_le_bytes());
+        }
+        StateValue::Accumulators(Accumulators(vec![Accumulator::Distinct(hll)]))
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_as_values_grow() {
+        // 64 KiB holds hundreds of small sketches but only a few dense ones
+        // (16 KiB each): values that grow in place must be measured again.
+        let budget = 64 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let options = StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(budget);
+        let mut state = TaskState::open(dir.path(), &options).unwrap();
+        for i in 0..200 {
+            *state.get_mut(&key(i)).unwrap() = Some(distinct(1));
+        }
+        assert!(state.cached_entries() > 100);
+        let dense = distinct(20_000);
+        for i in 0..200 {
+            *state.get_mut(&key(i)).unwrap() = Some(dense.clone());
+            assert!(
+                state.cached_bytes() <= budget + (20 << 10),
+                "{} bytes cached",
+                state.cached_bytes()
+            );
+        }
+        assert!(state.cached_entries() <= 4, "{}", state.cached_entries());
+        // Nothing was lost to eviction.
+        // The last value grew after its load: the next load makes room.
+        state.flush_cache().unwrap();
+        assert!(state.cached_bytes() > budget);
+        assert_eq!(state.get(&key(3)).unwrap(), Some(&dense));
+        assert!(state.cached_bytes() <= budget);
+    }
+
+    #[test]
+    fn the_budget_is_split_among_open_tasks() {
+        let budget = 300 * small_entry();
+        let options = StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(budget);
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut first = TaskState::open(dirs[0].path(), &options).unwrap();
+        let fill = |state: &mut TaskState| {
+            for i in 0..1000 {
+                *state.get_mut(&key(i)).unwrap() = Some(count(1));
+            }
+            state.cached_bytes()
+        };
+        assert!(fill(&mut first) > budget / 2);
+        let mut others: Vec<TaskState> = dirs[1..]
+            .iter()
+            .map(|d| TaskState::open(d.path(), &options).unwrap())
+            .collect();
+        assert_eq!(options.cache.tasks(), 3);
+        for state in &mut others {
+            assert!(fill(state) <= budget / 3);
+        }
+        // The first task's share shrank: it evicts down to it as it loads.
+        assert!(fill(&mut first) <= budget / 3);
+        let total: usize =
+            first.cached_bytes() + others.iter().map(TaskState::cached_bytes).sum::<usize>();
+        assert!(total <= budget);
+        drop(others);
+        assert_eq!(options.cache.tasks(), 1);
+        assert_eq!(options.cache.per_task(), budget);
     }
 
     #[test]

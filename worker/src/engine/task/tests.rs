@@ -30,11 +30,14 @@ fn processor(
     cache_entries: usize,
 ) -> TaskProcessor {
     let pipeline = Arc::new(Pipeline::compile(&spec(source_extra, pipeline)).unwrap());
-    let options = StateOptions {
-        cache_entries,
-        ..StateOptions::new(8 << 20, 1 << 20)
-    };
+    let options = small_cache(cache_entries);
     TaskProcessor::new(pipeline, TaskState::open(dir, &options).unwrap(), 1)
+}
+
+/// Options whose write-back cache holds about `entries` entries of these
+/// tests (short keys, a few accumulators).
+fn small_cache(entries: usize) -> StateOptions {
+    StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(entries * 320)
 }
 
 fn feed(p: &mut TaskProcessor, offset: i64, value: &[u8], out: &mut Outputs) {
@@ -289,10 +292,7 @@ fn run_repartitioned(
 ) -> Vec<TaskSnapshot> {
     let n = dirs.len();
     let compiled = Arc::new(Pipeline::compile(&spec(WATERMARK, pipeline)).unwrap());
-    let options = StateOptions {
-        cache_entries: 16,
-        ..StateOptions::new(8 << 20, 1 << 20)
-    };
+    let options = small_cache(16);
     let mut tasks: Vec<TaskProcessor> = dirs
         .iter()
         .enumerate()
@@ -774,7 +774,8 @@ fn idle_partitions_let_windows_fire() {
         wm,
         r#"[{window: {type: tumbling, size: 10s}}, {aggregate: {fields: [{name: n, function: count}]}}]"#,
         16,
-    );
+    )
+    .with_processing_time(0);
     let mut out = Outputs::default();
     p.advance_time(1_000_000, &mut out).unwrap();
     p.register_partition("in", 0);

@@ -1,0 +1,268 @@
+//! The write-back cache in front of a task's RocksDB instance, bounded in
+//! bytes: the tasks of a worker share a [`CacheBudget`], each holding at
+//! most its equal share. An entry costs its key twice (slot and index), its
+//! decoded value's heap ([`StateValue::heap_bytes`]) and [`SLOT_OVERHEAD`];
+//! a value changed in place is measured again at the next access, so a
+//! sketch turning dense or a session list growing counts. Eviction is a
+//! clock; dirty entries are written on eviction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rocksdb::{DB, WriteBatch, WriteOptions};
+
+use super::{StateError, StateValue, db_error, hex};
+
+/// The bytes the write-back caches of a worker's tasks may hold together,
+/// split equally among the tasks open at any time: every [`TaskState`](super::TaskState)
+/// opened with options sharing this budget counts itself in while it lives,
+/// and evicts down to its share (`bytes / open tasks`) as it loads values,
+/// so a task opened later shrinks the others' share.
+#[derive(Debug)]
+pub struct CacheBudget {
+    bytes: usize,
+    tasks: AtomicUsize,
+}
+
+impl CacheBudget {
+    /// A budget of `bytes` for the caches of all tasks that share it.
+    pub fn new(bytes: usize) -> Arc<CacheBudget> {
+        Arc::new(CacheBudget {
+            bytes,
+            tasks: AtomicUsize::new(0),
+        })
+    }
+
+    /// The whole budget, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many open tasks share it.
+    pub fn tasks(&self) -> usize {
+        self.tasks.load(Ordering::Relaxed)
+    }
+
+    /// The share of one task.
+    pub fn per_task(&self) -> usize {
+        self.bytes / self.tasks().max(1)
+    }
+}
+
+/// A cached value.
+struct Slot {
+    key: Box<[u8]>,
+    /// `None`: absent (never stored, or deleted).
+    value: Option<StateValue>,
+    /// Differs from what RocksDB holds.
+    dirty: bool,
+    /// RocksDB holds a value for the key (so a deletion must reach it).
+    in_db: bool,
+    /// Used since the clock hand last passed.
+    referenced: bool,
+    /// What it costs, as counted in [`WriteBack::bytes`].
+    bytes: usize,
+}
+
+/// What a cached entry costs besides its key bytes (counted twice, in the
+/// slot and in the index) and its value's heap: the slot and the index
+/// entry, each twice for the spare capacity of a growing vector and hash
+/// table, and the allocator's headers of the two keys and the value.
+const SLOT_OVERHEAD: usize =
+    2 * std::mem::size_of::<Slot>() + 2 * (std::mem::size_of::<(Box<[u8]>, usize)>() + 1) + 3 * 16;
+
+/// The cost of caching `value` under `key`.
+pub(super) fn entry_bytes(key: &[u8], value: Option<&StateValue>) -> usize {
+    SLOT_OVERHEAD + 2 * key.len() + value.map_or(0, StateValue::heap_bytes)
+}
+
+/// The write-back cache of one task.
+pub(super) struct WriteBack {
+    index: HashMap<Box<[u8]>, usize>,
+    slots: Vec<Slot>,
+    /// The budget this cache takes its share of.
+    budget: Arc<CacheBudget>,
+    /// Sum of the slots' `bytes`.
+    bytes: usize,
+    /// The slot last handed out by [`WriteBack::value_mut`], whose value
+    /// may have changed size since.
+    changed: Option<usize>,
+    hand: usize,
+    scratch: Vec<u8>,
+}
+
+impl Drop for WriteBack {
+    fn drop(&mut self) {
+        self.budget.tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WriteBack {
+    /// An empty cache counted in `budget` while it lives.
+    pub(super) fn new(budget: Arc<CacheBudget>) -> WriteBack {
+        budget.tasks.fetch_add(1, Ordering::Relaxed);
+        WriteBack {
+            index: HashMap::new(),
+            slots: Vec::new(),
+            budget,
+            bytes: 0,
+            changed: None,
+            hand: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Number of cached values.
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The estimated memory of the cache, as of the last access.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The value in slot `i`.
+    pub(super) fn value(&self, i: usize) -> Option<&StateValue> {
+        self.slots[i].value.as_ref()
+    }
+
+    /// The value in slot `i` for update: marked dirty, and measured again
+    /// at the next access.
+    pub(super) fn value_mut(&mut self, i: usize) -> &mut Option<StateValue> {
+        self.changed = Some(i);
+        let slot = &mut self.slots[i];
+        slot.dirty = true;
+        &mut slot.value
+    }
+
+    /// Adds every dirty value to `batch` (puts and deletes); they count as
+    /// clean afterwards and stay cached.
+    pub(super) fn write_dirty(&mut self, batch: &mut WriteBatch) {
+        self.remeasure();
+        let mut buf = Vec::new();
+        for slot in &mut self.slots {
+            if !slot.dirty {
+                continue;
+            }
+            match &slot.value {
+                Some(value) => {
+                    buf.clear();
+                    value.encode(&mut buf);
+                    batch.put(&slot.key, &buf);
+                    slot.in_db = true;
+                }
+                None => {
+                    if slot.in_db {
+                        batch.delete(&slot.key);
+                    }
+                    slot.in_db = false;
+                }
+            }
+            slot.dirty = false;
+        }
+    }
+
+    /// Measures again the value last handed out for update.
+    fn remeasure(&mut self) {
+        if let Some(i) = self.changed.take() {
+            let slot = &mut self.slots[i];
+            let bytes = entry_bytes(&slot.key, slot.value.as_ref());
+            self.bytes = self.bytes - slot.bytes + bytes;
+            slot.bytes = bytes;
+        }
+    }
+
+    /// The slot of `key`, read from `db` on a miss after making room
+    /// within this cache's share (evicted dirty values are written with
+    /// `write_options`).
+    pub(super) fn load(
+        &mut self,
+        db: &DB,
+        write_options: &WriteOptions,
+        key: &[u8],
+    ) -> Result<usize, StateError> {
+        self.remeasure();
+        if let Some(&i) = self.index.get(key) {
+            self.slots[i].referenced = true;
+            return Ok(i);
+        }
+        let stored = db
+            .get_pinned(key)
+            .map_err(db_error("read"))?
+            .map(|bytes| {
+                StateValue::decode(&bytes).map_err(|e| StateError::Corrupt {
+                    key: hex(key),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let bytes = entry_bytes(key, stored.as_ref());
+        // Make room within this task's share, which shrinks when more tasks
+        // open; a value larger than the share still gets cached alone.
+        let share = self.budget.per_task();
+        while !self.slots.is_empty() && self.bytes + bytes > share {
+            let victim = self.victim();
+            self.evict(db, write_options, victim)?;
+        }
+        self.slots.push(Slot {
+            key: key.into(),
+            in_db: stored.is_some(),
+            value: stored,
+            dirty: false,
+            referenced: true,
+            bytes,
+        });
+        self.bytes += bytes;
+        let i = self.slots.len() - 1;
+        self.index.insert(key.into(), i);
+        Ok(i)
+    }
+
+    /// The next slot the clock hand finds unreferenced.
+    fn victim(&mut self) -> usize {
+        loop {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            let slot = &mut self.slots[i];
+            if slot.referenced {
+                slot.referenced = false;
+            } else {
+                return i;
+            }
+        }
+    }
+
+    /// Writes slot `i` back if dirty and removes it from the cache (the
+    /// last slot takes its place).
+    fn evict(&mut self, db: &DB, write_options: &WriteOptions, i: usize) -> Result<(), StateError> {
+        let slot = &self.slots[i];
+        if slot.dirty {
+            match &slot.value {
+                Some(value) => {
+                    self.scratch.clear();
+                    value.encode(&mut self.scratch);
+                    db.put_opt(&slot.key, &self.scratch, write_options)
+                        .map_err(db_error("write of an evicted value"))?;
+                }
+                None if slot.in_db => db
+                    .delete_opt(&slot.key, write_options)
+                    .map_err(db_error("delete of an evicted value"))?,
+                None => {}
+            }
+        }
+        let slot = self.slots.swap_remove(i);
+        self.index.remove(&slot.key);
+        self.bytes -= slot.bytes;
+        if let Some(moved) = self.slots.get(i)
+            && let Some(index) = self.index.get_mut(&moved.key)
+        {
+            *index = i;
+        }
+        Ok(())
+    }
+}
