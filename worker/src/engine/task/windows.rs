@@ -1,0 +1,509 @@
+//! The keyed windows of a task: aggregates (running, tumbling, sliding
+//! and session windows) and the event-time timers that fire, clean up and
+//! expire them, drained in bounded chunks.
+
+use super::*;
+
+impl TaskProcessor {
+    /// The aggregate step at `index`; whatever it emits continues after it.
+    pub(super) fn aggregate(
+        &mut self,
+        pipeline: &Pipeline,
+        index: usize,
+        window: Option<WindowOp>,
+        fields: &[AggregateField],
+        flow: Flow<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let step = &pipeline.steps()[index];
+        let inputs = match self.inputs(fields, &flow.value) {
+            Ok(inputs) => inputs,
+            Err(reason) => {
+                dead_letter_reason(&flow, format!("{}: {reason}", step.name), out);
+                return Ok(());
+            }
+        };
+        let key = if flow.keyed {
+            flow.key.clone().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let time = flow.time.unwrap_or(i64::MIN);
+        let mut emitted = Vec::new();
+        match window {
+            None => {
+                self.payload.clear();
+                keyed_payload(&mut self.payload, &key, None);
+                state_key(&mut self.scratch, step.id, &self.payload);
+                let slot = self.state.get_mut(&self.scratch)?;
+                let accs = accumulators(slot, fields);
+                update(accs, &inputs, time);
+                emitted.push((result(flow.keyed, &key, None, accs, fields), flow.time));
+            }
+            Some(op) => {
+                let Some(t) = flow.time else {
+                    dead_letter_reason(
+                        &flow,
+                        format!("{}: record has no event time", step.name),
+                        out,
+                    );
+                    return Ok(());
+                };
+                let clock = self.clock(index);
+                let accepted = if let WindowAssigner::Session { gap } = op.assigner {
+                    self.session_update(
+                        clock,
+                        step.id,
+                        &key,
+                        flow.keyed,
+                        t,
+                        gap,
+                        op,
+                        fields,
+                        &inputs,
+                        &mut emitted,
+                    )?
+                } else {
+                    self.window_update(
+                        clock,
+                        step.id,
+                        &key,
+                        flow.keyed,
+                        t,
+                        op,
+                        fields,
+                        &inputs,
+                        &mut emitted,
+                    )?
+                };
+                if !accepted {
+                    out.counters.late += 1;
+                    if let Some(source) = flow.source {
+                        out.late.push(LateRecord {
+                            key: source.key.map(<[u8]>::to_vec),
+                            value: source.value.unwrap_or_default().to_vec(),
+                            source: SourcePosition::of(source),
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        for (value, time) in emitted {
+            let next = Flow {
+                value,
+                modified: true,
+                key: flow.keyed.then(|| key.clone()),
+                keyed: flow.keyed,
+                time,
+                source: flow.source,
+            };
+            self.run(pipeline, index + 1, next, out)?;
+        }
+        Ok(())
+    }
+
+    /// What the record contributes to each aggregate field.
+    pub(super) fn inputs(
+        &mut self,
+        fields: &[AggregateField],
+        record: &Value,
+    ) -> Result<Vec<Input>, String> {
+        fields
+            .iter()
+            .map(|f| {
+                let Some(expr) = &f.expr else {
+                    return Ok(Input::Unit);
+                };
+                let fail = |e: weir_crds::expr::EvalError| format!("{}: {e}", f.name);
+                Ok(match f.function {
+                    AggregateFunction::Count => Input::Unit,
+                    AggregateFunction::ApproxDistinct => {
+                        self.key_buf.clear();
+                        expr.eval_key(record, &mut self.key_buf).map_err(fail)?;
+                        Input::Hash(hash64(&self.key_buf))
+                    }
+                    AggregateFunction::First | AggregateFunction::Last => {
+                        Input::Value(expr.eval(record).map_err(fail)?)
+                    }
+                    AggregateFunction::Sum
+                    | AggregateFunction::Min
+                    | AggregateFunction::Max
+                    | AggregateFunction::Avg => {
+                        let v = expr.eval(record).map_err(fail)?;
+                        Input::Number(Num::from_json(&v).ok_or_else(|| {
+                            format!("{}: the expression must be a number, not {v}", f.name)
+                        })?)
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a record at `t` to its tumbling or sliding windows; `false` when
+    /// every window was already closed (the record is late).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn window_update(
+        &mut self,
+        clock: Clock,
+        step: u8,
+        key: &[u8],
+        keyed: bool,
+        t: i64,
+        op: WindowOp,
+        fields: &[AggregateField],
+        inputs: &[Input],
+        emitted: &mut Vec<(Value, Option<i64>)>,
+    ) -> Result<bool, TaskError> {
+        let watermark = clock.watermark;
+        let mut windows = std::mem::take(&mut self.windows);
+        windows.clear();
+        op.assigner.assign(t, &mut windows);
+        let mut accepted = false;
+        for w in &windows {
+            let last = w.end - 1;
+            let cleanup = last.saturating_add(op.allowed_lateness);
+            if watermark.is_some_and(|wm| cleanup <= wm) {
+                continue;
+            }
+            accepted = true;
+            let fired = watermark.is_some_and(|wm| last <= wm);
+            self.payload.clear();
+            keyed_payload(&mut self.payload, key, Some(w.start));
+            state_key(&mut self.scratch, step, &self.payload);
+            let slot = self.state.get_mut(&self.scratch)?;
+            let created = slot.is_none();
+            let accs = accumulators(slot, fields);
+            update(accs, inputs, t);
+            if fired {
+                emitted.push((result(keyed, key, Some(*w), accs, fields), Some(last)));
+            }
+            if created {
+                if !fired {
+                    self.state
+                        .register_timer(clock.domain, last, step, FIRE, &self.payload)?;
+                }
+                if op.allowed_lateness > 0 {
+                    self.state.register_timer(
+                        clock.domain,
+                        cleanup,
+                        step,
+                        CLEANUP,
+                        &self.payload,
+                    )?;
+                }
+            }
+        }
+        self.windows = windows;
+        Ok(accepted)
+    }
+
+    /// Adds a record at `t` to the sessions of its key, merging those it
+    /// touches; `false` when it is late.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn session_update(
+        &mut self,
+        clock: Clock,
+        step: u8,
+        key: &[u8],
+        keyed: bool,
+        t: i64,
+        gap: i64,
+        op: WindowOp,
+        fields: &[AggregateField],
+        inputs: &[Input],
+        emitted: &mut Vec<(Value, Option<i64>)>,
+    ) -> Result<bool, TaskError> {
+        let watermark = clock.watermark;
+        let own = Window {
+            start: t,
+            end: t.saturating_add(gap),
+        };
+        self.payload.clear();
+        keyed_payload(&mut self.payload, key, None);
+        state_key(&mut self.scratch, step, &self.payload);
+        let slot = self.state.get_mut(&self.scratch)?;
+        let mut sessions = match slot.take() {
+            Some(StateValue::Sessions(s)) => s,
+            _ => Vec::new(),
+        };
+        let (touching, mut rest): (Vec<Session>, Vec<Session>) =
+            sessions.drain(..).partition(|s| s.window.touches(&own));
+        let own_closed =
+            watermark.is_some_and(|wm| (own.end - 1).saturating_add(op.allowed_lateness) <= wm);
+        if touching.is_empty() && own_closed {
+            *slot = (!rest.is_empty()).then_some(StateValue::Sessions(rest));
+            return Ok(false);
+        }
+        let mut merged = Session {
+            window: own,
+            fired: false,
+            accumulators: Accumulators(
+                fields
+                    .iter()
+                    .map(|f| Accumulator::new(f.function))
+                    .collect(),
+            ),
+        };
+        update(&mut merged.accumulators, inputs, t);
+        for s in &touching {
+            merged.window = merged.window.cover(&s.window);
+            for (a, b) in merged.accumulators.0.iter_mut().zip(&s.accumulators.0) {
+                a.merge(b);
+            }
+        }
+        let last = merged.window.end - 1;
+        let cleanup = last.saturating_add(op.allowed_lateness);
+        merged.fired = watermark.is_some_and(|wm| last <= wm);
+        if merged.fired {
+            emitted.push((
+                result(
+                    keyed,
+                    key,
+                    Some(merged.window),
+                    &merged.accumulators,
+                    fields,
+                ),
+                Some(last),
+            ));
+        }
+        let merged_fired = merged.fired;
+        let keep = watermark.is_none_or(|wm| cleanup > wm);
+        if keep {
+            rest.push(merged);
+        }
+        *slot = (!rest.is_empty()).then_some(StateValue::Sessions(rest));
+        if keep {
+            if !merged_fired {
+                self.state
+                    .register_timer(clock.domain, last, step, SESSION, &self.payload)?;
+            }
+            if op.allowed_lateness > 0 {
+                self.state
+                    .register_timer(clock.domain, cleanup, step, SESSION, &self.payload)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The time up to which timers of `domain` are due: the watermark it
+    /// follows, or processing time.
+    pub(super) fn due_until(&self, domain: TimeDomain) -> Option<i64> {
+        match domain {
+            TimeDomain::Processing => Some(self.processing_time()),
+            TimeDomain::Event | TimeDomain::Repartitioned => self.domain_watermark(domain),
+        }
+    }
+
+    /// Fires at most one chunk of due timers: event-time timers of the
+    /// steps before the cut (or of all steps), then those after it, then
+    /// processing-time timers. Returns whether more are due.
+    pub(super) fn fire_chunk(
+        &mut self,
+        pipeline: &Pipeline,
+        out: &mut Outputs,
+    ) -> Result<bool, TaskError> {
+        let mut budget = self.timer_chunk;
+        let mut due = std::mem::take(&mut self.due);
+        for domain in [
+            TimeDomain::Event,
+            TimeDomain::Repartitioned,
+            TimeDomain::Processing,
+        ] {
+            // Records emitted by firing windows may register further due
+            // timers in later steps: repeat until none is due.
+            while budget > 0
+                && let Some(until) = self.due_until(domain)
+            {
+                due.clear();
+                self.state
+                    .take_due_timers(domain, until, budget, &mut due)?;
+                if due.is_empty() {
+                    break;
+                }
+                budget = budget.saturating_sub(due.len());
+                for timer in due.drain(..) {
+                    self.on_timer(pipeline, timer, out)?;
+                }
+            }
+        }
+        self.due = due;
+        self.backlog = self.has_due_timers();
+        Ok(self.backlog)
+    }
+
+    /// Fires every timer still due from the last chunk, so that a record
+    /// sees the state of a caller that drained them.
+    pub(super) fn complete_backlog(
+        &mut self,
+        pipeline: &Pipeline,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        if self.backlog {
+            while self.fire_chunk(pipeline, out)? {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_timer(
+        &mut self,
+        pipeline: &Pipeline,
+        timer: Timer,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let Some(index) = pipeline.steps().iter().position(|s| s.id == timer.step) else {
+            return Ok(());
+        };
+        let Some((key, window_start)) = parse_keyed_payload(&timer.payload) else {
+            return Ok(());
+        };
+        let key = key.to_vec();
+        state_key(&mut self.scratch, timer.step, &timer.payload);
+        let step = &pipeline.steps()[index];
+        let keyed = step_is_keyed(pipeline, index);
+        let mut emitted = Vec::new();
+        match (&step.operation, timer.kind) {
+            (Operation::Dedupe { .. }, EXPIRE) => {
+                let slot = self.state.get_mut(&self.scratch)?;
+                if matches!(slot, Some(StateValue::Expiry(e)) if *e <= timer.time) {
+                    *slot = None;
+                }
+            }
+            (
+                Operation::Aggregate {
+                    window: Some(op),
+                    fields,
+                },
+                FIRE | CLEANUP,
+            ) => {
+                let Some(start) = window_start else {
+                    return Ok(());
+                };
+                let size = match op.assigner {
+                    WindowAssigner::Tumbling { size } | WindowAssigner::Sliding { size, .. } => {
+                        size
+                    }
+                    WindowAssigner::Session { .. } => return Ok(()),
+                };
+                let window = Window {
+                    start,
+                    end: start.saturating_add(size),
+                };
+                let slot = self.state.get_mut(&self.scratch)?;
+                if timer.kind == FIRE
+                    && let Some(StateValue::Accumulators(accs)) = slot.as_ref()
+                {
+                    emitted.push((
+                        result(keyed, &key, Some(window), accs, fields),
+                        Some(timer.time),
+                    ));
+                }
+                if timer.kind == CLEANUP || op.allowed_lateness == 0 {
+                    *slot = None;
+                }
+            }
+            (
+                Operation::Aggregate {
+                    window: Some(op),
+                    fields,
+                },
+                SESSION,
+            ) => {
+                let wm = self
+                    .clock(index)
+                    .watermark
+                    .unwrap_or(timer.time)
+                    .max(timer.time);
+                let slot = self.state.get_mut(&self.scratch)?;
+                if let Some(StateValue::Sessions(sessions)) = slot {
+                    for s in sessions.iter_mut() {
+                        let last = s.window.end - 1;
+                        if !s.fired && last <= wm {
+                            s.fired = true;
+                            emitted.push((
+                                result(keyed, &key, Some(s.window), &s.accumulators, fields),
+                                Some(last),
+                            ));
+                        }
+                    }
+                    sessions
+                        .retain(|s| (s.window.end - 1).saturating_add(op.allowed_lateness) > wm);
+                    if sessions.is_empty() {
+                        *slot = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (value, time) in emitted {
+            let flow = Flow {
+                value,
+                modified: true,
+                key: keyed.then(|| key.clone()),
+                keyed,
+                time,
+                source: None,
+            };
+            self.run(pipeline, index + 1, flow, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a keyBy precedes step `index`.
+pub(super) fn step_is_keyed(pipeline: &Pipeline, index: usize) -> bool {
+    pipeline.steps()[..index]
+        .iter()
+        .any(|s| matches!(s.operation, Operation::KeyBy { .. }))
+}
+
+/// The accumulators in `slot`, created empty when absent.
+pub(super) fn accumulators<'s>(
+    slot: &'s mut Option<StateValue>,
+    fields: &[AggregateField],
+) -> &'s mut Accumulators {
+    if !matches!(slot, Some(StateValue::Accumulators(_))) {
+        *slot = Some(StateValue::Accumulators(Accumulators(
+            fields
+                .iter()
+                .map(|f| Accumulator::new(f.function))
+                .collect(),
+        )));
+    }
+    match slot {
+        Some(StateValue::Accumulators(accs)) => accs,
+        // Just set above.
+        _ => unreachable!("accumulators were just created"),
+    }
+}
+
+pub(super) fn update(accs: &mut Accumulators, inputs: &[Input], time: i64) {
+    for (acc, input) in accs.0.iter_mut().zip(inputs) {
+        acc.update(input, time);
+    }
+}
+
+/// The output record of an aggregate.
+pub(super) fn result(
+    keyed: bool,
+    key: &[u8],
+    window: Option<Window>,
+    accs: &Accumulators,
+    fields: &[AggregateField],
+) -> Value {
+    let mut map = Map::with_capacity(fields.len() + 3);
+    let key = if keyed {
+        Value::String(String::from_utf8_lossy(key).into_owned())
+    } else {
+        Value::Null
+    };
+    map.insert("key".into(), key);
+    if let Some(w) = window {
+        map.insert("window_start".into(), Value::from(w.start));
+        map.insert("window_end".into(), Value::from(w.end));
+    }
+    for (f, acc) in fields.iter().zip(&accs.0) {
+        map.insert(f.name.clone(), acc.result());
+    }
+    Value::Object(map)
+}
