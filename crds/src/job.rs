@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::status::StreamingJobStatus;
 
+mod autoscaler;
+pub use autoscaler::AutoscalerSpec;
+
 /// The upper bound on the number of pipeline steps, so that the API server
 /// can bound the cost of the CEL rules evaluated on each step.
 pub const MAX_PIPELINE_STEPS: usize = 32;
@@ -74,6 +77,8 @@ pub struct StreamingJobSpec {
 
     /// Compute resources of each worker container (CPU, memory). Memory must
     /// cover the RocksDB block cache and write buffers configured in `state`.
+    /// Unset: requests of 1 CPU and 2Gi of memory, and a memory limit of 2Gi
+    /// (no CPU limit, so that a worker catching up is not throttled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
@@ -134,10 +139,13 @@ pub struct StreamingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerSpec>,
 
-    /// How a running job is stopped when its spec or parallelism changes:
-    /// `savepoint` takes a savepoint and restores from it, `lastState`
-    /// restores from the latest checkpoint without a savepoint, `stateless`
-    /// starts with empty state from the committed offsets.
+    /// How the workers are restarted when a change of the spec or the image
+    /// changes their pod template, or when restartNonce changes: `savepoint`
+    /// stops them with a savepoint and restores it, `lastState` stops them
+    /// without a savepoint and restores the newest committed checkpoint,
+    /// `stateless` starts them with empty state from the committed offsets.
+    /// In every mode the old workers are fenced and gone before the new ones
+    /// start. Rescales and suspends always go through a savepoint.
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 
@@ -146,7 +154,10 @@ pub struct StreamingJobSpec {
     pub savepoint: SavepointSpec,
 
     /// Id of a savepoint (under this job's checkpoint storage) to start from
-    /// when the job first starts. Ignored once the job has run.
+    /// when the job first starts (or first resumes, when created suspended).
+    /// Until that savepoint is complete in storage no worker starts and the
+    /// job reports Stalled with reason SavepointNotFound. Ignored once the
+    /// job has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 128),
@@ -163,16 +174,19 @@ pub struct StreamingJobSpec {
     #[serde(default)]
     pub allow_non_restored_state: bool,
 
-    /// Stops the job (with a savepoint when upgradeMode is savepoint) and
-    /// keeps it stopped until set back to false.
+    /// Stops the job with a savepoint and keeps it stopped (no worker pod)
+    /// until set back to false; it then resumes from that savepoint.
     #[serde(default)]
     pub suspend: bool,
 
-    /// Changing this number triggers a savepoint of the running job.
+    /// Changing this number triggers a savepoint of the running job, which
+    /// restarts nothing; status.observedSavepointTriggerNonce reports it
+    /// answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_trigger_nonce: Option<i64>,
 
-    /// Changing this number restarts every worker (following upgradeMode).
+    /// Changing this number restarts every worker (following upgradeMode);
+    /// status.observedRestartNonce reports it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_nonce: Option<i64>,
 }
@@ -759,116 +773,7 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Automatic parallelism.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "duration(self.catchUpDuration) > duration('0s')",
-        "message": "catchUpDuration must be greater than 0",
-        "fieldPath": ".catchUpDuration"
-    },
-    {
-        "rule": "duration(self.metricsWindow) > duration('0s')",
-        "message": "metricsWindow must be greater than 0",
-        "fieldPath": ".metricsWindow"
-    }
-]))]
-pub struct AutoscalerSpec {
-    /// Whether the autoscaler manages spec.parallelism. Default true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-
-    /// Lowest parallelism. Default 1.
-    #[serde(default = "default_min_parallelism")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub min_parallelism: i32,
-
-    /// Highest parallelism. Defaults to the partition count of the source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub max_parallelism: Option<i32>,
-
-    /// Share of a worker's capacity the autoscaler aims to use, in (0, 1].
-    /// Default 0.7: headroom for bursts.
-    #[serde(default = "default_target_utilization")]
-    #[schemars(range(min = 0.05, max = 1.0))]
-    pub target_utilization: f64,
-
-    /// How quickly accumulated lag should be worked off after a scale-up.
-    /// Default 5m.
-    #[serde(default = "default_catch_up_duration")]
-    pub catch_up_duration: Duration,
-
-    /// Minimum time between a rescale and the next scale-up. Default 3m.
-    #[serde(default = "default_scale_up_cooldown")]
-    pub scale_up_cooldown: Duration,
-
-    /// A scale-down happens only when every recommendation over this window
-    /// was lower than the current parallelism. Default 10m.
-    #[serde(default = "default_scale_down_stabilization")]
-    pub scale_down_stabilization_window: Duration,
-
-    /// Time span over which rates are averaged. Default 2m.
-    #[serde(default = "default_metrics_window")]
-    pub metrics_window: Duration,
-
-    /// Lag per worker that the fallback rule (used before workers report a
-    /// busy ratio) tolerates, as KEDA's lagThreshold. Default 10000.
-    #[serde(default = "default_lag_threshold")]
-    #[schemars(range(min = 1))]
-    pub lag_threshold: i64,
-}
-
-impl Default for AutoscalerSpec {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_parallelism: default_min_parallelism(),
-            max_parallelism: None,
-            target_utilization: default_target_utilization(),
-            catch_up_duration: default_catch_up_duration(),
-            scale_up_cooldown: default_scale_up_cooldown(),
-            scale_down_stabilization_window: default_scale_down_stabilization(),
-            metrics_window: default_metrics_window(),
-            lag_threshold: default_lag_threshold(),
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_min_parallelism() -> i32 {
-    1
-}
-
-fn default_target_utilization() -> f64 {
-    0.7
-}
-
-fn default_catch_up_duration() -> Duration {
-    Duration::from_secs(300)
-}
-
-fn default_scale_up_cooldown() -> Duration {
-    Duration::from_secs(180)
-}
-
-fn default_scale_down_stabilization() -> Duration {
-    Duration::from_secs(600)
-}
-
-fn default_metrics_window() -> Duration {
-    Duration::from_secs(120)
-}
-
-fn default_lag_threshold() -> i64 {
-    10_000
-}
-
-/// How a running job is stopped for a change.
+/// How the workers are stopped and restarted for an upgrade or a restart.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum UpgradeMode {
@@ -891,8 +796,8 @@ pub enum UpgradeMode {
         "fieldPath": ".timeout"
     },
     {
-        "rule": "!has(self.periodicInterval) || duration(self.periodicInterval) > duration('0s')",
-        "message": "periodicInterval must be greater than 0",
+        "rule": "!has(self.periodicInterval) || duration(self.periodicInterval) >= duration('1m')",
+        "message": "periodicInterval must be at least 1m",
         "fieldPath": ".periodicInterval"
     }
 ]))]
@@ -902,12 +807,15 @@ pub struct SavepointSpec {
     #[serde(default = "default_savepoint_timeout")]
     pub timeout: Duration,
 
-    /// Takes a savepoint this often, besides those before rescales and
-    /// upgrades. Unset: no periodic savepoints.
+    /// Takes a savepoint this often (counted from the newest savepoint of
+    /// any kind) without restarting anything, besides those before rescales,
+    /// upgrades and suspends. At least 1m. Unset: no periodic savepoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub periodic_interval: Option<Duration>,
 
-    /// How many savepoints are kept in storage and in status. Default 10.
+    /// How many savepoints status.savepointHistory lists. Default 10. The
+    /// savepoints themselves stay in storage until deleted by hand (or with
+    /// the job, with disposeOnDelete).
     #[serde(default = "default_savepoint_history")]
     #[schemars(range(min = 1, max = 100))]
     pub history_limit: u32,

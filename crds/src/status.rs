@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::job::UpgradeMode;
+
 /// How many entries `scalingHistory` keeps at most.
 pub const MAX_SCALING_HISTORY: usize = 20;
 
@@ -40,7 +42,9 @@ pub struct StreamingJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_generation: Option<i64>,
 
-    /// Ready, Progressing and Degraded, with reasons and messages.
+    /// Ready, Reconciling, Stalled, Progressing and Degraded, with reasons
+    /// and messages (Reconciling and Stalled follow the kstatus conventions
+    /// that Flux and Argo CD read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -215,9 +219,14 @@ pub struct Operation {
     /// enters Rescaling (and written to `fence.json` before they start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_generation: Option<i64>,
-    /// The spec.savepointTriggerNonce a manual savepoint answers.
+    /// The nonce the operation answers: spec.savepointTriggerNonce for a
+    /// manual savepoint, spec.restartNonce for a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_nonce: Option<i64>,
+    /// How an upgrade or a restart stops and restarts the workers (the
+    /// spec.upgradeMode when it started): savepoint, lastState or stateless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_mode: Option<UpgradeMode>,
 }
 
 /// An operation that failed.
@@ -242,8 +251,10 @@ pub enum OperationKind {
     Rescale,
     /// A change of spec that restarts the workers.
     Upgrade,
-    /// A savepoint without a restart.
+    /// A savepoint without a restart, for spec.savepointTriggerNonce.
     Savepoint,
+    /// A savepoint without a restart, every spec.savepoint.periodicInterval.
+    PeriodicSavepoint,
     /// Stop-with-savepoint for spec.suspend.
     Suspend,
     /// A restart requested through spec.restartNonce.

@@ -52,6 +52,7 @@
 
 mod compile;
 mod eval;
+mod node;
 #[cfg(test)]
 mod tests;
 mod value;

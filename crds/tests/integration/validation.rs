@@ -699,10 +699,11 @@ fn savepoints_and_restore() {
         "must be at least 1",
     );
     expect_problem(
-        |d| set(d, "spec.savepoint.periodicInterval", Some(yaml("0s"))),
+        |d| set(d, "spec.savepoint.periodicInterval", Some(yaml("30s"))),
         "spec.savepoint.periodicInterval",
-        "must be greater than 0",
+        "must be at least 1m",
     );
+    expect_valid(|d| set(d, "spec.savepoint.periodicInterval", Some(yaml("1m"))));
 }
 
 #[test]

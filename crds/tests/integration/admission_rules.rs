@@ -313,8 +313,8 @@ fn durations_of_savepoints_and_the_autoscaler_must_be_positive() {
         "timeout must be greater than 0",
     );
     expect_rejected(
-        |o| o["spec"]["savepoint"] = serde_json::json!({"periodicInterval": "0s"}),
-        "periodicInterval must be greater than 0",
+        |o| o["spec"]["savepoint"] = serde_json::json!({"periodicInterval": "59s"}),
+        "periodicInterval must be at least 1m",
     );
     expect_rejected(
         |o| o["spec"]["autoscaler"]["catchUpDuration"] = "0s".into(),
