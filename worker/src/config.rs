@@ -74,6 +74,10 @@ pub struct WorkerConfig {
     /// Directory where the Kafka credentials Secret is mounted; set when
     /// the job names one.
     pub kafka_credentials_dir: Option<PathBuf>,
+    /// At most this many records per second (see
+    /// [`crate::runtime::throttle`]); set by local mode (`weir run`) to
+    /// stand for a pod's CPU limit, never by the operator.
+    pub max_records_per_second: Option<u64>,
 }
 
 /// Why a worker configuration could not be built.
@@ -215,6 +219,7 @@ impl WorkerConfig {
             control_token,
             http_addr,
             kafka_credentials_dir,
+            max_records_per_second: None,
         })
     }
 

@@ -23,13 +23,20 @@
 //! 7. retention, unless fenced meanwhile, on a thread of its own (its
 //!    failures only leave garbage; the next checkpoint waits for it).
 //!
+//! Savepoint: a committed checkpoint copied server-side into
+//! `savepoints/<id>/`. Stop-with-savepoint copies before the worker stops
+//! ([`CheckpointCoordinator::savepoint`]); a savepoint that stops nothing is
+//! copied on a thread of its own while processing goes on
+//! ([`CheckpointCoordinator::start_savepoint`]), and retention keeps the
+//! checkpoint it copies until the copy is done.
+//!
 //! It is generic over the output ([`OutputCommitter`]) and the group's
 //! offsets ([`CommittedOffsets`]); the store is any [`ObjectStore`]. The
 //! runtime plugs in Kafka; the tests plug in fakes that fail at every step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
@@ -214,7 +221,92 @@ pub struct CheckpointCoordinator {
     next_id: u64,
     /// The retention of the last checkpoint, running off the processing
     /// path.
-    retention: Option<std::thread::JoinHandle<()>>,
+    retention: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Savepoints being copied off the processing path.
+    copies: Vec<SavepointCopy>,
+    /// The checkpoints those copies read, with how many copies read each:
+    /// retention keeps them.
+    pinned: Arc<Mutex<BTreeMap<u64, usize>>>,
+    /// Copies that ended and were not reported yet.
+    copied: Vec<CopiedSavepoint>,
+}
+
+/// A savepoint copied on a thread of its own.
+struct SavepointCopy {
+    id: String,
+    handle: std::thread::JoinHandle<Result<Result<(), SavepointError>, String>>,
+}
+
+/// How a savepoint copy begun by [`CheckpointCoordinator::start_savepoint`]
+/// ended.
+#[derive(Debug)]
+pub struct CopiedSavepoint {
+    /// The savepoint id.
+    pub id: String,
+    /// Whether the savepoint is complete (as far as this worker's tasks go).
+    pub result: Result<(), SavepointError>,
+}
+
+/// Runs `work` to completion on a new thread named `name`, with a runtime of
+/// its own.
+fn spawn_on_own_thread<T, F>(
+    name: &str,
+    work: F,
+) -> std::io::Result<std::thread::JoinHandle<Result<T, String>>>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a runtime: {e}"))?;
+            Ok(rt.block_on(work))
+        })
+}
+
+/// Copies checkpoint `checkpoint_id` of the `owned` tasks into savepoint
+/// `id` and completes it when the job's `tasks` tasks are all there.
+async fn copy_savepoint(
+    store: &dyn ObjectStore,
+    layout: &JobLayout,
+    checkpoint_id: u64,
+    id: &str,
+    owned: &[u32],
+    tasks: u32,
+) -> Result<(), SavepointError> {
+    futures::future::try_join_all(
+        owned
+            .iter()
+            .map(|task| savepoint::copy_task(store, layout, checkpoint_id, *task, id)),
+    )
+    .await?;
+    savepoint::complete(store, layout, id, tasks).await?;
+    Ok(())
+}
+
+/// Releases one copy's hold on `checkpoint_id`.
+fn unpin(pinned: &Mutex<BTreeMap<u64, usize>>, checkpoint_id: u64) {
+    let mut pins = pinned.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(count) = pins.get_mut(&checkpoint_id) {
+        *count -= 1;
+        if *count == 0 {
+            pins.remove(&checkpoint_id);
+        }
+    }
+}
+
+/// The checkpoints savepoint copies are reading.
+fn pinned_ids(pinned: &Mutex<BTreeMap<u64, usize>>) -> BTreeSet<u64> {
+    pinned
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .copied()
+        .collect()
 }
 
 impl CheckpointCoordinator {
@@ -237,6 +329,9 @@ impl CheckpointCoordinator {
             checkpointers: BTreeMap::new(),
             next_id: 1,
             retention: None,
+            copies: Vec::new(),
+            pinned: Arc::default(),
+            copied: Vec::new(),
         }
     }
 
@@ -412,41 +507,27 @@ impl CheckpointCoordinator {
         let store = self.store.clone();
         let layout = self.layout.clone();
         let (generation, retain) = (self.generation, self.retain);
-        let job = move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        let pinned = pinned_ids(&self.pinned);
+        let work = async move {
+            if check_fence(store.as_ref(), &layout, generation)
+                .await
+                .is_err()
             {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::warn!(error = %e, "checkpoint retention skipped");
-                    return;
+                return;
+            }
+            let results = futures::future::join_all(
+                tasks
+                    .iter()
+                    .map(|&task| collect_garbage(store.as_ref(), &layout, task, retain, &pinned)),
+            )
+            .await;
+            for result in results {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "checkpoint retention");
                 }
-            };
-            rt.block_on(async {
-                if check_fence(store.as_ref(), &layout, generation)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let results = futures::future::join_all(
-                    tasks
-                        .iter()
-                        .map(|&task| collect_garbage(store.as_ref(), &layout, task, retain)),
-                )
-                .await;
-                for result in results {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "checkpoint retention");
-                    }
-                }
-            });
+            }
         };
-        match std::thread::Builder::new()
-            .name("weir-retention".to_owned())
-            .spawn(job)
-        {
+        match spawn_on_own_thread("weir-retention", work) {
             Ok(handle) => self.retention = Some(handle),
             Err(e) => tracing::warn!(error = %e, "checkpoint retention skipped"),
         }
@@ -455,13 +536,84 @@ impl CheckpointCoordinator {
     /// Waits until the retention of the last checkpoint is done (before the
     /// next checkpoint, and when the worker stops).
     pub fn finish_housekeeping(&mut self) {
-        if let Some(handle) = self.retention.take()
-            && handle.join().is_err()
-        {
-            tracing::warn!("checkpoint retention panicked");
+        match self.retention.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Err(e))) => tracing::warn!(error = %e, "checkpoint retention skipped"),
+            Some(Err(_)) => tracing::warn!("checkpoint retention panicked"),
+            Some(Ok(Ok(()))) | None => {}
         }
     }
 
+    /// Begins copying committed checkpoint `checkpoint_id` of every
+    /// registered task into savepoint `id`, on a thread of its own, and
+    /// returns at once; [`CheckpointCoordinator::copied_savepoints`] tells
+    /// when it ended. Retention keeps the checkpoint meanwhile.
+    pub fn start_savepoint(&mut self, checkpoint_id: u64, id: &str, tasks: u32) {
+        *self
+            .pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(checkpoint_id)
+            .or_default() += 1;
+        let store = self.store.clone();
+        let layout = self.layout.clone();
+        let owned: Vec<u32> = self.checkpointers.keys().copied().collect();
+        let pinned = self.pinned.clone();
+        let savepoint = id.to_owned();
+        let work = async move {
+            let result = copy_savepoint(
+                store.as_ref(),
+                &layout,
+                checkpoint_id,
+                &savepoint,
+                &owned,
+                tasks,
+            )
+            .await;
+            unpin(&pinned, checkpoint_id);
+            result
+        };
+        match spawn_on_own_thread("weir-savepoint", work) {
+            Ok(handle) => self.copies.push(SavepointCopy {
+                id: id.to_owned(),
+                handle,
+            }),
+            Err(e) => {
+                unpin(&self.pinned, checkpoint_id);
+                self.copied.push(CopiedSavepoint {
+                    id: id.to_owned(),
+                    result: Err(SavepointError::Copy {
+                        id: id.to_owned(),
+                        reason: format!("could not start: {e}"),
+                    }),
+                });
+            }
+        }
+    }
+
+    /// The savepoint copies that ended since the last call; with `wait`,
+    /// waits for every copy still running first (when the worker stops).
+    pub fn copied_savepoints(&mut self, wait: bool) -> Vec<CopiedSavepoint> {
+        let (done, running) = std::mem::take(&mut self.copies)
+            .into_iter()
+            .partition(|copy| wait || copy.handle.is_finished());
+        self.copies = running;
+        for copy in done {
+            let id = copy.id;
+            let result = match copy.handle.join() {
+                Ok(Ok(result)) => result,
+                Ok(Err(reason)) => Err(SavepointError::Copy {
+                    id: id.clone(),
+                    reason,
+                }),
+                Err(_) => Err(SavepointError::Copy {
+                    id: id.clone(),
+                    reason: "panicked".to_owned(),
+                }),
+            };
+            self.copied.push(CopiedSavepoint { id, result });
+        }
+        std::mem::take(&mut self.copied)
+    }
     /// Copies committed checkpoint `checkpoint_id` of every registered task
     /// into savepoint `id` and completes it when the job's `tasks` tasks are
     /// all there (whichever worker copies last completes it).
@@ -471,16 +623,16 @@ impl CheckpointCoordinator {
         id: &str,
         tasks: u32,
     ) -> Result<(), SavepointError> {
-        let store = self.store.as_ref();
-        let layout = &self.layout;
-        futures::future::try_join_all(
-            self.checkpointers
-                .keys()
-                .map(|task| savepoint::copy_task(store, layout, checkpoint_id, *task, id)),
+        let owned: Vec<u32> = self.checkpointers.keys().copied().collect();
+        copy_savepoint(
+            self.store.as_ref(),
+            &self.layout,
+            checkpoint_id,
+            id,
+            &owned,
+            tasks,
         )
-        .await?;
-        savepoint::complete(store, layout, id, tasks).await?;
-        Ok(())
+        .await
     }
 
     /// Refuses, after discarding the open output, when a newer generation

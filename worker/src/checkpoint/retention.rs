@@ -1,7 +1,8 @@
 //! Checkpoint retention and garbage collection, per task.
 //!
-//! Keeps the newest `retain` committed checkpoints and every checkpoint newer
-//! than the newest committed one (in flight), deletes the other checkpoint
+//! Keeps the newest `retain` committed checkpoints, every checkpoint newer
+//! than the newest committed one (in flight) and every checkpoint a savepoint
+//! is being copied from (pinned), deletes the other checkpoint
 //! objects of the task, then deletes the task's shared (immutable) files that
 //! no kept manifest references. Savepoints are self-contained copies and are
 //! never touched.
@@ -10,7 +11,7 @@
 //! its checkpoints (after [`crate::checkpoint::upload::mark_committed`]): files of a
 //! checkpoint still uploading are referenced by no manifest yet.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -30,10 +31,14 @@ pub struct RetentionPlan {
 }
 
 /// Chooses the checkpoints of one task to keep: the newest `retain` (at
-/// least 1) committed ones (manifest and marker present) and everything newer
-/// than the newest committed one. Without any committed checkpoint nothing
-/// is deleted. Pure.
-pub fn plan(listings: &[TaskCheckpointListing], retain: usize) -> RetentionPlan {
+/// least 1) committed ones (manifest and marker present), everything newer
+/// than the newest committed one, and the `pinned` ones. Without any
+/// committed checkpoint nothing is deleted. Pure.
+pub fn plan(
+    listings: &[TaskCheckpointListing],
+    retain: usize,
+    pinned: &BTreeSet<u64>,
+) -> RetentionPlan {
     let mut committed: Vec<u64> = listings
         .iter()
         .filter(|l| l.has_manifest && l.has_marker)
@@ -52,7 +57,7 @@ pub fn plan(listings: &[TaskCheckpointListing], retain: usize) -> RetentionPlan 
     };
     let (keep, delete) = all
         .into_iter()
-        .partition(|id| *id > newest_committed || committed.contains(id));
+        .partition(|id| *id > newest_committed || committed.contains(id) || pinned.contains(id));
     RetentionPlan { keep, delete }
 }
 
@@ -87,13 +92,14 @@ pub struct RetentionError {
     pub source: TransferError,
 }
 
-/// Applies retention to `task`: deletes old checkpoints, then unreferenced
-/// shared files.
+/// Applies retention to `task`: deletes old checkpoints (but the `pinned`
+/// ones), then unreferenced shared files.
 pub async fn collect_garbage(
     store: &dyn ObjectStore,
     layout: &JobLayout,
     task: u32,
     retain: usize,
+    pinned: &BTreeSet<u64>,
 ) -> Result<GcStats, RetentionError> {
     let error = |source| RetentionError { task, source };
     let objects: Vec<(Path, crate::checkpoint::layout::CheckpointObject)> =
@@ -107,7 +113,7 @@ pub async fn collect_garbage(
             })
             .collect();
     let listings = summarize_task_checkpoints(objects.iter().map(|(_, o)| o.clone()), task);
-    let plan = plan(&listings, retain);
+    let plan = plan(&listings, retain, pinned);
 
     let mut referenced = HashSet::new();
     for listing in listings
@@ -188,6 +194,7 @@ mod tests {
             name: &'static str,
             rows: &'static [(u64, bool, bool)],
             retain: usize,
+            pinned: &'static [u64],
             keep: &'static [u64],
             delete: &'static [u64],
         }
@@ -196,6 +203,7 @@ mod tests {
                 name: "empty",
                 rows: &[],
                 retain: 3,
+                pinned: &[],
                 keep: &[],
                 delete: &[],
             },
@@ -203,6 +211,7 @@ mod tests {
                 name: "nothing committed yet: keep everything",
                 rows: &[(1, true, false), (2, false, false)],
                 retain: 1,
+                pinned: &[],
                 keep: &[2, 1],
                 delete: &[],
             },
@@ -215,6 +224,7 @@ mod tests {
                     (4, true, true),
                 ],
                 retain: 2,
+                pinned: &[],
                 keep: &[4, 3],
                 delete: &[2, 1],
             },
@@ -227,6 +237,7 @@ mod tests {
                     (4, false, false),
                 ],
                 retain: 1,
+                pinned: &[],
                 keep: &[4, 3, 2],
                 delete: &[1],
             },
@@ -239,6 +250,7 @@ mod tests {
                     (4, false, false),
                 ],
                 retain: 2,
+                pinned: &[],
                 keep: &[4, 3, 1],
                 delete: &[2],
             },
@@ -246,6 +258,7 @@ mod tests {
                 name: "partial uploads older than newest committed are deleted",
                 rows: &[(5, false, false), (6, true, true)],
                 retain: 3,
+                pinned: &[],
                 keep: &[6],
                 delete: &[5],
             },
@@ -253,6 +266,7 @@ mod tests {
                 name: "a marker without manifest is not committed",
                 rows: &[(1, true, true), (2, false, true)],
                 retain: 1,
+                pinned: &[],
                 keep: &[2, 1],
                 delete: &[],
             },
@@ -260,12 +274,22 @@ mod tests {
                 name: "retain 0 behaves as 1",
                 rows: &[(1, true, true), (2, true, true)],
                 retain: 0,
+                pinned: &[],
                 keep: &[2],
                 delete: &[1],
             },
+            Case {
+                name: "a checkpoint a savepoint is copied from is kept",
+                rows: &[(1, true, true), (2, true, true), (3, true, true)],
+                retain: 1,
+                pinned: &[1],
+                keep: &[3, 1],
+                delete: &[2],
+            },
         ];
         for case in cases {
-            let plan = plan(&listings(case.rows), case.retain);
+            let pinned = case.pinned.iter().copied().collect();
+            let plan = plan(&listings(case.rows), case.retain, &pinned);
             assert_eq!(plan.keep, case.keep, "{}", case.name);
             assert_eq!(plan.delete, case.delete, "{}", case.name);
         }

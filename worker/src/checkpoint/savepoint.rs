@@ -93,6 +93,14 @@ pub enum SavepointError {
         /// The path.
         path: String,
     },
+    /// The copy could not run or ended abnormally.
+    #[error("savepoint {id:?}: the copy {reason}")]
+    Copy {
+        /// The savepoint id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A store operation failed.
     #[error("savepoint {id:?}: {source}")]
     Transfer {

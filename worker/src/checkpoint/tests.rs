@@ -572,7 +572,7 @@ async fn retention_deletes_only_unreferenced_files() {
     let dropped: BTreeSet<Path> = referenced(&[1, 2]).difference(&kept).cloned().collect();
     assert!(!dropped.is_empty(), "compaction made files unreferenced");
 
-    let stats = collect_garbage(store.as_ref(), &layout, 0, 2)
+    let stats = collect_garbage(store.as_ref(), &layout, 0, 2, &BTreeSet::new())
         .await
         .unwrap();
     assert_eq!(stats.checkpoints_deleted, 2);
@@ -607,7 +607,7 @@ async fn retention_deletes_only_unreferenced_files() {
         restore_state(store.as_ref(), &layout, 0, &RestoreSource::Latest, &dir).await;
     assert_eq!(from, RestoredFrom::Checkpoint(4));
     assert_eq!(state.len(), 600, "keys 100..700");
-    let again = collect_garbage(store.as_ref(), &layout, 0, 2)
+    let again = collect_garbage(store.as_ref(), &layout, 0, 2, &BTreeSet::new())
         .await
         .unwrap();
     assert_eq!(again.checkpoints_deleted + again.shared_files_deleted, 0);

@@ -81,6 +81,7 @@ impl Running {
                     self.checkpoint()?;
                 }
                 self.coordinator.finish_housekeeping();
+                self.report_copied_savepoints(true);
                 return Ok(WorkerExit::Stopped {
                     last_checkpoint: self.last_checkpoint_id,
                 });
@@ -89,6 +90,7 @@ impl Running {
                 self.handle(command)?;
                 next_checkpoint = Instant::now() + self.checkpoint_interval;
             }
+            self.report_copied_savepoints(false);
             if self.stopped {
                 std::thread::sleep(POLL_WAIT);
                 self.idle += POLL_WAIT;
@@ -193,6 +195,11 @@ impl Running {
         }
         if processed > 0 {
             self.dirty = true;
+            if let Some(throttle) = &mut self.throttle {
+                // Waiting on the cap is busy time, not idle time.
+                let wait = throttle.record(processed, Instant::now());
+                std::thread::sleep(wait.min(Duration::from_secs(1)));
+            }
         }
         Ok(())
     }
@@ -374,28 +381,19 @@ impl Running {
     }
 
     /// Takes savepoint `id` and, with `stop`, stops processing after it.
+    /// Without `stop` the copy runs off the processing path and
+    /// [`Running::report_copied_savepoints`] completes it.
     fn complete_savepoint(&mut self, id: &str, stop: bool) -> Result<(), WorkerError> {
-        match self.savepoint(id) {
-            Ok(()) => {
-                self.metrics.savepoints.inc();
-                self.set_savepoint(id, SavepointState::Completed, None);
-                if stop {
-                    self.stopped = true;
-                }
-                let phase = if self.stopped {
-                    WorkerPhase::Stopped
-                } else {
-                    WorkerPhase::Running
-                };
-                self.publish(phase);
-                tracing::info!(%id, stopped = self.stopped, "savepoint completed");
+        match self.savepoint(id, stop) {
+            Ok(()) if stop => {
+                self.savepoint_completed(id);
                 Ok(())
             }
+            Ok(()) => Ok(()),
             Err(SavepointFailure::Copy(e)) => {
                 // The checkpoint committed; only the copy failed: the worker
                 // keeps running and the request can be retried.
-                tracing::warn!(%id, error = %e, "savepoint failed");
-                self.set_savepoint(id, SavepointState::Failed, Some(e.to_string()));
+                self.savepoint_failed(id, &e);
                 self.resume_sources()
             }
             Err(SavepointFailure::Checkpoint(e)) => {
@@ -403,6 +401,34 @@ impl Running {
                 Err(e)
             }
         }
+    }
+
+    /// Completes or fails the savepoints whose copy ended; with `wait`,
+    /// waits for the copies still running.
+    fn report_copied_savepoints(&mut self, wait: bool) {
+        for copied in self.coordinator.copied_savepoints(wait) {
+            match copied.result {
+                Ok(()) => self.savepoint_completed(&copied.id),
+                Err(e) => self.savepoint_failed(&copied.id, &e),
+            }
+        }
+    }
+
+    fn savepoint_completed(&mut self, id: &str) {
+        self.metrics.savepoints.inc();
+        self.set_savepoint(id, SavepointState::Completed, None);
+        let phase = if self.stopped {
+            WorkerPhase::Stopped
+        } else {
+            WorkerPhase::Running
+        };
+        self.publish(phase);
+        tracing::info!(%id, stopped = self.stopped, "savepoint completed");
+    }
+
+    fn savepoint_failed(&self, id: &str, error: &SavepointError) {
+        tracing::warn!(%id, %error, "savepoint failed");
+        self.set_savepoint(id, SavepointState::Failed, Some(error.to_string()));
     }
 
     /// The owned partitions of the source topics.
@@ -445,16 +471,23 @@ impl Running {
     }
 
     /// Takes a checkpoint (unless nothing changed since the last one) and
-    /// copies it into `savepoints/<id>/`.
-    fn savepoint(&mut self, id: &str) -> Result<(), SavepointFailure> {
+    /// copies it into `savepoints/<id>/`: with `stop` before returning (the
+    /// worker stops after it), else on a thread of its own while processing
+    /// goes on.
+    fn savepoint(&mut self, id: &str, stop: bool) -> Result<(), SavepointFailure> {
         let checkpoint_id = match self.last_checkpoint_id {
             Some(last) if !self.dirty => last,
             _ => self.checkpoint().map_err(SavepointFailure::Checkpoint)?,
         };
         let total = task_number(self.partitions);
-        self.rt
-            .block_on(self.coordinator.savepoint(checkpoint_id, id, total))
-            .map_err(|e| SavepointFailure::Copy(Box::new(e)))?;
+        if stop {
+            self.rt
+                .block_on(self.coordinator.savepoint(checkpoint_id, id, total))
+                .map_err(|e| SavepointFailure::Copy(Box::new(e)))?;
+            self.stopped = true;
+        } else {
+            self.coordinator.start_savepoint(checkpoint_id, id, total);
+        }
         // The savepoint restores from the offsets of that checkpoint, which
         // are the tasks' offsets now: purging stops there.
         if let Some(input) = self.repartition_input {
@@ -498,11 +531,13 @@ impl Running {
                 engine,
             });
         }
-        let outcome = self.rt.block_on(self.coordinator.checkpoint(
-            &mut self.output,
-            inputs,
-            &self.pipeline_record,
-        ))?;
+        let outcome = self
+            .rt
+            .block_on(
+                self.coordinator
+                    .checkpoint(&mut self.output, inputs, &self.pipeline_record),
+            )
+            .inspect_err(|_| self.metrics.checkpoint_failures.inc())?;
         if let (Some(purger), Some(input)) = (&self.purger, self.repartition_input) {
             // Never below what a savepoint restores from.
             purger.purge(

@@ -15,6 +15,7 @@
 mod dispatch;
 mod event_loop;
 mod start;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -403,6 +404,8 @@ struct Running {
     records_in: u64,
     records_out: u64,
     idle: Duration,
+    /// The cap on records per second, if any.
+    throttle: Option<throttle::Throttle>,
     progress: ProgressWindow,
     lag: LagMonitor,
 }

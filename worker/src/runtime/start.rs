@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_crds::job::StartingOffsets;
 
-use super::{Destinations, Running, Task, WorkerError, duration_ms, lock, task_number};
+use super::{Destinations, Running, Task, WorkerError, duration_ms, lock, task_number, throttle};
 use crate::checkpoint::compatibility::{self, IncompatibleState};
 use crate::checkpoint::coordinator::{CheckpointCoordinator, PipelineRecord, RestoreTarget};
 use crate::checkpoint::layout::JobLayout;
@@ -344,6 +344,9 @@ impl Running {
             duration_ms = duration_ms(restore_duration),
             "restored"
         );
+        let throttle = config
+            .max_records_per_second
+            .map(|cap| throttle::Throttle::new(cap, Instant::now()));
         let mut running = Self {
             config,
             rt,
@@ -374,6 +377,7 @@ impl Running {
             records_in: 0,
             records_out: 0,
             idle: Duration::ZERO,
+            throttle,
             progress: ProgressWindow::new(Duration::from_secs(10)),
             lag,
         };

@@ -3,10 +3,10 @@
 //! transaction are stored with their metadata, aborted output is never
 //! visible, a fenced producer cannot commit), and an object store that fails
 //! at a chosen operation.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::BoxStream;
@@ -227,6 +227,8 @@ pub struct FaultyStore {
     inner: InMemory,
     faults: Faults,
     fence_during_upload: FenceDuringUpload,
+    /// While set, copies wait (a slow server-side copy).
+    copies_held: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for FenceDuringUpload {
@@ -242,7 +244,14 @@ impl FaultyStore {
             inner: InMemory::new(),
             faults,
             fence_during_upload: FenceDuringUpload::default(),
+            copies_held: Arc::default(),
         }
+    }
+
+    /// Holds every copy until the returned flag is cleared.
+    pub fn hold_copies(&self) -> Arc<AtomicBool> {
+        self.copies_held.store(true, Ordering::SeqCst);
+        self.copies_held.clone()
     }
 
     /// Sets `fence` (the job's `fence.json`) to `generation` when the next
@@ -346,6 +355,9 @@ impl ObjectStore for FaultyStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.check("copy", to)?;
+        while self.copies_held.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         self.inner.copy_opts(from, to, options).await
     }
 }

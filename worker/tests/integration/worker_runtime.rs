@@ -9,12 +9,10 @@
 //! written exactly once; offsets sent to a transaction are not stored, so
 //! restores rely on the checkpoint manifests (as they do on a real broker).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use weir_worker::control::status::{SavepointState, WorkerPhase};
 
 fn store_url(name: &str) -> String {

@@ -9,13 +9,11 @@
 //! committed output with a plain model: every (key, window) result exactly
 //! once, with the model's count. Nothing lost, nothing counted twice.
 
-mod fakes;
-
 use std::collections::BTreeMap;
 use std::path::{Path as LocalPath, PathBuf};
 use std::sync::Arc;
 
-use fakes::{Broker, FakeOutput, Faults, FaultyStore};
+use crate::fakes::{Broker, FakeOutput, Faults, FaultyStore};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use weir_worker::checkpoint::coordinator::{
@@ -573,6 +571,46 @@ async fn a_savepoint_that_failed_mid_copy_is_never_restored() {
     job.process(&mut workers, 3);
     assert!(checkpoint_all(&mut workers).await.is_empty());
     assert_eq!(committed(&job.broker), job.model());
+}
+
+#[tokio::test]
+async fn a_savepoint_copies_off_the_processing_path_and_keeps_its_checkpoint_meanwhile() {
+    let job = Job::new(true);
+    let mut workers = job.start(1, 1, &RestoreSource::Latest, "g1").await.unwrap();
+    job.process(&mut workers, 1);
+    assert!(checkpoint_all(&mut workers).await.is_empty());
+    let saved = workers[0].last_checkpoint;
+    // A slow store: the copy waits while the worker goes on.
+    let held = job.store.hold_copies();
+    workers[0]
+        .coordinator
+        .start_savepoint(saved, "sp", PARTITIONS);
+    // Two more checkpoints: retention keeps two, so the saved checkpoint
+    // would go but for the copy reading it.
+    for thirds in 2..=3 {
+        job.process(&mut workers, thirds);
+        assert!(checkpoint_all(&mut workers).await.is_empty());
+        assert!(
+            workers[0].coordinator.copied_savepoints(false).is_empty(),
+            "the copy cannot have finished while the store holds it"
+        );
+    }
+    assert!(workers[0].last_checkpoint > saved + 1);
+    held.store(false, std::sync::atomic::Ordering::SeqCst);
+    let copied = workers[0].coordinator.copied_savepoints(true);
+    assert_eq!(copied.len(), 1);
+    assert_eq!(copied[0].id, "sp");
+    assert!(copied[0].result.is_ok(), "{:?}", copied[0].result);
+    drop(workers);
+    // It stands alone: a new generation at another parallelism restores it.
+    write_fence(job.store.as_ref(), &job.layout, 2)
+        .await
+        .unwrap();
+    let source = RestoreSource::Savepoint("sp".into());
+    let workers = job.start(2, 2, &source, "g2").await.unwrap();
+    for r in workers.iter().flat_map(|w| &w.restored) {
+        assert_eq!(*r, Some(RestoredFrom::Savepoint("sp".into())));
+    }
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 //! (librdkafka's mock cluster), a generator of JSON events with a plain
 //! in-memory model of the windowed aggregation, workers in temp dirs, and a
 //! minimal HTTP client for the control API.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -71,29 +70,7 @@ impl Kafka {
 
     /// Produces raw values to explicit partitions and waits for delivery.
     pub fn produce(&self, records: &[(i32, Option<String>, Vec<u8>)]) {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("linger.ms", "5")
-            .create()
-            .unwrap();
-        for (partition, key, value) in records {
-            let mut record: BaseRecord<'_, str, [u8]> =
-                BaseRecord::to(EVENTS).partition(*partition).payload(value);
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            let mut record = record;
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(30)).unwrap();
+        produce_to(&self.bootstrap, EVENTS, records);
     }
 
     /// Produces generated events to the partition of their key.
@@ -164,7 +141,6 @@ impl Kafka {
                         })
                         .unwrap_or_default();
                     out.push(ReadRecord {
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         value: m.payload().unwrap_or_default().to_vec(),
                         headers,
                     });
@@ -185,10 +161,36 @@ impl Kafka {
     }
 }
 
+/// Produces raw values to explicit partitions of `topic` at `bootstrap`
+/// and waits for delivery.
+pub fn produce_to(bootstrap: &str, topic: &str, records: &[(i32, Option<String>, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (partition, key, value) in records {
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(topic).partition(*partition).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
 /// A record read back from an output topic.
 #[derive(Clone, Debug)]
 pub struct ReadRecord {
-    pub key: Option<String>,
     pub value: Vec<u8>,
     pub headers: HashMap<String, String>,
 }
@@ -391,7 +393,7 @@ pub async fn start_workers(
         );
     }
     for h in &handles {
-        wait_for(Duration::from_secs(20), "worker ready", || {
+        wait_for(PATIENCE, "worker ready", || {
             let s = h.status();
             assert!(s.error.is_none(), "worker failed: {:?}", s.error);
             s.ready
@@ -403,7 +405,7 @@ pub async fn start_workers(
 
 /// Waits until every partition of the workers reached its end offset.
 pub async fn wait_processed(handles: &[WorkerHandle], ends: &HashMap<i32, i64>) {
-    wait_for(Duration::from_secs(25), "records processed", || {
+    wait_for(PATIENCE, "records processed", || {
         let mut done = HashMap::new();
         for h in handles {
             let s = h.status();
@@ -424,7 +426,7 @@ pub async fn wait_processed(handles: &[WorkerHandle], ends: &HashMap<i32, i64>) 
 /// window), for jobs whose results come later than their input is read
 /// (through a repartition topic).
 pub async fn wait_results(kafka: &Kafka, expected: &Results) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let got = results(&kafka.read_all(OUT));
         if &got == expected {
@@ -483,7 +485,7 @@ pub async fn take_savepoint(worker: &WorkerHandle, id: &str) {
     )
     .await;
     assert_eq!(code, 202, "{body}");
-    wait_for(Duration::from_secs(20), "savepoint", || {
+    wait_for(PATIENCE, "savepoint", || {
         worker
             .status()
             .savepoint
@@ -507,7 +509,7 @@ pub async fn stop_with_savepoint(workers: &[WorkerHandle], id: &str) {
         assert_eq!(code, 202, "{body}");
     }
     for w in workers {
-        wait_for(Duration::from_secs(20), "stop with savepoint", || {
+        wait_for(PATIENCE, "stop with savepoint", || {
             let s = w.status();
             s.stopped
                 && s.phase == WorkerPhase::Stopped
@@ -527,6 +529,11 @@ pub async fn stop_all(handles: Vec<WorkerHandle>) {
         h.wait().await.expect("worker stops cleanly");
     }
 }
+
+/// How long a wait for the workers may take: far more than they need on an
+/// idle machine, for a CI machine of two cores running several tests (and
+/// worker processes) at once. A passing test never waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes.
 pub async fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {

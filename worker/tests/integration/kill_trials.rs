@@ -13,8 +13,6 @@
 //! The suite runs a few trials with fixed seeds; `scripts/kill-trials N`
 //! runs [`kill_trials_from_env`] for N trials with fresh seeds.
 
-mod common;
-
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -22,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use weir_worker::checkpoint::fence::write_fence;
 use weir_worker::checkpoint::layout::JobLayout;
 use weir_worker::checkpoint::storage::open_store;

@@ -1,0 +1,265 @@
+//! Tests of the task state: the cache, durability, timers and values.
+
+use super::*;
+use crate::engine::aggregate::{Accumulator, Accumulators};
+use crate::engine::window::Window;
+use proptest::prelude::*;
+use weir_crds::job::AggregateFunction;
+
+/// Options with a cache budget of about `entries` small entries.
+fn options(entries: usize) -> StateOptions {
+    StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(entries * small_entry())
+}
+
+/// What one entry of [`key`] and [`count`] costs.
+fn small_entry() -> usize {
+    entry_bytes(&key(100), Some(&count(1)))
+}
+
+fn count(n: u64) -> StateValue {
+    StateValue::Accumulators(Accumulators(vec![Accumulator::Count(n)]))
+}
+
+fn key(i: u32) -> Vec<u8> {
+    let mut payload = Vec::new();
+    keyed_payload(&mut payload, format!("user-{i}").as_bytes(), Some(60_000));
+    let mut k = Vec::new();
+    state_key(&mut k, 3, &payload);
+    k
+}
+
+#[test]
+fn cache_is_bounded_and_writes_back_on_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = TaskState::open(dir.path(), &options(100)).unwrap();
+    for i in 0..1000 {
+        *state.get_mut(&key(i)).unwrap() = Some(count(u64::from(i)));
+        assert!(state.cached_bytes() <= 100 * small_entry());
+        assert!(state.cached_entries() <= 110);
+    }
+    assert!(state.cached_entries() >= 50, "the budget is used");
+    for i in 0..1000 {
+        assert_eq!(state.get(&key(i)).unwrap(), Some(&count(u64::from(i))));
+    }
+    // Deletions reach RocksDB too.
+    for i in 0..500 {
+        *state.get_mut(&key(i)).unwrap() = None;
+    }
+    state.flush_cache().unwrap();
+    for i in 0..1000 {
+        let expected = (i >= 500).then(|| count(u64::from(i)));
+        assert_eq!(state.get(&key(i)).unwrap(), expected.as_ref());
+    }
+}
+
+#[test]
+fn flushed_state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut state = TaskState::open(dir.path(), &options(10_000)).unwrap();
+        *state.get_mut(&key(1)).unwrap() = Some(count(7));
+        state
+            .register_timer(TimeDomain::Event, 500, 3, 1, b"p")
+            .unwrap();
+        state.flush_cache().unwrap();
+    }
+    let mut state = TaskState::open(dir.path(), &options(10_000)).unwrap();
+    assert_eq!(state.get(&key(1)).unwrap(), Some(&count(7)));
+    assert_eq!(state.next_timer(TimeDomain::Event), Some(500));
+    assert_eq!(state.next_timer(TimeDomain::Processing), None);
+}
+
+#[test]
+fn timers_fire_in_time_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = TaskState::open(dir.path(), &options(10)).unwrap();
+    for t in [30i64, -5, 10, 20, 10, i64::MAX, i64::MIN] {
+        state
+            .register_timer(TimeDomain::Event, t, 1, 2, &t.to_be_bytes())
+            .unwrap();
+    }
+    state
+        .register_timer(TimeDomain::Processing, 0, 1, 2, b"")
+        .unwrap();
+    let mut due = Vec::new();
+    let more = state
+        .take_due_timers(TimeDomain::Event, 10, usize::MAX, &mut due)
+        .unwrap();
+    assert!(!more);
+    let times: Vec<i64> = due.iter().map(|t| t.time).collect();
+    assert_eq!(times, vec![i64::MIN, -5, 10]);
+    assert_eq!(due[1].payload, (-5i64).to_be_bytes());
+    assert_eq!((due[1].step, due[1].kind), (1, 2));
+    assert_eq!(state.next_timer(TimeDomain::Event), Some(20));
+    due.clear();
+    state
+        .take_due_timers(TimeDomain::Event, 10, usize::MAX, &mut due)
+        .unwrap();
+    assert!(due.is_empty());
+    state
+        .take_due_timers(TimeDomain::Event, i64::MAX, usize::MAX, &mut due)
+        .unwrap();
+    let times: Vec<i64> = due.iter().map(|t| t.time).collect();
+    assert_eq!(times, vec![20, 30, i64::MAX]);
+    assert_eq!(state.next_timer(TimeDomain::Event), None);
+    assert_eq!(state.next_timer(TimeDomain::Processing), Some(0));
+}
+
+#[test]
+fn due_timers_are_taken_in_bounded_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = TaskState::open(dir.path(), &options(10)).unwrap();
+    for t in 0..10_000i64 {
+        state
+            .register_timer(TimeDomain::Event, t % 1000, 1, 2, &t.to_be_bytes())
+            .unwrap();
+    }
+    state
+        .register_timer(TimeDomain::Event, 5000, 1, 2, b"later")
+        .unwrap();
+    let mut all = Vec::new();
+    let mut chunk = Vec::new();
+    let mut chunks = 0;
+    loop {
+        let more = state
+            .take_due_timers(TimeDomain::Event, 999, 3000, &mut chunk)
+            .unwrap();
+        assert!(chunk.len() <= 3000, "a chunk holds {}", chunk.len());
+        chunks += 1;
+        all.append(&mut chunk);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(chunks, 4);
+    assert_eq!(all.len(), 10_000, "every due timer once");
+    assert!(all.windows(2).all(|w| w[0].time <= w[1].time));
+    assert_eq!(state.next_timer(TimeDomain::Event), Some(5000));
+    let mut rest = Vec::new();
+    assert!(
+        !state
+            .take_due_timers(TimeDomain::Event, i64::MAX, 3000, &mut rest)
+            .unwrap()
+    );
+    assert_eq!(rest.len(), 1);
+}
+
+/// A sparse sketch of `n` distinct values.
+fn distinct(n: u64) -> StateValue {
+    let mut hll = crate::engine::hll::HyperLogLog::default();
+    for i in 0..n {
+        hll.insert(&i.to_le_bytes());
+    }
+    StateValue::Accumulators(Accumulators(vec![Accumulator::Distinct(hll)]))
+}
+
+#[test]
+fn the_cache_is_bounded_in_bytes_as_values_grow() {
+    // 64 KiB holds hundreds of small sketches but only a few dense ones
+    // (16 KiB each): values that grow in place must be measured again.
+    let budget = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let options = StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(budget);
+    let mut state = TaskState::open(dir.path(), &options).unwrap();
+    for i in 0..200 {
+        *state.get_mut(&key(i)).unwrap() = Some(distinct(1));
+    }
+    assert!(state.cached_entries() > 100);
+    let dense = distinct(20_000);
+    for i in 0..200 {
+        *state.get_mut(&key(i)).unwrap() = Some(dense.clone());
+        assert!(
+            state.cached_bytes() <= budget + (20 << 10),
+            "{} bytes cached",
+            state.cached_bytes()
+        );
+    }
+    assert!(state.cached_entries() <= 4, "{}", state.cached_entries());
+    // Nothing was lost to eviction.
+    // The last value grew after its load: the next load makes room.
+    state.flush_cache().unwrap();
+    assert!(state.cached_bytes() > budget);
+    assert_eq!(state.get(&key(3)).unwrap(), Some(&dense));
+    assert!(state.cached_bytes() <= budget);
+}
+
+#[test]
+fn the_budget_is_split_among_open_tasks() {
+    let budget = 300 * small_entry();
+    let options = StateOptions::new(8 << 20, 1 << 20).with_cache_bytes(budget);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut first = TaskState::open(dirs[0].path(), &options).unwrap();
+    let fill = |state: &mut TaskState| {
+        for i in 0..1000 {
+            *state.get_mut(&key(i)).unwrap() = Some(count(1));
+        }
+        state.cached_bytes()
+    };
+    assert!(fill(&mut first) > budget / 2);
+    let mut others: Vec<TaskState> = dirs[1..]
+        .iter()
+        .map(|d| TaskState::open(d.path(), &options).unwrap())
+        .collect();
+    assert_eq!(options.cache.tasks(), 3);
+    for state in &mut others {
+        assert!(fill(state) <= budget / 3);
+    }
+    // The first task's share shrank: it evicts down to it as it loads.
+    assert!(fill(&mut first) <= budget / 3);
+    let total: usize =
+        first.cached_bytes() + others.iter().map(TaskState::cached_bytes).sum::<usize>();
+    assert!(total <= budget);
+    drop(others);
+    assert_eq!(options.cache.tasks(), 1);
+    assert_eq!(options.cache.per_task(), budget);
+}
+
+#[test]
+fn corrupt_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = TaskState::open(dir.path(), &options(10)).unwrap();
+    state.db().put(key(1), [9u8, 9]).unwrap();
+    assert!(matches!(
+        state.get(&key(1)),
+        Err(StateError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn state_values_round_trip() {
+    let sessions = StateValue::Sessions(vec![Session {
+        window: Window { start: -3, end: 9 },
+        fired: true,
+        accumulators: Accumulators(vec![Accumulator::new(AggregateFunction::Last)]),
+    }]);
+    for v in [count(3), sessions, StateValue::Expiry(-17)] {
+        let mut bytes = Vec::new();
+        v.encode(&mut bytes);
+        assert_eq!(StateValue::decode(&bytes).unwrap(), v);
+    }
+}
+
+proptest! {
+    #[test]
+    fn payload_order_is_key_then_window(
+        a in proptest::collection::vec(any::<u8>(), 0..8),
+        b in proptest::collection::vec(any::<u8>(), 0..8),
+        s in any::<i64>(),
+        t in any::<i64>(),
+    ) {
+        let mut pa = Vec::new();
+        keyed_payload(&mut pa, &a, Some(s));
+        let mut pb = Vec::new();
+        keyed_payload(&mut pb, &a, Some(t));
+        prop_assert_eq!(pa.cmp(&pb), s.cmp(&t));
+        prop_assert_eq!(parse_keyed_payload(&pa), Some((&a[..], Some(s))));
+        let mut pc = Vec::new();
+        keyed_payload(&mut pc, &b, None);
+        prop_assert_eq!(parse_keyed_payload(&pc), Some((&b[..], None)));
+    }
+
+    #[test]
+    fn state_value_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = StateValue::decode(&bytes);
+    }
+}
