@@ -16,7 +16,9 @@
 
 use std::collections::VecDeque;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weir_crds::job::AutoscalerSpec;
+use weir_crds::status::ScalingRecord;
 
 /// Relative change of the required capacity below which the autoscaler keeps
 /// the current parallelism (as the HPA's 10% tolerance), so that noise does
@@ -177,6 +179,12 @@ impl Autoscaler {
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Replaces the policy (the job's spec or partition count changed),
+    /// keeping the samples and recommendations.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// Records a sample; samples older than the metrics window (and those of
@@ -372,270 +380,341 @@ impl Autoscaler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
+/// Annotation of a StreamingJob that pauses its autoscaler when `"true"`:
+/// no rescale, no scale to zero (a job scaled to zero is woken up, so that a
+/// paused autoscaler never leaves a job stopped).
+pub const PAUSED_ANNOTATION: &str = "weir.dev/autoscaler-paused";
+/// Annotation choosing what the autoscaler does with its decisions:
+/// `act` (the default) writes them, `recommend` only publishes the target in
+/// `status.targetParallelism` and an Event.
+pub const MODE_ANNOTATION: &str = "weir.dev/autoscaler-mode";
+/// Annotation the autoscaler sets (to the time, RFC 3339) on a job it scaled
+/// to zero, and removes to wake it. The operator runs such a job as if
+/// `spec.suspend` were set.
+pub const SCALED_TO_ZERO_ANNOTATION: &str = "weir.dev/scaled-to-zero";
+/// Prefix of the reasons of the scalingHistory records the autoscaler writes.
+pub const REASON_PREFIX: &str = "autoscaler: ";
 
-    const SECOND: i64 = 1000;
-    const MINUTE: i64 = 60 * SECOND;
+/// What the autoscaler does with its decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Writes the new parallelism through the scale subresource.
+    #[default]
+    Act,
+    /// Publishes the target in status without acting.
+    Recommend,
+}
 
-    fn policy(partitions: i32) -> Policy {
-        Policy::new(&AutoscalerSpec::default(), partitions)
-    }
+/// Scale-to-zero settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// How long the lag must stay at zero, in milliseconds.
+    pub idle_after_ms: i64,
+    /// Lag above which a job scaled to zero resumes.
+    pub activation_lag: i64,
+}
 
-    /// A job whose workers each process `capacity` records/s, fed `load(t)`
-    /// records/s, sampled every 15 s; a rescale stops processing for one
-    /// interval (savepoint, restart, restore).
-    struct Simulation {
-        autoscaler: Autoscaler,
-        capacity: f64,
-        parallelism: i32,
-        now: i64,
-        high_watermarks: f64,
-        lag: f64,
-        processed: f64,
-        last_rescale: i64,
-        restarting: bool,
-        rescales: Vec<i32>,
-    }
+/// How a job's autoscaler is set up, from its spec and annotations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Controls {
+    /// `spec.autoscaler` is set and enabled.
+    pub enabled: bool,
+    /// Paused by [`PAUSED_ANNOTATION`].
+    pub paused: bool,
+    /// From [`MODE_ANNOTATION`].
+    pub mode: Mode,
+    /// From `spec.autoscaler.idleAfter` and `activationLag`.
+    pub idle: Option<IdlePolicy>,
+    /// Annotations whose values cannot be used, in words (they are ignored).
+    pub problems: Vec<String>,
+}
 
-    impl Simulation {
-        fn new(policy: Policy, parallelism: i32, capacity: f64) -> Self {
-            Self {
-                autoscaler: Autoscaler::new(policy),
-                capacity,
-                parallelism,
-                now: 0,
-                high_watermarks: 0.0,
-                lag: 0.0,
-                processed: 0.0,
-                last_rescale: 0,
-                restarting: false,
-                rescales: Vec::new(),
+impl Controls {
+    /// The controls of a job with autoscaler spec `spec` and `annotations`.
+    pub fn new(
+        spec: Option<&AutoscalerSpec>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let mut problems = Vec::new();
+        let value = |key: &str| annotations.get(key).map(|v| v.trim());
+        let paused = match value(PAUSED_ANNOTATION) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "{PAUSED_ANNOTATION}: {other:?} is neither \"true\" nor \"false\"; the autoscaler is paused"
+                ));
+                true
             }
-        }
-
-        fn run(&mut self, until: i64, load: impl Fn(i64) -> f64) {
-            let step = 15 * SECOND;
-            while self.now < until {
-                self.now += step;
-                let seconds = step as f64 / 1000.0;
-                let arrived = load(self.now) * seconds;
-                self.high_watermarks += arrived;
-                let capacity = if self.restarting {
-                    0.0
-                } else {
-                    self.capacity * f64::from(self.parallelism) * seconds
-                };
-                let done = (self.lag + arrived).min(capacity);
-                self.lag += arrived - done;
-                self.processed += done;
-                let busy = if self.restarting {
-                    None
-                } else {
-                    Some(done / capacity)
-                };
-                self.restarting = false;
-                self.autoscaler.observe(Sample {
-                    at_ms: self.now,
-                    high_watermarks: self.high_watermarks as i64,
-                    lag: self.lag as i64,
-                    processed: Some(self.processed as u64),
-                    busy_ratio: busy,
-                    parallelism: self.parallelism,
-                });
-                if let Decision::Rescale { to, .. } =
-                    self.autoscaler.decide(self.parallelism, self.last_rescale)
-                {
-                    self.rescales.push(to);
-                    self.parallelism = to;
-                    self.last_rescale = self.now;
-                    self.restarting = true;
-                }
+        };
+        let mode = match value(MODE_ANNOTATION) {
+            None | Some("act") => Mode::Act,
+            Some("recommend") => Mode::Recommend,
+            Some(other) => {
+                problems.push(format!(
+                    "{MODE_ANNOTATION}: {other:?} is neither \"act\" nor \"recommend\"; recommending only"
+                ));
+                Mode::Recommend
             }
+        };
+        let idle_after = spec
+            .and_then(|s| s.idle_after)
+            .filter(|d| !d.is_zero())
+            .map(|d| d.as_millis());
+        let activation_lag = spec.map_or(0, |s| s.activation_lag.max(0));
+        Self {
+            enabled: spec.is_some_and(|s| s.enabled),
+            paused,
+            mode,
+            idle: idle_after.map(|idle_after_ms| IdlePolicy {
+                idle_after_ms,
+                activation_lag,
+            }),
+            problems,
         }
     }
 
-    /// Deterministic noise in [-amplitude, +amplitude].
-    fn noise(t: i64, amplitude: f64) -> f64 {
-        let x = (t / 1000) as u64;
-        let hash = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ 0xD1B5_4A32_D192_ED03;
-        let unit = (hash % 10_000) as f64 / 10_000.0;
-        (unit * 2.0 - 1.0) * amplitude
-    }
-
-    #[test]
-    fn a_step_of_load_is_met_in_one_rescale() {
-        // 12 partitions, 10k/s per worker, 70% target: 35k/s needs 5 workers,
-        // which spread 12 tasks unevenly, so 6.
-        let mut sim = Simulation::new(policy(12), 2, 10_000.0);
-        sim.run(10 * MINUTE, |_| 10_000.0);
-        assert!(sim.rescales.is_empty(), "steady load: {:?}", sim.rescales);
-        sim.run(40 * MINUTE, |_| 35_000.0);
-        assert_eq!(sim.rescales, [6], "one rescale, straight to 6");
-        assert!(sim.lag < 35_000.0, "the lag is worked off: {}", sim.lag);
-    }
-
-    #[test]
-    fn noise_of_twenty_percent_does_not_cause_rescales() {
-        // 40k/s needs 5.7 workers at 70%: noise pushes single readings past
-        // 6, which must not send the job to 12.
-        let mut sim = Simulation::new(policy(12), 6, 10_000.0);
-        sim.run(60 * MINUTE, |t| 40_000.0 * (1.0 + noise(t, 0.2)));
-        assert!(sim.rescales.is_empty(), "flapped: {:?}", sim.rescales);
-    }
-
-    #[test]
-    fn scale_down_waits_for_the_stabilization_window() {
-        let mut sim = Simulation::new(policy(12), 12, 10_000.0);
-        // 14k/s needs 2 workers at 70%.
-        sim.run(9 * MINUTE, |_| 14_000.0);
-        assert!(
-            sim.rescales.is_empty(),
-            "scaled down within the window: {:?}",
-            sim.rescales
-        );
-        sim.run(30 * MINUTE, |_| 14_000.0);
-        assert_eq!(sim.rescales, [2]);
-    }
-
-    #[test]
-    fn scale_up_waits_for_the_cooldown() {
-        let mut autoscaler = Autoscaler::new(policy(12));
-        let saturated = |at_ms: i64, hw: i64, lag: i64, processed: u64| Sample {
-            at_ms,
-            high_watermarks: hw,
-            lag,
-            processed: Some(processed),
-            busy_ratio: Some(1.0),
-            parallelism: 2,
-        };
-        autoscaler.observe(saturated(0, 0, 0, 0));
-        autoscaler.observe(saturated(15_000, 600_000, 300_000, 300_000));
-        autoscaler.observe(saturated(30_000, 1_200_000, 600_000, 600_000));
-        let decision = autoscaler.decide(2, 0);
-        let Decision::Keep { reason } = decision else {
-            panic!("rescaled within the cooldown: {decision:?}");
-        };
-        assert!(reason.contains("cooldown"), "{reason}");
-        assert!(matches!(
-            autoscaler.decide(2, -10 * MINUTE),
-            Decision::Rescale { .. }
-        ));
-    }
-
-    #[test]
-    fn without_a_busy_ratio_the_lag_threshold_rule_applies() {
-        let mut autoscaler = Autoscaler::new(policy(12));
-        for (i, lag) in [0, 20_000, 45_000].into_iter().enumerate() {
-            autoscaler.observe(Sample {
-                at_ms: i as i64 * 15_000,
-                high_watermarks: lag,
-                lag,
-                processed: None,
-                busy_ratio: None,
-                parallelism: 1,
-            });
-        }
-        let recommendation = autoscaler.recommend().unwrap();
-        // ceil(45000 / 10000) = 5 workers, raised to 6 to spread 12 tasks.
-        assert_eq!(recommendation.parallelism, 6);
-        assert!(
-            recommendation.reason.contains("no busy ratio"),
-            "{}",
-            recommendation.reason
-        );
-    }
-
-    #[test]
-    fn even_parallelism_table() {
-        let p = policy(12);
-        let cases = [
-            (1, 1),
-            (2, 2),
-            (3, 3),
-            (4, 4),
-            (5, 6),
-            (6, 6),
-            (7, 12),
-            (11, 12),
-            (40, 12),
-        ];
-        for (wanted, even) in cases {
-            assert_eq!(p.even_parallelism(wanted), even, "wanted {wanted}");
-        }
-        let capped = Policy {
-            max: 5,
-            ..policy(12)
-        };
-        // Five workers would run no faster than four.
-        assert_eq!(capped.even_parallelism(5), 4);
-        let floor = Policy {
-            min: 5,
-            ..policy(12)
-        };
-        // Raised to the minimum, then to the next even spread.
-        assert_eq!(floor.even_parallelism(1), 6);
-    }
-
-    #[test]
-    fn policy_caps_max_at_the_partition_count() {
-        let spec = AutoscalerSpec {
-            max_parallelism: Some(100),
-            min_parallelism: 2,
-            ..AutoscalerSpec::default()
-        };
-        let policy = Policy::new(&spec, 8);
-        assert_eq!((policy.min, policy.max), (2, 8));
-    }
-
-    proptest! {
-        #[test]
-        fn recommendations_stay_within_bounds(
-            partitions in 1i32..64,
-            min in 1i32..8,
-            max in 1i32..64,
-            load in 0f64..1e6,
-            lag in 0i64..10_000_000,
-            busy in proptest::option::of(0f64..1.0),
-            parallelism in 1i32..64,
-        ) {
-            let spec = AutoscalerSpec {
-                min_parallelism: min.min(max),
-                max_parallelism: Some(max),
-                ..AutoscalerSpec::default()
-            };
-            let policy = Policy::new(&spec, partitions);
-            let mut autoscaler = Autoscaler::new(policy.clone());
-            for i in 0..3i64 {
-                autoscaler.observe(Sample {
-                    at_ms: i * 15_000,
-                    high_watermarks: (load * 15.0 * i as f64) as i64,
-                    lag: lag * i / 2,
-                    processed: Some((load * 10.0 * i as f64) as u64),
-                    busy_ratio: busy,
-                    parallelism,
-                });
-            }
-            let recommendation = autoscaler.recommend().unwrap();
-            prop_assert!(recommendation.parallelism >= policy.min);
-            prop_assert!(recommendation.parallelism <= policy.max);
-            prop_assert!(recommendation.parallelism <= partitions);
-        }
-
-        #[test]
-        fn even_parallelism_never_lowers_capacity(partitions in 1i32..200, wanted in 1i32..200) {
-            let policy = policy(partitions);
-            let even = policy.even_parallelism(wanted);
-            let wanted = wanted.min(partitions);
-            let tasks_per_worker = |p: i32| (partitions + p - 1) / p;
-            // Capacity in workers' worth: tasks / the busiest worker's tasks.
-            let capacity = |p: i32| f64::from(partitions) / f64::from(tasks_per_worker(p));
-            prop_assert!(capacity(even) >= f64::from(wanted) - 1e-9);
-            prop_assert!(even >= wanted);
-            // And no smaller parallelism gives the same capacity.
-            prop_assert!(even == 1 || capacity(even - 1) < capacity(even));
-        }
+    /// Whether decisions are carried out: enabled, not paused, acting.
+    pub fn acting(&self) -> bool {
+        self.enabled && !self.paused && self.mode == Mode::Act
     }
 }
+
+/// Whether a job goes to zero workers, comes back, or stays as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleDecision {
+    /// Stop the job with a savepoint and scale it to zero.
+    ScaleToZero,
+    /// Resume a job scaled to zero from its savepoint.
+    Wake,
+    /// Nothing to do.
+    Stay,
+}
+
+/// Since when the lag has been zero, given since when it was before the
+/// newest reading `lag` at `now_ms`.
+pub fn zero_lag_since(previous: Option<i64>, lag: i64, now_ms: i64) -> Option<i64> {
+    (lag == 0).then(|| previous.unwrap_or(now_ms))
+}
+
+/// The scale-to-zero decision. A job scaled to zero (`parked`) wakes when
+/// its lag exceeds the activation threshold, or when scale to zero no longer
+/// applies (the policy is gone, the autoscaler is paused, disabled or only
+/// recommends): nothing else would ever resume it. A running job goes to
+/// zero once its lag has been zero (since `zero_since_ms`) for the policy's
+/// duration, if the autoscaler acts.
+pub fn idle_decision(
+    idle: Option<&IdlePolicy>,
+    acting: bool,
+    parked: bool,
+    lag: i64,
+    zero_since_ms: Option<i64>,
+    now_ms: i64,
+) -> IdleDecision {
+    match (parked, idle) {
+        (true, Some(policy)) if acting && lag <= policy.activation_lag => IdleDecision::Stay,
+        (true, _) => IdleDecision::Wake,
+        (false, Some(policy))
+            if acting
+                && lag == 0
+                && zero_since_ms.is_some_and(|since| now_ms - since >= policy.idle_after_ms) =>
+        {
+            IdleDecision::ScaleToZero
+        }
+        (false, _) => IdleDecision::Stay,
+    }
+}
+
+/// What the sampler knows of a job when the autoscaler evaluates it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Situation {
+    /// Now, in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// The job's autoscaler controls.
+    pub controls: Controls,
+    /// Workers running.
+    pub running: i32,
+    /// Running with no operation in flight or backing off, at
+    /// spec.parallelism: the only state in which a rescale may start.
+    pub settled: bool,
+    /// Scaled to zero by the autoscaler ([`SCALED_TO_ZERO_ANNOTATION`]).
+    pub parked: bool,
+    /// When the job last changed parallelism (or was created), in
+    /// milliseconds since the Unix epoch.
+    pub last_rescale_ms: i64,
+    /// The lag to act on: source lag and records in transit.
+    pub lag: i64,
+    /// Since when the lag has been zero ([`zero_lag_since`]).
+    pub zero_lag_since_ms: Option<i64>,
+}
+
+/// The result of one evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Nothing to do.
+    Hold {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Write parallelism `to` (from `from`).
+    Scale {
+        /// The running parallelism.
+        from: i32,
+        /// The new parallelism.
+        to: i32,
+        /// The numbers behind it.
+        recommendation: Recommendation,
+    },
+    /// Recommend-only mode: publish `to` as the target, do nothing.
+    Recommend {
+        /// The running parallelism.
+        from: i32,
+        /// The recommended parallelism (possibly `from`).
+        to: i32,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Stop the job with a savepoint and scale it to zero.
+    ScaleToZero {
+        /// The running parallelism.
+        from: i32,
+        /// For how long the lag has been zero, in milliseconds.
+        idle_ms: i64,
+    },
+    /// Resume a job scaled to zero.
+    Wake {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// One evaluation of a job: the scale-to-zero decision first, then (for a
+/// settled, enabled, unpaused job) the autoscaler's own, acted upon or only
+/// recommended. Pure but for the recommendations `autoscaler` keeps for its
+/// stabilization window.
+pub fn evaluate(autoscaler: &mut Autoscaler, situation: &Situation) -> Outcome {
+    let controls = &situation.controls;
+    let idle = idle_decision(
+        controls.idle.as_ref(),
+        controls.acting(),
+        situation.parked,
+        situation.lag,
+        situation.zero_lag_since_ms,
+        situation.now_ms,
+    );
+    match idle {
+        IdleDecision::Wake => {
+            let reason = match &controls.idle {
+                Some(policy) if controls.acting() => format!(
+                    "lag {} is above the activation threshold {}",
+                    situation.lag, policy.activation_lag
+                ),
+                _ => "scale to zero no longer applies (autoscaler paused, disabled, recommending or without idleAfter)".to_owned(),
+            };
+            return Outcome::Wake { reason };
+        }
+        IdleDecision::ScaleToZero if situation.settled => {
+            return Outcome::ScaleToZero {
+                from: situation.running,
+                idle_ms: situation.now_ms - situation.zero_lag_since_ms.unwrap_or(situation.now_ms),
+            };
+        }
+        IdleDecision::ScaleToZero | IdleDecision::Stay => {}
+    }
+    if situation.parked {
+        return Outcome::Hold {
+            reason: "scaled to zero; waiting for lag".into(),
+        };
+    }
+    if !controls.enabled {
+        return Outcome::Hold {
+            reason: "the autoscaler is not enabled".into(),
+        };
+    }
+    if controls.paused {
+        return Outcome::Hold {
+            reason: format!("paused by {PAUSED_ANNOTATION}"),
+        };
+    }
+    if !situation.settled {
+        return Outcome::Hold {
+            reason: "waiting until the job runs at spec.parallelism with no operation in flight"
+                .into(),
+        };
+    }
+    let decision = autoscaler.decide(situation.running, situation.last_rescale_ms);
+    match (controls.mode, decision) {
+        (Mode::Act, Decision::Rescale { to, recommendation }) => Outcome::Scale {
+            from: situation.running,
+            to,
+            recommendation,
+        },
+        (Mode::Act, Decision::Keep { reason }) => Outcome::Hold { reason },
+        (Mode::Recommend, Decision::Rescale { to, recommendation }) => Outcome::Recommend {
+            from: situation.running,
+            to,
+            reason: recommendation.reason,
+        },
+        (Mode::Recommend, Decision::Keep { reason }) => match autoscaler.recommend() {
+            Some(_) => Outcome::Recommend {
+                from: situation.running,
+                to: situation.running,
+                reason,
+            },
+            None => Outcome::Hold { reason },
+        },
+    }
+}
+
+/// The scalingHistory record of an outcome that changes the parallelism, at
+/// `time`, with the numbers behind it. `parallelism` is spec.parallelism
+/// (what a woken job resumes at).
+pub fn history_record(outcome: &Outcome, parallelism: i32, time: Time) -> Option<ScalingRecord> {
+    let (from, to, reason, rates) = match outcome {
+        Outcome::Scale {
+            from,
+            to,
+            recommendation,
+        } => (
+            *from,
+            *to,
+            recommendation.reason.clone(),
+            Some(&recommendation.rates),
+        ),
+        Outcome::ScaleToZero { from, idle_ms } => (
+            *from,
+            0,
+            format!(
+                "lag has been zero for {}s: stop with a savepoint and scale to zero",
+                idle_ms / 1000
+            ),
+            None,
+        ),
+        Outcome::Wake { reason } => (0, parallelism, format!("wake: {reason}"), None),
+        Outcome::Hold { .. } | Outcome::Recommend { .. } => return None,
+    };
+    Some(ScalingRecord {
+        time,
+        from,
+        to,
+        reason: format!("{REASON_PREFIX}{reason}"),
+        input_rate: rates.map(|r| r.input_rate),
+        lag: rates.map(|r| r.lag),
+        per_worker_rate: rates.and_then(|r| r.per_worker_rate),
+    })
+}
+
+/// When the job last changed parallelism: the newest scalingHistory record,
+/// else its creation, in milliseconds since the Unix epoch. Derived from the
+/// status, so a restarted operator keeps the cooldown.
+pub fn last_rescale_ms(history: &[ScalingRecord], created: Option<&Time>) -> i64 {
+    history
+        .iter()
+        .map(|r| r.time.0.as_millisecond())
+        .max()
+        .or_else(|| created.map(|t| t.0.as_millisecond()))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -69,7 +69,7 @@ pub struct SavepointReport {
 
 /// The part of a worker's `GET /v1/status` the operator acts on (other
 /// fields are ignored).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerReport {
     /// The fencing generation the worker runs with.
@@ -90,6 +90,51 @@ pub struct WorkerReport {
     /// Why it finished or failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How busy it is and where its tasks stand (what the autoscaler reads).
+    #[serde(flatten)]
+    pub load: WorkerLoad,
+}
+
+/// The load a worker reports in its status: what the autoscaler and the
+/// job's rates are computed from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerLoad {
+    /// Share of wall time spent processing rather than waiting for input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_ratio: Option<f64>,
+    /// Source records read since the worker started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in: Option<u64>,
+    /// The tasks it owns, with the position of each of their partitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskReport>,
+}
+
+/// One task of a worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    /// The task number.
+    pub task: i32,
+    /// Its input partitions: one per source topic, and the repartition topic.
+    #[serde(default)]
+    pub partitions: Vec<PartitionReport>,
+}
+
+/// Where a task stands on one input partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionReport {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset the task processes.
+    pub offset: i64,
+    /// The partition's high watermark when the worker last fetched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_watermark: Option<i64>,
 }
 
 /// One worker to talk to.
@@ -403,7 +448,10 @@ mod tests {
         let report: WorkerReport = serde_json::from_value(json!({
             "job": "clicks", "ordinal": 0, "parallelism": 2, "generation": 3,
             "phase": "stopped", "stopped": true, "ready": false,
-            "restoredFrom": "savepoint:sp-1", "tasks": [],
+            "restoredFrom": "savepoint:sp-1",
+            "tasks": [{"task": 1, "watermarkMs": 5, "partitions": [
+                {"topic": "clicks", "partition": 1, "offset": 40, "highWatermark": 42, "lag": 2}
+            ]}],
             "rates": {"inputPerSec": 1.0, "outputPerSec": 1.0}, "busyRatio": 0.5,
             "recordsIn": 1, "recordsOut": 1,
             "savepoint": {"id": "sp-2", "stop": true, "state": "inProgress",
@@ -413,6 +461,17 @@ mod tests {
         assert_eq!(report.generation, 3);
         assert_eq!(report.phase, WorkerPhase::Stopped);
         assert_eq!(report.restored_from.as_deref(), Some("savepoint:sp-1"));
+        assert_eq!(report.load.busy_ratio, Some(0.5));
+        assert_eq!(report.load.records_in, Some(1));
+        let partition = &report.load.tasks[0].partitions[0];
+        assert_eq!(
+            (
+                partition.partition,
+                partition.offset,
+                partition.high_watermark
+            ),
+            (1, 40, Some(42))
+        );
         let savepoint = report.savepoint.unwrap();
         assert_eq!(
             (savepoint.id.as_str(), savepoint.state),

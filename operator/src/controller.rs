@@ -1,5 +1,12 @@
 //! `weir operator`: wires the reconciler into kube's Controller, behind
 //! leader election, next to the metrics server.
+//!
+//! StreamingJobs are watched as untyped objects ([`DynamicObject`]) and
+//! decoded one by one before they are reconciled: a typed watcher fails its
+//! whole list when one object does not decode (a field from a newer CRD, a
+//! wrong type), which would stop the reconciliation of every job. A job
+//! that does not decode is left alone, reported in its conditions
+//! (Stalled, Degraded, reason `InvalidObject`) and with a Warning event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +18,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_crds::StreamingJob;
@@ -22,9 +31,13 @@ use weir_crds::StreamingJob;
 use crate::backoff::Backoff;
 use crate::builders::{self, MANAGER, Settings};
 use crate::control::{HttpWorkerControl, WorkerControl};
+use crate::error::Error;
+use crate::lag::kafka::KafkaLagSource;
+use crate::lag::sampler::{SAMPLE_INTERVAL, Sampler};
 use crate::leader::{Elector, Timing};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::reconciler::{self, Context};
+use crate::status;
 
 /// How `weir operator` runs.
 #[derive(Clone, Debug)]
@@ -79,14 +92,19 @@ async fn run_controller(
     // Only the operator's own children are watched.
     let children =
         watcher::Config::default().labels(&format!("{}={MANAGER}", builders::LABEL_MANAGED_BY));
-    Controller::new(api::<StreamingJob>(&client, ns), watcher::Config::default())
+    let resource = job_resource();
+    let jobs = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    Controller::new_with(jobs, watcher::Config::default(), resource)
         .owns(api::<StatefulSet>(&client, ns), children.clone())
         .owns(api::<ConfigMap>(&client, ns), children.clone())
         .owns(api::<Service>(&client, ns), children.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), children)
         .shutdown_on_signal()
         .graceful_shutdown_on(leadership_lost(leading))
-        .run(reconciler::reconcile, reconciler::error_policy, ctx)
+        .run(reconcile_object, object_error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((job, _)) => tracing::debug!(%job, "reconciled"),
@@ -94,6 +112,106 @@ async fn run_controller(
             }
         })
         .await;
+}
+
+/// The StreamingJob resource, for untyped access.
+fn job_resource() -> ApiResource {
+    ApiResource::erase::<StreamingJob>(&())
+}
+
+/// Event and condition reason of a StreamingJob the operator cannot decode.
+pub const INVALID_OBJECT: &str = "InvalidObject";
+
+/// Decodes a watched object as a StreamingJob.
+pub fn decode(object: &DynamicObject) -> Result<StreamingJob, serde_json::Error> {
+    let mut value = serde_json::to_value(object)?;
+    // List items come without their type.
+    value["apiVersion"] = StreamingJob::api_version(&()).into();
+    value["kind"] = StreamingJob::kind(&()).into();
+    serde_json::from_value(value)
+}
+
+/// Reconciles a watched object: a StreamingJob that decodes goes to
+/// [`reconciler::reconcile`]; one that does not is reported
+/// ([`report_undecodable`]) and otherwise left alone.
+pub async fn reconcile_object(
+    object: Arc<DynamicObject>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match decode(&object) {
+        Ok(job) => reconciler::reconcile(Arc::new(job), ctx).await,
+        Err(error) => report_undecodable(&object, &error.to_string(), &ctx).await,
+    }
+}
+
+/// The error policy of [`reconcile_object`]: [`reconciler::error_policy`]'s
+/// backoff per job.
+fn object_error_policy(object: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
+    reconciler::retry_after(&key, error, &ctx)
+}
+
+/// Reports a StreamingJob that does not decode (`error`): logged, and, when
+/// its conditions do not say so yet, Stalled and Degraded with reason
+/// [`INVALID_OBJECT`] (a merge patch of the status conditions, which
+/// leaves the rest of the status, the operation in flight included, as it
+/// is) and a Warning event. Nothing else is touched: its workers run on
+/// unmanaged until the object is fixed or the operator upgraded.
+pub async fn report_undecodable(
+    object: &DynamicObject,
+    error: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    let name = object.name_any();
+    tracing::error!(job = %format!("{namespace}/{name}"), %error, "cannot decode StreamingJob; leaving it alone");
+    let message = format!(
+        "the operator cannot read this StreamingJob ({error}); it is left alone, its workers run on unmanaged, until the object is fixed or the operator is upgraded to a version that knows its fields"
+    );
+    let previous: Vec<Condition> = object
+        .data
+        .get("status")
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let generation = object.metadata.generation;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = status::unreadable(&previous, generation, INVALID_OBJECT, &message, &now);
+    if status::same_conditions(&previous, &conditions) {
+        return Ok(Action::await_change());
+    }
+    let resource = job_resource();
+    let jobs: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+    let patch = serde_json::json!({
+        "status": {"conditions": conditions, "observedGeneration": generation}
+    });
+    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(reconciler::kube_error(
+            "patch status",
+            "StreamingJob",
+            &namespace,
+            &name,
+        ))?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: INVALID_OBJECT.to_owned(),
+        note: Some(crate::events::truncate_note(&message)),
+        action: "Decode".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &object.object_ref(&resource))
+        .await
+    {
+        tracing::warn!(%error, "cannot publish event");
+    }
+    Ok(Action::await_change())
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
@@ -214,6 +332,10 @@ async fn run_all(
         metrics: metrics.clone(),
         backoff: Backoff::default(),
         workers: workers.clone(),
+        sampler: Some(Arc::new(Sampler::new(
+            Arc::new(KafkaLagSource::default()),
+            SAMPLE_INTERVAL,
+        ))),
     });
     let namespaces: Vec<Option<String>> = if config.namespaces.is_empty() {
         vec![None]
@@ -230,7 +352,137 @@ async fn run_all(
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+
+    use http::{Request, Response};
+    use kube::api::ObjectList;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock;
+
     use super::*;
+    use crate::control::FakeWorkers;
+    use crate::testing::sample_job;
+
+    /// The sample job, and the same with a field from a newer CRD.
+    fn good_and_newer() -> (Value, Value) {
+        let good = serde_json::to_value(sample_job()).unwrap();
+        let mut newer = good.clone();
+        newer["metadata"]["name"] = json!("newer");
+        newer["spec"]["fromTheFuture"] = json!(true);
+        (good, newer)
+    }
+
+    #[test]
+    fn one_undecodable_job_does_not_fail_the_whole_list() {
+        let (good, newer) = good_and_newer();
+        let list = json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamingJobList",
+                          "metadata": {}, "items": [good, newer]});
+        assert!(
+            serde_json::from_value::<ObjectList<StreamingJob>>(list.clone()).is_err(),
+            "a typed list fails as a whole"
+        );
+        let objects: ObjectList<DynamicObject> = serde_json::from_value(list).unwrap();
+        let decoded: Vec<_> = objects.items.iter().map(decode).collect();
+        assert_eq!(decoded[0].as_ref().unwrap().spec, sample_job().spec);
+        let error = decoded[1].as_ref().unwrap_err().to_string();
+        assert!(error.contains("fromTheFuture"), "{error}");
+    }
+
+    fn context(client: Client) -> Context {
+        Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: MANAGER.to_owned(),
+                    instance: None,
+                },
+            ),
+            client,
+            settings: Settings {
+                worker_image: "weir-worker:test".to_owned(),
+            },
+            metrics: Arc::new(Metrics::new().unwrap()),
+            backoff: Backoff::default(),
+            workers: Arc::new(FakeWorkers::default()),
+            sampler: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_job_is_reported_in_its_conditions_and_an_event() {
+        let (_, newer) = good_and_newer();
+        let object: DynamicObject = serde_json::from_value(newer).unwrap();
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut handle = pin!(handle);
+            let (request, send) = handle.next_request().await.expect("a status patch");
+            assert_eq!(request.method(), http::Method::PATCH);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/weir.dev/v1alpha1/namespaces/streams/streamingjobs/newer/status"
+            );
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            let conditions = body["status"]["conditions"].as_array().unwrap().clone();
+            let stalled = conditions.iter().find(|c| c["type"] == "Stalled").unwrap();
+            assert_eq!(stalled["status"], "True", "{body}");
+            assert_eq!(stalled["reason"], INVALID_OBJECT, "{body}");
+            assert!(
+                stalled["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("fromTheFuture")
+            );
+            assert_eq!(body["status"]["observedGeneration"], 1, "{body}");
+            assert!(body["status"].get("operation").is_none(), "only conditions");
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+            let (request, send) = handle.next_request().await.expect("an event");
+            assert_eq!(
+                request.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/streams/events"
+            );
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let event: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(event["type"], "Warning", "{event}");
+            assert_eq!(event["reason"], INVALID_OBJECT, "{event}");
+            assert_eq!(event["regarding"]["name"], "newer", "{event}");
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&event).unwrap()))
+                    .unwrap(),
+            );
+            conditions
+        });
+        let ctx = Arc::new(context(Client::new(service, "default")));
+        let action = reconcile_object(Arc::new(object.clone()), ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            action,
+            Action::await_change(),
+            "left alone until it changes"
+        );
+        let conditions = server.await.unwrap();
+
+        // Reported already: nothing is patched or published again.
+        let mut reported = object;
+        reported.data["status"] = json!({"conditions": conditions});
+        let (service, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(context(Client::new(service, "default")));
+        let action = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            reconcile_object(Arc::new(reported), ctx),
+        )
+        .await
+        .expect("no request is made")
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
 
     #[tokio::test]
     async fn a_failed_or_finished_metrics_server_is_reported() {

@@ -27,13 +27,16 @@ pub mod disposal;
 pub mod error;
 pub mod events;
 pub mod finalizer;
+pub mod lag;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 pub mod operation;
 pub mod rbac;
 pub mod reconciler;
 pub mod render;
 pub mod restart;
+pub mod simulate;
 pub mod status;
 
 #[cfg(test)]

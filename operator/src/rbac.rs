@@ -38,6 +38,14 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resource_names: &[],
         verbs: &["patch"],
     },
+    // The autoscaler writes the parallelism it decides through the scale
+    // subresource (server-side apply, field manager weir-autoscaler).
+    Rule {
+        api_group: "weir.dev",
+        resources: &["streamingjobs/scale"],
+        resource_names: &[],
+        verbs: &["patch"],
+    },
     // Children carry owner references with blockOwnerDeletion, which the
     // OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift
     // and many hardened clusters) allows only to whoever may update the

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Servic
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,8 +28,8 @@ use crate::error::Error;
 use crate::events;
 use crate::finalizer::Cleanup;
 use crate::metrics::Metrics;
-use crate::operation::{self, Effect, Observation};
-use crate::restart::{self, Outdated};
+use crate::operation::{self, Effect, Live, Observation};
+use crate::restart;
 use crate::status::{self, Observed};
 
 /// Field manager of the status subresource. It differs from the children's
@@ -63,6 +63,9 @@ pub struct Context {
     pub backoff: Backoff,
     /// The workers' control API.
     pub workers: Arc<dyn WorkerControl>,
+    /// Samples every job's lag and drives its autoscaler; `None`: lag is
+    /// not read (tests of the lifecycle alone).
+    pub sampler: Option<Arc<crate::lag::sampler::Sampler>>,
 }
 
 fn now() -> Time {
@@ -149,11 +152,12 @@ impl Applier<'_> {
     /// Server-side applies `desired` (force: the operator owns these
     /// fields), given the object as it was before, and records whether it was
     /// created or changed (a no-op apply keeps the resourceVersion). An
-    /// existing object controlled by another owner is left alone
-    /// ([`Error::ChildConflict`]): forcing the apply would adopt it.
+    /// existing object the job does not control (another controller, or
+    /// none) is left alone ([`Error::ChildConflict`]): forcing the apply
+    /// would take it over.
     async fn apply<K: Child>(&mut self, before: Option<&K>, desired: &K) -> Result<K, Error> {
         let name = desired.meta().name.clone().unwrap_or_default();
-        if let Some(owner) = before.and_then(|b| foreign_controller(b, self.owner_uid)) {
+        if let Some(owner) = before.and_then(|b| not_controlled_by(b, self.owner_uid)) {
             return Err(Error::ChildConflict {
                 kind: K::KIND,
                 namespace: self.namespace.to_owned(),
@@ -192,14 +196,19 @@ impl Applier<'_> {
     }
 }
 
-/// The controller of `object` when it is not the owner with `uid`, as
-/// `Kind/name (uid)`.
-fn foreign_controller<K: Resource>(object: &K, uid: &str) -> Option<String> {
-    object
+/// Who controls `object` when it is not the owner with `uid`: its
+/// controller as `Kind/name (uid)`, or a note that it has none (an object a
+/// user or another tool created under a child's name).
+fn not_controlled_by<K: Resource>(object: &K, uid: &str) -> Option<String> {
+    let controller = object
         .owner_references()
         .iter()
-        .find(|owner| owner.controller == Some(true) && owner.uid != uid)
-        .map(|owner| format!("{}/{} (uid {})", owner.kind, owner.name, owner.uid))
+        .find(|owner| owner.controller == Some(true));
+    match controller {
+        Some(owner) if owner.uid == uid => None,
+        Some(owner) => Some(format!("{}/{} (uid {})", owner.kind, owner.name, owner.uid)),
+        None => Some("no controller (it has no controller ownerReference)".to_owned()),
+    }
 }
 
 async fn patch_status(
@@ -285,7 +294,9 @@ async fn check_secrets(job: &StreamingJob, applier: &Applier<'_>) -> Result<(), 
 /// status (Ready=False, Degraded=True) before it is returned for backoff.
 async fn apply(job: &StreamingJob, ctx: &Context) -> Result<Action, Error> {
     let names = Names::of(job)?;
-    let result = converge(job, ctx, &names).await;
+    // A job the autoscaler scaled to zero runs as suspended.
+    let effective = crate::lag::sampler::effective(job);
+    let result = converge(&effective, ctx, &names).await;
     if let Err(error) = &result
         && let Some((reason, message)) = error.condition()
     {
@@ -333,6 +344,11 @@ async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Ac
     applier.get_and_apply(&builders::config_map(job)?).await?;
     applier.get_and_apply(&builders::service(job)?).await?;
     let live: Option<StatefulSet> = applier.get(&names.job).await?;
+    if live.is_none()
+        && let Some(missing) = missing_restore_point(job, ctx).await?
+    {
+        return report_missing_restore_point(job, ctx, names, &missing).await;
+    }
 
     // The operation protocol moves what the StatefulSet runs; its state
     // is persisted before the StatefulSet changes.
@@ -341,12 +357,12 @@ async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Ac
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let mut pods = None;
     if let Some(deployed) = &deployed {
-        let listed =
+        let (status, listed) =
             drive_operation(job, ctx, names, &token, deployed, &pod_api, live.as_ref()).await?;
-        if let Some((status, listed)) = listed {
+        if let Some(status) = status {
             view.status = Some(status);
-            pods = Some(listed);
         }
+        pods = Some(listed);
     }
     let in_flight = view.status.as_ref().and_then(|s| s.operation.as_ref());
     let rollout = operation::rollout(&view, in_flight, deployed.as_ref());
@@ -377,34 +393,51 @@ async fn converge(job: &StreamingJob, ctx: &Context, names: &Names) -> Result<Ac
         .await;
     }
 
-    let operation_in_flight = view.status.as_ref().is_some_and(|s| s.operation.is_some());
-    if !operation_in_flight {
-        restart_outdated(
+    if live.is_none() {
+        events::publish(
+            &ctx.recorder,
             job,
-            ctx,
-            &pod_api,
-            &restart::outdated_pods(&stateful_set, &pods),
+            EventType::Normal,
+            "Starting",
+            "Rollout",
+            &starting_note(&rollout),
+            None,
         )
-        .await?;
+        .await;
     }
 
+    // Outside an operation the workers are asked whether they restored:
+    // Ready waits for it.
+    let operation_in_flight = view.status.as_ref().is_some_and(|s| s.operation.is_some());
+    let reports = if operation_in_flight || rollout.replicas == 0 {
+        None
+    } else {
+        Some(observe_workers(ctx, &workers(names, &token, rollout.replicas)).await)
+    };
     let observed = Observed {
         stateful_set: Some(&stateful_set),
         pods: &pods,
+        workers: reports.as_deref(),
     };
     let status = status::compute(&view, &[], observed, &now());
     if status::owned_fields_changed(view.status.as_ref(), &status) {
         patch_status(ctx, names, &status).await?;
     }
-    Ok(if operation_in_flight {
-        Action::requeue(OPERATION_REQUEUE)
+    let delay = if operation_in_flight {
+        OPERATION_REQUEUE
     } else if status.last_failed_operation.is_some() {
-        Action::requeue(PROGRESSING_REQUEUE)
+        PROGRESSING_REQUEUE
     } else if status.phase == Some(Phase::Running) {
-        Action::requeue(STABLE_REQUEUE)
+        // Back in time for the next periodic savepoint.
+        operation::until_periodic_savepoint(&view, &now()).map_or(STABLE_REQUEUE, |due| {
+            due.clamp(OPERATION_REQUEUE, STABLE_REQUEUE)
+        })
     } else {
-        Action::requeue(PROGRESSING_REQUEUE)
-    })
+        PROGRESSING_REQUEUE
+    };
+    let next_sample =
+        crate::lag::sampler::sample_and_scale(job, &status, ctx, names, &token, &now()).await;
+    Ok(Action::requeue(delay.min(next_sample)))
 }
 
 async fn list_pods(pod_api: &Api<Pod>, names: &Names) -> Result<Vec<Pod>, Error> {
@@ -417,11 +450,12 @@ async fn list_pods(pod_api: &Api<Pod>, names: &Names) -> Result<Vec<Pod>, Error>
 }
 
 /// Runs one step of the operation in flight, or of the one [`operation::plan`]
-/// starts, for a job whose StatefulSet runs `deployed`: observes the pods,
-/// the workers and the storage, carries out the effects, and patches the
-/// status with the result before anything else changes. Returns the new
-/// status and the pods listed, or `None` when no operation is involved (a
-/// failure whose backoff is over is then forgotten in the returned status).
+/// starts, for a job whose StatefulSet runs `deployed`: observes the pods
+/// (pods on an older template than `live`'s start an upgrade), the workers
+/// and the storage, carries out the effects, and patches the status with
+/// the result before anything else changes. Returns the new status (`None`
+/// when no operation is involved; a failure whose backoff is over is then
+/// forgotten in the returned status) and the pods listed.
 async fn drive_operation(
     job: &StreamingJob,
     ctx: &Context,
@@ -430,27 +464,33 @@ async fn drive_operation(
     deployed: &Rollout,
     pod_api: &Api<Pod>,
     live: Option<&StatefulSet>,
-) -> Result<Option<(StreamingJobStatus, Vec<Pod>)>, Error> {
+) -> Result<(Option<StreamingJobStatus>, Vec<Pod>), Error> {
     let now = now();
     let mut status = job.status.clone().unwrap_or_default();
+    let pods = list_pods(pod_api, names).await?;
     let op = match status.operation.clone() {
         Some(op) => op,
-        None => match operation::plan(job, deployed, &now) {
-            Some(op) => {
-                execute(job, ctx, names, token, operation::start_event(&op)).await?;
-                op
-            }
-            None => {
-                if status.last_failed_operation.is_none() {
-                    return Ok(None);
+        None => {
+            let outdated_pods = live.map_or(0, |sts| restart::outdated_pods(sts, &pods).len());
+            let running = Live {
+                rollout: deployed,
+                outdated_pods,
+            };
+            match operation::plan(job, running, &now) {
+                Some(op) => {
+                    execute(job, ctx, names, token, operation::start_event(&op)).await?;
+                    op
                 }
-                operation::forget_failure(&mut status, &now);
-                let pods = list_pods(pod_api, names).await?;
-                return Ok(Some((status, pods)));
+                None => {
+                    if status.last_failed_operation.is_none() {
+                        return Ok((None, pods));
+                    }
+                    operation::forget_failure(&mut status, &now);
+                    return Ok((Some(status), pods));
+                }
             }
-        },
+        }
     };
-    let pods = list_pods(pod_api, names).await?;
     let workers = workers(names, token, operation::workers_to_observe(&op, deployed));
     let reports = observe_workers(ctx, &workers).await;
     let savepoint_stored = match (&op.savepoint_id, operation::awaits_manifest(&op, &reports)) {
@@ -484,12 +524,75 @@ async fn drive_operation(
     let observed = Observed {
         stateful_set: live,
         pods: &pods,
+        workers: None,
     };
     let computed = status::compute(&view, &[], observed, &now);
     if status::owned_fields_changed(job.status.as_ref(), &computed) {
         patch_status(ctx, names, &computed).await?;
     }
-    Ok(Some((computed, pods)))
+    Ok((Some(computed), pods))
+}
+
+/// The savepoint `spec.restoreFrom` names when the job's first workers
+/// would restore it but its `_metadata` is not in storage (the workers
+/// would fail to start).
+async fn missing_restore_point(job: &StreamingJob, ctx: &Context) -> Result<Option<String>, Error> {
+    let Some(id) = job.spec.restore_from.as_ref().filter(|_| !job.spec.suspend) else {
+        return Ok(None);
+    };
+    let stored = storage(job, ctx, "open")
+        .await?
+        .savepoint_complete(id)
+        .await
+        .map_err(storage_error(job, "read the savepoint manifest"))?;
+    Ok((!stored).then(|| id.clone()))
+}
+
+/// Reason of the conditions and the event of a job whose `spec.restoreFrom`
+/// names a savepoint that is not in storage.
+pub const SAVEPOINT_NOT_FOUND: &str = "SavepointNotFound";
+
+/// A new job whose `spec.restoreFrom` savepoint `id` is missing: no worker
+/// starts; Stalled and Degraded say why (with a Warning event once per
+/// verdict), and the storage is checked again later.
+async fn report_missing_restore_point(
+    job: &StreamingJob,
+    ctx: &Context,
+    names: &Names,
+    id: &str,
+) -> Result<Action, Error> {
+    let message = format!(
+        "spec.restoreFrom names savepoint {id}, which is not complete in {} (no _metadata); no worker starts until it exists or restoreFrom is changed",
+        crate::finalizer::storage_root(job)
+    );
+    let status = status::blocked(job, SAVEPOINT_NOT_FOUND, &message, &now());
+    if status::owned_fields_changed(job.status.as_ref(), &status) {
+        patch_status(ctx, names, &status).await?;
+        events::publish(
+            &ctx.recorder,
+            job,
+            EventType::Warning,
+            SAVEPOINT_NOT_FOUND,
+            "Rollout",
+            &message,
+            None,
+        )
+        .await;
+    }
+    Ok(Action::requeue(PROGRESSING_REQUEUE))
+}
+
+/// The note of the event announcing a job's first workers.
+fn starting_note(rollout: &Rollout) -> String {
+    let from = match rollout.restore_from.as_str() {
+        "latest" => "from the newest committed checkpoint, if any".to_owned(),
+        "none" => "with empty state".to_owned(),
+        id => format!("from savepoint {id} (spec.restoreFrom)"),
+    };
+    format!(
+        "starting {} workers of generation {} {from}",
+        rollout.replicas, rollout.generation
+    )
 }
 
 fn storage_error(
@@ -599,58 +702,6 @@ async fn execute(
     Ok(())
 }
 
-/// Deletes the workers that run an out-of-date pod template, so that the
-/// StatefulSet recreates them from the current one (see [`restart`]). A pod
-/// already gone, or replaced (the uid precondition fails), is skipped.
-async fn restart_outdated(
-    job: &StreamingJob,
-    ctx: &Context,
-    pods: &Api<Pod>,
-    outdated: &[Outdated],
-) -> Result<(), Error> {
-    if outdated.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = outdated.iter().map(|p| p.name.as_str()).collect();
-    let note = format!(
-        "restarting {} on an older pod template to apply the spec; they checkpoint on SIGTERM and restore from the latest checkpoint",
-        names.join(", ")
-    );
-    events::publish(
-        &ctx.recorder,
-        job,
-        EventType::Normal,
-        "Restarting",
-        "Restart",
-        &note,
-        None,
-    )
-    .await;
-    for pod in outdated {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match pods.delete(&pod.name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-            Err(source) => {
-                return Err(Error::Kube {
-                    action: "delete",
-                    kind: "Pod",
-                    namespace: job.namespace().unwrap_or_default(),
-                    name: pod.name.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The backoff key of a job.
 pub fn key(job: &StreamingJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
@@ -678,6 +729,9 @@ async fn reconcile_job(job: &StreamingJob, ctx: &Context) -> Result<Action, Erro
             Cleanup::Wait(delay) => Ok(Action::requeue(delay)),
             Cleanup::Done => {
                 crate::finalizer::remove(&jobs, job, index).await?;
+                if let Some(sampler) = &ctx.sampler {
+                    sampler.forget(&ctx.metrics, &namespace, &job.name_any());
+                }
                 Ok(Action::await_change())
             }
         },
@@ -714,8 +768,13 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
 
 /// The error policy: retry with exponential backoff per job.
 pub fn error_policy(job: Arc<StreamingJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = key(&job);
-    let delay = ctx.backoff.failed(&key);
+    retry_after(&key(&job), error, &ctx)
+}
+
+/// When to retry the job `key` (`namespace/name`) after `error`: an
+/// exponential backoff per job.
+pub fn retry_after(key: &str, error: &Error, ctx: &Context) -> Action {
+    let delay = ctx.backoff.failed(key);
     tracing::warn!(job = %key, %error, retry_in = ?delay, "reconciliation failed");
     Action::requeue(delay)
 }

@@ -1,13 +1,13 @@
-//! Restarting workers that run an out-of-date pod template.
+//! Which workers run an out-of-date pod template.
 //!
 //! The StatefulSet's updateStrategy is OnDelete, so a new pod template (a new
-//! job file, image or environment) reaches the workers only when their pods
-//! are deleted. When no operation of the rescale protocol is in flight
-//! (`status.operation`, see [`crate::operation`]), the reconciler deletes the
-//! pods whose revision differs from the StatefulSet's update revision: each
-//! worker gets SIGTERM, finishes its batch, checkpoints and exits, and its
-//! replacement restores from the latest checkpoint of its lineage (lastState
-//! semantics). A parallelism change never comes this way: the operation
+//! job file, image, resources or environment) reaches the workers only when
+//! their pods are replaced. The pods whose revision differs from the
+//! StatefulSet's update revision are outdated; when there are any and no
+//! operation is in flight, [`crate::operation::plan`] starts an upgrade,
+//! which stops and restarts every worker by `spec.upgradeMode` (savepoint,
+//! lastState or stateless), fenced, with the old workers gone before the
+//! new ones start. A parallelism change never comes this way: the operation
 //! protocol moves the parallelism, and the pod template carries only what
 //! the workers read ([`crate::builders::worker_view`]).
 
@@ -18,21 +18,11 @@ use kube::ResourceExt;
 /// Label the StatefulSet controller puts on each pod: its revision.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
-/// A worker pod to delete: its name and uid (a precondition of the delete,
-/// so that a replacement with the same name is never deleted by mistake).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outdated {
-    /// Pod name.
-    pub name: String,
-    /// Pod uid.
-    pub uid: Option<String>,
-}
-
-/// The pods of `stateful_set` that run an older revision than its update
+/// The names of the pods of `stateful_set` that run an older revision than its update
 /// revision and are not already terminating. Nothing is outdated while the
 /// StatefulSet controller has not observed the latest spec (its revisions
 /// would be stale).
-pub fn outdated_pods(stateful_set: &StatefulSet, pods: &[Pod]) -> Vec<Outdated> {
+pub fn outdated_pods(stateful_set: &StatefulSet, pods: &[Pod]) -> Vec<String> {
     let Some(status) = &stateful_set.status else {
         return Vec::new();
     };
@@ -49,10 +39,7 @@ pub fn outdated_pods(stateful_set: &StatefulSet, pods: &[Pod]) -> Vec<Outdated> 
                 .get(REVISION_LABEL)
                 .is_some_and(|revision| revision != update_revision)
         })
-        .map(|pod| Outdated {
-            name: pod.name_any(),
-            uid: pod.uid(),
-        })
+        .map(|pod| pod.name_any())
         .collect()
 }
 
@@ -100,13 +87,7 @@ mod tests {
             pod("clicks-1", "clicks-new", false),
             pod("clicks-2", "clicks-old", true),
         ];
-        assert_eq!(
-            outdated_pods(&sts(2, 2, "clicks-new"), &pods),
-            [Outdated {
-                name: "clicks-0".into(),
-                uid: Some("uid-clicks-0".into())
-            }]
-        );
+        assert_eq!(outdated_pods(&sts(2, 2, "clicks-new"), &pods), ["clicks-0"]);
     }
 
     #[test]

@@ -1,32 +1,64 @@
 //! The observed state of a StreamingJob, computed by a pure function of the
-//! job, the validation result, its StatefulSet and its pods.
+//! job, the validation result, its StatefulSet, its pods and what its
+//! workers report.
 //!
-//! Three conditions follow the usual Kubernetes conventions:
-//! - `Ready`: every wanted worker is ready (`kubectl wait --for=condition=Ready`);
-//! - `Progressing`: the job is moving towards its spec (creating, scaling,
-//!   waiting for workers, an operation in flight);
-//! - `Degraded`: something needs a human (invalid spec, failing workers).
+//! Five conditions follow the Kubernetes and kstatus conventions, so that
+//! `kubectl wait`, Flux and Argo CD report jobs truthfully:
+//! - `Ready`: every wanted worker runs the current pod template, is ready,
+//!   and reports (`GET /v1/status`) that it restored and consumes at the
+//!   current fencing generation;
+//! - `Reconciling` (kstatus, abnormal-true): the job is moving towards its
+//!   spec (creating, an operation in flight, workers starting or restoring,
+//!   workers on an older template waiting for their upgrade);
+//! - `Stalled` (kstatus, abnormal-true): the job cannot get there without
+//!   help: an invalid spec, a conflict, a stage or rollout past its progress
+//!   deadline, an operation that keeps failing;
+//! - `Progressing` (as Deployments): the same as Reconciling, for tools that
+//!   read that one;
+//! - `Degraded`: something needs a human (invalid spec, failing workers, a
+//!   failed operation, a missed progress deadline).
+
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::SignedDuration;
 use kube::{Resource, ResourceExt};
 use weir_crds::StreamingJob;
 use weir_crds::status::{OperationStage, Phase, StreamingJobStatus};
 
-use crate::builders;
+use crate::builders::{self, Rollout};
+use crate::control::WorkerReport;
+use crate::operation;
+use crate::restart;
 
 /// Type of the condition true when every wanted worker is ready.
 pub const READY: &str = "Ready";
+/// Type of the kstatus condition true while the job moves towards its spec.
+pub const RECONCILING: &str = "Reconciling";
+/// Type of the kstatus condition true when the job cannot make progress.
+pub const STALLED: &str = "Stalled";
 /// Type of the condition true while the job moves towards its spec.
 pub const PROGRESSING: &str = "Progressing";
 /// Type of the condition true when the job needs attention.
 pub const DEGRADED: &str = "Degraded";
 /// Reason of the conditions of a job whose spec failed validation.
 pub const INVALID_SPEC: &str = "InvalidSpec";
-
 /// Reason of the Degraded condition of a job whose latest operation failed.
 pub const OPERATION_FAILED: &str = "OperationFailed";
+/// Reason of the Stalled and Degraded conditions of a job past its progress
+/// deadline.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+/// How long workers may take to start, become ready and restore outside an
+/// operation (a new job, pods recreated after a crash or a node loss)
+/// before the job is reported Stalled and Degraded.
+pub const PROGRESS_DEADLINE: Duration = operation::RESTORING_TIMEOUT;
+
+/// Consecutive failures of the same operation after which the job is
+/// reported Stalled (it is still retried after each backoff).
+pub const STALLED_AFTER_FAILURES: u32 = 3;
 
 /// Container waiting reasons that mean a worker cannot start on its own.
 const FAILING_REASONS: [&str; 6] = [
@@ -45,6 +77,9 @@ pub struct Observed<'a> {
     pub stateful_set: Option<&'a StatefulSet>,
     /// The job's worker pods.
     pub pods: &'a [Pod],
+    /// The status report of each worker the StatefulSet runs, by ordinal
+    /// (`None`: unreachable); `None` when the workers were not asked.
+    pub workers: Option<&'a [Option<WorkerReport>]>,
 }
 
 /// A condition's status, reason and message before timestamps are attached.
@@ -63,6 +98,16 @@ impl Verdict {
             message: message.into(),
         }
     }
+}
+
+/// The phase and every condition's verdict.
+struct Assessment {
+    phase: Phase,
+    ready: Verdict,
+    /// Reconciling, and Progressing, which says the same.
+    reconciling: Verdict,
+    stalled: Verdict,
+    degraded: Verdict,
 }
 
 /// Counts taken from the StatefulSet.
@@ -119,22 +164,69 @@ fn stage_phase(stage: OperationStage) -> (Phase, &'static str) {
     }
 }
 
-/// Phase and the three verdicts, in the order Ready, Progressing, Degraded.
+/// Why the workers of a StatefulSet running `rollout` do not all report
+/// that they restored and consume, if they do not: `desired` workers are
+/// wanted, `reports` is what each answered.
+fn not_restored(
+    reports: &[Option<WorkerReport>],
+    desired: i32,
+    rollout: Option<&Rollout>,
+) -> Option<String> {
+    let wanted = usize::try_from(desired).unwrap_or(0);
+    let waiting: Vec<String> = (0..wanted)
+        .filter_map(|ordinal| {
+            let why = match reports.get(ordinal).and_then(Option::as_ref) {
+                None => "unreachable".to_owned(),
+                Some(report) => match rollout {
+                    Some(r) if report.generation != r.generation => {
+                        format!("still generation {}", report.generation)
+                    }
+                    _ if !report.ready => match &report.error {
+                        Some(error) => format!("not restored: {error}"),
+                        None => "restoring".to_owned(),
+                    },
+                    _ => return None,
+                },
+            };
+            Some(format!("worker {ordinal}: {why}"))
+        })
+        .collect();
+    (!waiting.is_empty()).then(|| waiting.join("; "))
+}
+
+/// Whether `kind` has been True since before `deadline` ago, by the
+/// previous conditions.
+fn true_for_longer_than(
+    previous: &[Condition],
+    kind: &str,
+    deadline: Duration,
+    now: &Time,
+) -> bool {
+    previous
+        .iter()
+        .find(|c| c.type_ == kind && c.status == "True")
+        .is_some_and(|c| {
+            let elapsed = now.0.duration_since(c.last_transition_time.0);
+            elapsed >= SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX)
+        })
+}
+
+/// The phase and the verdicts (see the module documentation).
 fn assess(
     job: &StreamingJob,
     problems: &[String],
     observed: Observed<'_>,
-) -> (Phase, [Verdict; 3]) {
+    now: &Time,
+) -> Assessment {
+    let status = job.status.as_ref();
+    let previous: &[Condition] = status.map_or(&[], |s| &s.conditions);
     let failing = failing_pods(observed.pods);
+    let failure = status.and_then(|s| s.last_failed_operation.as_ref());
     let degraded = if !problems.is_empty() {
         Verdict::new(true, INVALID_SPEC, problems.join("; "))
     } else if !failing.is_empty() {
         Verdict::new(true, "WorkersFailing", failing.join("; "))
-    } else if let Some(failure) = job
-        .status
-        .as_ref()
-        .and_then(|s| s.last_failed_operation.as_ref())
-    {
+    } else if let Some(failure) = failure {
         Verdict::new(
             true,
             OPERATION_FAILED,
@@ -148,48 +240,101 @@ fn assess(
     };
     if !problems.is_empty() {
         let message = format!("the spec is invalid: {}", problems.join("; "));
-        return (
-            Phase::Failed,
-            [
-                Verdict::new(false, INVALID_SPEC, message.clone()),
-                Verdict::new(false, INVALID_SPEC, message),
-                degraded,
-            ],
-        );
+        return Assessment {
+            phase: Phase::Failed,
+            ready: Verdict::new(false, INVALID_SPEC, message.clone()),
+            reconciling: Verdict::new(false, INVALID_SPEC, message.clone()),
+            stalled: Verdict::new(true, INVALID_SPEC, message),
+            degraded,
+        };
     }
-    if let Some(op) = job.status.as_ref().and_then(|s| s.operation.as_ref()) {
+    let not_stalled = Verdict::new(false, "Progressing", "no progress deadline missed");
+    if let Some(op) = status.and_then(|s| s.operation.as_ref()) {
         let (phase, reason) = stage_phase(op.stage);
         let target = op
             .target_parallelism
             .map(|p| format!(" to parallelism {p}"))
             .unwrap_or_default();
         let message = format!("{:?}{target} in progress: {reason}", op.kind);
-        return (
-            phase,
-            [
-                Verdict::new(false, reason, message.clone()),
-                Verdict::new(true, reason, message),
+        let (stalled, degraded) = match operation::stalled(op, now) {
+            Some(why) if failing.is_empty() => (
+                Verdict::new(true, PROGRESS_DEADLINE_EXCEEDED, why.clone()),
+                Verdict::new(true, PROGRESS_DEADLINE_EXCEEDED, why),
+            ),
+            Some(why) => (
+                Verdict::new(true, PROGRESS_DEADLINE_EXCEEDED, why),
                 degraded,
-            ],
-        );
-    }
-    let Some(sts) = observed.stateful_set else {
-        let (phase, ready) = if job.spec.suspend {
-            (
-                Phase::Suspended,
-                Verdict::new(false, "Suspended", "the job is suspended"),
-            )
-        } else {
-            (
-                Phase::Pending,
-                Verdict::new(false, "Creating", "the workers are being created"),
-            )
+            ),
+            None => (not_stalled, degraded),
         };
-        let progressing = Verdict::new(!job.spec.suspend, ready.reason, ready.message.clone());
-        return (phase, [ready, progressing, degraded]);
+        return Assessment {
+            phase,
+            ready: Verdict::new(false, reason, message.clone()),
+            reconciling: Verdict::new(true, reason, message),
+            stalled,
+            degraded,
+        };
+    }
+    let (phase, ready, reconciling) = settle_workers(job, observed);
+    // Moving for too long, outside an operation: past the deadline.
+    let late =
+        reconciling.status && true_for_longer_than(previous, RECONCILING, PROGRESS_DEADLINE, now);
+    let repeated = failure.filter(|f| f.attempts >= STALLED_AFTER_FAILURES);
+    let (stalled, degraded) = if late {
+        let why = format!(
+            "{} for more than {}s (progress deadline)",
+            reconciling.message,
+            PROGRESS_DEADLINE.as_secs()
+        );
+        let degraded = if degraded.status {
+            degraded
+        } else {
+            Verdict::new(true, PROGRESS_DEADLINE_EXCEEDED, why.clone())
+        };
+        (
+            Verdict::new(true, PROGRESS_DEADLINE_EXCEEDED, why),
+            degraded,
+        )
+    } else if let Some(failure) = repeated {
+        let why = format!(
+            "{:?} failed {} times in a row: {}",
+            failure.kind, failure.attempts, failure.message
+        );
+        (Verdict::new(true, OPERATION_FAILED, why), degraded)
+    } else {
+        (not_stalled, degraded)
+    };
+    Assessment {
+        phase,
+        ready,
+        reconciling,
+        stalled,
+        degraded,
+    }
+}
+
+/// Phase, Ready and Reconciling of a job with no operation in flight, from
+/// its StatefulSet and what its workers report.
+fn settle_workers(job: &StreamingJob, observed: Observed<'_>) -> (Phase, Verdict, Verdict) {
+    let Some(sts) = observed.stateful_set else {
+        if job.spec.suspend {
+            let verdict = Verdict::new(false, "Suspended", "the job is suspended");
+            return (Phase::Suspended, verdict.clone(), verdict);
+        }
+        let message = "the workers are being created";
+        return (
+            Phase::Pending,
+            Verdict::new(false, "Creating", message),
+            Verdict::new(true, "Creating", message),
+        );
     };
     let w = Workers::of(job, sts);
-    let progressing = if !w.synced {
+    let rollout = Rollout::of(sts);
+    let restoring = observed
+        .workers
+        .and_then(|reports| not_restored(reports, w.desired, rollout.as_ref()));
+    let outdated = restart::outdated_pods(sts, observed.pods).len();
+    let reconciling = if !w.synced {
         Verdict::new(
             true,
             "Updating",
@@ -212,15 +357,21 @@ fn assess(
             "WaitingForWorkers",
             format!("{}/{} workers ready", w.ready, w.desired),
         )
-    } else if w.updated < w.current {
+    } else if w.updated < w.current || outdated > 0 {
         Verdict::new(
             true,
-            "RestartPending",
+            "UpgradePending",
             format!(
-                "{} of {} workers run an older pod template; they are replaced at the next restart (updateStrategy OnDelete)",
-                w.current - w.updated,
+                "{} of {} workers run an older pod template; an upgrade (spec.upgradeMode) replaces them",
+                (w.current - w.updated).max(i32::try_from(outdated).unwrap_or(i32::MAX)),
                 w.current
             ),
+        )
+    } else if let Some(waiting) = restoring {
+        Verdict::new(
+            true,
+            "WaitingForRestore",
+            format!("not every worker reports it restored and consumes: {waiting}"),
         )
     } else if job.spec.suspend {
         Verdict::new(false, "Suspended", "the job is suspended")
@@ -229,16 +380,21 @@ fn assess(
     };
     if job.spec.suspend {
         let ready = Verdict::new(false, "Suspended", "the job is suspended (spec.suspend)");
-        return (Phase::Suspended, [ready, progressing, degraded]);
+        return (Phase::Suspended, ready, reconciling);
     }
-    let ready_message = format!("{}/{} workers ready", w.ready, w.desired);
-    if w.synced && w.ready >= w.desired && w.current == w.desired {
-        let ready = Verdict::new(true, "WorkersReady", ready_message);
-        (Phase::Running, [ready, progressing, degraded])
-    } else {
-        let ready = Verdict::new(false, "WorkersNotReady", ready_message);
-        (Phase::Pending, [ready, progressing, degraded])
+    if reconciling.status {
+        let ready = Verdict::new(false, "WorkersNotReady", reconciling.message.clone());
+        return (Phase::Pending, ready, reconciling);
     }
+    let ready = Verdict::new(
+        true,
+        "WorkersReady",
+        format!(
+            "{}/{} workers ready on the current pod template",
+            w.ready, w.desired
+        ),
+    );
+    (Phase::Running, ready, reconciling)
 }
 
 fn condition(
@@ -263,6 +419,30 @@ fn condition(
     }
 }
 
+/// The conditions of an assessment, in a stable order.
+fn conditions(
+    assessment: Assessment,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> (Phase, Vec<Condition>) {
+    let Assessment {
+        phase,
+        ready,
+        reconciling,
+        stalled,
+        degraded,
+    } = assessment;
+    let conditions = vec![
+        condition(READY, ready, generation, previous, now),
+        condition(RECONCILING, reconciling.clone(), generation, previous, now),
+        condition(STALLED, stalled, generation, previous, now),
+        condition(PROGRESSING, reconciling, generation, previous, now),
+        condition(DEGRADED, degraded, generation, previous, now),
+    ];
+    (phase, conditions)
+}
+
 /// The status of `job` given its validation problems (empty when valid),
 /// what was observed of its workers, and the current time. Fields the
 /// operator does not own here (lag, rates, histories, operation) are kept
@@ -275,19 +455,13 @@ pub fn compute(
     now: &Time,
 ) -> StreamingJobStatus {
     let previous = job.status.clone().unwrap_or_default();
-    let (phase, [ready, progressing, degraded]) = assess(job, problems, observed);
     let generation = job.metadata.generation;
-    let conditions = vec![
-        condition(READY, ready, generation, &previous.conditions, now),
-        condition(
-            PROGRESSING,
-            progressing,
-            generation,
-            &previous.conditions,
-            now,
-        ),
-        condition(DEGRADED, degraded, generation, &previous.conditions, now),
-    ];
+    let (phase, conditions) = conditions(
+        assess(job, problems, observed, now),
+        generation,
+        &previous.conditions,
+        now,
+    );
     // An invalid spec is judged without reading the workers, which keep
     // running untouched: their count stays as last observed.
     let parallelism = match observed.stateful_set {
@@ -303,7 +477,7 @@ pub fn compute(
         worker_generation: previous.worker_generation.or_else(|| {
             observed
                 .stateful_set
-                .and_then(builders::Rollout::of)
+                .and_then(Rollout::of)
                 .map(|rollout| rollout.generation)
         }),
         conditions,
@@ -312,9 +486,10 @@ pub fn compute(
 }
 
 /// The status of `job` when the reconciliation is stopped by something that
-/// needs a human (see [`crate::Error::condition`]): Ready and Progressing are
-/// False and Degraded is True, all with `reason` and `message`; the phase and
-/// the observed worker counts stay as last computed.
+/// needs a human (see [`crate::Error::condition`]): Ready, Reconciling and
+/// Progressing are False and Stalled and Degraded are True, all with
+/// `reason` and `message`; the phase and the observed worker counts stay as
+/// last computed.
 pub fn blocked(
     job: &StreamingJob,
     reason: &'static str,
@@ -324,31 +499,58 @@ pub fn blocked(
     let previous = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
     let verdict = |status| Verdict::new(status, reason, message);
-    let conditions = vec![
-        condition(READY, verdict(false), generation, &previous.conditions, now),
-        condition(
-            PROGRESSING,
-            verdict(false),
-            generation,
-            &previous.conditions,
-            now,
-        ),
-        condition(
-            DEGRADED,
-            verdict(true),
-            generation,
-            &previous.conditions,
-            now,
-        ),
-    ];
+    let assessment = Assessment {
+        phase: previous.phase.unwrap_or(Phase::Pending),
+        ready: verdict(false),
+        reconciling: verdict(false),
+        stalled: verdict(true),
+        degraded: verdict(true),
+    };
+    let (phase, conditions) = conditions(assessment, generation, &previous.conditions, now);
     StreamingJobStatus {
-        phase: Some(previous.phase.unwrap_or(Phase::Pending)),
+        phase: Some(phase),
         observed_generation: generation,
         parallelism: Some(previous.parallelism.unwrap_or(0)),
         selector: Some(builders::selector_string(&job.name_any())),
         conditions,
         ..previous
     }
+}
+
+/// The conditions of a job the operator cannot read (see
+/// [`crate::controller::report_undecodable`]): Ready, Reconciling and
+/// Progressing False, Stalled and Degraded True, with `reason` and
+/// `message`; `previous` gives the transition times to keep.
+pub fn unreadable(
+    previous: &[Condition],
+    generation: Option<i64>,
+    reason: &'static str,
+    message: &str,
+    now: &Time,
+) -> Vec<Condition> {
+    let verdict = |status| Verdict::new(status, reason, message);
+    let assessment = Assessment {
+        phase: Phase::Failed,
+        ready: verdict(false),
+        reconciling: verdict(false),
+        stalled: verdict(true),
+        degraded: verdict(true),
+    };
+    conditions(assessment, generation, previous, now).1
+}
+
+/// Whether two condition lists say the same (transition times aside).
+pub fn same_conditions(old: &[Condition], new: &[Condition]) -> bool {
+    let key = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
+    old.len() == new.len() && old.iter().map(key).eq(new.iter().map(key))
 }
 
 /// The status fields the operator owns, as the body of a server-side apply
@@ -368,6 +570,7 @@ pub fn apply_body(status: &StreamingJobStatus) -> serde_json::Value {
         savepoint_history: status.savepoint_history.clone(),
         scaling_history: status.scaling_history.clone(),
         observed_savepoint_trigger_nonce: status.observed_savepoint_trigger_nonce,
+        observed_restart_nonce: status.observed_restart_nonce,
         last_failed_operation: status.last_failed_operation.clone(),
         ..StreamingJobStatus::default()
     };
@@ -384,336 +587,4 @@ pub fn owned_fields_changed(old: Option<&StreamingJobStatus>, new: &StreamingJob
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::api::apps::v1::StatefulSetStatus;
-    use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
-    };
-    use k8s_openapi::jiff::Timestamp;
-
-    use super::*;
-    use crate::testing::sample_job;
-
-    fn time(secs: i64) -> Time {
-        Time(Timestamp::from_second(secs).unwrap())
-    }
-
-    fn sts(generation: i64, observed: i64, replicas: i32, ready: i32, updated: i32) -> StatefulSet {
-        StatefulSet {
-            metadata: kube::api::ObjectMeta {
-                generation: Some(generation),
-                ..Default::default()
-            },
-            spec: None,
-            status: Some(StatefulSetStatus {
-                observed_generation: Some(observed),
-                replicas,
-                ready_replicas: Some(ready),
-                updated_replicas: Some(updated),
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn pod(name: &str, waiting: Option<&str>) -> Pod {
-        Pod {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: None,
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "worker".into(),
-                    state: Some(ContainerState {
-                        waiting: waiting.map(|r| ContainerStateWaiting {
-                            reason: Some(r.into()),
-                            message: None,
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn cond<'a>(status: &'a StreamingJobStatus, kind: &str) -> (&'a str, &'a str) {
-        let c = status.conditions.iter().find(|c| c.type_ == kind).unwrap();
-        (c.status.as_str(), c.reason.as_str())
-    }
-
-    struct Case {
-        name: &'static str,
-        suspend: bool,
-        problems: Vec<String>,
-        sts: Option<StatefulSet>,
-        pods: Vec<Pod>,
-        phase: Phase,
-        ready: (&'static str, &'static str),
-        progressing: (&'static str, &'static str),
-        degraded: (&'static str, &'static str),
-    }
-
-    #[test]
-    fn status_table() {
-        let cases = vec![
-            Case {
-                name: "no statefulset yet",
-                suspend: false,
-                problems: vec![],
-                sts: None,
-                pods: vec![],
-                phase: Phase::Pending,
-                ready: ("False", "Creating"),
-                progressing: ("True", "Creating"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "all workers ready",
-                suspend: false,
-                problems: vec![],
-                sts: Some(sts(1, 1, 2, 2, 2)),
-                pods: vec![pod("clicks-0", None), pod("clicks-1", None)],
-                phase: Phase::Running,
-                ready: ("True", "WorkersReady"),
-                progressing: ("False", "Stable"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "pods not ready",
-                suspend: false,
-                problems: vec![],
-                sts: Some(sts(1, 1, 2, 1, 2)),
-                pods: vec![
-                    pod("clicks-0", None),
-                    pod("clicks-1", Some("ContainerCreating")),
-                ],
-                phase: Phase::Pending,
-                ready: ("False", "WorkersNotReady"),
-                progressing: ("True", "WaitingForWorkers"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "crash looping worker",
-                suspend: false,
-                problems: vec![],
-                sts: Some(sts(1, 1, 2, 1, 2)),
-                pods: vec![
-                    pod("clicks-0", None),
-                    pod("clicks-1", Some("CrashLoopBackOff")),
-                ],
-                phase: Phase::Pending,
-                ready: ("False", "WorkersNotReady"),
-                progressing: ("True", "WaitingForWorkers"),
-                degraded: ("True", "WorkersFailing"),
-            },
-            Case {
-                name: "statefulset spec not yet observed",
-                suspend: false,
-                problems: vec![],
-                sts: Some(sts(2, 1, 2, 2, 2)),
-                pods: vec![],
-                phase: Phase::Pending,
-                ready: ("False", "WorkersNotReady"),
-                progressing: ("True", "Updating"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "statefulset rolling (pods on an older revision)",
-                suspend: false,
-                problems: vec![],
-                sts: Some(sts(2, 2, 2, 2, 1)),
-                pods: vec![],
-                phase: Phase::Running,
-                ready: ("True", "WorkersReady"),
-                progressing: ("True", "RestartPending"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "scaling up",
-                suspend: false,
-                problems: vec![],
-                sts: Some(sts(2, 2, 1, 1, 1)),
-                pods: vec![],
-                phase: Phase::Pending,
-                ready: ("False", "WorkersNotReady"),
-                progressing: ("True", "Scaling"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "invalid spec",
-                suspend: false,
-                problems: vec!["spec.source.topics: must not be empty".into()],
-                sts: Some(sts(1, 1, 2, 2, 2)),
-                pods: vec![],
-                phase: Phase::Failed,
-                ready: ("False", INVALID_SPEC),
-                progressing: ("False", INVALID_SPEC),
-                degraded: ("True", INVALID_SPEC),
-            },
-            Case {
-                name: "suspending",
-                suspend: true,
-                problems: vec![],
-                sts: Some(sts(2, 2, 2, 2, 2)),
-                pods: vec![],
-                phase: Phase::Suspended,
-                ready: ("False", "Suspended"),
-                progressing: ("True", "Suspending"),
-                degraded: ("False", "AsExpected"),
-            },
-            Case {
-                name: "suspended",
-                suspend: true,
-                problems: vec![],
-                sts: Some(sts(2, 2, 0, 0, 0)),
-                pods: vec![],
-                phase: Phase::Suspended,
-                ready: ("False", "Suspended"),
-                progressing: ("False", "Suspended"),
-                degraded: ("False", "AsExpected"),
-            },
-        ];
-        for case in cases {
-            let mut job = sample_job();
-            job.spec.suspend = case.suspend;
-            let observed = Observed {
-                stateful_set: case.sts.as_ref(),
-                pods: &case.pods,
-            };
-            let status = compute(&job, &case.problems, observed, &time(100));
-            assert_eq!(status.phase, Some(case.phase), "{}", case.name);
-            assert_eq!(cond(&status, READY), case.ready, "{}", case.name);
-            assert_eq!(
-                cond(&status, PROGRESSING),
-                case.progressing,
-                "{}",
-                case.name
-            );
-            assert_eq!(cond(&status, DEGRADED), case.degraded, "{}", case.name);
-            assert_eq!(status.observed_generation, Some(1), "{}", case.name);
-            assert_eq!(
-                status.selector.as_deref(),
-                Some("app.kubernetes.io/instance=clicks,app.kubernetes.io/name=weir-worker"),
-                "{}",
-                case.name
-            );
-        }
-    }
-
-    #[test]
-    fn invalid_spec_message_lists_every_problem() {
-        let job = sample_job();
-        let problems = vec!["spec.a: bad".to_owned(), "spec.b: worse".to_owned()];
-        let status = compute(&job, &problems, Observed::default(), &time(1));
-        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        assert_eq!(
-            ready.message,
-            "the spec is invalid: spec.a: bad; spec.b: worse"
-        );
-        assert_eq!(status.parallelism, Some(0));
-
-        let mut running = sample_job();
-        running.status = Some(StreamingJobStatus {
-            parallelism: Some(2),
-            ..Default::default()
-        });
-        let status = compute(&running, &problems, Observed::default(), &time(1));
-        assert_eq!(
-            status.parallelism,
-            Some(2),
-            "untouched workers are still counted"
-        );
-    }
-
-    #[test]
-    fn a_blocked_job_is_degraded_and_keeps_its_counts() {
-        let mut job = sample_job();
-        let ready_sts = sts(1, 1, 2, 2, 2);
-        let observed = Observed {
-            stateful_set: Some(&ready_sts),
-            pods: &[],
-        };
-        job.status = Some(compute(&job, &[], observed, &time(10)));
-        let status = blocked(
-            &job,
-            "SecretNotFound",
-            "Secret streams/kafka is missing",
-            &time(20),
-        );
-        assert_eq!(cond(&status, READY), ("False", "SecretNotFound"));
-        assert_eq!(cond(&status, PROGRESSING), ("False", "SecretNotFound"));
-        assert_eq!(cond(&status, DEGRADED), ("True", "SecretNotFound"));
-        let degraded = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED)
-            .unwrap();
-        assert_eq!(degraded.message, "Secret streams/kafka is missing");
-        assert_eq!(degraded.last_transition_time, time(20));
-        assert_eq!(status.phase, Some(Phase::Running));
-        assert_eq!(status.parallelism, Some(2));
-        assert_eq!(status.observed_generation, Some(1));
-
-        let fresh = blocked(&sample_job(), "ApplyFailed", "rejected", &time(1));
-        assert_eq!(fresh.phase, Some(Phase::Pending));
-        assert_eq!(fresh.parallelism, Some(0));
-    }
-
-    #[test]
-    fn operation_in_flight_sets_the_phase() {
-        let mut job = sample_job();
-        job.status = Some(StreamingJobStatus {
-            operation: Some(weir_crds::status::Operation {
-                kind: weir_crds::status::OperationKind::Rescale,
-                stage: OperationStage::Savepointing,
-                target_parallelism: Some(4),
-                savepoint_id: Some("sp".into()),
-                started_at: time(1),
-                stage_started_at: None,
-                deadline: None,
-                from_parallelism: Some(2),
-                worker_generation: None,
-                trigger_nonce: None,
-            }),
-            ..Default::default()
-        });
-        let sts = sts(1, 1, 2, 2, 2);
-        let observed = Observed {
-            stateful_set: Some(&sts),
-            pods: &[],
-        };
-        let status = compute(&job, &[], observed, &time(2));
-        assert_eq!(status.phase, Some(Phase::Savepointing));
-        assert_eq!(cond(&status, PROGRESSING), ("True", "Savepointing"));
-        assert!(status.operation.is_some(), "the operation is kept");
-    }
-
-    #[test]
-    fn transition_time_only_moves_when_the_status_changes() {
-        let mut job = sample_job();
-        let ready_sts = sts(1, 1, 2, 2, 2);
-        let observed = Observed {
-            stateful_set: Some(&ready_sts),
-            pods: &[],
-        };
-        let first = compute(&job, &[], observed, &time(10));
-        job.status = Some(first.clone());
-        let second = compute(&job, &[], observed, &time(20));
-        assert_eq!(first.conditions, second.conditions);
-        assert!(!owned_fields_changed(Some(&first), &second));
-
-        job.status = Some(second.clone());
-        let degraded = compute(&job, &["spec.x: bad".into()], observed, &time(30));
-        let ready = degraded
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY)
-            .unwrap();
-        assert_eq!(ready.last_transition_time, time(30));
-        assert!(owned_fields_changed(Some(&second), &degraded));
-    }
-}
+mod tests;

@@ -3,24 +3,30 @@
 //! restarted at any point resumes it from the status alone.
 //!
 //! ```text
-//! Savepointing -> Rescaling -> Restoring -> done     (rescale)
+//! Savepointing -> Rescaling -> Restoring -> done     (rescale, upgrade and
+//!                                                      restart in savepoint mode)
 //! Savepointing -> Rescaling -> done                  (suspend)
-//! Savepointing -> done                               (manual savepoint)
-//!                 Rescaling -> Restoring -> done     (resume)
+//! Savepointing -> done                               (manual and periodic savepoints)
+//!                 Rescaling -> Restoring -> done     (resume, upgrade and restart
+//!                                                      in lastState or stateless mode)
 //! ```
 //!
 //! - Savepointing: every worker is asked for the savepoint (stop-with-
-//!   savepoint unless it is a manual one); the stage ends when each reports
-//!   it completed and its `_metadata` is in storage. A failure or the
-//!   deadline (`spec.savepoint.timeout`) resumes the workers, records a
-//!   Warning and the failure (retried after a backoff), and leaves the
+//!   savepoint unless it is a manual or periodic one); the stage ends when
+//!   each reports it completed and its `_metadata` is in storage. A failure
+//!   or the deadline (`spec.savepoint.timeout`) resumes the workers, records
+//!   a Warning and the failure (retried after a backoff), and leaves the
 //!   parallelism alone.
 //! - Rescaling: the generation is bumped and written to `fence.json`, the
 //!   StatefulSet is scaled to zero, and the stage waits until every old pod
-//!   is gone, so that old and new owners of a task never overlap.
+//!   is gone, so that old and new owners of a task never overlap. Without a
+//!   savepoint the fence is written once the old pods are gone: their last
+//!   checkpoint on SIGTERM still commits, and a lingering one cannot commit
+//!   after the new workers start.
 //! - Restoring: the StatefulSet runs the target parallelism at the new
-//!   generation, restoring from the savepoint; the stage ends when every
-//!   worker is ready and reports what it restored.
+//!   generation on the current pod template, restoring from the savepoint
+//!   (or `latest`, or `none` for a stateless upgrade); the stage ends when
+//!   every worker is ready and reports what it restored.
 //!
 //! Everything here is pure: [`plan`] decides whether an operation starts,
 //! [`step`] maps an operation and what was observed to the next stage and
@@ -32,6 +38,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use weir_crds::StreamingJob;
+use weir_crds::job::UpgradeMode;
 use weir_crds::status::{
     FailedOperation, MAX_SAVEPOINT_HISTORY, MAX_SCALING_HISTORY, Operation, OperationKind,
     OperationStage, SavepointInfo, ScalingRecord, StreamingJobStatus,
@@ -68,12 +75,17 @@ fn past(deadline: Option<&Time>, now: &Time) -> bool {
     deadline.is_some_and(|deadline| now.0 >= deadline.0)
 }
 
+mod plan;
+
+pub use plan::{Live, next_periodic_savepoint, plan, start_event, until_periodic_savepoint};
+
 /// The name of a kind, in lowercase (savepoint ids, history reasons).
 fn kind_name(kind: OperationKind) -> &'static str {
     match kind {
         OperationKind::Rescale => "rescale",
         OperationKind::Upgrade => "upgrade",
         OperationKind::Savepoint => "manual",
+        OperationKind::PeriodicSavepoint => "periodic",
         OperationKind::Suspend => "suspend",
         OperationKind::Restart => "restart",
         OperationKind::Resume => "resume",
@@ -87,108 +99,6 @@ pub fn current_generation(status: Option<&StreamingJobStatus>, deployed: &Rollou
         .and_then(|s| s.worker_generation)
         .unwrap_or(0)
         .max(deployed.generation)
-}
-
-/// The operation to start for `job`, whose StatefulSet runs `deployed`,
-/// when none is in flight: suspend, resume, rescale, manual savepoint, in
-/// that order of precedence. Nothing starts without workers to act on
-/// (no StatefulSet yet), nor during the backoff after a failure.
-pub fn plan(job: &StreamingJob, deployed: &Rollout, now: &Time) -> Option<Operation> {
-    let status = job.status.as_ref();
-    if status.is_some_and(|s| s.operation.is_some()) {
-        return None;
-    }
-    if let Some(failure) = status.and_then(|s| s.last_failed_operation.as_ref())
-        && now.0 < after(&failure.time, failure_backoff(failure.attempts)).0
-    {
-        return None;
-    }
-    let spec = &job.spec;
-    let running = deployed.replicas > 0;
-    let observed_nonce = status.and_then(|s| s.observed_savepoint_trigger_nonce);
-    let (kind, target) = if spec.suspend && running {
-        (OperationKind::Suspend, 0)
-    } else if !spec.suspend && !running {
-        (OperationKind::Resume, spec.parallelism)
-    } else if running && spec.parallelism != deployed.parallelism {
-        (OperationKind::Rescale, spec.parallelism)
-    } else if running
-        && spec.savepoint_trigger_nonce.is_some()
-        && spec.savepoint_trigger_nonce != observed_nonce
-    {
-        (OperationKind::Savepoint, deployed.parallelism)
-    } else {
-        return None;
-    };
-    let id = format!("{}-{}", kind_name(kind), now.0.as_second());
-    let (stage, savepoint_id, worker_generation, deadline) = if kind == OperationKind::Resume {
-        // Nothing runs: straight to the fence. The savepoint of a suspend
-        // is restored; otherwise the newest committed checkpoint.
-        let suspended_at = status
-            .and_then(|s| s.last_savepoint.as_ref())
-            .filter(|sp| sp.reason == kind_name(OperationKind::Suspend))
-            .map(|sp| sp.id.clone());
-        (
-            OperationStage::Rescaling,
-            suspended_at,
-            Some(current_generation(status, deployed) + 1),
-            after(now, RESCALING_TIMEOUT),
-        )
-    } else {
-        (
-            OperationStage::Savepointing,
-            Some(id),
-            None,
-            after(now, spec.savepoint.timeout.as_std()),
-        )
-    };
-    Some(Operation {
-        kind,
-        stage,
-        target_parallelism: Some(target),
-        savepoint_id,
-        started_at: now.clone(),
-        stage_started_at: Some(now.clone()),
-        deadline: Some(deadline),
-        from_parallelism: Some(if running { deployed.parallelism } else { 0 }),
-        worker_generation,
-        trigger_nonce: (kind == OperationKind::Savepoint)
-            .then_some(spec.savepoint_trigger_nonce)
-            .flatten(),
-    })
-}
-
-/// The Normal event announcing a started operation.
-pub fn start_event(op: &Operation) -> Effect {
-    let from = op.from_parallelism.unwrap_or(0);
-    let to = op.target_parallelism.unwrap_or(0);
-    let savepoint = op.savepoint_id.as_deref().unwrap_or("none");
-    let (reason, note) = match op.kind {
-        OperationKind::Suspend => (
-            "SuspendStarted",
-            format!("suspending: stop-with-savepoint {savepoint} of {from} workers"),
-        ),
-        OperationKind::Resume => (
-            "ResumeStarted",
-            format!("resuming {to} workers from savepoint {savepoint}"),
-        ),
-        OperationKind::Savepoint => (
-            "SavepointStarted",
-            format!(
-                "savepoint {savepoint} of {from} workers for savepointTriggerNonce {}",
-                op.trigger_nonce.unwrap_or_default()
-            ),
-        ),
-        _ => (
-            "RescaleStarted",
-            format!("rescaling from {from} to {to} workers through savepoint {savepoint}"),
-        ),
-    };
-    Effect::Event {
-        warning: false,
-        reason,
-        note,
-    }
 }
 
 /// What was observed of the job for one step.
@@ -324,7 +234,7 @@ fn stay(op: Operation, effects: Vec<Effect>) -> Transition {
 
 fn savepointing(op: &Operation, observed: &Observation<'_>) -> Transition {
     let id = op.savepoint_id.clone().unwrap_or_default();
-    let stop = op.kind != OperationKind::Savepoint;
+    let stop = !restarts_nothing(op.kind);
     let mut completed = 0;
     let mut unasked = Vec::new();
     let mut failures = Vec::new();
@@ -388,7 +298,7 @@ fn savepointing(op: &Operation, observed: &Observation<'_>) -> Transition {
             effects,
         };
     }
-    if op.kind == OperationKind::Savepoint {
+    if restarts_nothing(op.kind) {
         return Transition {
             next: Next::Done,
             savepoint_completed: true,
@@ -424,9 +334,24 @@ fn savepointing(op: &Operation, observed: &Observation<'_>) -> Transition {
     }
 }
 
+/// Whether operations of `kind` only take a savepoint (the workers go on).
+fn restarts_nothing(kind: OperationKind) -> bool {
+    matches!(
+        kind,
+        OperationKind::Savepoint | OperationKind::PeriodicSavepoint
+    )
+}
+
 fn rescaling(op: &Operation, observed: &Observation<'_>) -> Transition {
     let generation = op.worker_generation.unwrap_or(observed.generation + 1);
-    let mut effects = vec![Effect::WriteFence { generation }];
+    // After a savepoint the old workers are stopped: fence them at once.
+    // Otherwise they checkpoint on SIGTERM; fence once they are gone.
+    let fence_now = op.savepoint_id.is_some() || observed.pods == 0;
+    let mut effects = if fence_now {
+        vec![Effect::WriteFence { generation }]
+    } else {
+        Vec::new()
+    };
     if observed.pods > 0 {
         if past(op.deadline.as_ref(), &observed.now) {
             effects.push(event(
@@ -466,8 +391,8 @@ fn rescaling(op: &Operation, observed: &Observation<'_>) -> Transition {
         false,
         "Restoring",
         format!(
-            "the old workers are gone; starting {target} workers of generation {generation} from {}",
-            restore_source(op)
+            "the old workers are gone; starting {target} workers of generation {generation} {}",
+            restore_description(op)
         ),
     ));
     let next = Operation {
@@ -480,11 +405,24 @@ fn rescaling(op: &Operation, observed: &Observation<'_>) -> Transition {
     stay(next, effects)
 }
 
-/// What the new workers of `op` restore from (`WEIR_RESTORE_FROM`).
+/// What the new workers of `op` restore from (`WEIR_RESTORE_FROM`): its
+/// savepoint, else nothing for a stateless upgrade, else the newest
+/// committed checkpoint.
 fn restore_source(op: &Operation) -> String {
-    op.savepoint_id
-        .clone()
-        .unwrap_or_else(|| "latest".to_owned())
+    match (&op.savepoint_id, op.upgrade_mode) {
+        (Some(id), _) => id.clone(),
+        (None, Some(UpgradeMode::Stateless)) => "none".to_owned(),
+        (None, _) => "latest".to_owned(),
+    }
+}
+
+/// [`restore_source`] in words, for events.
+fn restore_description(op: &Operation) -> String {
+    match restore_source(op).as_str() {
+        "latest" => "from the newest committed checkpoint (latest)".to_owned(),
+        "none" => "with empty state (none)".to_owned(),
+        id => format!("from {id}"),
+    }
 }
 
 /// Why a new worker does not count as restored yet, if it does not.
@@ -504,12 +442,17 @@ fn not_restored(report: Option<&WorkerReport>, op: &Operation) -> Option<String>
     }
     let restored = report.restored_from.as_deref().unwrap_or("none");
     // A worker that restarted since restores a checkpoint of its new lineage.
-    let expected = op.savepoint_id.as_ref().map(|id| format!("savepoint:{id}"));
-    match expected {
-        Some(expected) if restored != expected && !restored.starts_with("checkpoint:") => {
-            Some(format!("restored from {restored}, not {expected}"))
+    if restored.starts_with("checkpoint:") {
+        return None;
+    }
+    match restore_source(op).as_str() {
+        "latest" => None,
+        "none" if restored == "none" => None,
+        "none" => Some(format!("restored from {restored}, not empty state")),
+        id => {
+            let expected = format!("savepoint:{id}");
+            (restored != expected).then(|| format!("restored from {restored}, not {expected}"))
         }
-        _ => None,
     }
 }
 
@@ -524,6 +467,8 @@ fn restoring(op: &Operation, observed: &Observation<'_>) -> Transition {
     if waiting.is_empty() {
         let (reason, what) = match op.kind {
             OperationKind::Resume => ("Resumed", "resumed"),
+            OperationKind::Upgrade => ("Upgraded", "upgraded"),
+            OperationKind::Restart => ("Restarted", "restarted"),
             _ => ("Rescaled", "rescaled"),
         };
         return Transition {
@@ -533,9 +478,14 @@ fn restoring(op: &Operation, observed: &Observation<'_>) -> Transition {
                 false,
                 reason,
                 format!(
-                    "{what}: {target} workers of generation {} restored from {} and consuming",
+                    "{what}: {target} workers of generation {} {} {} and consuming",
                     op.worker_generation.unwrap_or_default(),
-                    restore_source(op)
+                    if restore_source(op) == "none" {
+                        "started"
+                    } else {
+                        "restored"
+                    },
+                    restore_description(op)
                 ),
             )],
         };
@@ -553,6 +503,27 @@ fn restoring(op: &Operation, observed: &Observation<'_>) -> Transition {
         return stay(next, vec![event(true, "OperationStalled", note)]);
     }
     stay(op.clone(), Vec::new())
+}
+
+/// Why `op` is stalled at `now`, if it is: its Rescaling or Restoring stage
+/// has run past its timeout. The stage goes on waiting (a Warning event
+/// says so at each timeout); the status reports it as Stalled and Degraded
+/// until it moves on. A Savepointing stage never stalls: its deadline fails
+/// the operation.
+pub fn stalled(op: &Operation, now: &Time) -> Option<String> {
+    let started = op.stage_started_at.as_ref().unwrap_or(&op.started_at);
+    let (timeout, what) = match op.stage {
+        OperationStage::Savepointing => return None,
+        OperationStage::Rescaling => (RESCALING_TIMEOUT, "the old workers are not all gone"),
+        OperationStage::Restoring => (RESTORING_TIMEOUT, "the new workers are not all restored"),
+    };
+    (now.0 >= after(started, timeout).0).then(|| {
+        format!(
+            "{what} {}s after the {:?} stage started (progress deadline); see the OperationStalled events",
+            timeout.as_secs(),
+            op.stage
+        )
+    })
 }
 
 /// What the StatefulSet of `job` runs while `op` (if any) is in flight,
@@ -610,19 +581,38 @@ pub fn settle(
         Next::Done => {
             status.operation = None;
             status.last_failed_operation = None;
-            if op.kind == OperationKind::Savepoint {
-                status.observed_savepoint_trigger_nonce = op.trigger_nonce;
-            } else {
+            match op.kind {
+                OperationKind::Savepoint => {
+                    status.observed_savepoint_trigger_nonce = op.trigger_nonce;
+                }
+                OperationKind::Restart => status.observed_restart_nonce = op.trigger_nonce,
+                _ => {}
+            }
+            if !restarts_nothing(op.kind) {
                 status.worker_generation = op.worker_generation.or(status.worker_generation);
-                let from = op.from_parallelism.unwrap_or_default();
-                let to = op.target_parallelism.unwrap_or_default();
-                let reason = match op.kind {
-                    OperationKind::Suspend => {
-                        "spec.suspend set: stopped with a savepoint".to_owned()
-                    }
-                    OperationKind::Resume => "spec.suspend cleared: resumed".to_owned(),
-                    _ => format!("spec.parallelism changed from {from} to {to}"),
-                };
+            }
+            let from = op.from_parallelism.unwrap_or_default();
+            let to = op.target_parallelism.unwrap_or_default();
+            let reason = match op.kind {
+                OperationKind::Suspend => {
+                    Some("spec.suspend set: stopped with a savepoint".to_owned())
+                }
+                OperationKind::Resume => Some("spec.suspend cleared: resumed".to_owned()),
+                OperationKind::Rescale => {
+                    Some(format!("spec.parallelism changed from {from} to {to}"))
+                }
+                // The parallelism stays: nothing to record.
+                _ => None,
+            };
+            // The autoscaler recorded this change already, with the numbers
+            // behind it, before the operation started: one entry per change.
+            let recorded = status.scaling_history.first().is_some_and(|r| {
+                r.from == from
+                    && r.to == to
+                    && r.reason.starts_with(crate::autoscaler::REASON_PREFIX)
+                    && r.time.0 <= op.started_at.0
+            });
+            if let Some(reason) = reason.filter(|_| !recorded) {
                 status.scaling_history.insert(
                     0,
                     ScalingRecord {

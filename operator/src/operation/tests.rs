@@ -6,6 +6,10 @@ use super::*;
 use crate::control::{SavepointReport, WorkerPhase};
 use crate::testing::sample_job;
 
+mod history;
+mod plans;
+mod runs;
+
 fn at(secs: i64) -> Time {
     Time(Timestamp::from_second(1_800_000_000 + secs).unwrap())
 }
@@ -30,7 +34,28 @@ fn op(kind: OperationKind, stage: OperationStage) -> Operation {
         deadline: Some(at(100)),
         from_parallelism: Some(2),
         worker_generation: (stage != OperationStage::Savepointing).then_some(2),
-        trigger_nonce: (kind == OperationKind::Savepoint).then_some(7),
+        trigger_nonce: matches!(kind, OperationKind::Savepoint | OperationKind::Restart)
+            .then_some(7),
+        upgrade_mode: matches!(kind, OperationKind::Upgrade | OperationKind::Restart)
+            .then_some(UpgradeMode::Savepoint),
+    }
+}
+
+/// An upgrade in `mode` at `stage`: without a savepoint unless the mode
+/// takes one.
+fn upgrade(mode: UpgradeMode, stage: OperationStage) -> Operation {
+    Operation {
+        upgrade_mode: Some(mode),
+        target_parallelism: Some(2),
+        savepoint_id: (mode == UpgradeMode::Savepoint).then(|| "sp".to_owned()),
+        ..op(OperationKind::Upgrade, stage)
+    }
+}
+
+fn live(rollout: &Rollout, outdated_pods: usize) -> Live<'_> {
+    Live {
+        rollout,
+        outdated_pods,
     }
 }
 
@@ -56,6 +81,7 @@ fn worker(
             error: (state == SavepointState::Failed).then(|| "disk full".to_owned()),
         }),
         error: (!ready).then(|| "cannot reach the brokers".to_owned()),
+        ..WorkerReport::default()
     })
 }
 
@@ -337,6 +363,160 @@ fn transition_table() {
                 ],
             )
         },
+        Case {
+            stored: true,
+            expect: Expect::Done,
+            savepoint_completed: true,
+            effects: vec!["Normal SavepointCompleted"],
+            ..case(
+                "a periodic savepoint restarts nothing",
+                op(OperationKind::PeriodicSavepoint, Savepointing),
+                vec![sp(Completed), sp(Completed)],
+            )
+        },
+        Case {
+            expect: Expect::Stay(Savepointing, false),
+            effects: vec!["savepoint sp stop=false [0]"],
+            ..case(
+                "a periodic savepoint does not stop the workers",
+                op(OperationKind::PeriodicSavepoint, Savepointing),
+                vec![running()],
+            )
+        },
+        Case {
+            expect: Expect::Stay(Savepointing, false),
+            effects: vec!["savepoint sp stop=true [0, 1]"],
+            ..case(
+                "an upgrade in savepoint mode stops the workers with a savepoint",
+                upgrade(UpgradeMode::Savepoint, Savepointing),
+                vec![running(), running()],
+            )
+        },
+        Case {
+            stored: true,
+            expect: Expect::Stay(rescaling, true),
+            savepoint_completed: true,
+            effects: vec!["fence 2", "Normal SavepointCompleted"],
+            ..case(
+                "an upgrade's savepoint fences the next generation",
+                upgrade(UpgradeMode::Savepoint, Savepointing),
+                vec![sp(Completed), sp(Completed)],
+            )
+        },
+        Case {
+            pods: 2,
+            expect: Expect::Stay(rescaling, false),
+            ..case(
+                "lastState: the old workers checkpoint on SIGTERM, unfenced",
+                upgrade(UpgradeMode::LastState, rescaling),
+                vec![],
+            )
+        },
+        Case {
+            pods: 1,
+            now: 100,
+            expect: Expect::Stay(rescaling, true),
+            effects: vec!["Warning OperationStalled"],
+            ..case(
+                "lastState: old workers that do not go are reported",
+                upgrade(UpgradeMode::LastState, rescaling),
+                vec![],
+            )
+        },
+        Case {
+            expect: Expect::Stay(Restoring, true),
+            effects: vec!["fence 2", "Normal Restoring"],
+            ..case(
+                "lastState: fenced once the old workers are gone, then started",
+                upgrade(UpgradeMode::LastState, rescaling),
+                vec![],
+            )
+        },
+        Case {
+            expect: Expect::Stay(Restoring, true),
+            effects: vec!["fence 2", "Normal Restoring"],
+            ..case(
+                "stateless: fenced once the old workers are gone, then started",
+                upgrade(UpgradeMode::Stateless, rescaling),
+                vec![],
+            )
+        },
+        Case {
+            expect: Expect::Done,
+            effects: vec!["Normal Upgraded"],
+            ..case(
+                "lastState: any restore point counts",
+                upgrade(UpgradeMode::LastState, Restoring),
+                vec![restored("checkpoint:12"), restored("none")],
+            )
+        },
+        Case {
+            expect: Expect::Done,
+            effects: vec!["Normal Upgraded"],
+            ..case(
+                "stateless: every worker started empty",
+                upgrade(UpgradeMode::Stateless, Restoring),
+                vec![restored("none"), restored("none")],
+            )
+        },
+        Case {
+            expect: Expect::Stay(Restoring, false),
+            ..case(
+                "stateless: a worker that restored a savepoint does not count",
+                upgrade(UpgradeMode::Stateless, Restoring),
+                vec![restored("none"), restored("savepoint:sp")],
+            )
+        },
+        Case {
+            expect: Expect::Done,
+            effects: vec!["Normal Upgraded"],
+            ..case(
+                "savepoint mode: every worker restored the savepoint",
+                upgrade(UpgradeMode::Savepoint, Restoring),
+                vec![restored("savepoint:sp"), restored("savepoint:sp")],
+            )
+        },
+        Case {
+            expect: Expect::Stay(Restoring, false),
+            ..case(
+                "an upgraded worker failing during restore is waited for",
+                upgrade(UpgradeMode::Savepoint, Restoring),
+                vec![restored("savepoint:sp"), worker(2, false, "none", None)],
+            )
+        },
+        Case {
+            now: 100,
+            expect: Expect::Stay(Restoring, true),
+            effects: vec!["Warning OperationStalled"],
+            ..case(
+                "an upgraded worker failing past the deadline is reported",
+                upgrade(UpgradeMode::Savepoint, Restoring),
+                vec![restored("savepoint:sp"), worker(2, false, "none", None)],
+            )
+        },
+        Case {
+            now: 100,
+            expect: Expect::Failed("timed out"),
+            effects: vec!["resume [0, 1]", "Warning SavepointFailed"],
+            ..case(
+                "an upgrade whose savepoint times out resumes the old workers",
+                upgrade(UpgradeMode::Savepoint, Savepointing),
+                vec![sp(InProgress), sp(InProgress)],
+            )
+        },
+        Case {
+            expect: Expect::Done,
+            effects: vec!["Normal Restarted"],
+            ..case(
+                "a restart ends when every worker restored",
+                op(OperationKind::Restart, Restoring),
+                vec![
+                    restored("savepoint:sp"),
+                    restored("savepoint:sp"),
+                    restored("savepoint:sp"),
+                ],
+            )
+        },
     ];
     for c in cases {
         let observation = Observation {
@@ -388,150 +568,6 @@ type PlanCase = (
     i64,
     Option<(OperationKind, OperationStage, i32)>,
 );
-
-#[test]
-fn plan_table() {
-    let job = |f: &dyn Fn(&mut StreamingJob)| {
-        let mut job = sample_job();
-        f(&mut job);
-        job
-    };
-    let failed = |attempts| {
-        move |j: &mut StreamingJob| {
-            j.spec.parallelism = 3;
-            j.status = Some(StreamingJobStatus {
-                last_failed_operation: Some(FailedOperation {
-                    kind: OperationKind::Rescale,
-                    time: at(0),
-                    message: "timed out".into(),
-                    attempts,
-                }),
-                ..Default::default()
-            });
-        }
-    };
-    let cases: Vec<PlanCase> = vec![
-        ("steady", job(&|_| {}), deployed(2, 2), 0, None),
-        (
-            "spec.parallelism changed",
-            job(&|j| j.spec.parallelism = 4),
-            deployed(2, 2),
-            0,
-            Some((OperationKind::Rescale, OperationStage::Savepointing, 4)),
-        ),
-        (
-            "suspend wins over a rescale",
-            job(&|j| {
-                j.spec.parallelism = 4;
-                j.spec.suspend = true;
-            }),
-            deployed(2, 2),
-            0,
-            Some((OperationKind::Suspend, OperationStage::Savepointing, 0)),
-        ),
-        (
-            "suspended",
-            job(&|j| j.spec.suspend = true),
-            deployed(0, 2),
-            0,
-            None,
-        ),
-        (
-            "resume at the spec's parallelism",
-            job(&|j| j.spec.parallelism = 5),
-            deployed(0, 2),
-            0,
-            Some((OperationKind::Resume, OperationStage::Rescaling, 5)),
-        ),
-        (
-            "a new savepoint trigger",
-            job(&|j| j.spec.savepoint_trigger_nonce = Some(1)),
-            deployed(2, 2),
-            0,
-            Some((OperationKind::Savepoint, OperationStage::Savepointing, 2)),
-        ),
-        (
-            "an answered savepoint trigger",
-            job(&|j| {
-                j.spec.savepoint_trigger_nonce = Some(1);
-                j.status = Some(StreamingJobStatus {
-                    observed_savepoint_trigger_nonce: Some(1),
-                    ..Default::default()
-                });
-            }),
-            deployed(2, 2),
-            0,
-            None,
-        ),
-        ("backing off", job(&failed(1)), deployed(2, 2), 29, None),
-        (
-            "backoff over",
-            job(&failed(1)),
-            deployed(2, 2),
-            30,
-            Some((OperationKind::Rescale, OperationStage::Savepointing, 3)),
-        ),
-        (
-            "the backoff doubles",
-            job(&failed(2)),
-            deployed(2, 2),
-            59,
-            None,
-        ),
-    ];
-    for (name, job, deployed, now, expected) in cases {
-        let planned = plan(&job, &deployed, &at(now));
-        let got = planned
-            .as_ref()
-            .map(|op| (op.kind, op.stage, op.target_parallelism.unwrap()));
-        assert_eq!(got, expected, "{name}");
-        if let Some(op) = planned {
-            assert_eq!(
-                op.from_parallelism,
-                Some(deployed.replicas.min(deployed.parallelism)),
-                "{name}"
-            );
-            assert!(op.deadline > Some(at(now)), "{name}");
-        }
-    }
-    assert_eq!(failure_backoff(1), Duration::from_secs(30));
-    assert_eq!(failure_backoff(3), Duration::from_secs(120));
-    assert_eq!(failure_backoff(40), MAX_FAILURE_BACKOFF);
-}
-
-#[test]
-fn a_resume_restores_the_savepoint_of_its_suspend_only() {
-    let mut job = sample_job();
-    let info = |reason: &str| SavepointInfo {
-        id: format!("{reason}-1"),
-        time: at(0),
-        parallelism: 2,
-        reason: reason.into(),
-    };
-    job.status = Some(StreamingJobStatus {
-        last_savepoint: Some(info("suspend")),
-        worker_generation: Some(4),
-        ..Default::default()
-    });
-    let op = plan(&job, &deployed(0, 2), &at(0)).unwrap();
-    assert_eq!(op.savepoint_id.as_deref(), Some("suspend-1"));
-    assert_eq!(op.worker_generation, Some(5));
-    job.status.as_mut().unwrap().last_savepoint = Some(info("manual"));
-    let op = plan(&job, &deployed(0, 2), &at(0)).unwrap();
-    assert_eq!(op.savepoint_id, None);
-    assert_eq!(
-        rollout(
-            &job,
-            Some(&Operation {
-                stage: OperationStage::Restoring,
-                ..op
-            }),
-            None
-        )
-        .restore_from,
-        "latest"
-    );
-}
 
 #[test]
 fn rollout_per_stage() {
@@ -615,98 +651,30 @@ fn settling_fills_bounded_histories_and_records_failures() {
     assert!(status.last_failed_operation.is_none());
 }
 
-/// The whole machine against a simulated cluster: the StatefulSet's pods
-/// follow the rollout, the workers complete savepoints and restore, and
-/// the operator is "restarted" (its status re-read) before every step.
 #[test]
-fn a_rescale_runs_through_every_stage() {
-    let mut job = sample_job();
-    job.spec.parallelism = 3;
-    let mut live = deployed(2, 2);
-    let mut now = 0;
-    let mut op = plan(&job, &live, &at(now)).expect("a rescale starts");
-    let mut fence = None;
-    let mut stages = vec![op.stage];
-    for _ in 0..10 {
-        now += 5;
-        let count = workers_to_observe(&op, &live);
-        let id = op.savepoint_id.clone().unwrap();
-        let reports: Vec<Option<WorkerReport>> = (0..count)
-            .map(|_| match op.stage {
-                OperationStage::Savepointing => Some(WorkerReport {
-                    savepoint: Some(SavepointReport {
-                        id: id.clone(),
-                        state: SavepointState::Completed,
-                        error: None,
-                    }),
-                    ..running().unwrap()
-                }),
-                _ => worker(
-                    live.generation,
-                    true,
-                    &format!("savepoint:{}", op.savepoint_id.as_deref().unwrap()),
-                    None,
-                ),
-            })
-            .collect();
-        let observation = Observation {
-            now: at(now),
-            generation: current_generation(job.status.as_ref(), &live),
-            pods: usize::try_from(live.replicas).unwrap(),
-            reports: &reports,
-            savepoint_stored: awaits_manifest(&op, &reports),
-        };
-        let transition = step(&op, &observation);
-        for effect in &transition.effects {
-            if let Effect::WriteFence { generation } = effect {
-                fence = Some(*generation);
-            }
-        }
-        let mut status = job.status.clone().unwrap_or_default();
-        settle(&mut status, &op, &transition, 10, &at(now));
-        let json = serde_json::to_string(&status).unwrap();
-        job.status = Some(serde_json::from_str(&json).unwrap());
-        let next = job.status.as_ref().unwrap().operation.clone();
-        let target = rollout(&job, next.as_ref(), Some(&live));
-        if target.replicas > 0 {
-            assert!(
-                fence >= Some(target.generation) || target.generation == 1,
-                "workers of generation {} start before the fence",
-                target.generation
-            );
-        }
-        live = target;
-        match next {
-            Some(next) => {
-                if stages.last() != Some(&next.stage) {
-                    stages.push(next.stage);
-                }
-                op = next;
-            }
-            None => break,
-        }
-    }
+fn stages_stall_past_their_timeout() {
+    let mut rescaling = op(OperationKind::Rescale, OperationStage::Rescaling);
+    rescaling.stage_started_at = Some(at(0));
+    let timeout = i64::try_from(RESCALING_TIMEOUT.as_secs()).unwrap();
+    assert_eq!(stalled(&rescaling, &at(timeout - 1)), None);
+    let why = stalled(&rescaling, &at(timeout)).unwrap();
+    assert!(why.contains("old workers are not all gone"), "{why}");
+    let restoring = Operation {
+        stage: OperationStage::Restoring,
+        ..rescaling.clone()
+    };
     assert_eq!(
-        stages,
-        [
-            OperationStage::Savepointing,
-            OperationStage::Rescaling,
-            OperationStage::Restoring
-        ]
+        stalled(&restoring, &at(timeout)),
+        None,
+        "restoring takes longer"
     );
-    let status = job.status.unwrap();
-    assert_eq!(status.operation, None, "done");
+    let savepointing = Operation {
+        stage: OperationStage::Savepointing,
+        ..rescaling
+    };
     assert_eq!(
-        live,
-        Rollout {
-            replicas: 3,
-            parallelism: 3,
-            generation: 2,
-            restore_from: op.savepoint_id.clone().unwrap()
-        }
+        stalled(&savepointing, &at(100_000)),
+        None,
+        "it fails instead"
     );
-    assert_eq!(fence, Some(2));
-    assert_eq!(status.worker_generation, Some(2));
-    assert_eq!(status.savepoint_history.len(), 1);
-    assert_eq!(status.scaling_history[0].to, 3);
 }

@@ -4,7 +4,7 @@
 //!
 //! Snapshots live in operator/tests/snapshots/<namespace>-<name>/<kind>.yaml.
 //! After an intended change, regenerate them with
-//! `UPDATE_SNAPSHOTS=1 cargo test -p weir-operator --test snapshots` and
+//! `UPDATE_SNAPSHOTS=1 cargo test -p weir-operator --test integration snapshots` and
 //! review the diff.
 
 use std::collections::BTreeSet;

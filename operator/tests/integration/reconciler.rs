@@ -2,148 +2,17 @@
 //! is checked (method, path, field manager, body) and answered with a canned
 //! response, in the order the reconciler must send them.
 
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::Client;
-use kube::client::Body;
+use http::{Method, StatusCode};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle};
 use weir_crds::StreamingJob;
-use weir_operator::backoff::Backoff;
-use weir_operator::builders::Settings;
-use weir_operator::control::{FakeWorkers, WorkerReport};
-use weir_operator::metrics::Metrics;
+use weir_operator::control::FakeWorkers;
 use weir_operator::reconciler::{self, Context};
 
-const NS: &str = "streams";
-
-fn job(extra_metadata: Value, spec_overrides: Value) -> StreamingJob {
-    let mut metadata = json!({
-        "name": "clicks",
-        "namespace": NS,
-        "uid": "6f1c2a52-8d4e-4c1e-9a57-0c1d2e3f4a5b",
-        "generation": 3,
-        "resourceVersion": "100",
-        "finalizers": ["weir.dev/cleanup"],
-    });
-    merge(&mut metadata, extra_metadata);
-    let mut spec = json!({
-        "kafka": {"bootstrapServers": "kafka:9092"},
-        "source": {"topics": ["clicks"]},
-        "sink": {"topic": "clicks-out"},
-        "checkpoint": {"storage": "s3://bucket/weir"},
-        "parallelism": 2,
-    });
-    merge(&mut spec, spec_overrides);
-    serde_json::from_value(json!({
-        "apiVersion": "weir.dev/v1alpha1",
-        "kind": "StreamingJob",
-        "metadata": metadata,
-        "spec": spec,
-    }))
-    .unwrap()
-}
-
-fn merge(base: &mut Value, patch: Value) {
-    if let (Value::Object(base), Value::Object(patch)) = (base, patch) {
-        for (k, v) in patch {
-            base.insert(k, v);
-        }
-    }
-}
-
-/// One expected request and its canned answer.
-struct Step {
-    method: Method,
-    path: String,
-    /// Query parameters the request must carry (`key=value`).
-    query: Vec<&'static str>,
-    /// Checks on the JSON body (Null when the request has none).
-    check: Box<dyn Fn(&Value) + Send>,
-    status: StatusCode,
-    /// The response body; `None` echoes the request body with a
-    /// resourceVersion, as a server-side apply that created the object does.
-    reply: Option<Value>,
-}
-
-fn step(method: Method, path: &str) -> Step {
-    Step {
-        method,
-        path: path.to_owned(),
-        query: Vec::new(),
-        check: Box::new(|_| {}),
-        status: StatusCode::OK,
-        reply: None,
-    }
-}
-
-impl Step {
-    fn query(mut self, query: Vec<&'static str>) -> Self {
-        self.query = query;
-        self
-    }
-    fn check(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
-        self.check = Box::new(check);
-        self
-    }
-    fn not_found(mut self) -> Self {
-        self.status = StatusCode::NOT_FOUND;
-        self.reply = Some(json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "not found", "reason": "NotFound", "code": 404
-        }));
-        self
-    }
-    fn reply(mut self, reply: Value) -> Self {
-        self.reply = Some(reply);
-        self
-    }
-}
-
-const APPLY: [&str; 2] = ["fieldManager=weir-operator", "force=true"];
-
-fn get(path: &str) -> Step {
-    step(Method::GET, path)
-}
-
-fn apply(path: &str) -> Step {
-    step(Method::PATCH, path).query(APPLY.to_vec())
-}
-
-const APPLY_STATUS: [&str; 2] = ["fieldManager=weir-operator-status", "force=true"];
-
-/// The server-side apply of the job's status, under its own field manager.
-fn apply_status() -> Step {
-    step(
-        Method::PATCH,
-        &format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/streamingjobs/clicks/status"),
-    )
-    .query(APPLY_STATUS.to_vec())
-}
-
-fn event(type_: &'static str, reason: &'static str, note_contains: &'static str) -> Step {
-    step(
-        Method::POST,
-        &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
-    )
-    .check(move |body| {
-        assert_eq!(body["type"], type_, "{body}");
-        assert_eq!(body["reason"], reason, "{body}");
-        assert_eq!(body["regarding"]["kind"], "StreamingJob", "{body}");
-        assert_eq!(body["regarding"]["name"], "clicks", "{body}");
-        assert_eq!(body["reportingController"], "weir-operator", "{body}");
-        let note = body["note"].as_str().unwrap_or_default();
-        assert!(
-            note.contains(note_contains),
-            "note {note:?} lacks {note_contains:?}"
-        );
-    })
-}
+use crate::support::*;
 
 /// A Normal `Created` event about the job naming the child in `related`.
 fn created(kind: &'static str, name: &'static str) -> Step {
@@ -156,69 +25,6 @@ fn created(kind: &'static str, name: &'static str) -> Step {
         assert_eq!(body["related"]["name"], name, "{body}");
     });
     step
-}
-
-async fn serve(handle: Handle<Request<Body>, Response<Body>>, steps: Vec<Step>) {
-    let mut handle = pin!(handle);
-    for (i, step) in steps.into_iter().enumerate() {
-        let (request, send) = handle
-            .next_request()
-            .await
-            .unwrap_or_else(|| panic!("request {i} ({} {}) never came", step.method, step.path));
-        let uri = request.uri().clone();
-        assert_eq!(request.method(), step.method, "request {i}: {uri}");
-        assert_eq!(uri.path(), step.path, "request {i}");
-        let query = uri.query().unwrap_or_default();
-        for param in &step.query {
-            assert!(
-                query.split('&').any(|p| p == *param),
-                "request {i}: {uri} lacks {param}"
-            );
-        }
-        if step.method == Method::PATCH && step.query.contains(&"force=true") {
-            assert_eq!(
-                request.headers()["content-type"],
-                "application/apply-patch+yaml",
-                "request {i}: {uri}"
-            );
-        }
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (step.check)(&body);
-        let reply = step.reply.unwrap_or_else(|| {
-            let mut echoed = body.clone();
-            echoed["metadata"]["resourceVersion"] = json!("1");
-            echoed
-        });
-        let response = Response::builder()
-            .status(step.status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap();
-        send.send_response(response);
-    }
-}
-
-fn context(client: Client, workers: Arc<FakeWorkers>) -> Arc<Context> {
-    Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "weir-operator".into(),
-                instance: Some("weir-operator-0".into()),
-            },
-        ),
-        client,
-        settings: Settings {
-            worker_image: "weir-worker:test".into(),
-        },
-        metrics: Arc::new(Metrics::new().unwrap()),
-        backoff: Backoff::default(),
-        workers,
-    })
 }
 
 /// Runs one reconciliation of `job` against the scripted API server.
@@ -239,33 +45,6 @@ async fn reconcile_after_failures(
     reconcile_with(job, steps, failures, Arc::new(FakeWorkers::default())).await
 }
 
-/// Runs one reconciliation of `job` against the scripted API server and the
-/// scripted `workers`.
-async fn reconcile_with(
-    job: StreamingJob,
-    steps: Vec<Step>,
-    failures: u32,
-    workers: Arc<FakeWorkers>,
-) -> (Result<Action, weir_operator::Error>, Arc<Context>) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve(handle, steps));
-    let ctx = context(Client::new(service, "default"), workers);
-    for _ in 0..failures {
-        ctx.backoff.failed(&reconciler::key(&job));
-    }
-    let result = tokio::time::timeout(
-        Duration::from_secs(10),
-        reconciler::reconcile(Arc::new(job), ctx.clone()),
-    )
-    .await
-    .expect("the reconciler hung waiting for an unexpected request");
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("expected requests were not all made")
-        .unwrap();
-    (result, ctx)
-}
-
 fn owned_by_the_job(body: &Value) {
     let owner = &body["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "StreamingJob", "{body}");
@@ -282,15 +61,6 @@ fn owned_by_the_job(body: &Value) {
         labels["app.kubernetes.io/managed-by"], "weir-operator",
         "{body}"
     );
-}
-
-fn condition<'a>(body: &'a Value, kind: &str) -> &'a Value {
-    body["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} condition in {body}"))
 }
 
 #[tokio::test]
@@ -369,6 +139,11 @@ async fn create_path_applies_every_child_then_the_status() {
         created("Service", "clicks-workers"),
         created("StatefulSet", "clicks"),
         created("PodDisruptionBudget", "clicks"),
+        event(
+            "Normal",
+            "Starting",
+            "starting 2 workers of generation 1 from the newest committed checkpoint",
+        ),
         apply_status()
             .check(|body| {
                 assert_eq!(body["kind"], "StreamingJob");
@@ -398,19 +173,19 @@ async fn an_existing_token_is_kept_and_unchanged_children_emit_no_event() {
     let core = format!("/api/v1/namespaces/{NS}");
     let existing_secret = json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "clicks-control", "namespace": NS, "resourceVersion": "1"},
+        "metadata": {"name": "clicks-control", "namespace": NS, "resourceVersion": "1", "ownerReferences": [owned()]},
         "data": {"token": "c2VjcmV0"}
     });
-    let unchanged = |kind: &str, name: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"}});
+    let unchanged = |kind: &str, name: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": NS, "resourceVersion": "1", "ownerReferences": [owned()]}});
     let sts = json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 1},
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 1, "ownerReferences": [owned()]},
         "spec": {"selector": {}, "template": {"spec": {"containers": []}}},
         "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1}
     });
     let pdb = json!({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1"}
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "ownerReferences": [owned()]}
     });
     let steps = vec![
         get(&format!("{core}/secrets/clicks-control")).reply(existing_secret.clone()),
@@ -449,7 +224,15 @@ async fn an_existing_token_is_kept_and_unchanged_children_emit_no_event() {
             })
             .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
     ];
-    let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
+    // Ready: the workers report they restored and consume.
+    let workers = Arc::new(FakeWorkers::default());
+    for pod in ["clicks-0", "clicks-1"] {
+        workers.report(
+            pod,
+            report(json!({"generation": 1, "phase": "running", "ready": true})),
+        );
+    }
+    let (result, _) = reconcile_with(job(json!({}), json!({})), steps, 0, workers).await;
     assert_eq!(result.unwrap(), Action::requeue(reconciler::STABLE_REQUEUE));
 }
 
@@ -626,14 +409,6 @@ fn scale_to_zero() -> Step {
     }))
 }
 
-fn worker_pods(pods: Value) -> Step {
-    get(&format!("/api/v1/namespaces/{NS}/pods"))
-        .query(vec![
-            "labelSelector=app.kubernetes.io%2Finstance%3Dclicks%2Capp.kubernetes.io%2Fname%3Dweir-worker",
-        ])
-        .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}))
-}
-
 fn remove_finalizer() -> Step {
     step(
         Method::PATCH,
@@ -780,14 +555,6 @@ fn api_failure(step: Step, code: u16, reason: &str, message: &str) -> Step {
     }));
     step.status = StatusCode::from_u16(code).unwrap();
     step
-}
-
-/// The requests before the StatefulSet: Secret, ConfigMap and Service exist
-/// unchanged.
-fn unchanged_until_the_stateful_set() -> Vec<Step> {
-    let mut steps = unchanged_children(json!({}), json!([]));
-    steps.truncate(6);
-    steps
 }
 
 #[tokio::test]
@@ -937,86 +704,33 @@ async fn present_referenced_secrets_are_checked_then_the_children_applied() {
     assert_eq!(result.unwrap_err().reason(), "kube_get");
 }
 
-/// The requests of a reconciliation whose children all exist unchanged,
-/// with `sts_status` as the StatefulSet's status and `pods` as its pods.
-fn unchanged_children(sts_status: Value, pods: Value) -> Vec<Step> {
-    let core = format!("/api/v1/namespaces/{NS}");
-    let object = |api_version: &str, kind: &str, name: &str| {
-        json!({"apiVersion": api_version, "kind": kind,
-               "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"},
-               "data": {"token": "c2VjcmV0"}})
-    };
-    let secret = object("v1", "Secret", "clicks-control");
-    let config_map = object("v1", "ConfigMap", "clicks-job");
-    let service = object("v1", "Service", "clicks-workers");
-    let pdb = object("policy/v1", "PodDisruptionBudget", "clicks");
-    let sts = json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 2},
-        "spec": {"selector": {}, "template": {"spec": {"containers": []}}},
-        "status": sts_status
-    });
-    let sts_path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/clicks");
-    let pdb_path = format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks");
-    vec![
-        get(&format!("{core}/secrets/clicks-control")).reply(secret.clone()),
-        apply(&format!("{core}/secrets/clicks-control")).reply(secret),
-        get(&format!("{core}/configmaps/clicks-job")).reply(config_map.clone()),
-        apply(&format!("{core}/configmaps/clicks-job")).reply(config_map),
-        get(&format!("{core}/services/clicks-workers")).reply(service.clone()),
-        apply(&format!("{core}/services/clicks-workers")).reply(service),
-        get(&sts_path).reply(sts.clone()),
-        apply(&sts_path).reply(sts),
-        get(&pdb_path).reply(pdb.clone()),
-        apply(&pdb_path).reply(pdb),
-        get(&format!("{core}/pods"))
-            .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})),
-    ]
-}
-
-fn worker_pod(name: &str, revision: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
-                     "labels": {"controller-revision-hash": revision}},
-        "status": {"phase": "Running"}
-    })
-}
-
 fn rolling_status() -> Value {
     json!({"replicas": 2, "readyReplicas": 2, "updatedReplicas": 1, "observedGeneration": 2,
            "currentRevision": "clicks-old", "updateRevision": "clicks-new"})
 }
 
 #[tokio::test]
-async fn workers_on_an_older_template_are_restarted() {
+async fn workers_on_an_older_template_are_not_deleted_outside_an_upgrade() {
+    // The pods are replaced only by an upgrade (see the lifecycle tests);
+    // until then the job is not Ready and says an upgrade is pending.
     let pods = json!([
         worker_pod("clicks-0", "clicks-old"),
         worker_pod("clicks-1", "clicks-new")
     ]);
     let mut steps = unchanged_children(rolling_status(), pods);
-    steps.extend([
-        event(
-            "Normal",
-            "Restarting",
-            "restarting clicks-0 on an older pod template",
-        ),
-        step(
-            Method::DELETE,
-            &format!("/api/v1/namespaces/{NS}/pods/clicks-0"),
-        )
-        .check(|body| assert_eq!(body["preconditions"]["uid"], "uid-clicks-0", "{body}"))
-        .reply(worker_pod("clicks-0", "clicks-old")),
+    steps.push(
         apply_status()
             .check(|body| {
                 assert_eq!(
                     condition(body, "Progressing")["reason"],
-                    "RestartPending",
+                    "UpgradePending",
                     "{body}"
-                )
+                );
+                assert_eq!(condition(body, "Ready")["status"], "False", "{body}");
+                assert_eq!(condition(body, "Reconciling")["status"], "True", "{body}");
             })
             .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap()),
-    ]);
+    );
     let (result, _) = reconcile(job(json!({}), json!({})), steps).await;
     assert!(result.is_ok(), "{result:?}");
 }
@@ -1075,7 +789,7 @@ async fn an_unchanged_invalid_verdict_is_not_repeated() {
 fn live_sts(replicas: i32, parallelism: i32, generation: i64, restore: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 2},
+        "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1", "generation": 2, "ownerReferences": [owned()]},
         "spec": {"replicas": replicas, "selector": {}, "template": {"spec": {"containers": [{
             "name": "worker",
             "env": [
@@ -1088,102 +802,10 @@ fn live_sts(replicas: i32, parallelism: i32, generation: i64, restore: &str) -> 
     })
 }
 
-fn env_of(body: &Value, name: &str) -> Value {
-    body["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {body}"))["value"]
-        .clone()
-}
-
-/// The StatefulSet is applied running `replicas` workers of `parallelism`
-/// at `generation` from `restore` (answered with `live`, unchanged).
-fn apply_sts(
-    live: &Value,
-    replicas: i32,
-    parallelism: i32,
-    generation: i64,
-    restore: &'static str,
-) -> Step {
-    apply(&format!(
-        "/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"
-    ))
-    .check(move |body| {
-        assert_eq!(body["spec"]["replicas"], replicas, "{body}");
-        assert_eq!(env_of(body, "WEIR_PARALLELISM"), parallelism.to_string());
-        assert_eq!(env_of(body, "WEIR_GENERATION"), generation.to_string());
-        assert_eq!(env_of(body, "WEIR_RESTORE_FROM"), restore);
-    })
-    .reply(live.clone())
-}
-
-/// The requests of one reconciliation of a job whose StatefulSet is `live`:
-/// the unchanged Secret, ConfigMap and Service, the StatefulSet read,
-/// `operation` (events, pods, status), the StatefulSet applied as `sts`,
-/// and the unchanged PodDisruptionBudget.
-fn operation_steps(live: &Value, operation: Vec<Step>, sts: Step) -> Vec<Step> {
-    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                     "metadata": {"name": "clicks", "namespace": NS, "resourceVersion": "1"}});
-    let pdb_path = format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/clicks");
-    let mut steps = unchanged_until_the_stateful_set();
-    steps.push(
-        get(&format!(
-            "/apis/apps/v1/namespaces/{NS}/statefulsets/clicks"
-        ))
-        .reply(live.clone()),
-    );
-    steps.extend(operation);
-    steps.push(sts);
-    steps.push(get(&pdb_path).reply(pdb.clone()));
-    steps.push(apply(&pdb_path).reply(pdb));
-    steps
-}
-
-/// The status patch of an operation step, checked by `check`.
-fn operation_status(check: impl Fn(&Value) + Send + 'static) -> Step {
-    apply_status()
-        .check(check)
-        .reply(serde_json::to_value(job(json!({}), json!({}))).unwrap())
-}
-
-/// A job with `spec` (over the defaults, with the checkpoint storage in
-/// `storage`) and `status`.
-fn job_with(storage: &std::path::Path, spec: Value, status: Value) -> StreamingJob {
-    let mut spec = spec;
-    merge(
-        &mut spec,
-        json!({"checkpoint": {"storage": format!("file://{}", storage.display())}}),
-    );
-    let mut job = job(json!({}), spec);
-    job.status = Some(serde_json::from_value(status).unwrap());
-    job
-}
-
-fn report(value: Value) -> WorkerReport {
-    serde_json::from_value(value).unwrap()
-}
-
 fn running_op(kind: &str, stage: &str, deadline: &str) -> Value {
     json!({"kind": kind, "stage": stage, "targetParallelism": 3, "savepointId": "rescale-1",
            "fromParallelism": 2, "workerGeneration": 2,
            "startedAt": "2026-11-21T08:00:00Z", "deadline": deadline})
-}
-
-const LATER: &str = "2099-01-01T00:00:00Z";
-const EARLIER: &str = "2000-01-01T00:00:00Z";
-
-fn savepoint_calls(workers: &FakeWorkers) -> Vec<(String, &'static str, &'static str, Value)> {
-    workers
-        .take_calls()
-        .into_iter()
-        .filter(|c| c.method == "POST")
-        .map(|c| {
-            assert_eq!(c.token.as_deref(), Some("secret"), "the control token");
-            (c.pod, c.method, c.path, c.body)
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -1202,15 +824,15 @@ async fn a_parallelism_change_starts_a_rescale_with_a_stop_with_savepoint() {
     let steps = operation_steps(
         &live,
         vec![
+            worker_pods(json!([
+                worker_pod("clicks-0", "r1"),
+                worker_pod("clicks-1", "r1")
+            ])),
             event(
                 "Normal",
                 "RescaleStarted",
                 "rescaling from 2 to 3 workers through savepoint rescale-",
             ),
-            worker_pods(json!([
-                worker_pod("clicks-0", "r1"),
-                worker_pod("clicks-1", "r1")
-            ])),
             operation_status(|body| {
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Savepointing", "{body}");
@@ -1516,11 +1138,11 @@ async fn suspend_stops_with_a_savepoint_first() {
     let steps = operation_steps(
         &live,
         vec![
-            event("Normal", "SuspendStarted", "stop-with-savepoint suspend-"),
             worker_pods(json!([
                 worker_pod("clicks-0", "r1"),
                 worker_pod("clicks-1", "r1")
             ])),
+            event("Normal", "SuspendStarted", "stop-with-savepoint suspend-"),
             operation_status(|body| {
                 assert_eq!(body["status"]["operation"]["kind"], "suspend", "{body}");
                 assert_eq!(
@@ -1554,12 +1176,12 @@ async fn resume_fences_and_restores_the_suspend_savepoint() {
     let steps = operation_steps(
         &live,
         vec![
+            worker_pods(json!([])),
             event(
                 "Normal",
                 "ResumeStarted",
                 "resuming 2 workers from savepoint suspend-9",
             ),
-            worker_pods(json!([])),
             event(
                 "Normal",
                 "Restoring",
