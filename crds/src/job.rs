@@ -576,6 +576,16 @@ pub struct KeyByStep {
         "rule": "!has(self.gap) || duration(self.gap) > duration('0s')",
         "message": "gap must be greater than 0",
         "fieldPath": ".gap"
+    },
+    {
+        "rule": "!has(self.timeZone) || self.type == 'tumbling'",
+        "message": "timeZone applies to tumbling windows only",
+        "fieldPath": ".timeZone"
+    },
+    {
+        "rule": "!has(self.timeZone) || !has(self.size) || duration(self.size) >= duration('1h')",
+        "message": "a window with a timeZone lasts at least 1h",
+        "fieldPath": ".timeZone"
     }
 ]))]
 pub struct WindowStep {
@@ -601,6 +611,15 @@ pub struct WindowStep {
     /// than that go to lateData. Default 0s.
     #[serde(default)]
     pub allowed_lateness: Duration,
+
+    /// IANA time zone, such as `Europe/Berlin`, whose wall clock aligns a
+    /// tumbling window of an hour or more: a `24h` window then runs from
+    /// local midnight to local midnight (23 or 25 hours on the days the
+    /// clocks change) and `window_start`/`window_end` are those instants.
+    /// Without it windows are aligned to UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
 }
 
 /// The kind of an event-time window.

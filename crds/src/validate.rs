@@ -56,6 +56,10 @@ pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
 /// The shortest spec.savepoint.periodicInterval.
 pub const MIN_PERIODIC_SAVEPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The shortest tumbling window a `timeZone` may align (one hour), in
+/// milliseconds.
+pub const MIN_ZONED_WINDOW_MS: i64 = 3_600_000;
+
 /// Names of fields every aggregate output carries, which aggregate fields
 /// may not reuse.
 pub const AGGREGATE_RESERVED_FIELDS: &[&str] = &["key", "window_start", "window_end"];
@@ -682,6 +686,26 @@ impl Checks {
             (WindowKind::Session, Some(gap)) => self.positive(&format!("{path}.gap"), gap),
             (_, Some(_)) => self.add(format!("{path}.gap"), "applies to session windows only"),
             (_, None) => {}
+        }
+        if let Some(zone) = &window.time_zone {
+            let zone_path = format!("{path}.timeZone");
+            if window.kind != WindowKind::Tumbling {
+                self.add(&zone_path, "applies to tumbling windows only");
+            } else if window
+                .size
+                .is_some_and(|size| size.as_millis() < MIN_ZONED_WINDOW_MS)
+            {
+                self.add(
+                    &zone_path,
+                    "needs a window of at least 1h (shorter windows fall alike in every zone)",
+                );
+            }
+            if jiff::tz::TimeZoneDatabase::bundled().get(zone).is_err() {
+                self.add(
+                    &zone_path,
+                    format!("{zone:?} is not an IANA time zone name such as Europe/Berlin"),
+                );
+            }
         }
     }
 

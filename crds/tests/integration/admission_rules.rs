@@ -259,6 +259,19 @@ fn window_rules() {
         },
         "tumbling and sliding windows need a size",
     );
+    expect_rejected(
+        |o| {
+            window(o)["timeZone"] = "Europe/Berlin".into();
+        },
+        "a window with a timeZone lasts at least 1h",
+    );
+    expect_rejected(
+        |o| {
+            *window(o) =
+                serde_json::json!({"type": "session", "gap": "1h", "timeZone": "Europe/Berlin"});
+        },
+        "timeZone applies to tumbling windows only",
+    );
 }
 
 #[test]

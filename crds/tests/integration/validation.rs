@@ -294,6 +294,35 @@ fn window_shapes() {
 }
 
 #[test]
+fn window_time_zones() {
+    let zoned = |window: &str| {
+        let window = window.to_owned();
+        move |d: &mut Value| set(d, "spec.pipeline.2.window", Some(yaml(&window)))
+    };
+    expect_valid(zoned(
+        "{type: tumbling, size: 24h, timeZone: Europe/Berlin}",
+    ));
+    expect_valid(zoned(
+        "{type: tumbling, size: 6h, timeZone: America/New_York}",
+    ));
+    expect_problem(
+        zoned("{type: tumbling, size: 24h, timeZone: Europe/Berlinn}"),
+        "spec.pipeline[2].window.timeZone",
+        "not an IANA time zone name",
+    );
+    expect_problem(
+        zoned("{type: tumbling, size: 30m, timeZone: Europe/Berlin}"),
+        "spec.pipeline[2].window.timeZone",
+        "at least 1h",
+    );
+    expect_problem(
+        zoned("{type: sliding, size: 24h, slide: 1h, timeZone: Europe/Berlin}"),
+        "spec.pipeline[2].window.timeZone",
+        "applies to tumbling windows only",
+    );
+}
+
+#[test]
 fn pipeline_order() {
     // A window needs event time.
     expect_problem(

@@ -465,13 +465,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             controller.tick().await?;
             let (next, _) = read(&controller, &kafka, &topic, partitions, &reading)?;
             reading = next;
-            if reading.lag == 0 || drain_started.elapsed() > DRAIN_TIMEOUT {
+            if reading.lag == 0 {
+                break Instant::now();
+            }
+            if drain_started.elapsed() > DRAIN_TIMEOUT {
+                failure = Some(format!(
+                    "the job did not catch up within {}s after the input ended: {} records unread ({})",
+                    DRAIN_TIMEOUT.as_secs(),
+                    reading.lag,
+                    phase(&controller)
+                ));
                 break Instant::now();
             }
         };
         // Two checkpoints: the watermarks that close the last windows
         // travel through the repartition topic with a checkpoint.
-        while caught_up_at.elapsed() < checkpoint_interval * 2 + TICK {
+        while failure.is_none() && caught_up_at.elapsed() < checkpoint_interval * 2 + TICK {
             tokio::time::sleep(TICK).await;
             controller.tick().await?;
         }
@@ -486,7 +495,24 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             .status
             .as_ref()
             .is_some_and(|s| s.operation.is_some());
-        if (!busy && controller.workers.live() == 0) || stop_started.elapsed() > DRAIN_TIMEOUT {
+        if !busy && controller.workers.live() == 0 {
+            break;
+        }
+        if stop_started.elapsed() > DRAIN_TIMEOUT {
+            let warning = controller
+                .happenings
+                .iter()
+                .rev()
+                .find(|h| h.warning)
+                .map_or(String::new(), |h| {
+                    format!("; last warning {}: {}", h.reason, h.note)
+                });
+            failure.get_or_insert(format!(
+                "the stop with a savepoint did not complete within {}s (stage {}, {} workers running{warning})",
+                DRAIN_TIMEOUT.as_secs(),
+                phase(&controller),
+                controller.workers.live()
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

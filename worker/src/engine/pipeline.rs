@@ -113,7 +113,7 @@ pub struct AggregateField {
 }
 
 /// The window of an aggregate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowOp {
     /// How events map to windows.
     pub assigner: WindowAssigner,
@@ -207,9 +207,13 @@ fn state_kind(operation: &Operation) -> Option<&'static str> {
 fn fingerprint(operation: &Operation, key: Option<&str>) -> Option<String> {
     match operation {
         Operation::Aggregate { window, fields } => {
-            let window = match window.map(|w| w.assigner) {
+            let window = match window.as_ref().map(|w| &w.assigner) {
                 None => "running".to_owned(),
-                Some(WindowAssigner::Tumbling { size }) => format!("tumbling {size}ms"),
+                Some(WindowAssigner::Tumbling { size, zone: None }) => format!("tumbling {size}ms"),
+                Some(WindowAssigner::Tumbling {
+                    size,
+                    zone: Some(zone),
+                }) => format!("tumbling {size}ms in {}", zone.name()),
                 Some(WindowAssigner::Sliding { size, slide }) => {
                     format!("sliding {size}ms every {slide}ms")
                 }
@@ -597,7 +601,10 @@ pipeline: {pipeline}
             p.steps()[2].operation,
             Operation::Aggregate {
                 window: Some(WindowOp {
-                    assigner: WindowAssigner::Tumbling { size: 60_000 },
+                    assigner: WindowAssigner::Tumbling {
+                        size: 60_000,
+                        zone: None,
+                    },
                     allowed_lateness: 0
                 }),
                 ..

@@ -586,7 +586,7 @@ impl TaskProcessor {
                     }
                 }
                 Operation::Aggregate { window, fields } => {
-                    return self.aggregate(pipeline, index, *window, fields, flow, out);
+                    return self.aggregate(pipeline, index, window.as_ref(), fields, flow, out);
                 }
             }
         }

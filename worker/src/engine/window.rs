@@ -1,11 +1,19 @@
 //! Event-time window assignment: which windows an event time belongs to.
 //!
 //! Windows are half-open intervals `[start, end)` in epoch milliseconds.
-//! Tumbling and sliding windows are aligned to the Unix epoch. A session
+//! Tumbling and sliding windows are aligned to the Unix epoch. A tumbling
+//! window with a time zone is aligned to that zone's wall clock instead:
+//! its boundaries are local times (local midnight for day windows), so a
+//! day window lasts 23 or 25 hours on daylight-saving days. A session
 //! window starts as `[t, t + gap)` for one event and grows by merging with
 //! every session of its key it overlaps (see [`crate::engine::task`]).
 
+use jiff::Timestamp;
+use jiff::tz::{AmbiguousOffset, TimeZone, TimeZoneDatabase};
 use weir_crds::job::{WindowKind, WindowStep};
+// The shortest window a time zone may align: the loops that find a window
+// around a daylight-saving fold or gap then take a few steps.
+use weir_crds::validate::MIN_ZONED_WINDOW_MS;
 
 /// A half-open event-time interval `[start, end)` in epoch milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,13 +49,107 @@ impl Window {
 /// the work per event.
 pub const MAX_SLIDING_WINDOWS: i64 = 1000;
 
+/// A time zone whose wall clock aligns windows, from the IANA database
+/// bundled with the worker (the same rules on every host).
+#[derive(Clone, Debug)]
+pub struct Zone {
+    name: String,
+    tz: TimeZone,
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Zone {}
+
+impl Zone {
+    /// The zone of IANA name `name`, such as `Europe/Berlin`.
+    pub fn named(name: &str) -> Result<Zone, WindowError> {
+        let tz = TimeZoneDatabase::bundled()
+            .get(name)
+            .map_err(|_| WindowError::UnknownTimeZone(name.to_owned()))?;
+        Ok(Zone {
+            name: name.to_owned(),
+            tz,
+        })
+    }
+
+    /// Its IANA name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The wall-clock time at instant `t`, as milliseconds since the
+    /// wall clock's 1970-01-01T00:00. Outside the calendar's range, `t`.
+    fn civil(&self, t: i64) -> i64 {
+        match Timestamp::from_millisecond(t) {
+            Ok(ts) => t.saturating_add(i64::from(self.tz.to_offset(ts).seconds()) * 1000),
+            Err(_) => t,
+        }
+    }
+
+    /// The instant of wall-clock time `civil` (see [`Zone::civil`]): in a
+    /// fold the earlier of the two, in a gap the instant the clock jumps
+    /// past it. So later wall-clock times never map to earlier instants,
+    /// and the windows of a zone partition the timeline.
+    fn instant(&self, civil: i64) -> i64 {
+        let Ok(naive) = Timestamp::from_millisecond(civil) else {
+            return civil;
+        };
+        let wall = TimeZone::UTC.to_datetime(naive);
+        let at = |offset: jiff::tz::Offset| civil - i64::from(offset.seconds()) * 1000;
+        match self.tz.to_ambiguous_timestamp(wall).offset() {
+            AmbiguousOffset::Unambiguous { offset } => at(offset),
+            AmbiguousOffset::Fold { before, .. } => at(before),
+            AmbiguousOffset::Gap { before, .. } => {
+                // Read with the offset before the gap, the time lies past
+                // the jump by as much as it lies into the gap: the jump is
+                // the last transition up to there.
+                let later = at(before);
+                Timestamp::from_millisecond(later.saturating_add(1))
+                    .ok()
+                    .and_then(|ts| self.tz.preceding(ts).next())
+                    .map_or(later, |transition| transition.timestamp().as_millisecond())
+            }
+        }
+    }
+
+    /// The tumbling window of `size` wall-clock milliseconds containing
+    /// `t`: from the last aligned local boundary at or before `t` to the
+    /// next one after it. Around a fold or gap an aligned local time can
+    /// map before or after `t`, hence the steps.
+    fn tumbling(&self, t: i64, size: i64) -> Window {
+        let civil = self.civil(t);
+        let mut start_civil = civil - civil.rem_euclid(size);
+        let mut start = self.instant(start_civil);
+        while start > t {
+            start_civil -= size;
+            start = self.instant(start_civil);
+        }
+        let mut end = self.instant(start_civil.saturating_add(size));
+        while end <= t {
+            start_civil = start_civil.saturating_add(size);
+            start = end;
+            end = self.instant(start_civil.saturating_add(size));
+        }
+        Window { start, end }
+    }
+}
+
 /// How events are assigned to windows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WindowAssigner {
-    /// Fixed-size, non-overlapping windows aligned to the epoch.
+    /// Fixed-size, non-overlapping windows aligned to the epoch, or to the
+    /// wall clock of `zone`.
     Tumbling {
-        /// Window length in milliseconds (> 0).
+        /// Window length in milliseconds (> 0); wall-clock milliseconds
+        /// with a zone.
         size: i64,
+        /// The time zone whose local times bound the windows.
+        zone: Option<Zone>,
     },
     /// Windows of `size` starting every `slide` milliseconds.
     Sliding {
@@ -84,6 +186,15 @@ pub enum WindowError {
         /// The slide in milliseconds.
         slide: i64,
     },
+    /// The time zone is not in the IANA time zone database.
+    #[error("unknown time zone {0:?}: give an IANA name such as Europe/Berlin")]
+    UnknownTimeZone(String),
+    /// A time zone is set on a window kind that does not take one.
+    #[error("timeZone applies to tumbling windows only, not to {0} windows")]
+    ZoneOnWrongKind(&'static str),
+    /// A window with a time zone is shorter than an hour.
+    #[error("a window with a timeZone lasts at least 1h, not {0} ms")]
+    ZonedWindowTooShort(i64),
     /// A sliding window's slide is longer than its size.
     #[error("sliding window slide {slide} ms is longer than its size {size} ms")]
     SlideLongerThanSize {
@@ -107,10 +218,21 @@ fn positive(
 impl WindowAssigner {
     /// The assigner of a window step.
     pub fn from_spec(step: &WindowStep) -> Result<WindowAssigner, WindowError> {
+        let zone = step.time_zone.as_deref().map(Zone::named).transpose()?;
+        if zone.is_some() && step.kind != WindowKind::Tumbling {
+            return Err(WindowError::ZoneOnWrongKind(match step.kind {
+                WindowKind::Sliding => "sliding",
+                _ => "session",
+            }));
+        }
         Ok(match step.kind {
-            WindowKind::Tumbling => WindowAssigner::Tumbling {
-                size: positive(step.size, "tumbling", "size")?,
-            },
+            WindowKind::Tumbling => {
+                let size = positive(step.size, "tumbling", "size")?;
+                if zone.is_some() && size < MIN_ZONED_WINDOW_MS {
+                    return Err(WindowError::ZonedWindowTooShort(size));
+                }
+                WindowAssigner::Tumbling { size, zone }
+            }
             WindowKind::Sliding => {
                 let size = positive(step.size, "sliding", "size")?;
                 let slide = positive(step.slide, "sliding", "slide")?;
@@ -133,7 +255,11 @@ impl WindowAssigner {
     /// (see [`crate::engine::event_time`]); arithmetic saturates rather than wraps.
     pub fn assign(&self, t: i64, out: &mut Vec<Window>) {
         match *self {
-            WindowAssigner::Tumbling { size } => {
+            WindowAssigner::Tumbling {
+                size,
+                zone: Some(ref zone),
+            } => out.push(zone.tumbling(t, size)),
+            WindowAssigner::Tumbling { size, zone: None } => {
                 let start = t - t.rem_euclid(size);
                 out.push(Window {
                     start,
@@ -156,6 +282,23 @@ impl WindowAssigner {
             }),
         }
     }
+
+    /// The tumbling or sliding window that starts at `start` (a window this
+    /// assigner made); `None` for sessions, which have no fixed end.
+    pub fn window_starting_at(&self, start: i64) -> Option<Window> {
+        match *self {
+            WindowAssigner::Tumbling {
+                size,
+                zone: Some(ref zone),
+            } => Some(zone.tumbling(start, size)),
+            WindowAssigner::Tumbling { size, zone: None }
+            | WindowAssigner::Sliding { size, .. } => Some(Window {
+                start,
+                end: start.saturating_add(size),
+            }),
+            WindowAssigner::Session { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +310,10 @@ mod tests {
 
     #[test]
     fn tumbling_is_aligned_to_the_epoch() {
-        let a = WindowAssigner::Tumbling { size: 60_000 };
+        let a = WindowAssigner::Tumbling {
+            size: 60_000,
+            zone: None,
+        };
         let mut out = Vec::new();
         a.assign(1_732_176_012_345, &mut out);
         assert_eq!(
@@ -212,11 +358,100 @@ mod tests {
         );
     }
 
+    /// Epoch milliseconds of a zoned time such as
+    /// `2026-03-29T00:00[Europe/Berlin]`.
+    fn ms(zoned: &str) -> i64 {
+        zoned
+            .parse::<jiff::Zoned>()
+            .unwrap()
+            .timestamp()
+            .as_millisecond()
+    }
+
+    fn zoned(size: i64, zone: &str) -> WindowAssigner {
+        WindowAssigner::Tumbling {
+            size,
+            zone: Some(Zone::named(zone).unwrap()),
+        }
+    }
+
+    fn only(assigner: &WindowAssigner, t: i64) -> Window {
+        let mut out = Vec::new();
+        assigner.assign(t, &mut out);
+        assert_eq!(out.len(), 1);
+        out[0]
+    }
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+
+    #[test]
+    fn day_windows_in_a_zone_run_from_local_midnight_to_local_midnight() {
+        let days = zoned(DAY, "Europe/Berlin");
+        // An ordinary day: 24 hours from local midnight (23:00 UTC).
+        let w = only(&days, ms("2026-07-14T12:00[Europe/Berlin]"));
+        assert_eq!(w.start, ms("2026-07-14T00:00[Europe/Berlin]"));
+        assert_eq!(w.end - w.start, DAY);
+        // Clocks go forward on 29 March 2026: a day of 23 hours.
+        let spring = only(&days, ms("2026-03-29T12:00[Europe/Berlin]"));
+        assert_eq!(spring.start, ms("2026-03-29T00:00[Europe/Berlin]"));
+        assert_eq!(spring.end, ms("2026-03-30T00:00[Europe/Berlin]"));
+        assert_eq!(spring.end - spring.start, 23 * HOUR);
+        // And back on 25 October 2026: 25 hours, both 02:30s in it.
+        let autumn = only(&days, ms("2026-10-25T02:30+02:00[Europe/Berlin]"));
+        assert_eq!(autumn.end - autumn.start, 25 * HOUR);
+        assert_eq!(
+            only(&days, ms("2026-10-25T02:30+01:00[Europe/Berlin]")),
+            autumn
+        );
+        // Just before midnight belongs to the day before.
+        let before = only(&days, ms("2026-03-29T00:00[Europe/Berlin]") - 1);
+        assert_eq!(before.end, spring.start);
+    }
+
+    #[test]
+    fn hour_windows_in_a_zone_skip_the_missing_hour_and_hold_the_repeated_one() {
+        let hours = zoned(HOUR, "Europe/Berlin");
+        // 02:00 to 03:00 does not exist on 29 March: 01:xx is followed by 03:xx.
+        let one = only(&hours, ms("2026-03-29T01:30[Europe/Berlin]"));
+        let three = only(&hours, ms("2026-03-29T03:30[Europe/Berlin]"));
+        assert_eq!(one.end, three.start);
+        assert_eq!(three.end - three.start, HOUR);
+        // 02:00 to 03:00 happens twice on 25 October: one window of two hours.
+        let first = only(&hours, ms("2026-10-25T02:10+02:00[Europe/Berlin]"));
+        assert_eq!(first.end - first.start, 2 * HOUR);
+        assert_eq!(
+            only(&hours, ms("2026-10-25T02:50+01:00[Europe/Berlin]")),
+            first
+        );
+    }
+
+    #[test]
+    fn a_zone_is_checked_and_only_tumbling_windows_of_an_hour_or_more_take_one() {
+        let step = |json: &str| WindowAssigner::from_spec(&serde_json::from_str(json).unwrap());
+        assert_eq!(
+            step(r#"{"type":"tumbling","size":"24h","timeZone":"Europe/Berlinn"}"#),
+            Err(WindowError::UnknownTimeZone("Europe/Berlinn".into()))
+        );
+        assert_eq!(
+            step(r#"{"type":"sliding","size":"24h","slide":"1h","timeZone":"Europe/Berlin"}"#),
+            Err(WindowError::ZoneOnWrongKind("sliding"))
+        );
+        assert_eq!(
+            step(r#"{"type":"tumbling","size":"30m","timeZone":"Europe/Berlin"}"#),
+            Err(WindowError::ZonedWindowTooShort(1_800_000))
+        );
+        assert_eq!(
+            step(r#"{"type":"tumbling","size":"24h","timeZone":"Asia/Tokyo"}"#),
+            Ok(zoned(DAY, "Asia/Tokyo"))
+        );
+    }
+
     proptest! {
         #[test]
         fn tumbling_assigns_exactly_the_containing_window(t in -BOUND..BOUND, size in 1i64..10_000_000) {
             let mut out = Vec::new();
-            WindowAssigner::Tumbling { size }.assign(t, &mut out);
+            WindowAssigner::Tumbling { size, zone: None }.assign(t, &mut out);
             prop_assert_eq!(out.len(), 1);
             prop_assert!(out[0].contains(t));
             prop_assert_eq!(out[0].start.rem_euclid(size), 0);
@@ -257,6 +492,37 @@ mod tests {
             let mut out = Vec::new();
             WindowAssigner::Session { gap }.assign(t, &mut out);
             prop_assert_eq!(out, vec![Window { start: t, end: t + gap }]);
+        }
+
+        /// In any zone (daylight saving of an hour, of half an hour at Lord
+        /// Howe, of two hours at Troll, at midnight in Santiago) windows
+        /// contain their events, follow one another without gap or
+        /// overlap, and are found again from their start (as timers do).
+        #[test]
+        fn zoned_windows_partition_the_timeline(
+            from in 1_577_836_800_000i64..1_893_456_000_000,
+            near in -3 * DAY..3 * DAY,
+            zone in prop::sample::select(vec![
+                "Europe/Berlin", "America/New_York", "Australia/Lord_Howe",
+                "Antarctica/Troll", "America/Santiago", "Asia/Kolkata",
+            ]),
+            hours in prop::sample::select(vec![1i64, 2, 3, 6, 24, 48, 168]),
+        ) {
+            // Near the zone's next transition, where the trouble is.
+            let tz = Zone::named(zone).unwrap().tz;
+            let transition = tz
+                .following(Timestamp::from_millisecond(from).unwrap())
+                .next()
+                .map_or(from, |t| t.timestamp().as_millisecond());
+            let t = transition + near;
+            let assigner = zoned(hours * HOUR, zone);
+            let w = only(&assigner, t);
+            prop_assert!(w.contains(t), "{w:?} does not contain {t}");
+            prop_assert_eq!(only(&assigner, w.end).start, w.end);
+            prop_assert_eq!(only(&assigner, w.start - 1).end, w.start);
+            prop_assert_eq!(assigner.window_starting_at(w.start), Some(w));
+            // A wall-clock window is never more than two hours off its size.
+            prop_assert!((w.end - w.start - hours * HOUR).abs() <= 2 * HOUR);
         }
     }
 }

@@ -818,3 +818,72 @@ proptest! {
         prop_assert_eq!(out.counters.records_in, records.len() as u64 + 1);
     }
 }
+
+/// Day windows in Europe/Berlin across both daylight-saving changes of 2026,
+/// against a model that buckets each event by its local date: the days of
+/// 29 March and 25 October last 23 and 25 hours.
+#[test]
+fn day_windows_in_a_time_zone_follow_local_dates_across_daylight_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let wm = ", eventTime: {field: ts}, watermark: {maxOutOfOrderness: 0s, idleTimeout: 0s}";
+    let mut p = processor(
+        dir.path(),
+        wm,
+        r#"[{window: {type: tumbling, size: 24h, timeZone: Europe/Berlin}}, {aggregate: {fields: [{name: n, function: count}]}}]"#,
+        16,
+    );
+    let berlin = jiff::tz::TimeZoneDatabase::bundled()
+        .get("Europe/Berlin")
+        .unwrap();
+    let mut model: BTreeMap<i64, (i64, u64)> = BTreeMap::new();
+    let mut out = Outputs::default();
+    let mut offset = 0;
+    for first in ["2026-03-27T00:00:00Z", "2026-10-23T00:00:00Z"] {
+        let first: jiff::Timestamp = first.parse().unwrap();
+        // One event every 20 minutes for four days.
+        for i in 0..4 * 72 {
+            let ts = first.as_millisecond() + i * 1_200_000;
+            feed(
+                &mut p,
+                offset,
+                format!(r#"{{"ts": {ts}}}"#).as_bytes(),
+                &mut out,
+            );
+            offset += 1;
+            let local = jiff::Timestamp::from_millisecond(ts)
+                .unwrap()
+                .to_zoned(berlin.clone());
+            let day = local.start_of_day().unwrap();
+            let next = local.tomorrow().unwrap().start_of_day().unwrap();
+            model
+                .entry(day.timestamp().as_millisecond())
+                .or_insert((next.timestamp().as_millisecond(), 0))
+                .1 += 1;
+        }
+    }
+    // A later event (in the past: event times far ahead of the wall clock
+    // are refused) fires every day before it.
+    let later: jiff::Timestamp = "2026-11-01T12:00:00Z".parse().unwrap();
+    let later = later.as_millisecond();
+    feed(
+        &mut p,
+        offset,
+        format!(r#"{{"ts": {later}}}"#).as_bytes(),
+        &mut out,
+    );
+    let got: BTreeMap<i64, (i64, u64)> = values(&out)
+        .iter()
+        .map(|v| {
+            (
+                v["window_start"].as_i64().unwrap(),
+                (v["window_end"].as_i64().unwrap(), v["n"].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got, model);
+    let hours: Vec<i64> = got
+        .iter()
+        .map(|(start, (end, _))| (end - start) / 3_600_000)
+        .collect();
+    assert_eq!(hours, vec![24, 24, 23, 24, 24, 24, 24, 25, 24, 24]);
+}

@@ -10,7 +10,7 @@ impl TaskProcessor {
         &mut self,
         pipeline: &Pipeline,
         index: usize,
-        window: Option<WindowOp>,
+        window: Option<&WindowOp>,
         fields: &[AggregateField],
         flow: Flow<'_>,
         out: &mut Outputs,
@@ -150,7 +150,7 @@ impl TaskProcessor {
         key: &[u8],
         keyed: bool,
         t: i64,
-        op: WindowOp,
+        op: &WindowOp,
         fields: &[AggregateField],
         inputs: &[Input],
         emitted: &mut Vec<(Value, Option<i64>)>,
@@ -209,7 +209,7 @@ impl TaskProcessor {
         keyed: bool,
         t: i64,
         gap: i64,
-        op: WindowOp,
+        op: &WindowOp,
         fields: &[AggregateField],
         inputs: &[Input],
         emitted: &mut Vec<(Value, Option<i64>)>,
@@ -379,15 +379,8 @@ impl TaskProcessor {
                 let Some(start) = window_start else {
                     return Ok(());
                 };
-                let size = match op.assigner {
-                    WindowAssigner::Tumbling { size } | WindowAssigner::Sliding { size, .. } => {
-                        size
-                    }
-                    WindowAssigner::Session { .. } => return Ok(()),
-                };
-                let window = Window {
-                    start,
-                    end: start.saturating_add(size),
+                let Some(window) = op.assigner.window_starting_at(start) else {
+                    return Ok(());
                 };
                 let slot = self.state.get_mut(&self.scratch)?;
                 if timer.kind == FIRE
