@@ -548,7 +548,7 @@ pub struct KeyByStep {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.type == 'session' || has(self.size)",
+        "rule": "self.type == 'session' || self.type == 'count' || has(self.size)",
         "message": "tumbling and sliding windows need a size",
         "fieldPath": ".size"
     },
@@ -578,6 +578,21 @@ pub struct KeyByStep {
         "fieldPath": ".gap"
     },
     {
+        "rule": "self.type != 'count' || has(self.count)",
+        "message": "a count window needs a count",
+        "fieldPath": ".count"
+    },
+    {
+        "rule": "self.type == 'count' || (!has(self.count) && !has(self.slideCount))",
+        "message": "count and slideCount apply to count windows only",
+        "fieldPath": ".count"
+    },
+    {
+        "rule": "!has(self.slideCount) || (has(self.count) && self.count % self.slideCount == 0 && self.count / self.slideCount <= 1000)",
+        "message": "slideCount divides count, at most 1000 times",
+        "fieldPath": ".slideCount"
+    },
+    {
         "rule": "!has(self.timeZone) || self.type == 'tumbling'",
         "message": "timeZone applies to tumbling windows only",
         "fieldPath": ".timeZone"
@@ -590,7 +605,8 @@ pub struct KeyByStep {
 ]))]
 pub struct WindowStep {
     /// `tumbling` (fixed, non-overlapping), `sliding` (fixed size, a new
-    /// window every slide) or `session` (closes after a gap with no events).
+    /// window every slide), `session` (closes after a gap with no events),
+    /// all in event time, or `count` (a number of events of a key).
     #[serde(rename = "type")]
     pub kind: WindowKind,
 
@@ -605,6 +621,20 @@ pub struct WindowStep {
     /// Inactivity that closes a session window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<Duration>,
+
+    /// Events per `count` window: every `count` events of a key (in the
+    /// order the task reads them, whatever their event time) make one
+    /// result, with `window_seq` numbering the key's windows from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub count: Option<u32>,
+
+    /// Makes a `count` window slide: a result every `slideCount` events of
+    /// a key, over its last `count` events (fewer until `count` have come).
+    /// Divides `count`, at most 1000 times. Default: `count` (tumbling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub slide_count: Option<u32>,
 
     /// How long after the watermark passes a window's end it still accepts
     /// events (each late event updates and re-emits the result). Events later
@@ -632,6 +662,9 @@ pub enum WindowKind {
     Sliding,
     /// Per-key windows that close after a gap with no events.
     Session,
+    /// Windows of a number of events per key, in the order they are read;
+    /// they need no event time.
+    Count,
 }
 
 /// Aggregates records per key (and window).

@@ -56,13 +56,16 @@ pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
 /// The shortest spec.savepoint.periodicInterval.
 pub const MIN_PERIODIC_SAVEPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The most count windows one event may fall into (`count / slideCount`).
+pub const MAX_COUNT_PANES: u32 = 1000;
+
 /// The shortest tumbling window a `timeZone` may align (one hour), in
 /// milliseconds.
 pub const MIN_ZONED_WINDOW_MS: i64 = 3_600_000;
 
 /// Names of fields every aggregate output carries, which aggregate fields
 /// may not reuse.
-pub const AGGREGATE_RESERVED_FIELDS: &[&str] = &["key", "window_start", "window_end"];
+pub const AGGREGATE_RESERVED_FIELDS: &[&str] = &["key", "window_start", "window_end", "window_seq"];
 
 /// One thing wrong with a StreamingJob: the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,7 +590,11 @@ impl Checks {
                     keyed_at = Some(i);
                 }
                 Operation::Window => {
-                    if spec.source.event_time.is_none() {
+                    let counted = step
+                        .window
+                        .as_ref()
+                        .is_some_and(|w| w.kind == WindowKind::Count);
+                    if spec.source.event_time.is_none() && !counted {
                         self.add(
                             &op_path,
                             "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)",
@@ -629,7 +636,12 @@ impl Checks {
                 "must be followed directly by an aggregate step",
             );
         }
-        steps.iter().any(|step| step.window.is_some())
+        // Only event-time windows make events late.
+        steps.iter().any(|step| {
+            step.window
+                .as_ref()
+                .is_some_and(|w| w.kind != WindowKind::Count)
+        })
     }
 
     fn map_fields(&mut self, path: &str, map: &crate::job::MapStep) {
@@ -687,6 +699,7 @@ impl Checks {
             (_, Some(_)) => self.add(format!("{path}.gap"), "applies to session windows only"),
             (_, None) => {}
         }
+        self.count_window(path, window);
         if let Some(zone) = &window.time_zone {
             let zone_path = format!("{path}.timeZone");
             if window.kind != WindowKind::Tumbling {
@@ -709,6 +722,48 @@ impl Checks {
         }
     }
 
+    /// The fields of a count window, and the time-window fields it refuses.
+    fn count_window(&mut self, path: &str, window: &WindowStep) {
+        if window.kind != WindowKind::Count {
+            if window.count.is_some() {
+                self.add(format!("{path}.count"), "applies to count windows only");
+            }
+            if window.slide_count.is_some() {
+                self.add(
+                    format!("{path}.slideCount"),
+                    "applies to count windows only",
+                );
+            }
+            return;
+        }
+        if window.allowed_lateness.as_millis() != 0 {
+            self.add(
+                format!("{path}.allowedLateness"),
+                "applies to event-time windows only: a count window takes every event",
+            );
+        }
+        let Some(count) = window.count else {
+            self.add(format!("{path}.count"), "required for count windows");
+            return;
+        };
+        if count == 0 {
+            self.add(format!("{path}.count"), "must be at least 1");
+        }
+        if let Some(slide) = window.slide_count {
+            if slide == 0 || !count.is_multiple_of(slide) {
+                self.add(
+                    format!("{path}.slideCount"),
+                    format!("must divide count ({count})"),
+                );
+            } else if count / slide > MAX_COUNT_PANES {
+                self.add(
+                    format!("{path}.slideCount"),
+                    format!("puts each event in more than {MAX_COUNT_PANES} windows: at least count / {MAX_COUNT_PANES}"),
+                );
+            }
+        }
+    }
+
     fn aggregate(&mut self, path: &str, aggregate: &AggregateStep) {
         let mut seen = BTreeSet::new();
         for (j, field) in aggregate.fields.iter().enumerate() {
@@ -718,7 +773,7 @@ impl Checks {
             } else if AGGREGATE_RESERVED_FIELDS.contains(&field.name.as_str()) {
                 self.add(
                     format!("{field_path}.name"),
-                    format!("{:?} is reserved: every aggregate output has key, window_start and window_end", field.name),
+                    format!("{:?} is reserved: aggregate outputs carry key, window_start, window_end and window_seq", field.name),
                 );
             } else if !seen.insert(field.name.as_str()) {
                 self.add(
@@ -752,7 +807,7 @@ impl Checks {
             if !has_window {
                 self.add(
                     "spec.lateData",
-                    "the pipeline has no window, so no event can be late",
+                    "the pipeline has no event-time window, so no event can be late",
                 );
             }
         }

@@ -272,6 +272,24 @@ fn window_rules() {
         },
         "timeZone applies to tumbling windows only",
     );
+    expect_rejected(
+        |o| {
+            *window(o) = serde_json::json!({"type": "count"});
+        },
+        "a count window needs a count",
+    );
+    expect_rejected(
+        |o| {
+            *window(o) = serde_json::json!({"type": "count", "count": 10, "slideCount": 3});
+        },
+        "slideCount divides count, at most 1000 times",
+    );
+    expect_rejected(
+        |o| {
+            window(o)["count"] = 10.into();
+        },
+        "count and slideCount apply to count windows only",
+    );
 }
 
 #[test]

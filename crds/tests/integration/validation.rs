@@ -294,6 +294,67 @@ fn window_shapes() {
 }
 
 #[test]
+fn count_windows() {
+    // Without lateData, which only event-time windows can feed.
+    let window = |window: &str| {
+        let window = window.to_owned();
+        move |d: &mut Value| {
+            set(d, "spec.pipeline.2.window", Some(yaml(&window)));
+            set(d, "spec.lateData", None);
+        }
+    };
+    expect_valid(window("{type: count, count: 100}"));
+    expect_valid(window("{type: count, count: 100, slideCount: 20}"));
+    // Count windows need no event time.
+    expect_valid(|d| {
+        window("{type: count, count: 10}")(d);
+        set(d, "spec.source.eventTime", None);
+    });
+    expect_problem(
+        window("{type: count}"),
+        "spec.pipeline[2].window.count",
+        "required for count windows",
+    );
+    expect_problem(
+        window("{type: count, count: 100, slideCount: 30}"),
+        "spec.pipeline[2].window.slideCount",
+        "must divide count (100)",
+    );
+    expect_problem(
+        window("{type: count, count: 100000, slideCount: 1}"),
+        "spec.pipeline[2].window.slideCount",
+        "more than 1000 windows",
+    );
+    expect_problem(
+        window("{type: count, count: 10, size: 1m}"),
+        "spec.pipeline[2].window.size",
+        "applies to tumbling and sliding windows only",
+    );
+    expect_problem(
+        window("{type: count, count: 10, allowedLateness: 5s}"),
+        "spec.pipeline[2].window.allowedLateness",
+        "event-time windows only",
+    );
+    expect_problem(
+        window("{type: tumbling, size: 1m, count: 10}"),
+        "spec.pipeline[2].window.count",
+        "applies to count windows only",
+    );
+    // lateData needs an event-time window: count windows have no late events.
+    expect_problem(
+        |d| {
+            set(
+                d,
+                "spec.pipeline.2.window",
+                Some(yaml("{type: count, count: 10}")),
+            )
+        },
+        "spec.lateData",
+        "no event-time window",
+    );
+}
+
+#[test]
 fn window_time_zones() {
     let zoned = |window: &str| {
         let window = window.to_owned();
@@ -591,7 +652,7 @@ fn topics() {
             set(d, "spec.pipeline.2", None);
         },
         "spec.lateData",
-        "no window",
+        "no event-time window",
     );
 }
 

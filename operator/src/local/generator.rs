@@ -436,6 +436,7 @@ mod tests {
             "clickstream-counts.yaml",
             "iot-sensor-averages.yaml",
             "orders-filter-enrich.yaml",
+            "vibration-count-windows.yaml",
         ] {
             let spec = sample(name);
             let dir = tempfile::tempdir().unwrap();

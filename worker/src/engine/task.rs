@@ -689,6 +689,7 @@ fn dead_letter_source(record: &SourceRecord<'_>, reason: String, out: &mut Outpu
     });
 }
 
+mod count_windows;
 #[cfg(test)]
 mod limits_tests;
 #[cfg(test)]

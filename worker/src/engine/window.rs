@@ -13,7 +13,7 @@ use jiff::tz::{AmbiguousOffset, TimeZone, TimeZoneDatabase};
 use weir_crds::job::{WindowKind, WindowStep};
 // The shortest window a time zone may align: the loops that find a window
 // around a daylight-saving fold or gap then take a few steps.
-use weir_crds::validate::MIN_ZONED_WINDOW_MS;
+use weir_crds::validate::{MAX_COUNT_PANES, MIN_ZONED_WINDOW_MS};
 
 /// A half-open event-time interval `[start, end)` in epoch milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,6 +163,16 @@ pub enum WindowAssigner {
         /// Inactivity gap in milliseconds (> 0).
         gap: i64,
     },
+    /// Windows of `size` events of a key, one ending every `slide` events,
+    /// in the order the task reads them: no event time, no timers, so
+    /// [`WindowAssigner::assign`] gives no time window for them (see
+    /// [`crate::engine::task`]'s count windows).
+    Count {
+        /// Events per window (> 0).
+        size: u64,
+        /// Events between two windows' ends (divides `size`).
+        slide: u64,
+    },
 }
 
 /// A window step of the spec is not usable.
@@ -185,6 +195,20 @@ pub enum WindowError {
         size: i64,
         /// The slide in milliseconds.
         slide: i64,
+    },
+    /// A count window without a positive count.
+    #[error("count window needs a count of at least 1")]
+    MissingCount,
+    /// A count window's slide does not divide its count, or puts each
+    /// event in too many windows.
+    #[error(
+        "count window of {size} events every {slide} events: slideCount must divide count, at most {MAX_COUNT_PANES} times"
+    )]
+    CountSlide {
+        /// Events per window.
+        size: u32,
+        /// Events between windows.
+        slide: u32,
     },
     /// The time zone is not in the IANA time zone database.
     #[error("unknown time zone {0:?}: give an IANA name such as Europe/Berlin")]
@@ -222,6 +246,7 @@ impl WindowAssigner {
         if zone.is_some() && step.kind != WindowKind::Tumbling {
             return Err(WindowError::ZoneOnWrongKind(match step.kind {
                 WindowKind::Sliding => "sliding",
+                WindowKind::Count => "count",
                 _ => "session",
             }));
         }
@@ -247,6 +272,20 @@ impl WindowAssigner {
             WindowKind::Session => WindowAssigner::Session {
                 gap: positive(step.gap, "session", "gap")?,
             },
+            WindowKind::Count => {
+                let size = step
+                    .count
+                    .filter(|&c| c > 0)
+                    .ok_or(WindowError::MissingCount)?;
+                let slide = step.slide_count.unwrap_or(size);
+                if slide == 0 || !size.is_multiple_of(slide) || size / slide > MAX_COUNT_PANES {
+                    return Err(WindowError::CountSlide { size, slide });
+                }
+                WindowAssigner::Count {
+                    size: u64::from(size),
+                    slide: u64::from(slide),
+                }
+            }
         })
     }
 
@@ -280,6 +319,7 @@ impl WindowAssigner {
                 start: t,
                 end: t.saturating_add(gap),
             }),
+            WindowAssigner::Count { .. } => {}
         }
     }
 
@@ -296,7 +336,7 @@ impl WindowAssigner {
                 start,
                 end: start.saturating_add(size),
             }),
-            WindowAssigner::Session { .. } => None,
+            WindowAssigner::Session { .. } | WindowAssigner::Count { .. } => None,
         }
     }
 }
@@ -444,6 +484,34 @@ mod tests {
         assert_eq!(
             step(r#"{"type":"tumbling","size":"24h","timeZone":"Asia/Tokyo"}"#),
             Ok(zoned(DAY, "Asia/Tokyo"))
+        );
+    }
+
+    #[test]
+    fn count_windows_slide_by_a_divisor_of_their_count() {
+        let step = |json: &str| WindowAssigner::from_spec(&serde_json::from_str(json).unwrap());
+        assert_eq!(
+            step(r#"{"type":"count","count":100,"slideCount":20}"#),
+            Ok(WindowAssigner::Count {
+                size: 100,
+                slide: 20
+            })
+        );
+        assert_eq!(
+            step(r#"{"type":"count","count":7}"#),
+            Ok(WindowAssigner::Count { size: 7, slide: 7 })
+        );
+        assert_eq!(
+            step(r#"{"type":"count","count":100,"slideCount":30}"#),
+            Err(WindowError::CountSlide {
+                size: 100,
+                slide: 30
+            })
+        );
+        assert_eq!(step(r#"{"type":"count"}"#), Err(WindowError::MissingCount));
+        assert_eq!(
+            step(r#"{"type":"count","count":10,"timeZone":"Europe/Berlin"}"#),
+            Err(WindowError::ZoneOnWrongKind("count"))
         );
     }
 

@@ -232,7 +232,14 @@ fn state_values_round_trip() {
         fired: true,
         accumulators: Accumulators(vec![Accumulator::new(AggregateFunction::Last)]),
     }]);
-    for v in [count(3), sessions, StateValue::Expiry(-17)] {
+    let panes = StateValue::CountPanes {
+        events: 12,
+        panes: vec![
+            Accumulators(vec![Accumulator::new(AggregateFunction::Sum)]),
+            Accumulators(vec![Accumulator::new(AggregateFunction::Max)]),
+        ],
+    };
+    for v in [count(3), sessions, StateValue::Expiry(-17), panes] {
         let mut bytes = Vec::new();
         v.encode(&mut bytes);
         assert_eq!(StateValue::decode(&bytes).unwrap(), v);

@@ -23,11 +23,21 @@ pub enum StateValue {
     Sessions(Vec<Session>),
     /// When a dedupe key expires.
     Expiry(i64),
+    /// The count windows of a key: how many events it has had, and the
+    /// accumulators of its latest panes (`slideCount` events each, the
+    /// last one filling) that the next windows still cover.
+    CountPanes {
+        /// Events of the key so far.
+        events: u64,
+        /// Oldest pane first.
+        panes: Vec<Accumulators>,
+    },
 }
 
 const VALUE_ACCUMULATORS: u8 = 1;
 const VALUE_SESSIONS: u8 = 2;
 const VALUE_EXPIRY: u8 = 3;
+const VALUE_COUNT_PANES: u8 = 4;
 
 impl StateValue {
     /// An estimate of the heap memory the decoded value holds.
@@ -42,6 +52,10 @@ impl StateValue {
                         .sum::<usize>()
             }
             StateValue::Expiry(_) => 0,
+            StateValue::CountPanes { panes, .. } => {
+                panes.capacity() * std::mem::size_of::<Accumulators>()
+                    + panes.iter().map(Accumulators::heap_bytes).sum::<usize>()
+            }
         }
     }
 
@@ -65,6 +79,14 @@ impl StateValue {
             StateValue::Expiry(t) => {
                 out.push(VALUE_EXPIRY);
                 out.extend_from_slice(&t.to_le_bytes());
+            }
+            StateValue::CountPanes { events, panes } => {
+                out.push(VALUE_COUNT_PANES);
+                out.extend_from_slice(&events.to_le_bytes());
+                out.extend_from_slice(&(panes.len() as u32).to_le_bytes());
+                for pane in panes {
+                    pane.encode(out);
+                }
             }
         }
     }
@@ -91,6 +113,15 @@ impl StateValue {
                 StateValue::Sessions(sessions)
             }
             VALUE_EXPIRY => StateValue::Expiry(r.u64()? as i64),
+            VALUE_COUNT_PANES => {
+                let events = r.u64()?;
+                let n = r.u32()?;
+                let mut panes = Vec::new();
+                for _ in 0..n {
+                    panes.push(Accumulators::read(&mut r)?);
+                }
+                StateValue::CountPanes { events, panes }
+            }
             _ => return Err(AccumulatorError::Corrupt("unknown state value tag")),
         };
         if r.is_empty() {

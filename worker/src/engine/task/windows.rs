@@ -40,6 +40,19 @@ impl TaskProcessor {
                 update(accs, &inputs, time);
                 emitted.push((result(flow.keyed, &key, None, accs, fields), flow.time));
             }
+            Some(WindowOp {
+                assigner: WindowAssigner::Count { size, slide },
+                ..
+            }) => self.count_update(
+                step.id,
+                &key,
+                flow.keyed,
+                (*size, *slide),
+                fields,
+                &inputs,
+                flow.time,
+                &mut emitted,
+            )?,
             Some(op) => {
                 let Some(t) = flow.time else {
                     dead_letter_reason(
