@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use weir_crds::StreamingJob;
-use weir_crds::status::{OperationKind, ScalingRecord};
+use weir_crds::status::OperationKind;
 
 use super::workers::LocalWorkers;
-use crate::autoscaler::{Autoscaler, Decision, Policy, Sample};
+use crate::autoscaler::{self, Autoscaler, Controls, Outcome, Policy, Sample, Situation};
 use crate::control::{WorkerControl, WorkerReport};
 use crate::disposal::JobStorage;
 use crate::operation::{self, Effect, Live, Next, Observation};
@@ -95,6 +96,11 @@ pub struct LocalController {
     /// The autoscaler's last decision in words.
     pub last_decision: String,
     in_flight: Option<(OperationKind, Instant, i32, String)>,
+    /// Scaled to zero by the autoscaler (the operator's
+    /// [`autoscaler::SCALED_TO_ZERO_ANNOTATION`]).
+    parked: bool,
+    /// Since when the lag has been zero.
+    zero_lag_since_ms: Option<i64>,
 }
 
 fn now() -> Time {
@@ -127,6 +133,8 @@ impl LocalController {
             checkpoints_taken: 0,
             last_decision: String::new(),
             in_flight: None,
+            parked: false,
+            zero_lag_since_ms: None,
         }
     }
 
@@ -168,58 +176,108 @@ impl LocalController {
         }
     }
 
-    /// Feeds the autoscaler one sample; a decision to rescale sets
-    /// `spec.parallelism`, which the operation machine then carries out.
+    /// Feeds the autoscaler one sample and evaluates the job as the
+    /// operator's lag sampler does ([`autoscaler::evaluate`]): a rescale
+    /// sets `spec.parallelism`, which the operation machine then carries
+    /// out; scale to zero (`autoscaler.idleAfter`) parks the job, which then
+    /// runs as suspended until its lag wakes it; the pause and recommend
+    /// annotations are honoured.
     pub fn autoscale(&mut self, reading: &Reading) {
-        let enabled = self.job.spec.autoscaler.as_ref().is_some_and(|a| a.enabled);
-        let running = self.workers.deployed().map_or(0, |d| d.replicas);
-        let busy = self
-            .job
-            .status
-            .as_ref()
-            .is_some_and(|s| s.operation.is_some());
-        if !enabled || running == 0 || busy || self.job.spec.suspend {
+        if self.job.spec.suspend {
+            // The run is stopping.
             return;
         }
-        let at_ms = Timestamp::now().as_millisecond();
-        self.autoscaler.observe(Sample {
-            at_ms,
-            high_watermarks: reading.high_watermarks,
+        let running = self.workers.deployed().map_or(0, |d| d.replicas);
+        let status = self.job.status.clone().unwrap_or_default();
+        let busy = status.operation.is_some();
+        let now_ms = Timestamp::now().as_millisecond();
+        if running > 0 && !busy {
+            self.autoscaler.observe(Sample {
+                at_ms: now_ms,
+                high_watermarks: reading.high_watermarks,
+                lag: reading.lag,
+                processed: Some(reading.records_in),
+                busy_ratio: reading.busy_ratio,
+                parallelism: running,
+            });
+        }
+        self.zero_lag_since_ms =
+            autoscaler::zero_lag_since(self.zero_lag_since_ms, reading.lag, now_ms);
+        let situation = Situation {
+            now_ms,
+            controls: Controls::new(self.job.spec.autoscaler.as_ref(), self.job.annotations()),
+            running,
+            settled: running > 0
+                && !busy
+                && status.last_failed_operation.is_none()
+                && !self.parked
+                && self.job.spec.parallelism == running,
+            parked: self.parked,
+            last_rescale_ms: self.last_rescale_ms,
             lag: reading.lag,
-            processed: Some(reading.records_in),
-            busy_ratio: reading.busy_ratio,
-            parallelism: running,
-        });
-        match self.autoscaler.decide(running, self.last_rescale_ms) {
-            Decision::Keep { reason } => self.last_decision = reason,
-            Decision::Rescale { to, recommendation } => {
+            zero_lag_since_ms: self.zero_lag_since_ms,
+        };
+        let outcome = autoscaler::evaluate(&mut self.autoscaler, &situation);
+        let record = autoscaler::history_record(&outcome, self.job.spec.parallelism, now());
+        let status = self.job.status.get_or_insert_with(Default::default);
+        status.target_parallelism = match &outcome {
+            Outcome::Recommend { to, .. } => Some(*to),
+            _ => None,
+        };
+        if let Some(mut record) = record {
+            record.lag = Some(reading.lag);
+            status.scaling_history.insert(0, record);
+        }
+        match outcome {
+            Outcome::Hold { reason } | Outcome::Recommend { reason, .. } => {
+                self.last_decision = reason;
+            }
+            Outcome::Scale {
+                from,
+                to,
+                recommendation,
+            } => {
                 self.last_decision = recommendation.reason.clone();
                 self.happen(
                     false,
                     "AutoscalerDecision",
-                    format!("{running} -> {to}: {}", recommendation.reason),
+                    format!("{from} -> {to}: {}", recommendation.reason),
                 );
                 self.job.spec.parallelism = to;
-                let status = self.job.status.get_or_insert_with(Default::default);
-                status.scaling_history.insert(
-                    0,
-                    ScalingRecord {
-                        time: now(),
-                        from: running,
-                        to,
-                        reason: recommendation.reason,
-                        input_rate: Some(recommendation.rates.input_rate),
-                        lag: Some(reading.lag),
-                        per_worker_rate: recommendation.rates.per_worker_rate,
-                    },
+            }
+            Outcome::ScaleToZero { from, idle_ms } => {
+                self.parked = true;
+                self.happen(
+                    false,
+                    "ScalingToZero",
+                    format!(
+                        "{from} -> 0: no lag for {:.0}s (autoscaler.idleAfter)",
+                        idle_ms as f64 / 1000.0
+                    ),
                 );
+            }
+            Outcome::Wake { reason } => {
+                self.parked = false;
+                self.happen(false, "Waking", format!("resuming: {reason}"));
             }
         }
     }
 
+    /// One reconciliation of the job as it must run: a parked job runs as
+    /// if `spec.suspend` were set (as the operator's
+    /// [`crate::lag::sampler::effective`] view), so the operation machine
+    /// stops it with a savepoint and resumes it from there once woken.
+    pub async fn tick(&mut self) -> anyhow::Result<()> {
+        let suspend = self.job.spec.suspend;
+        self.job.spec.suspend |= self.parked;
+        let result = self.reconcile().await;
+        self.job.spec.suspend = suspend;
+        result
+    }
+
     /// One reconciliation: a step of the operation in flight (or of a new
     /// one), then the workers brought to what it says they run.
-    pub async fn tick(&mut self) -> anyhow::Result<()> {
+    async fn reconcile(&mut self) -> anyhow::Result<()> {
         let desired = match self.workers.deployed().cloned() {
             Some(deployed) => {
                 self.step(&now(), &deployed).await?;

@@ -465,6 +465,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             controller.tick().await?;
             let (next, _) = read(&controller, &kafka, &topic, partitions, &reading)?;
             reading = next;
+            // A job scaled to zero must wake to work off what is left.
+            controller.autoscale(&reading);
             if reading.lag == 0 {
                 break Instant::now();
             }

@@ -169,3 +169,48 @@ async fn a_worker_killed_mid_run_loses_nothing() {
         summary.events
     );
 }
+
+/// With `autoscaler.idleAfter`, a job whose input stops is stopped with a
+/// savepoint and scaled to zero, as the operator does; when records come
+/// again it wakes from that savepoint, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_job_scales_to_zero_and_wakes_when_records_come() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = run_options(&dir, "300:8s,0:20s,300:8s");
+    let job = std::fs::read_to_string(&options.file).unwrap().replace(
+        "    scaleDownStabilizationWindow: 6s\n",
+        "    scaleDownStabilizationWindow: 6s\n    idleAfter: 5s\n    activationLag: 0\n",
+    );
+    std::fs::write(&options.file, job).unwrap();
+    let summary = local::run(RunOptions {
+        keys: 50,
+        seed: 11,
+        ..options
+    })
+    .await
+    .unwrap();
+    println!("{}", summary.text());
+    assert!(summary.failure.is_none(), "{:?}", summary.failure);
+    assert!(summary.comparison.matches(), "{:?}", summary.comparison);
+    let parked = summary
+        .rescales
+        .iter()
+        .position(|r| r.to == 0)
+        .expect("scaled to zero");
+    assert!(summary.rescales[parked].savepoint.is_some());
+    assert!(
+        summary.rescales[parked + 1..]
+            .iter()
+            .any(|r| r.from == 0 && r.to > 0),
+        "woken: {:?}",
+        summary.rescales
+    );
+    for reason in ["ScalingToZero", "Waking"] {
+        assert!(
+            summary.events.iter().any(|e| e.reason == reason),
+            "{reason}: {:?}",
+            summary.events
+        );
+    }
+}
