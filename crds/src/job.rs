@@ -456,8 +456,8 @@ pub enum StartingOffsets {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.filter), has(self.map), has(self.keyBy), has(self.window), has(self.aggregate), has(self.dedupe)].filter(x, x).size() == 1",
-    "message": "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe"
+    "rule": "[has(self.filter), has(self.map), has(self.keyBy), has(self.window), has(self.aggregate), has(self.dedupe), has(self.pattern)].filter(x, x).size() == 1",
+    "message": "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern"
 }]))]
 pub struct Step {
     /// Name of the step, used in metrics and in internal topic names.
@@ -494,6 +494,12 @@ pub struct Step {
     /// Drops records whose key was already seen within a time to live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedupe: Option<DedupeStep>,
+
+    /// Detects a sequence of events of each key (complex event
+    /// processing), such as three failed logins then a password change
+    /// within 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<PatternStep>,
 }
 
 /// Computes new fields from each record.
@@ -740,6 +746,86 @@ pub struct DedupeStep {
     /// How long a key is remembered (in event time when the source has
     /// event time, else in processing time).
     pub ttl: Duration,
+}
+
+/// Detects a sequence of events of one key, in event-time order: the
+/// stages in turn, within a time bound. Each match is one output record
+/// with `key`, `match_start`, `match_end` (epoch milliseconds) and, per
+/// stage, the list of the records it took. Events wait in state until the
+/// watermark passes them; events behind the watermark go to lateData.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.sequence.size() == 0 || !has(self.sequence[self.sequence.size() - 1].absent) || !self.sequence[self.sequence.size() - 1].absent || has(self.within)",
+    "message": "an absent last stage needs within",
+    "fieldPath": ".within"
+}]))]
+pub struct PatternStep {
+    /// The stages, in order; every event that meets the first stage's
+    /// condition starts a partial match. A completed match drops the
+    /// partial matches that started before its last event, so matches
+    /// never share events.
+    #[schemars(length(min = 1, max = 16))]
+    pub sequence: Vec<PatternStage>,
+
+    /// The longest a match may last, from its first event to its last (or,
+    /// with an absent last stage, until the absence is confirmed). Unset:
+    /// no bound, but then partial matches only end by completing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+
+    /// `relaxed` (default): events that meet no awaited condition may come
+    /// in between and are skipped. `strict`: such an event ends the partial
+    /// match.
+    #[serde(default)]
+    pub contiguity: Contiguity,
+}
+
+/// One stage of a pattern.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.times) || !has(self.oneOrMore) || !self.oneOrMore",
+    "message": "times and oneOrMore exclude each other",
+    "fieldPath": ".oneOrMore"
+}]))]
+pub struct PatternStage {
+    /// Name of the stage: the output field that lists its records.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+
+    /// CEL expression over `record` that an event of this stage meets,
+    /// for example `record.type == "login_failed"`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub condition: String,
+
+    /// Exactly this many events meeting the condition. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub times: Option<u32>,
+
+    /// One or more events, greedily: the stage takes every event meeting
+    /// its condition until one meets the next stage's. Not on the last
+    /// stage, nor before an absent one.
+    #[serde(default)]
+    pub one_or_more: bool,
+
+    /// The stage matches the absence of such an event: the match completes
+    /// `within` after its first event unless one came by then ("A not
+    /// followed by B within T"). Last stage only, and not the first.
+    #[serde(default)]
+    pub absent: bool,
+}
+
+/// Whether other events may come between a pattern's events.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Contiguity {
+    /// They may, and are skipped.
+    #[default]
+    Relaxed,
+    /// They may not: such an event ends the partial match.
+    Strict,
 }
 
 /// Where results go.

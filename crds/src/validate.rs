@@ -16,9 +16,9 @@ use kube::api::ObjectMeta;
 use crate::duration::Duration;
 use crate::expr;
 use crate::job::{
-    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, KafkaSpec, PodOverrides,
-    SourceSpec, StateSpec, Step, StreamingJob, StreamingJobSpec, TimestampFormat, WindowKind,
-    WindowStep,
+    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, KafkaSpec, PatternStep,
+    PodOverrides, SourceSpec, StateSpec, Step, StreamingJob, StreamingJobSpec, TimestampFormat,
+    WindowKind, WindowStep,
 };
 use crate::quantity;
 use crate::schema;
@@ -55,6 +55,10 @@ pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
 
 /// The shortest spec.savepoint.periodicInterval.
 pub const MIN_PERIODIC_SAVEPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Names of fields every pattern match carries, which stage names may not
+/// reuse.
+pub const PATTERN_RESERVED_FIELDS: &[&str] = &["key", "match_start", "match_end"];
 
 /// The most count windows one event may fall into (`count / slideCount`).
 pub const MAX_COUNT_PANES: u32 = 1000;
@@ -228,6 +232,7 @@ enum Operation {
     Window,
     Aggregate,
     Dedupe,
+    Pattern,
 }
 
 impl Operation {
@@ -239,6 +244,7 @@ impl Operation {
             Operation::Window => "window",
             Operation::Aggregate => "aggregate",
             Operation::Dedupe => "dedupe",
+            Operation::Pattern => "pattern",
         }
     }
 }
@@ -252,6 +258,7 @@ fn operations(step: &Step) -> Vec<Operation> {
         (step.window.is_some(), Operation::Window),
         (step.aggregate.is_some(), Operation::Aggregate),
         (step.dedupe.is_some(), Operation::Dedupe),
+        (step.pattern.is_some(), Operation::Pattern),
     ]
     .into_iter()
     .filter_map(|(set, operation)| set.then_some(operation))
@@ -523,7 +530,7 @@ impl Checks {
                 [] => {
                     self.add(
                         path,
-                        "sets no operation: set exactly one of filter, map, keyBy, window, aggregate, dedupe",
+                        "sets no operation: set exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
                     );
                     continue;
                 }
@@ -532,7 +539,7 @@ impl Checks {
                     self.add(
                         path,
                         format!(
-                            "sets {}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
+                            "sets {}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
                             names.join(" and ")
                         ),
                     );
@@ -626,6 +633,23 @@ impl Checks {
                         self.positive(&format!("{op_path}.ttl"), dedupe.ttl);
                     }
                 }
+                Operation::Pattern => {
+                    if spec.source.event_time.is_none() {
+                        self.add(
+                            &op_path,
+                            "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)",
+                        );
+                    }
+                    if keyed_at.is_none() {
+                        self.add(
+                            &op_path,
+                            "needs a keyBy step before it (key by a constant such as '\"all\"' to match across all events)",
+                        );
+                    }
+                    if let Some(pattern) = &step.pattern {
+                        self.pattern(&op_path, pattern);
+                    }
+                }
             }
         }
         if let Some(window) = window_at
@@ -636,11 +660,13 @@ impl Checks {
                 "must be followed directly by an aggregate step",
             );
         }
-        // Only event-time windows make events late.
+        // Only event-time windows and patterns make events late.
         steps.iter().any(|step| {
-            step.window
-                .as_ref()
-                .is_some_and(|w| w.kind != WindowKind::Count)
+            step.pattern.is_some()
+                || step
+                    .window
+                    .as_ref()
+                    .is_some_and(|w| w.kind != WindowKind::Count)
         })
     }
 
@@ -718,6 +744,72 @@ impl Checks {
                     &zone_path,
                     format!("{zone:?} is not an IANA time zone name such as Europe/Berlin"),
                 );
+            }
+        }
+    }
+
+    /// The stages of a pattern: names, conditions, quantifiers, where an
+    /// absence may stand, and the bound it needs.
+    fn pattern(&mut self, path: &str, pattern: &PatternStep) {
+        if let Some(within) = pattern.within {
+            self.positive(&format!("{path}.within"), within);
+        }
+        let last = pattern.sequence.len().saturating_sub(1);
+        let mut names = BTreeSet::new();
+        for (j, stage) in pattern.sequence.iter().enumerate() {
+            let stage_path = format!("{path}.sequence[{j}]");
+            if PATTERN_RESERVED_FIELDS.contains(&stage.name.as_str()) {
+                self.add(
+                    format!("{stage_path}.name"),
+                    format!(
+                        "{:?} is reserved: every match carries key, match_start and match_end",
+                        stage.name
+                    ),
+                );
+            } else if !names.insert(stage.name.as_str()) {
+                self.add(
+                    format!("{stage_path}.name"),
+                    format!("{:?} names an earlier stage too", stage.name),
+                );
+            }
+            self.expression(format!("{stage_path}.condition"), &stage.condition);
+            if stage.times == Some(0) {
+                self.add(format!("{stage_path}.times"), "must be at least 1");
+            }
+            if stage.one_or_more {
+                if stage.times.is_some() {
+                    self.add(
+                        format!("{stage_path}.oneOrMore"),
+                        "excludes times: a stage takes either exactly times events or one or more",
+                    );
+                }
+                let next_absent = pattern.sequence.get(j + 1).is_some_and(|s| s.absent);
+                if j == last || next_absent {
+                    self.add(
+                        format!("{stage_path}.oneOrMore"),
+                        "needs a next stage that is not absent: it ends when an event meets that stage's condition",
+                    );
+                }
+            }
+            if stage.absent {
+                if j != last || j == 0 {
+                    self.add(
+                        format!("{stage_path}.absent"),
+                        "applies to the last stage only, after at least one other",
+                    );
+                }
+                if stage.times.is_some_and(|t| t != 1) || stage.one_or_more {
+                    self.add(
+                        format!("{stage_path}.absent"),
+                        "an absent stage takes no times or oneOrMore",
+                    );
+                }
+                if pattern.within.is_none() {
+                    self.add(
+                        format!("{path}.within"),
+                        "required with an absent last stage: the absence is confirmed within after the first event",
+                    );
+                }
             }
         }
     }

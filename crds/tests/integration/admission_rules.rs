@@ -299,11 +299,34 @@ fn a_step_with_two_operations_is_rejected() {
             o["spec"]["pipeline"][0]["map"] =
                 serde_json::json!({"fields": [{"name": "a", "expr": "record.a"}]})
         },
-        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
+        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
     );
     expect_rejected(
         |o| o["spec"]["pipeline"][0] = serde_json::json!({"name": "empty"}),
-        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe",
+        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
+    );
+}
+
+#[test]
+fn pattern_rules() {
+    let with_pattern = |pattern: serde_json::Value| {
+        move |o: &mut Value| {
+            let steps = o["spec"]["pipeline"].as_array_mut().unwrap();
+            steps.truncate(3);
+            steps[2] = serde_json::json!({"pattern": pattern});
+        }
+    };
+    expect_rejected(
+        with_pattern(serde_json::json!({"sequence": [
+            {"name": "a", "condition": "true"},
+            {"name": "b", "condition": "true", "absent": true}]})),
+        "an absent last stage needs within",
+    );
+    expect_rejected(
+        with_pattern(serde_json::json!({"sequence": [
+            {"name": "a", "condition": "true", "times": 2, "oneOrMore": true},
+            {"name": "b", "condition": "true"}]})),
+        "times and oneOrMore exclude each other",
     );
 }
 

@@ -355,6 +355,78 @@ fn count_windows() {
 }
 
 #[test]
+fn patterns() {
+    // The base job's window and aggregate are replaced by a pattern.
+    let pattern = |sequence: &str, extra: &str| {
+        let text = format!("{{within: 10m, sequence: {sequence}{extra}}}");
+        move |d: &mut Value| {
+            let steps = d["spec"]["pipeline"].as_sequence_mut().unwrap();
+            steps.truncate(2);
+            steps.push(yaml(&format!("{{pattern: {text}}}")));
+        }
+    };
+    let fraud = r#"[{name: failed, condition: 'record.type == "login_failed"', times: 3},
+                    {name: changed, condition: 'record.type == "password_change"'}]"#;
+    expect_valid(pattern(fraud, ""));
+    expect_valid(pattern(fraud, ", contiguity: strict"));
+    expect_valid(pattern(
+        "[{name: spike, condition: 'record.t > 90.0'}, {name: alarm, condition: 'record.a', absent: true}]",
+        "",
+    ));
+    expect_problem(
+        pattern("[{name: a, condition: 'record.x >'}]", ""),
+        "spec.pipeline[2].pattern.sequence[0].condition",
+        "",
+    );
+    expect_problem(
+        pattern(
+            "[{name: a, condition: 'true'}, {name: a, condition: 'false'}]",
+            "",
+        ),
+        "spec.pipeline[2].pattern.sequence[1].name",
+        "names an earlier stage",
+    );
+    expect_problem(
+        pattern("[{name: key, condition: 'true'}]", ""),
+        "spec.pipeline[2].pattern.sequence[0].name",
+        "reserved",
+    );
+    expect_problem(
+        pattern("[{name: a, condition: 'true', oneOrMore: true}]", ""),
+        "spec.pipeline[2].pattern.sequence[0].oneOrMore",
+        "needs a next stage",
+    );
+    expect_problem(
+        pattern(
+            "[{name: a, condition: 'true', absent: true}, {name: b, condition: 'true'}]",
+            "",
+        ),
+        "spec.pipeline[2].pattern.sequence[0].absent",
+        "last stage only",
+    );
+    expect_problem(
+        |d| {
+            pattern(
+                "[{name: a, condition: 'true'}, {name: b, condition: 'true', absent: true}]",
+                "",
+            )(d);
+            set(d, "spec.pipeline.2.pattern.within", None);
+        },
+        "spec.pipeline[2].pattern.within",
+        "required with an absent last stage",
+    );
+    expect_problem(
+        |d| {
+            pattern(fraud, "")(d);
+            let steps = d["spec"]["pipeline"].as_sequence_mut().unwrap();
+            steps.remove(1);
+        },
+        "spec.pipeline[1].pattern",
+        "needs a keyBy step before it",
+    );
+}
+
+#[test]
 fn window_time_zones() {
     let zoned = |window: &str| {
         let window = window.to_owned();

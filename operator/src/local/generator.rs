@@ -105,6 +105,9 @@ fn source_expressions(spec: &StreamingJobSpec) -> Vec<String> {
         if let Some(aggregate) = &step.aggregate {
             exprs.extend(aggregate.fields.iter().filter_map(|f| f.expr.clone()));
         }
+        if let Some(pattern) = &step.pattern {
+            exprs.extend(pattern.sequence.iter().map(|s| s.condition.clone()));
+        }
         if let Some(map) = &step.map {
             exprs.extend(map.fields.iter().map(|f| f.expr.clone()));
             if !map.keep_input {

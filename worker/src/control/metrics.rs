@@ -20,6 +20,7 @@ pub struct WorkerMetrics {
     records_late: IntCounterVec,
     records_dead_lettered: IntCounterVec,
     records_repartitioned: IntCounterVec,
+    partial_matches_dropped: IntCounterVec,
     partition_lag: IntGaugeVec,
     partition_offset: IntGaugeVec,
     watermark: IntGaugeVec,
@@ -56,6 +57,8 @@ pub struct TaskCounters {
     pub records_dead_lettered: IntCounter,
     /// Records sent to the repartition topic.
     pub records_repartitioned: IntCounter,
+    /// Partial matches of pattern steps dropped for the per-key bound.
+    pub partial_matches_dropped: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -90,6 +93,11 @@ impl WorkerMetrics {
         let records_dead_lettered = counter_vec(
             "weir_records_dead_lettered_total",
             "Records that failed to decode or evaluate (sent to deadLetter or dropped).",
+            &["task"],
+        )?;
+        let partial_matches_dropped = counter_vec(
+            "weir_pattern_partial_matches_dropped_total",
+            "Partial matches of pattern steps dropped, oldest first, because a key had more than the bound.",
             &["task"],
         )?;
         let records_repartitioned = counter_vec(
@@ -154,6 +162,7 @@ impl WorkerMetrics {
             records_late,
             records_dead_lettered,
             records_repartitioned,
+            partial_matches_dropped,
             partition_lag,
             partition_offset,
             watermark,
@@ -178,6 +187,7 @@ impl WorkerMetrics {
             records_late: self.records_late.with_label_values(&l),
             records_dead_lettered: self.records_dead_lettered.with_label_values(&l),
             records_repartitioned: self.records_repartitioned.with_label_values(&l),
+            partial_matches_dropped: self.partial_matches_dropped.with_label_values(&l),
         }
     }
 

@@ -314,6 +314,13 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// The next 2 bytes, little-endian.
+    pub(crate) fn u16(&mut self) -> Result<u16, AccumulatorError> {
+        let mut b = [0u8; 2];
+        b.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(b))
+    }
+
     /// The next 4 bytes, little-endian.
     pub(crate) fn u32(&mut self) -> Result<u32, AccumulatorError> {
         let mut b = [0u8; 4];

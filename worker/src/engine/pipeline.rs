@@ -23,6 +23,7 @@ use weir_crds::job::{AggregateFunction, Step, WindowKind};
 use crate::checkpoint::compatibility::StateBinding;
 use crate::checkpoint::manifest::StepState;
 use crate::engine::event_time::EventTimeSource;
+use crate::engine::pattern::{Contiguity, Pattern, Quantifier, Stage};
 use crate::engine::record::DecodePlan;
 use crate::engine::window::{WindowAssigner, WindowError};
 
@@ -40,7 +41,9 @@ pub enum PipelineError {
         source: CompileError,
     },
     /// A step sets no operation or more than one.
-    #[error("{step}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe")]
+    #[error(
+        "{step}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern"
+    )]
     Operation {
         /// The step's name.
         step: String,
@@ -56,6 +59,12 @@ pub enum PipelineError {
     /// A window is not followed by an aggregate.
     #[error("{step}: a window must be followed by an aggregate")]
     WindowWithoutAggregate {
+        /// The step's name.
+        step: String,
+    },
+    /// A pattern over records without event time.
+    #[error("{step}: a pattern needs source.eventTime")]
+    PatternWithoutEventTime {
         /// The step's name.
         step: String,
     },
@@ -156,6 +165,8 @@ pub enum Operation {
         /// How long a key is remembered, in milliseconds.
         ttl: i64,
     },
+    /// Detects sequences of each key's events.
+    Pattern(Pattern),
 }
 
 /// One compiled step.
@@ -194,6 +205,7 @@ fn state_kind(operation: &Operation) -> Option<&'static str> {
     match operation {
         Operation::Aggregate { .. } => Some("aggregate"),
         Operation::Dedupe { .. } => Some("dedupe"),
+        Operation::Pattern(_) => Some("pattern"),
         Operation::Filter(_) | Operation::Map { .. } | Operation::KeyBy { .. } => None,
     }
 }
@@ -233,6 +245,25 @@ fn fingerprint(operation: &Operation, key: Option<&str>) -> Option<String> {
             ))
         }
         Operation::Dedupe { key, .. } => Some(format!("dedupe({})", key.source())),
+        Operation::Pattern(pattern) => {
+            let stages: Vec<String> = pattern
+                .stages
+                .iter()
+                .map(|s| {
+                    let quantifier = match s.quantifier {
+                        Quantifier::Times(n) => format!("x{n}"),
+                        Quantifier::OneOrMore => "+".to_owned(),
+                    };
+                    let absent = if s.absent { "!" } else { "" };
+                    format!("{absent}{}{quantifier}", s.name)
+                })
+                .collect();
+            Some(format!(
+                "pattern(by {}; {})",
+                key.unwrap_or("nothing"),
+                stages.join(",")
+            ))
+        }
         Operation::Filter(_) | Operation::Map { .. } | Operation::KeyBy { .. } => None,
     }
 }
@@ -261,6 +292,8 @@ fn step_name(step: &Step, index: usize) -> String {
         "aggregate"
     } else if step.dedupe.is_some() {
         "dedupe"
+    } else if step.pattern.is_some() {
+        "pattern"
     } else {
         "step"
     };
@@ -290,6 +323,7 @@ impl Pipeline {
                 step.window.is_some(),
                 step.aggregate.is_some(),
                 step.dedupe.is_some(),
+                step.pattern.is_some(),
             ];
             if set.iter().filter(|s| **s).count() != 1 {
                 return Err(PipelineError::Operation { step: name });
@@ -388,6 +422,39 @@ impl Pipeline {
                     key: compile_expr(&name, "dedupe.key", &dedupe.key)?,
                     ttl,
                 }
+            } else if let Some(spec) = &step.pattern {
+                if event_time == EventTimeSource::None {
+                    return Err(PipelineError::PatternWithoutEventTime { step: name });
+                }
+                let stages = spec
+                    .sequence
+                    .iter()
+                    .enumerate()
+                    .map(|(j, stage)| {
+                        Ok(Stage {
+                            name: stage.name.clone(),
+                            condition: compile_expr(
+                                &name,
+                                &format!("pattern.sequence[{j}].condition"),
+                                &stage.condition,
+                            )?,
+                            quantifier: if stage.one_or_more {
+                                Quantifier::OneOrMore
+                            } else {
+                                Quantifier::Times(stage.times.unwrap_or(1).max(1))
+                            },
+                            absent: stage.absent,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, PipelineError>>()?;
+                Operation::Pattern(Pattern {
+                    stages,
+                    within: spec.within.map(|w| w.as_millis()),
+                    contiguity: match spec.contiguity {
+                        weir_crds::job::Contiguity::Relaxed => Contiguity::Relaxed,
+                        weir_crds::job::Contiguity::Strict => Contiguity::Strict,
+                    },
+                })
             } else {
                 return Err(PipelineError::Operation { step: name });
             };
@@ -557,6 +624,8 @@ fn decode_plan(steps: &[CompiledStep], event_time: &EventTimeSource) -> (DecodeP
                 replaced = true;
                 break;
             }
+            // A match carries its records whole.
+            Operation::Pattern(_) => return (DecodePlan::All, false),
         }
     }
     if whole {
@@ -771,6 +840,6 @@ pipeline: {pipeline}
             );
             compiled += 1;
         }
-        assert_eq!(compiled, 5, "the samples in {}", dir.display());
+        assert_eq!(compiled, 6, "the samples in {}", dir.display());
     }
 }

@@ -113,6 +113,8 @@ pub struct Counters {
     pub dead_lettered: u64,
     /// Records sent to the repartition topic.
     pub repartitioned: u64,
+    /// Partial matches of pattern steps dropped for the per-key bound.
+    pub partial_matches_dropped: u64,
 }
 
 /// Everything processing produces; the runtime drains it after each batch.

@@ -93,6 +93,7 @@ const FIRE: u8 = 1;
 const CLEANUP: u8 = 2;
 const EXPIRE: u8 = 3;
 const SESSION: u8 = 4;
+const PATTERN: u8 = 5;
 
 /// Processing failed for a reason other than the record: the state store.
 #[derive(Debug, Error)]
@@ -585,6 +586,9 @@ impl TaskProcessor {
                         return Ok(());
                     }
                 }
+                Operation::Pattern(pattern) => {
+                    return self.pattern_event(pipeline, index, pattern, flow, out);
+                }
                 Operation::Aggregate { window, fields } => {
                     return self.aggregate(pipeline, index, window.as_ref(), fields, flow, out);
                 }
@@ -692,6 +696,7 @@ fn dead_letter_source(record: &SourceRecord<'_>, reason: String, out: &mut Outpu
 mod count_windows;
 #[cfg(test)]
 mod limits_tests;
+mod patterns;
 #[cfg(test)]
 mod tests;
 mod windows;

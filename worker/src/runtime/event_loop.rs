@@ -297,6 +297,10 @@ impl Running {
             task.counters
                 .records_repartitioned
                 .inc_by(c.repartitioned.saturating_sub(task.reported.repartitioned));
+            task.counters.partial_matches_dropped.inc_by(
+                c.partial_matches_dropped
+                    .saturating_sub(task.reported.partial_matches_dropped),
+            );
             task.reported = c;
         }
         Ok(())

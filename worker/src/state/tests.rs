@@ -239,7 +239,24 @@ fn state_values_round_trip() {
             Accumulators(vec![Accumulator::new(AggregateFunction::Max)]),
         ],
     };
-    for v in [count(3), sessions, StateValue::Expiry(-17), panes] {
+    let pattern = StateValue::Pattern {
+        pending: vec![crate::state::PendingEvent {
+            time: 5,
+            holds: 0b10,
+            value: b"{\"a\":1}".to_vec(),
+        }],
+        partials: vec![crate::engine::pattern::Partial {
+            stage: 1,
+            count: 2,
+            start: -4,
+            events: vec![crate::engine::pattern::Captured {
+                stage: 0,
+                time: -4,
+                value: bytes::Bytes::from_static(b"{}"),
+            }],
+        }],
+    };
+    for v in [count(3), sessions, StateValue::Expiry(-17), panes, pattern] {
         let mut bytes = Vec::new();
         v.encode(&mut bytes);
         assert_eq!(StateValue::decode(&bytes).unwrap(), v);

@@ -1,6 +1,7 @@
 //! The values kept in state and their encoding.
 
 use crate::engine::aggregate::{AccumulatorError, Accumulators, Reader};
+use crate::engine::pattern::{Captured, Partial};
 use crate::engine::window::Window;
 
 /// One session window of a key with its accumulators.
@@ -12,6 +13,17 @@ pub struct Session {
     pub fired: bool,
     /// The aggregate so far.
     pub accumulators: Accumulators,
+}
+
+/// An event waiting at a pattern step until the watermark passes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// Its event time.
+    pub time: i64,
+    /// The stages whose condition it meets, a bit per stage.
+    pub holds: u32,
+    /// The record as JSON (empty when it meets no condition).
+    pub value: Vec<u8>,
 }
 
 /// A value kept in state.
@@ -32,12 +44,21 @@ pub enum StateValue {
         /// Oldest pane first.
         panes: Vec<Accumulators>,
     },
+    /// A key at a pattern step: its events the watermark has not passed,
+    /// and its partial matches.
+    Pattern {
+        /// Sorted by event time.
+        pending: Vec<PendingEvent>,
+        /// Oldest first.
+        partials: Vec<Partial>,
+    },
 }
 
 const VALUE_ACCUMULATORS: u8 = 1;
 const VALUE_SESSIONS: u8 = 2;
 const VALUE_EXPIRY: u8 = 3;
 const VALUE_COUNT_PANES: u8 = 4;
+const VALUE_PATTERN: u8 = 5;
 
 impl StateValue {
     /// An estimate of the heap memory the decoded value holds.
@@ -55,6 +76,16 @@ impl StateValue {
             StateValue::CountPanes { panes, .. } => {
                 panes.capacity() * std::mem::size_of::<Accumulators>()
                     + panes.iter().map(Accumulators::heap_bytes).sum::<usize>()
+            }
+            StateValue::Pattern { pending, partials } => {
+                pending.capacity() * std::mem::size_of::<PendingEvent>()
+                    + pending.iter().map(|e| e.value.capacity()).sum::<usize>()
+                    + partials.capacity() * std::mem::size_of::<Partial>()
+                    + partials
+                        .iter()
+                        .flat_map(|p| &p.events)
+                        .map(|e| std::mem::size_of::<Captured>() + e.value.len())
+                        .sum::<usize>()
             }
         }
     }
@@ -86,6 +117,27 @@ impl StateValue {
                 out.extend_from_slice(&(panes.len() as u32).to_le_bytes());
                 for pane in panes {
                     pane.encode(out);
+                }
+            }
+            StateValue::Pattern { pending, partials } => {
+                out.push(VALUE_PATTERN);
+                out.extend_from_slice(&(pending.len() as u32).to_le_bytes());
+                for e in pending {
+                    out.extend_from_slice(&e.time.to_le_bytes());
+                    out.extend_from_slice(&e.holds.to_le_bytes());
+                    write_bytes(out, &e.value);
+                }
+                out.extend_from_slice(&(partials.len() as u32).to_le_bytes());
+                for p in partials {
+                    out.extend_from_slice(&p.stage.to_le_bytes());
+                    out.extend_from_slice(&p.count.to_le_bytes());
+                    out.extend_from_slice(&p.start.to_le_bytes());
+                    out.extend_from_slice(&(p.events.len() as u32).to_le_bytes());
+                    for e in &p.events {
+                        out.extend_from_slice(&e.stage.to_le_bytes());
+                        out.extend_from_slice(&e.time.to_le_bytes());
+                        write_bytes(out, &e.value);
+                    }
                 }
             }
         }
@@ -122,6 +174,38 @@ impl StateValue {
                 }
                 StateValue::CountPanes { events, panes }
             }
+            VALUE_PATTERN => {
+                let n = r.u32()?;
+                let mut pending = Vec::new();
+                for _ in 0..n {
+                    let time = r.u64()? as i64;
+                    let holds = r.u32()?;
+                    let value = read_bytes(&mut r)?;
+                    pending.push(PendingEvent { time, holds, value });
+                }
+                let n = r.u32()?;
+                let mut partials = Vec::new();
+                for _ in 0..n {
+                    let stage = r.u16()?;
+                    let count = r.u32()?;
+                    let start = r.u64()? as i64;
+                    let m = r.u32()?;
+                    let mut events = Vec::new();
+                    for _ in 0..m {
+                        let stage = r.u16()?;
+                        let time = r.u64()? as i64;
+                        let value = read_bytes(&mut r)?.into();
+                        events.push(Captured { stage, time, value });
+                    }
+                    partials.push(Partial {
+                        stage,
+                        count,
+                        start,
+                        events,
+                    });
+                }
+                StateValue::Pattern { pending, partials }
+            }
             _ => return Err(AccumulatorError::Corrupt("unknown state value tag")),
         };
         if r.is_empty() {
@@ -130,4 +214,14 @@ impl StateValue {
             Err(AccumulatorError::Corrupt("trailing bytes"))
         }
     }
+}
+
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn read_bytes(r: &mut Reader<'_>) -> Result<Vec<u8>, AccumulatorError> {
+    let n = r.u32()? as usize;
+    Ok(r.take(n)?.to_vec())
 }

@@ -999,3 +999,159 @@ fn count_windows_need_no_event_time() {
         ]
     );
 }
+
+/// A match as the tests compare it: key, start, end and the (stage, event
+/// time, amount) of each record it took.
+type MatchSummary = (String, i64, i64, Vec<(String, i64, i64)>);
+
+fn pattern_matches(out: &Outputs, stages: &[&str]) -> Vec<MatchSummary> {
+    let mut got: Vec<MatchSummary> = values(out)
+        .iter()
+        .map(|v| {
+            let mut taken = Vec::new();
+            for stage in stages {
+                for record in v[*stage].as_array().into_iter().flatten() {
+                    taken.push((
+                        (*stage).to_owned(),
+                        record["ts"].as_i64().unwrap(),
+                        record["amount"].as_i64().unwrap(),
+                    ));
+                }
+            }
+            (
+                v["key"].as_str().unwrap().to_owned(),
+                v["match_start"].as_i64().unwrap(),
+                v["match_end"].as_i64().unwrap(),
+                taken,
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// The plain model of a pattern step: drop the late events (at or behind
+/// the watermark, the latest event time less 2 s, when they come), sort
+/// each key's events by event time, run the pattern over them, and confirm
+/// absences up to the final watermark.
+fn pattern_model(pipeline: &str, events: &[Event]) -> Vec<MatchSummary> {
+    let compiled = Pipeline::compile(&spec(WATERMARK, pipeline)).unwrap();
+    let Some(Operation::Pattern(pattern)) = compiled.steps().last().map(|s| &s.operation) else {
+        panic!("the pipeline ends with a pattern");
+    };
+    let mut max: Option<i64> = None;
+    let mut by_key: BTreeMap<String, Vec<(i64, usize)>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let late = max.is_some_and(|m| e.ts <= m - 2_000);
+        max = Some(max.map_or(e.ts, |m| m.max(e.ts)));
+        if !late {
+            by_key
+                .entry(format!("u{}", e.user))
+                .or_default()
+                .push((e.ts, i));
+        }
+    }
+    let watermark = max.unwrap() - 2_000;
+    let mut all = Vec::new();
+    for (key, mut list) in by_key {
+        list.sort();
+        let mut partials = Vec::new();
+        let mut matches = Vec::new();
+        for (ts, i) in list.into_iter().filter(|(ts, _)| *ts <= watermark) {
+            let record: Value = serde_json::from_slice(&events[i].json()).unwrap();
+            let holds = pattern.conditions(&record).unwrap();
+            pattern.advance(&mut partials, ts, false, &mut matches);
+            pattern.feed(&mut partials, ts, &events[i].json(), &holds, &mut matches);
+        }
+        pattern.advance(&mut partials, watermark, true, &mut matches);
+        for m in matches {
+            let taken = m
+                .events
+                .iter()
+                .map(|c| {
+                    let record: Value = serde_json::from_slice(&c.value).unwrap();
+                    (
+                        pattern.stages[usize::from(c.stage)].name.clone(),
+                        c.time,
+                        record["amount"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            all.push((key.clone(), m.start, m.end, taken));
+        }
+    }
+    all.sort();
+    all
+}
+
+const PATTERNS: [(&str, &[&str]); 2] = [
+    (
+        r#"[{keyBy: {expr: record.user, sourcePartitioned: true}}, {pattern: {within: 20s, sequence: [
+            {name: low, condition: "record.amount < 300", times: 2},
+            {name: high, condition: "record.amount >= 700"}]}}]"#,
+        &["low", "high"],
+    ),
+    (
+        r#"[{keyBy: {expr: record.user, sourcePartitioned: true}}, {pattern: {within: 5s, contiguity: strict, sequence: [
+            {name: big, condition: "record.amount >= 600", oneOrMore: true},
+            {name: mid, condition: "record.amount >= 300 && record.amount < 600"},
+            {name: none_small, condition: "record.amount < 100", absent: true}]}}]"#,
+        &["big", "mid"],
+    ),
+];
+
+/// Pattern steps on disordered input with late events and duplicates equal
+/// the model, straight through and across a restart from flushed state.
+#[test]
+fn patterns_equal_the_model_also_across_a_restart() {
+    for (n, (pipeline, stages)) in PATTERNS.iter().enumerate() {
+        let mut events = events(41 + n as u64, 4_000);
+        let duplicates: Vec<Event> = events.iter().step_by(40).cloned().collect();
+        events.extend(duplicates);
+        // A last event far ahead moves the watermark past everything.
+        let end = events.iter().map(|e| e.ts).max().unwrap() + 600_000;
+        events.push(Event {
+            user: 999,
+            ts: end,
+            amount: 500,
+        });
+        let model = pattern_model(pipeline, &events);
+        assert!(
+            model.len() > 50,
+            "pattern {n}: only {} matches",
+            model.len()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(dir.path(), WATERMARK, pipeline, 16);
+        let mut out = Outputs::default();
+        for (i, e) in events.iter().enumerate() {
+            feed(&mut p, i as i64, &e.json(), &mut out);
+        }
+        assert!(out.counters.late > 10, "the data exercises lateness");
+        assert_eq!(out.counters.late, out.late.len() as u64);
+        assert_eq!(pattern_matches(&out, stages), model, "pattern {n}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Outputs::default();
+        let half = events.len() / 2;
+        let meta = {
+            let mut p = processor(dir.path(), WATERMARK, pipeline, 16);
+            for (i, e) in events[..half].iter().enumerate() {
+                feed(&mut p, i as i64, &e.json(), &mut out);
+            }
+            p.state_mut().flush_cache().unwrap();
+            serde_json::to_string(&p.snapshot_meta()).unwrap()
+        };
+        let mut p = processor(dir.path(), WATERMARK, pipeline, 16);
+        p.restore_meta(serde_json::from_str(&meta).unwrap());
+        for (i, e) in events[half..].iter().enumerate() {
+            feed(&mut p, (half + i) as i64, &e.json(), &mut out);
+        }
+        assert_eq!(
+            pattern_matches(&out, stages),
+            model,
+            "restarted: pattern {n}"
+        );
+    }
+}

@@ -439,6 +439,9 @@ impl TaskProcessor {
                     }
                 }
             }
+            (Operation::Pattern(pattern), PATTERN) => {
+                return self.pattern_timer(pipeline, index, pattern, &timer, &key, out);
+            }
             _ => {}
         }
         for (value, time) in emitted {
