@@ -62,6 +62,9 @@ pub struct Reading {
     pub high_watermarks: i64,
     /// Records not yet consumed, summed over the source partitions.
     pub lag: i64,
+    /// Records on the repartition topic not yet processed by the keyed
+    /// stage (the operator's internal backlog).
+    pub in_transit: i64,
     /// The next offset the job reads, per source partition (as last
     /// reported: a stopped worker keeps its last position).
     pub positions: BTreeMap<i32, i64>,
@@ -195,14 +198,15 @@ impl LocalController {
             self.autoscaler.observe(Sample {
                 at_ms: now_ms,
                 high_watermarks: reading.high_watermarks,
-                lag: reading.lag,
+                lag: reading.lag + reading.in_transit,
                 processed: Some(reading.records_in),
                 busy_ratio: reading.busy_ratio,
                 parallelism: running,
             });
         }
+        let backlog = reading.lag + reading.in_transit;
         self.zero_lag_since_ms =
-            autoscaler::zero_lag_since(self.zero_lag_since_ms, reading.lag, now_ms);
+            autoscaler::zero_lag_since(self.zero_lag_since_ms, backlog, now_ms);
         let situation = Situation {
             now_ms,
             controls: Controls::new(self.job.spec.autoscaler.as_ref(), self.job.annotations()),
@@ -214,7 +218,7 @@ impl LocalController {
                 && self.job.spec.parallelism == running,
             parked: self.parked,
             last_rescale_ms: self.last_rescale_ms,
-            lag: reading.lag,
+            lag: backlog,
             zero_lag_since_ms: self.zero_lag_since_ms,
         };
         let outcome = autoscaler::evaluate(&mut self.autoscaler, &situation);

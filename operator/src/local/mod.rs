@@ -33,6 +33,7 @@ use weir_crds::job::StreamingJobSpec;
 
 use crate::control::HttpWorkerControl;
 use crate::disposal::JobStorage;
+use crate::lag;
 use controller::{LocalController, Reading};
 use feed::{Events, Feed, Produced};
 use generator::{EventShape, EventSource, GeneratedEvent};
@@ -218,6 +219,18 @@ fn read(
         let position = reading.positions.get(&partition).copied().unwrap_or(0);
         reading.lag += (high - position).max(0);
     }
+    // Records between the stages of a repartitioned job, as the operator
+    // counts them: past each partition's commit-marker tail.
+    let tail = lag::control_tail(controller.job.spec.guarantee, partitions);
+    reading.in_transit = controller
+        .workers
+        .handles()
+        .iter()
+        .flat_map(|handle| handle.status().tasks)
+        .flat_map(|task| task.partitions)
+        .filter(|p| p.topic != topic)
+        .filter_map(|p| Some((p.high_watermark? - p.offset - tail).max(0)))
+        .sum();
     Ok((reading, watermarks))
 }
 
@@ -467,14 +480,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             reading = next;
             // A job scaled to zero must wake to work off what is left.
             controller.autoscale(&reading);
-            if reading.lag == 0 {
+            view.draw(
+                &settling_frame(&controller, started, reading.lag),
+                &controller.happenings,
+            );
+            if reading.lag == 0 && reading.in_transit == 0 {
                 break Instant::now();
             }
             if drain_started.elapsed() > DRAIN_TIMEOUT {
                 failure = Some(format!(
                     "the job did not catch up within {}s after the input ended: {} records unread ({})",
                     DRAIN_TIMEOUT.as_secs(),
-                    reading.lag,
+                    reading.lag + reading.in_transit,
                     phase(&controller)
                 ));
                 break Instant::now();
@@ -485,6 +502,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
         while failure.is_none() && caught_up_at.elapsed() < checkpoint_interval * 2 + TICK {
             tokio::time::sleep(TICK).await;
             controller.tick().await?;
+            view.draw(
+                &settling_frame(&controller, started, 0),
+                &controller.happenings,
+            );
         }
     }
     // Stop with a savepoint, through the machine, as a suspend.
@@ -500,6 +521,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
         if !busy && controller.workers.live() == 0 {
             break;
         }
+        view.draw(
+            &settling_frame(&controller, started, 0),
+            &controller.happenings,
+        );
         if stop_started.elapsed() > DRAIN_TIMEOUT {
             let warning = controller
                 .happenings
@@ -520,11 +545,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     view.draw(
-        &Frame {
-            elapsed_secs: started.elapsed().as_secs_f64(),
-            phase: phase(&controller),
-            ..Frame::default()
-        },
+        &settling_frame(&controller, started, 0),
         &controller.happenings,
     );
     view.finish();
@@ -586,6 +607,18 @@ impl RunState {
         let path = dir.join(Self::FILE);
         std::fs::write(&path, serde_json::to_vec(self)?)
             .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// A frame of the view after the input ended (catching up, stopping):
+/// no rates, the lag left, the workers and the phase.
+fn settling_frame(controller: &LocalController, started: Instant, lag: i64) -> Frame {
+    Frame {
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        lag,
+        parallelism: controller.workers.deployed().map_or(0, |d| d.replicas),
+        phase: phase(controller),
+        ..Frame::default()
     }
 }
 
