@@ -4,7 +4,7 @@
 //! `slide` events each; a window's result merges them, so an event costs
 //! one accumulator update however many windows it falls into.
 
-use super::windows::update;
+use super::windows::{empty_accumulators, update};
 use super::*;
 
 impl TaskProcessor {
@@ -57,15 +57,6 @@ impl TaskProcessor {
         *slot = Some(StateValue::CountPanes { events, panes });
         Ok(())
     }
-}
-
-fn empty_accumulators(fields: &[AggregateField]) -> Accumulators {
-    Accumulators(
-        fields
-            .iter()
-            .map(|f| Accumulator::new(f.function))
-            .collect(),
-    )
 }
 
 /// The output record of count window number `seq` (from 1) of a key.

@@ -251,12 +251,7 @@ impl TaskProcessor {
         let mut merged = Session {
             window: own,
             fired: false,
-            accumulators: Accumulators(
-                fields
-                    .iter()
-                    .map(|f| Accumulator::new(f.function))
-                    .collect(),
-            ),
+            accumulators: empty_accumulators(fields),
         };
         update(&mut merged.accumulators, inputs, t);
         for s in &touching {
@@ -466,18 +461,23 @@ pub(super) fn step_is_keyed(pipeline: &Pipeline, index: usize) -> bool {
         .any(|s| matches!(s.operation, Operation::KeyBy { .. }))
 }
 
+/// Fresh accumulators of `fields`.
+pub(super) fn empty_accumulators(fields: &[AggregateField]) -> Accumulators {
+    Accumulators(
+        fields
+            .iter()
+            .map(|f| Accumulator::new(f.function))
+            .collect(),
+    )
+}
+
 /// The accumulators in `slot`, created empty when absent.
 pub(super) fn accumulators<'s>(
     slot: &'s mut Option<StateValue>,
     fields: &[AggregateField],
 ) -> &'s mut Accumulators {
     if !matches!(slot, Some(StateValue::Accumulators(_))) {
-        *slot = Some(StateValue::Accumulators(Accumulators(
-            fields
-                .iter()
-                .map(|f| Accumulator::new(f.function))
-                .collect(),
-        )));
+        *slot = Some(StateValue::Accumulators(empty_accumulators(fields)));
     }
     match slot {
         Some(StateValue::Accumulators(accs)) => accs,
