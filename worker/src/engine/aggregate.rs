@@ -373,6 +373,13 @@ fn encode_timed_value(v: &Option<(i64, Value)>, out: &mut Vec<u8>) {
 }
 
 impl Accumulators {
+    /// Adds what `other` (of the same fields) accumulated.
+    pub fn merge(&mut self, other: &Accumulators) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            a.merge(b);
+        }
+    }
+
     /// An estimate of the heap memory the accumulators hold (for the
     /// write-back cache's byte budget).
     pub fn heap_bytes(&self) -> usize {

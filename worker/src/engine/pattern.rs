@@ -120,20 +120,21 @@ enum Step {
 }
 
 impl Pattern {
-    /// Which stages' conditions `record` meets, as a bit per stage; an
-    /// evaluation error names the stage.
+    /// Which stages' conditions `record` meets, a bit per stage (stage `i`
+    /// is bit `i`); an evaluation error names the stage.
     pub fn conditions(
         &self,
         record: &serde_json::Value,
-    ) -> Result<Vec<bool>, (String, weir_crds::expr::EvalError)> {
-        self.stages
-            .iter()
-            .map(|s| {
-                s.condition
-                    .eval_bool(record)
-                    .map_err(|e| (s.name.clone(), e))
-            })
-            .collect()
+    ) -> Result<u32, (String, weir_crds::expr::EvalError)> {
+        let mut holds = 0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let meets = stage
+                .condition
+                .eval_bool(record)
+                .map_err(|e| (stage.name.clone(), e))?;
+            holds |= u32::from(meets) << i;
+        }
+        Ok(holds)
     }
 
     /// Brings `partials` to time `now`: absences whose time is up complete
@@ -183,7 +184,7 @@ impl Pattern {
         partials: &mut Vec<Partial>,
         time: i64,
         value: &[u8],
-        holds: &[bool],
+        holds: u32,
         out: &mut Vec<Match>,
     ) -> usize {
         let value = Bytes::copy_from_slice(value);
@@ -201,7 +202,7 @@ impl Pattern {
             }
         }
         *partials = kept;
-        if holds.first() == Some(&true) && !self.stages[0].absent {
+        if met(holds, 0) && !self.stages[0].absent {
             let start = Partial {
                 stage: 0,
                 count: 0,
@@ -224,11 +225,15 @@ impl Pattern {
     }
 
     /// One event on one partial match.
-    fn step(&self, mut p: Partial, time: i64, value: &Bytes, holds: &[bool]) -> Step {
+    fn step(&self, mut p: Partial, time: i64, value: &Bytes, holds: u32) -> Step {
         let at = usize::from(p.stage);
         let stage = &self.stages[at];
         if stage.absent {
-            return if holds[at] { Step::Drop } else { Step::Keep(p) };
+            return if met(holds, at) {
+                Step::Drop
+            } else {
+                Step::Keep(p)
+            };
         }
         let take = |p: &mut Partial, stage_index: usize| {
             p.events.push(Captured {
@@ -239,7 +244,7 @@ impl Pattern {
         };
         let next = at + 1;
         match stage.quantifier {
-            Quantifier::Times(n) if holds[at] => {
+            Quantifier::Times(n) if met(holds, at) => {
                 take(&mut p, at);
                 p.count += 1;
                 if p.count < n {
@@ -247,7 +252,7 @@ impl Pattern {
                 }
                 self.moved_on(p, next, time)
             }
-            Quantifier::OneOrMore if holds[at] => {
+            Quantifier::OneOrMore if met(holds, at) => {
                 take(&mut p, at);
                 p.count += 1;
                 Step::Keep(p)
@@ -255,7 +260,7 @@ impl Pattern {
             Quantifier::OneOrMore
                 if p.count >= 1
                     && next < self.stages.len()
-                    && holds[next]
+                    && met(holds, next)
                     && !self.stages[next].absent =>
             {
                 // Greedy: the first event for the next stage ends this one.
@@ -284,6 +289,11 @@ impl Pattern {
         p.count = 0;
         Step::Keep(p)
     }
+}
+
+/// Whether stage `stage`'s bit is set in `holds`.
+fn met(holds: u32, stage: usize) -> bool {
+    holds & (1 << stage) != 0
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ fn run(
         pattern.advance(&mut partials, *time, false, &mut out);
         let holds = pattern.conditions(record).unwrap();
         let bytes = serde_json::to_vec(record).unwrap();
-        pattern.feed(&mut partials, *time, &bytes, &holds, &mut out);
+        pattern.feed(&mut partials, *time, &bytes, holds, &mut out);
     }
     pattern.advance(&mut partials, until, true, &mut out);
     out.into_iter()
@@ -238,7 +238,7 @@ fn a_key_keeps_a_bounded_number_of_partial_matches() {
     let holds = pattern.conditions(&json!({"t": "a"})).unwrap();
     let mut dropped = 0;
     for t in 0..(MAX_PARTIAL_MATCHES as i64 + 5) {
-        dropped += pattern.feed(&mut partials, t, b"{}", &holds, &mut out);
+        dropped += pattern.feed(&mut partials, t, b"{}", holds, &mut out);
     }
     assert_eq!(partials.len(), MAX_PARTIAL_MATCHES);
     assert_eq!(dropped, 5);

@@ -4,7 +4,7 @@
 //! `slide` events each; a window's result merges them, so an event costs
 //! one accumulator update however many windows it falls into.
 
-use super::windows::{empty_accumulators, update};
+use super::windows::{empty_accumulators, result, update};
 use super::*;
 
 impl TaskProcessor {
@@ -40,12 +40,11 @@ impl TaskProcessor {
         if events.is_multiple_of(slide) {
             let mut window = empty_accumulators(fields);
             for pane in &panes {
-                for (a, b) in window.0.iter_mut().zip(&pane.0) {
-                    a.merge(b);
-                }
+                window.merge(pane);
             }
+            let seq = i64::try_from(events / slide).unwrap_or(i64::MAX);
             emitted.push((
-                count_result(keyed, key, events / slide, &window, fields),
+                result(keyed, key, &[("window_seq", seq)], &window, fields),
                 time,
             ));
             // The next window covers the newest size/slide - 1 full panes.
@@ -57,26 +56,4 @@ impl TaskProcessor {
         *slot = Some(StateValue::CountPanes { events, panes });
         Ok(())
     }
-}
-
-/// The output record of count window number `seq` (from 1) of a key.
-fn count_result(
-    keyed: bool,
-    key: &[u8],
-    seq: u64,
-    accs: &Accumulators,
-    fields: &[AggregateField],
-) -> Value {
-    let mut map = Map::with_capacity(fields.len() + 2);
-    let key = if keyed {
-        Value::String(String::from_utf8_lossy(key).into_owned())
-    } else {
-        Value::Null
-    };
-    map.insert("key".into(), key);
-    map.insert("window_seq".into(), Value::from(seq));
-    for (f, acc) in fields.iter().zip(&accs.0) {
-        map.insert(f.name.clone(), acc.result());
-    }
-    Value::Object(map)
 }

@@ -1,10 +1,11 @@
 //! The pattern step of a task: each key's events wait in state until the
 //! watermark passes them, then go through the pattern
-//! ([`crate::engine::pattern`]) in event-time order. A timer at each
-//! event's time releases it; one at the earliest deadline of the key's
-//! partial matches confirms absences and drops what can no longer match.
+//! ([`crate::engine::pattern`]) in event-time order. A timer at the key's
+//! earliest waiting event releases what the watermark passed; one at the
+//! earliest deadline of the key's partial matches confirms absences and
+//! drops what can no longer match.
 
-use super::windows::step_is_keyed;
+use super::windows::{key_value, late, state_key_of};
 use super::*;
 use crate::engine::pattern::{Contiguity, Match, Pattern};
 use crate::state::PendingEvent;
@@ -37,30 +38,17 @@ impl TaskProcessor {
         };
         let clock = self.clock(index);
         if clock.watermark.is_some_and(|wm| t <= wm) {
-            out.counters.late += 1;
-            if let Some(source) = flow.source {
-                out.late.push(LateRecord {
-                    key: source.key.map(<[u8]>::to_vec),
-                    value: source.value.unwrap_or_default().to_vec(),
-                    source: SourcePosition::of(source),
-                });
-            }
+            late(&flow, out);
             return Ok(());
         }
-        let meets_any = holds.iter().any(|h| *h);
         // Under relaxed contiguity an event that meets no condition
         // changes nothing; under strict contiguity it breaks partial
         // matches, so it waits too (without its record).
-        if !meets_any && pattern.contiguity == Contiguity::Relaxed {
+        if holds == 0 && pattern.contiguity == Contiguity::Relaxed {
             return Ok(());
         }
-        let key = if flow.keyed {
-            flow.key.clone().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         self.payload.clear();
-        keyed_payload(&mut self.payload, &key, None);
+        keyed_payload(&mut self.payload, &state_key_of(&flow), None);
         state_key(&mut self.scratch, step.id, &self.payload);
         let slot = self.state.get_mut(&self.scratch)?;
         let (mut pending, partials) = match slot.take() {
@@ -73,32 +61,34 @@ impl TaskProcessor {
             at,
             PendingEvent {
                 time: t,
-                holds: holds
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |mask, (i, h)| mask | (u32::from(*h) << i)),
-                value: if meets_any {
-                    serde_json::to_vec(&flow.value).unwrap_or_default()
+                holds,
+                value: if holds != 0 {
+                    encoded(&flow)
                 } else {
                     Vec::new()
                 },
             },
         );
         *slot = Some(StateValue::Pattern { pending, partials });
-        self.state
-            .register_timer(clock.domain, t, step.id, PATTERN, &self.payload)?;
+        // The key's timer is at its earliest waiting event: only a new
+        // earliest one needs another.
+        if at == 0 {
+            self.state
+                .register_timer(clock.domain, t, step.id, PATTERN, &self.payload)?;
+        }
         Ok(())
     }
 
-    /// The pattern timer of a key: feeds the events the watermark passed,
-    /// confirms absences and drops what expired, then emits the matches.
+    /// The pattern timer of a key (the state key is in `scratch`): feeds
+    /// the events the watermark passed, confirms absences and drops what
+    /// expired, and appends the matches' records to `emitted`.
     pub(super) fn pattern_timer(
         &mut self,
-        pipeline: &Pipeline,
         index: usize,
         pattern: &Pattern,
         timer: &Timer,
-        key: &[u8],
+        (keyed, key): (bool, &[u8]),
+        emitted: &mut Vec<(Value, Option<i64>)>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
         let clock = self.clock(index);
@@ -113,22 +103,16 @@ impl TaskProcessor {
         };
         let due = pending.partition_point(|e| e.time <= watermark);
         let mut matches = Vec::new();
-        let mut holds = vec![false; pattern.stages.len()];
-        let mut dropped = 0;
         for event in pending.drain(..due) {
-            for (i, h) in holds.iter_mut().enumerate() {
-                *h = event.holds & (1 << i) != 0;
-            }
             pattern.advance(&mut partials, event.time, false, &mut matches);
-            dropped += pattern.feed(
+            out.counters.partial_matches_dropped += pattern.feed(
                 &mut partials,
                 event.time,
                 &event.value,
-                &holds,
+                event.holds,
                 &mut matches,
-            );
+            ) as u64;
         }
-        out.counters.partial_matches_dropped += dropped as u64;
         pattern.advance(&mut partials, watermark, true, &mut matches);
         let deadline = pattern.within.and_then(|within| {
             partials
@@ -136,31 +120,19 @@ impl TaskProcessor {
                 .map(|p| p.start.saturating_add(within))
                 .min()
         });
+        let next_event = pending.first().map(|e| e.time);
         if !pending.is_empty() || !partials.is_empty() {
             *slot = Some(StateValue::Pattern { pending, partials });
         }
-        if let Some(deadline) = deadline.filter(|d| *d > watermark) {
-            self.state.register_timer(
-                clock.domain,
-                deadline,
-                timer.step,
-                PATTERN,
-                &timer.payload,
-            )?;
+        for time in [next_event, deadline.filter(|d| *d > watermark)]
+            .into_iter()
+            .flatten()
+        {
+            self.state
+                .register_timer(clock.domain, time, timer.step, PATTERN, &timer.payload)?;
         }
-        let step = &pipeline.steps()[index];
-        let keyed = step_is_keyed(pipeline, index);
-        for m in matches {
-            let value = match_record(keyed, key, &m, pattern, &step.name);
-            let flow = Flow {
-                value,
-                modified: true,
-                key: keyed.then(|| key.to_vec()),
-                keyed,
-                time: Some(m.end),
-                source: None,
-            };
-            self.run(pipeline, index + 1, flow, out)?;
+        for m in &matches {
+            emitted.push((match_record(keyed, key, m, pattern), Some(m.end)));
         }
         Ok(())
     }
@@ -168,14 +140,9 @@ impl TaskProcessor {
 
 /// The output record of a match: `key`, `match_start`, `match_end` and, per
 /// stage that took events, the list of its records.
-fn match_record(keyed: bool, key: &[u8], m: &Match, pattern: &Pattern, step: &str) -> Value {
+fn match_record(keyed: bool, key: &[u8], m: &Match, pattern: &Pattern) -> Value {
     let mut map = Map::with_capacity(pattern.stages.len() + 3);
-    let key = if keyed {
-        Value::String(String::from_utf8_lossy(key).into_owned())
-    } else {
-        Value::Null
-    };
-    map.insert("key".into(), key);
+    map.insert("key".into(), key_value(keyed, key));
     map.insert("match_start".into(), Value::from(m.start));
     map.insert("match_end".into(), Value::from(m.end));
     for (i, stage) in pattern.stages.iter().enumerate() {
@@ -190,7 +157,7 @@ fn match_record(keyed: bool, key: &[u8], m: &Match, pattern: &Pattern, step: &st
                 serde_json::from_slice(&e.value).unwrap_or_else(|error| {
                     // Written by this step from a decoded record: cannot
                     // fail but for corrupt state, which is reported.
-                    tracing::error!(step, %error, "a matched record in state is not JSON");
+                    tracing::error!(stage = %stage.name, %error, "a matched record in state is not JSON");
                     Value::Null
                 })
             })

@@ -1061,7 +1061,7 @@ fn pattern_model(pipeline: &str, events: &[Event]) -> Vec<MatchSummary> {
             let record: Value = serde_json::from_slice(&events[i].json()).unwrap();
             let holds = pattern.conditions(&record).unwrap();
             pattern.advance(&mut partials, ts, false, &mut matches);
-            pattern.feed(&mut partials, ts, &events[i].json(), &holds, &mut matches);
+            pattern.feed(&mut partials, ts, &events[i].json(), holds, &mut matches);
         }
         pattern.advance(&mut partials, watermark, true, &mut matches);
         for m in matches {

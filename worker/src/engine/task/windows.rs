@@ -23,11 +23,7 @@ impl TaskProcessor {
                 return Ok(());
             }
         };
-        let key = if flow.keyed {
-            flow.key.clone().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let key = state_key_of(&flow);
         let time = flow.time.unwrap_or(i64::MIN);
         let mut emitted = Vec::new();
         match window {
@@ -38,7 +34,7 @@ impl TaskProcessor {
                 let slot = self.state.get_mut(&self.scratch)?;
                 let accs = accumulators(slot, fields);
                 update(accs, &inputs, time);
-                emitted.push((result(flow.keyed, &key, None, accs, fields), flow.time));
+                emitted.push((result(flow.keyed, &key, &[], accs, fields), flow.time));
             }
             Some(WindowOp {
                 assigner: WindowAssigner::Count { size, slide },
@@ -90,14 +86,7 @@ impl TaskProcessor {
                     )?
                 };
                 if !accepted {
-                    out.counters.late += 1;
-                    if let Some(source) = flow.source {
-                        out.late.push(LateRecord {
-                            key: source.key.map(<[u8]>::to_vec),
-                            value: source.value.unwrap_or_default().to_vec(),
-                            source: SourcePosition::of(source),
-                        });
-                    }
+                    late(&flow, out);
                     return Ok(());
                 }
             }
@@ -189,7 +178,10 @@ impl TaskProcessor {
             let accs = accumulators(slot, fields);
             update(accs, inputs, t);
             if fired {
-                emitted.push((result(keyed, key, Some(*w), accs, fields), Some(last)));
+                emitted.push((
+                    result(keyed, key, &window_columns(*w), accs, fields),
+                    Some(last),
+                ));
             }
             if created {
                 if !fired {
@@ -256,9 +248,7 @@ impl TaskProcessor {
         update(&mut merged.accumulators, inputs, t);
         for s in &touching {
             merged.window = merged.window.cover(&s.window);
-            for (a, b) in merged.accumulators.0.iter_mut().zip(&s.accumulators.0) {
-                a.merge(b);
-            }
+            merged.accumulators.merge(&s.accumulators);
         }
         let last = merged.window.end - 1;
         let cleanup = last.saturating_add(op.allowed_lateness);
@@ -268,7 +258,7 @@ impl TaskProcessor {
                 result(
                     keyed,
                     key,
-                    Some(merged.window),
+                    &window_columns(merged.window),
                     &merged.accumulators,
                     fields,
                 ),
@@ -395,7 +385,7 @@ impl TaskProcessor {
                     && let Some(StateValue::Accumulators(accs)) = slot.as_ref()
                 {
                     emitted.push((
-                        result(keyed, &key, Some(window), accs, fields),
+                        result(keyed, &key, &window_columns(window), accs, fields),
                         Some(timer.time),
                     ));
                 }
@@ -422,7 +412,13 @@ impl TaskProcessor {
                         if !s.fired && last <= wm {
                             s.fired = true;
                             emitted.push((
-                                result(keyed, &key, Some(s.window), &s.accumulators, fields),
+                                result(
+                                    keyed,
+                                    &key,
+                                    &window_columns(s.window),
+                                    &s.accumulators,
+                                    fields,
+                                ),
                                 Some(last),
                             ));
                         }
@@ -435,7 +431,7 @@ impl TaskProcessor {
                 }
             }
             (Operation::Pattern(pattern), PATTERN) => {
-                return self.pattern_timer(pipeline, index, pattern, &timer, &key, out);
+                self.pattern_timer(index, pattern, &timer, (keyed, &key), &mut emitted, out)?;
             }
             _ => {}
         }
@@ -492,27 +488,58 @@ pub(super) fn update(accs: &mut Accumulators, inputs: &[Input], time: i64) {
     }
 }
 
-/// The output record of an aggregate.
+/// The output record of an aggregate: `key`, the window's `columns`
+/// ([`window_columns`], or `window_seq`), then the fields.
 pub(super) fn result(
     keyed: bool,
     key: &[u8],
-    window: Option<Window>,
+    columns: &[(&str, i64)],
     accs: &Accumulators,
     fields: &[AggregateField],
 ) -> Value {
     let mut map = Map::with_capacity(fields.len() + 3);
-    let key = if keyed {
-        Value::String(String::from_utf8_lossy(key).into_owned())
-    } else {
-        Value::Null
-    };
-    map.insert("key".into(), key);
-    if let Some(w) = window {
-        map.insert("window_start".into(), Value::from(w.start));
-        map.insert("window_end".into(), Value::from(w.end));
+    map.insert("key".into(), key_value(keyed, key));
+    for (name, value) in columns {
+        map.insert((*name).into(), Value::from(*value));
     }
     for (f, acc) in fields.iter().zip(&accs.0) {
         map.insert(f.name.clone(), acc.result());
     }
     Value::Object(map)
+}
+
+/// The columns of a time window in an aggregate's output.
+pub(super) fn window_columns(w: Window) -> [(&'static str, i64); 2] {
+    [("window_start", w.start), ("window_end", w.end)]
+}
+
+/// The `key` of an output record: the key as text after a keyBy, else null.
+pub(super) fn key_value(keyed: bool, key: &[u8]) -> Value {
+    if keyed {
+        Value::String(String::from_utf8_lossy(key).into_owned())
+    } else {
+        Value::Null
+    }
+}
+
+/// The key a record's state is kept under: its key after a keyBy, else
+/// the one global key.
+pub(super) fn state_key_of(flow: &Flow<'_>) -> Vec<u8> {
+    if flow.keyed {
+        flow.key.clone().unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Counts a record as late and sends it to the late-data output.
+pub(super) fn late(flow: &Flow<'_>, out: &mut Outputs) {
+    out.counters.late += 1;
+    if let Some(source) = flow.source {
+        out.late.push(LateRecord {
+            key: source.key.map(<[u8]>::to_vec),
+            value: source.value.unwrap_or_default().to_vec(),
+            source: SourcePosition::of(source),
+        });
+    }
 }
