@@ -530,6 +530,9 @@ impl Checks {
             autoscaler.catch_up_duration,
         );
         self.positive(&format!("{path}.metricsWindow"), autoscaler.metrics_window);
+        if let Some(idle_after) = autoscaler.idle_after {
+            self.positive(&format!("{path}.idleAfter"), idle_after);
+        }
     }
 }
 

@@ -315,9 +315,6 @@ impl Checks {
                 );
             }
             self.expression(format!("{stage_path}.condition"), &stage.condition);
-            if stage.times == Some(0) {
-                self.add(format!("{stage_path}.times"), "must be at least 1");
-            }
             if stage.one_or_more {
                 if stage.times.is_some() {
                     self.add(
@@ -380,9 +377,6 @@ impl Checks {
             self.add(format!("{path}.count"), "required for count windows");
             return;
         };
-        if count == 0 {
-            self.add(format!("{path}.count"), "must be at least 1");
-        }
         if let Some(slide) = window.slide_count {
             if slide == 0 || !count.is_multiple_of(slide) {
                 self.add(

@@ -845,6 +845,11 @@ fn parallelism_and_autoscaler() {
         "spec.autoscaler.lagThreshold",
         "must be at least 1",
     );
+    expect_problem(
+        |d| set(d, "spec.autoscaler.idleAfter", Some(yaml("0s"))),
+        "spec.autoscaler.idleAfter",
+        "greater than 0",
+    );
 }
 
 #[test]
