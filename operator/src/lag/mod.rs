@@ -196,13 +196,29 @@ pub fn internal_backlog(
     source_topics: &[String],
     tail: i64,
 ) -> i64 {
-    reports
-        .iter()
-        .flatten()
-        .flat_map(|report| &report.load.tasks)
-        .flat_map(|task| &task.partitions)
-        .filter(|p| !source_topics.contains(&p.topic))
-        .filter_map(|p| Some((p.high_watermark? - p.offset - tail).max(0)))
+    backlog(
+        reports
+            .iter()
+            .flatten()
+            .flat_map(|report| &report.load.tasks)
+            .flat_map(|task| &task.partitions)
+            .map(|p| (p.topic.as_str(), p.offset, p.high_watermark)),
+        source_topics,
+        tail,
+    )
+}
+
+/// [`internal_backlog`] of input partitions given as (topic, next offset,
+/// high watermark), for callers that hold the workers' own status.
+pub fn backlog<'a>(
+    partitions: impl IntoIterator<Item = (&'a str, i64, Option<i64>)>,
+    source_topics: &[String],
+    tail: i64,
+) -> i64 {
+    partitions
+        .into_iter()
+        .filter(|(topic, _, _)| !source_topics.iter().any(|s| s == topic))
+        .filter_map(|(_, offset, high)| Some((high? - offset - tail).max(0)))
         .sum()
 }
 

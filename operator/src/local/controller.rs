@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use weir_crds::StreamingJob;
-use weir_crds::status::OperationKind;
+use weir_crds::status::{MAX_SCALING_HISTORY, OperationKind};
 
 use super::workers::LocalWorkers;
 use crate::autoscaler::{self, Autoscaler, Controls, Outcome, Policy, Sample, Situation};
@@ -96,8 +96,6 @@ pub struct LocalController {
     checkpoints: BTreeMap<(i64, usize), String>,
     /// Checkpoints seen completed.
     pub checkpoints_taken: u64,
-    /// The autoscaler's last decision in words.
-    pub last_decision: String,
     in_flight: Option<(OperationKind, Instant, i32, String)>,
     /// Scaled to zero by the autoscaler (the operator's
     /// [`autoscaler::SCALED_TO_ZERO_ANNOTATION`]).
@@ -134,7 +132,6 @@ impl LocalController {
             rescales: Vec::new(),
             checkpoints: BTreeMap::new(),
             checkpoints_taken: 0,
-            last_decision: String::new(),
             in_flight: None,
             parked: false,
             zero_lag_since_ms: None,
@@ -231,17 +228,15 @@ impl LocalController {
         if let Some(mut record) = record {
             record.lag = Some(reading.lag);
             status.scaling_history.insert(0, record);
+            status.scaling_history.truncate(MAX_SCALING_HISTORY);
         }
         match outcome {
-            Outcome::Hold { reason } | Outcome::Recommend { reason, .. } => {
-                self.last_decision = reason;
-            }
+            Outcome::Hold { .. } | Outcome::Recommend { .. } => {}
             Outcome::Scale {
                 from,
                 to,
                 recommendation,
             } => {
-                self.last_decision = recommendation.reason.clone();
                 self.happen(
                     false,
                     "AutoscalerDecision",
@@ -367,7 +362,7 @@ impl LocalController {
         let Some((kind, began, from, savepoint)) = self.in_flight.take() else {
             return;
         };
-        if kind == OperationKind::Savepoint {
+        if operation::restarts_nothing(kind) {
             return;
         }
         if failure.is_none() {

@@ -3,7 +3,7 @@
 //! produced.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,7 +49,6 @@ impl Events {
 /// The running feed.
 pub struct Feed {
     stop: Arc<AtomicBool>,
-    produced: Arc<AtomicU64>,
     handle: JoinHandle<Result<u64, String>>,
 }
 
@@ -74,8 +73,7 @@ impl Feed {
             .create()
             .map_err(|e| format!("create the event producer: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let produced = Arc::new(AtomicU64::new(0));
-        let (stop_flag, count) = (stop.clone(), produced.clone());
+        let stop_flag = stop.clone();
         let topic = topic.to_owned();
         let handle = std::thread::Builder::new()
             .name("weir-run-feed".to_owned())
@@ -118,7 +116,6 @@ impl Feed {
                             }
                         }
                         sent += 1;
-                        count.store(sent, Ordering::Relaxed);
                         // The model may lag; it never blocks the feed.
                         let _ = model.send(Produced {
                             partition,
@@ -136,16 +133,7 @@ impl Feed {
                 Ok(sent)
             })
             .map_err(|e| format!("start the feed: {e}"))?;
-        Ok(Feed {
-            stop,
-            produced,
-            handle,
-        })
-    }
-
-    /// Events produced so far.
-    pub fn produced(&self) -> u64 {
-        self.produced.load(Ordering::Relaxed)
+        Ok(Feed { stop, handle })
     }
 
     /// Whether the feed ended by itself (a file was read to its end, or the

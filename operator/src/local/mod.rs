@@ -198,20 +198,24 @@ fn read(
         positions: previous.positions.clone(),
         ..Reading::default()
     };
-    let mut busy = Vec::new();
-    for handle in controller.workers.handles() {
-        let status = handle.status();
+    let statuses: Vec<_> = controller
+        .workers
+        .handles()
+        .iter()
+        .map(|handle| handle.status())
+        .collect();
+    for status in &statuses {
         reading.records_in += status.records_in;
         reading.records_out += status.records_out;
-        busy.push(status.busy_ratio);
         for task in &status.tasks {
             for p in task.partitions.iter().filter(|p| p.topic == topic) {
                 reading.positions.insert(p.partition, p.offset);
             }
         }
     }
-    if !busy.is_empty() {
-        reading.busy_ratio = Some(busy.iter().sum::<f64>() / busy.len() as f64);
+    if !statuses.is_empty() {
+        reading.busy_ratio =
+            Some(statuses.iter().map(|s| s.busy_ratio).sum::<f64>() / statuses.len() as f64);
     }
     for (partition, (_, high)) in watermarks.iter().enumerate() {
         let partition = i32::try_from(partition).unwrap_or(i32::MAX);
@@ -220,17 +224,16 @@ fn read(
         reading.lag += (high - position).max(0);
     }
     // Records between the stages of a repartitioned job, as the operator
-    // counts them: past each partition's commit-marker tail.
-    let tail = lag::control_tail(controller.job.spec.guarantee, partitions);
-    reading.in_transit = controller
-        .workers
-        .handles()
-        .iter()
-        .flat_map(|handle| handle.status().tasks)
-        .flat_map(|task| task.partitions)
-        .filter(|p| p.topic != topic)
-        .filter_map(|p| Some((p.high_watermark? - p.offset - tail).max(0)))
-        .sum();
+    // counts them.
+    reading.in_transit = lag::backlog(
+        statuses
+            .iter()
+            .flat_map(|s| &s.tasks)
+            .flat_map(|t| &t.partitions)
+            .map(|p| (p.topic.as_str(), p.offset, p.high_watermark)),
+        &controller.job.spec.source.topics,
+        lag::control_tail(controller.job.spec.guarantee, partitions),
+    );
     Ok((reading, watermarks))
 }
 

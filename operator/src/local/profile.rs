@@ -38,11 +38,6 @@ pub struct ProfileError {
 }
 
 impl RateProfile {
-    /// The steps.
-    pub fn steps(&self) -> &[RateStep] {
-        &self.steps
-    }
-
     /// The total length.
     pub fn length(&self) -> Duration {
         self.steps.iter().map(|s| s.duration).sum()

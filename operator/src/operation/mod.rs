@@ -335,7 +335,7 @@ fn savepointing(op: &Operation, observed: &Observation<'_>) -> Transition {
 }
 
 /// Whether operations of `kind` only take a savepoint (the workers go on).
-fn restarts_nothing(kind: OperationKind) -> bool {
+pub fn restarts_nothing(kind: OperationKind) -> bool {
     matches!(
         kind,
         OperationKind::Savepoint | OperationKind::PeriodicSavepoint
