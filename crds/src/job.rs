@@ -20,8 +20,9 @@ mod autoscaler;
 mod pipeline;
 pub use autoscaler::AutoscalerSpec;
 pub use pipeline::{
-    AggregateField, AggregateFunction, AggregateStep, Contiguity, DedupeStep, FieldExpr, KeyByStep,
-    MapStep, PatternStage, PatternStep, Step, WindowKind, WindowStep,
+    AggregateField, AggregateFunction, AggregateStep, Contiguity, DedupeStep, FieldExpr, JoinKind,
+    JoinMode, JoinStep, KeyByStep, MapStep, PatternStage, PatternStep, Step, WindowKind,
+    WindowStep,
 };
 
 /// The upper bound on the number of pipeline steps, so that the API server
@@ -427,6 +428,26 @@ pub struct WatermarkSpec {
     /// watermark of its task. Default 30s; `0s` disables idleness.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+}
+
+impl StreamingJobSpec {
+    /// The topics the job reads, each partition `t` by task `t`: the source
+    /// topics, then the topic of a join step.
+    pub fn input_topics(&self) -> Vec<String> {
+        let mut topics = self.source.topics.clone();
+        topics.extend(
+            self.pipeline
+                .iter()
+                .filter_map(|step| step.join.as_ref())
+                .map(|join| join.topic.clone()),
+        );
+        topics
+    }
+
+    /// The join step of the pipeline, if it has one.
+    pub fn join(&self) -> Option<&JoinStep> {
+        self.pipeline.iter().find_map(|step| step.join.as_ref())
+    }
 }
 
 impl Default for WatermarkSpec {

@@ -16,9 +16,9 @@ use kube::api::ObjectMeta;
 use crate::duration::Duration;
 use crate::expr;
 use crate::job::{
-    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, KafkaSpec, PatternStep,
-    PodOverrides, SourceSpec, StateSpec, Step, StreamingJob, StreamingJobSpec, TimestampFormat,
-    WindowKind, WindowStep,
+    AggregateFunction, AggregateStep, AutoscalerSpec, CheckpointSpec, JoinKind, JoinMode, JoinStep,
+    KafkaSpec, PatternStep, PodOverrides, SourceSpec, StateSpec, Step, StreamingJob,
+    StreamingJobSpec, TimestampFormat, WindowKind, WindowStep,
 };
 use crate::quantity;
 use crate::schema;
@@ -71,6 +71,10 @@ pub const MIN_ZONED_WINDOW_MS: i64 = 3_600_000;
 /// Names of fields every aggregate output carries, which aggregate fields
 /// may not reuse.
 pub const AGGREGATE_RESERVED_FIELDS: &[&str] = &["key", "window_start", "window_end", "window_seq"];
+
+/// The versions of a row a temporal join keeps per key unless
+/// `join.history` says otherwise.
+pub const DEFAULT_JOIN_HISTORY: u32 = 16;
 
 /// One thing wrong with a StreamingJob: the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -476,7 +480,7 @@ impl Checks {
             if !has_window {
                 self.add(
                     "spec.lateData",
-                    "the pipeline has no event-time window, so no event can be late",
+                    "the pipeline has no event-time window, pattern, temporal or interval join, so no event can be late",
                 );
             }
         }

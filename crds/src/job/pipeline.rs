@@ -1,5 +1,5 @@
 //! The steps of a StreamingJob's pipeline: filter, map, keyBy, window,
-//! aggregate, dedupe and pattern.
+//! aggregate, dedupe, pattern and join.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,8 +10,8 @@ use crate::duration::Duration;
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.filter), has(self.map), has(self.keyBy), has(self.window), has(self.aggregate), has(self.dedupe), has(self.pattern)].filter(x, x).size() == 1",
-    "message": "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern"
+    "rule": "[has(self.filter), has(self.map), has(self.keyBy), has(self.window), has(self.aggregate), has(self.dedupe), has(self.pattern), has(self.join)].filter(x, x).size() == 1",
+    "message": "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern, join"
 }]))]
 pub struct Step {
     /// Name of the step, used in metrics and in internal topic names.
@@ -54,6 +54,12 @@ pub struct Step {
     /// within 10 minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<PatternStep>,
+
+    /// Joins each record with the records of another topic that have its
+    /// key: the latest row of a table (enrichment), or the records of a
+    /// second stream within a time interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinStep>,
 }
 
 /// Computes new fields from each record.
@@ -380,4 +386,121 @@ pub enum Contiguity {
     Relaxed,
     /// They may not: such an event ends the partial match.
     Strict,
+}
+
+/// Joins each record (after a `keyBy`) with the records of another topic
+/// whose key equals its key. The output is the record with the other
+/// record added as the field named by `as`.
+///
+/// The other topic has as many partitions as the source; task `t` reads its
+/// partition `t`. When the `keyBy` repartitions, the other topic's records
+/// go through the repartition topic too, keyed by `key`; when the `keyBy`
+/// is `sourcePartitioned`, the other topic must be partitioned by the same
+/// key. Its records use the source's format and `eventTime`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type != 'interval' || (has(self.before) && has(self.after))",
+        "message": "an interval join needs before and after",
+        "fieldPath": ".before"
+    },
+    {
+        "rule": "self.type == 'interval' || (!has(self.before) && !has(self.after))",
+        "message": "before and after apply to interval joins only",
+        "fieldPath": ".before"
+    },
+    {
+        "rule": "self.type == 'table' || ((!has(self.mode) || self.mode == 'inner') && (!has(self.temporal) || !self.temporal))",
+        "message": "an interval join is inner and not temporal",
+        "fieldPath": ".mode"
+    },
+    {
+        "rule": "!has(self.history) || (has(self.temporal) && self.temporal)",
+        "message": "history applies to temporal table joins only",
+        "fieldPath": ".history"
+    }
+]))]
+pub struct JoinStep {
+    /// `table`: the other topic is a table (a compacted topic such as
+    /// `users`: the latest record per key wins, a record without value
+    /// deletes the key), read from its start and kept as state of the
+    /// task. `interval`: the other topic is a stream, and records pair up
+    /// when their event times are close enough.
+    #[serde(rename = "type")]
+    pub kind: JoinKind,
+
+    /// The other topic.
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub topic: String,
+
+    /// CEL expression over the other topic's `record` giving its key, to
+    /// compare with the `keyBy` key, for example `record.id`. Unset: the
+    /// Kafka key of its records (as text), which a table needs for
+    /// tombstones to delete a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: Option<String>,
+
+    /// Name of the output field holding the other record (`null` when a
+    /// left join found none).
+    #[serde(rename = "as")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub as_field: String,
+
+    /// `inner` (default): a record without a matching row is dropped.
+    /// `left`: it is emitted with the `as` field `null`. Table joins only.
+    #[serde(default)]
+    pub mode: JoinMode,
+
+    /// Table joins: join each record with the row as it was at the
+    /// record's event time (Flink's temporal join) instead of the latest
+    /// row read. Records then wait in state until the watermark, which
+    /// the table's partitions take part in, passes them; a table record
+    /// behind the watermark goes to lateData. Needs event time.
+    #[serde(default)]
+    pub temporal: bool,
+
+    /// Temporal joins: the most versions of a row kept per key (older ones
+    /// are dropped first; a version the watermark has passed is dropped
+    /// once a newer one is also behind it). Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub history: Option<u32>,
+
+    /// Interval joins: how long before a record's event time the other
+    /// stream's event time may be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Duration>,
+
+    /// Interval joins: how long after a record's event time the other
+    /// stream's event time may be. A pair is emitted once, when its second
+    /// record arrives, with the later of the two event times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Duration>,
+}
+
+/// What the other topic of a join is.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum JoinKind {
+    /// A table: the latest record per key.
+    #[default]
+    Table,
+    /// A stream joined over an event-time interval.
+    Interval,
+}
+
+/// Whether a record without a match is kept.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum JoinMode {
+    /// Dropped.
+    #[default]
+    Inner,
+    /// Kept, with the joined field `null`.
+    Left,
 }

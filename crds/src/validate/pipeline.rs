@@ -15,6 +15,7 @@ enum Operation {
     Aggregate,
     Dedupe,
     Pattern,
+    Join,
 }
 
 impl Operation {
@@ -27,6 +28,7 @@ impl Operation {
             Operation::Aggregate => "aggregate",
             Operation::Dedupe => "dedupe",
             Operation::Pattern => "pattern",
+            Operation::Join => "join",
         }
     }
 }
@@ -41,6 +43,7 @@ fn operations(step: &Step) -> Vec<Operation> {
         (step.aggregate.is_some(), Operation::Aggregate),
         (step.dedupe.is_some(), Operation::Dedupe),
         (step.pattern.is_some(), Operation::Pattern),
+        (step.join.is_some(), Operation::Join),
     ]
     .into_iter()
     .filter_map(|(set, operation)| set.then_some(operation))
@@ -56,6 +59,7 @@ impl Checks {
         let mut keyed_at: Option<usize> = None;
         let mut window_at: Option<usize> = None;
         let mut aggregate_at: Option<usize> = None;
+        let mut join_at: Option<usize> = None;
         for (i, step) in steps.iter().enumerate() {
             let path = format!("spec.pipeline[{i}]");
             if let Some(name) = &step.name
@@ -72,7 +76,7 @@ impl Checks {
                 [] => {
                     self.add(
                         path,
-                        "sets no operation: set exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
+                        "sets no operation: set exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern, join",
                     );
                     continue;
                 }
@@ -81,7 +85,7 @@ impl Checks {
                     self.add(
                         path,
                         format!(
-                            "sets {}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
+                            "sets {}: a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern, join",
                             names.join(" and ")
                         ),
                     );
@@ -92,7 +96,11 @@ impl Checks {
             if let Some(aggregate) = aggregate_at
                 && matches!(
                     operation,
-                    Operation::KeyBy | Operation::Window | Operation::Aggregate | Operation::Dedupe
+                    Operation::KeyBy
+                        | Operation::Window
+                        | Operation::Aggregate
+                        | Operation::Dedupe
+                        | Operation::Join
                 )
             {
                 self.add(
@@ -192,6 +200,24 @@ impl Checks {
                         self.pattern(&op_path, pattern);
                     }
                 }
+                Operation::Join => {
+                    if keyed_at.is_none() {
+                        self.add(
+                            &op_path,
+                            "needs a keyBy step before it: records join on the keyBy key",
+                        );
+                    }
+                    if let Some(first) = join_at {
+                        self.add(
+                            &op_path,
+                            format!("a pipeline has one join, and spec.pipeline[{first}] is one"),
+                        );
+                    }
+                    if let Some(join) = &step.join {
+                        self.join(&op_path, spec, join);
+                    }
+                    join_at = Some(i);
+                }
             }
         }
         if let Some(window) = window_at
@@ -202,9 +228,13 @@ impl Checks {
                 "must be followed directly by an aggregate step",
             );
         }
-        // Only event-time windows and patterns make events late.
+        // Only event-time windows, patterns and timed joins make events late.
         steps.iter().any(|step| {
             step.pattern.is_some()
+                || step
+                    .join
+                    .as_ref()
+                    .is_some_and(|j| j.kind == JoinKind::Interval || j.temporal)
                 || step
                     .window
                     .as_ref()
@@ -350,6 +380,79 @@ impl Checks {
                     );
                 }
             }
+        }
+    }
+
+    /// The fields of a join for its type, its topic and key, and the event
+    /// time a temporal or interval join needs.
+    fn join(&mut self, path: &str, spec: &StreamingJobSpec, join: &JoinStep) {
+        if spec.source.topics.contains(&join.topic) {
+            self.add(
+                format!("{path}.topic"),
+                format!(
+                    "{:?} is a source topic: a join reads another topic",
+                    join.topic
+                ),
+            );
+        }
+        if let Some(key) = &join.key {
+            self.expression(format!("{path}.key"), key);
+        }
+        let timed = join.kind == JoinKind::Interval || join.temporal;
+        if timed && spec.source.event_time.is_none() {
+            let what = if join.temporal {
+                "a temporal join"
+            } else {
+                "an interval join"
+            };
+            self.add(
+                path,
+                format!("{what} needs event time: set spec.source.eventTime (a field, or {{}} for the Kafka timestamp)"),
+            );
+        }
+        match join.kind {
+            JoinKind::Interval => {
+                for (field, bound) in [("before", join.before), ("after", join.after)] {
+                    if bound.is_none() {
+                        self.add(
+                            format!("{path}.{field}"),
+                            "required for interval joins: how far apart the two event times may be",
+                        );
+                    }
+                }
+                if join
+                    .before
+                    .zip(join.after)
+                    .is_some_and(|(b, a)| b.as_millis() == 0 && a.as_millis() == 0)
+                {
+                    self.add(
+                        format!("{path}.after"),
+                        "before and after are both 0s: only equal event times would pair; give the interval a length",
+                    );
+                }
+                if join.mode == JoinMode::Left {
+                    self.add(
+                        format!("{path}.mode"),
+                        "applies to table joins only: an interval join emits pairs",
+                    );
+                }
+                if join.temporal {
+                    self.add(format!("{path}.temporal"), "applies to table joins only");
+                }
+            }
+            JoinKind::Table => {
+                for (field, bound) in [("before", join.before), ("after", join.after)] {
+                    if bound.is_some() {
+                        self.add(format!("{path}.{field}"), "applies to interval joins only");
+                    }
+                }
+            }
+        }
+        if join.history.is_some() && !join.temporal {
+            self.add(
+                format!("{path}.history"),
+                "applies to temporal table joins only: a table join keeps the latest row",
+            );
         }
     }
 

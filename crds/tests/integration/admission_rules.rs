@@ -299,11 +299,11 @@ fn a_step_with_two_operations_is_rejected() {
             o["spec"]["pipeline"][0]["map"] =
                 serde_json::json!({"fields": [{"name": "a", "expr": "record.a"}]})
         },
-        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
+        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern, join",
     );
     expect_rejected(
         |o| o["spec"]["pipeline"][0] = serde_json::json!({"name": "empty"}),
-        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern",
+        "a step sets exactly one of filter, map, keyBy, window, aggregate, dedupe, pattern, join",
     );
 }
 
@@ -327,6 +327,36 @@ fn pattern_rules() {
             {"name": "a", "condition": "true", "times": 2, "oneOrMore": true},
             {"name": "b", "condition": "true"}]})),
         "times and oneOrMore exclude each other",
+    );
+}
+
+#[test]
+fn join_rules() {
+    let with_join = |join: serde_json::Value| {
+        move |o: &mut Value| {
+            let steps = o["spec"]["pipeline"].as_array_mut().unwrap();
+            steps.truncate(3);
+            steps[2] = serde_json::json!({"join": join});
+        }
+    };
+    expect_rejected(
+        with_join(serde_json::json!({"type": "interval", "topic": "p", "as": "p", "after": "1m"})),
+        "an interval join needs before and after",
+    );
+    expect_rejected(
+        with_join(serde_json::json!({"type": "table", "topic": "u", "as": "u", "before": "1m"})),
+        "before and after apply to interval joins only",
+    );
+    expect_rejected(
+        with_join(
+            serde_json::json!({"type": "interval", "topic": "p", "as": "p",
+            "before": "1m", "after": "1m", "mode": "left"}),
+        ),
+        "an interval join is inner and not temporal",
+    );
+    expect_rejected(
+        with_join(serde_json::json!({"type": "table", "topic": "u", "as": "u", "history": 2})),
+        "history applies to temporal table joins only",
     );
 }
 

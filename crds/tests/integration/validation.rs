@@ -427,6 +427,89 @@ fn patterns() {
 }
 
 #[test]
+fn joins() {
+    // The base job's window and aggregate are replaced by a join.
+    let join = |text: &str| {
+        let text = text.to_owned();
+        move |d: &mut Value| {
+            let steps = d["spec"]["pipeline"].as_sequence_mut().unwrap();
+            steps.truncate(2);
+            steps.push(yaml(&format!("{{join: {text}}}")));
+            set(d, "spec.lateData", None);
+        }
+    };
+    expect_valid(join("{type: table, topic: users, as: user}"));
+    expect_valid(join(
+        "{type: table, topic: users, key: record.id, as: user, mode: left, temporal: true, history: 4}",
+    ));
+    expect_valid(join(
+        "{type: interval, topic: payments, key: record.order_id, as: payment, before: 0s, after: 10m}",
+    ));
+    expect_problem(
+        join("{type: table, topic: clicks, as: user}"),
+        "spec.pipeline[2].join.topic",
+        "is a source topic",
+    );
+    expect_problem(
+        join("{type: table, topic: users, key: 'record.id +', as: user}"),
+        "spec.pipeline[2].join.key",
+        "",
+    );
+    expect_problem(
+        join("{type: interval, topic: payments, as: payment, after: 10m}"),
+        "spec.pipeline[2].join.before",
+        "required for interval joins",
+    );
+    expect_problem(
+        join("{type: interval, topic: payments, as: payment, before: 0s, after: 0s}"),
+        "spec.pipeline[2].join.after",
+        "both 0s",
+    );
+    expect_problem(
+        join("{type: interval, topic: payments, as: p, before: 1m, after: 1m, mode: left}"),
+        "spec.pipeline[2].join.mode",
+        "table joins only",
+    );
+    expect_problem(
+        join("{type: table, topic: users, as: user, after: 1m}"),
+        "spec.pipeline[2].join.after",
+        "interval joins only",
+    );
+    expect_problem(
+        join("{type: table, topic: users, as: user, history: 3}"),
+        "spec.pipeline[2].join.history",
+        "temporal table joins only",
+    );
+    expect_problem(
+        |d| {
+            join("{type: table, topic: users, as: user, temporal: true}")(d);
+            set(d, "spec.source.eventTime", None);
+        },
+        "spec.pipeline[2].join",
+        "a temporal join needs event time",
+    );
+    expect_problem(
+        |d| {
+            join("{type: table, topic: users, as: user}")(d);
+            d["spec"]["pipeline"]
+                .as_sequence_mut()
+                .unwrap()
+                .push(yaml("{join: {type: table, topic: more, as: more}}"));
+        },
+        "spec.pipeline[3].join",
+        "a pipeline has one join",
+    );
+    expect_problem(
+        |d| {
+            join("{type: table, topic: users, as: user}")(d);
+            d["spec"]["pipeline"].as_sequence_mut().unwrap().remove(1);
+        },
+        "spec.pipeline[1].join",
+        "needs a keyBy step before it",
+    );
+}
+
+#[test]
 fn window_time_zones() {
     let zoned = |window: &str| {
         let window = window.to_owned();

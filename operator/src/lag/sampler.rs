@@ -193,7 +193,7 @@ pub fn digest(
     let tasks = task_count(offsets);
     let backlog = internal_backlog(
         reports,
-        &job.spec.source.topics,
+        &job.spec.input_topics(),
         control_tail(job.spec.guarantee, tasks),
     );
     let loads: Option<Vec<_>> = reports
@@ -515,7 +515,7 @@ async fn sample(
         bootstrap_servers: job.spec.kafka.bootstrap_servers.clone(),
         properties: client_properties(job, ctx, namespace).await?,
         group: group_id(namespace, &names.job),
-        topics: job.spec.source.topics.clone(),
+        topics: job.spec.input_topics(),
     };
     let offsets = sampler.lag.offsets(&query).await?;
     let running = status.parallelism.unwrap_or(0).max(0);

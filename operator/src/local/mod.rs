@@ -231,7 +231,7 @@ fn read(
             .flat_map(|s| &s.tasks)
             .flat_map(|t| &t.partitions)
             .map(|p| (p.topic.as_str(), p.offset, p.high_watermark)),
-        &controller.job.spec.source.topics,
+        &controller.job.spec.input_topics(),
         lag::control_tail(controller.job.spec.guarantee, partitions),
     );
     Ok((reading, watermarks))
@@ -261,7 +261,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
         .context("the job has no source topic")?;
     let partitions = if kafka.is_embedded() {
         let partitions = embedded_partitions(spec);
-        let mut topics = spec.source.topics.clone();
+        let mut topics = spec.input_topics();
         topics.push(spec.sink.topic.clone());
         topics.extend(spec.dead_letter.as_ref().map(|t| t.topic.clone()));
         topics.extend(spec.late_data.as_ref().map(|t| t.topic.clone()));

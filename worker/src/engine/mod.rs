@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod event_time;
 pub mod hll;
+pub mod join;
 pub mod pattern;
 pub mod pipeline;
 pub mod record;

@@ -23,6 +23,7 @@ use weir_crds::job::{AggregateFunction, Step, WindowKind};
 use crate::checkpoint::compatibility::StateBinding;
 use crate::checkpoint::manifest::StepState;
 use crate::engine::event_time::EventTimeSource;
+use crate::engine::join::{Join, JoinKind};
 use crate::engine::pattern::{Contiguity, Pattern, Quantifier, Stage};
 use crate::engine::record::DecodePlan;
 use crate::engine::window::{WindowAssigner, WindowError};
@@ -65,6 +66,12 @@ pub enum PipelineError {
     /// A pattern over records without event time.
     #[error("{step}: a pattern needs source.eventTime")]
     PatternWithoutEventTime {
+        /// The step's name.
+        step: String,
+    },
+    /// A temporal or interval join over records without event time.
+    #[error("{step}: a temporal or interval join needs source.eventTime")]
+    JoinWithoutEventTime {
         /// The step's name.
         step: String,
     },
@@ -167,6 +174,8 @@ pub enum Operation {
     },
     /// Detects sequences of each key's events.
     Pattern(Pattern),
+    /// Joins records with those of another topic with the same key.
+    Join(Join),
 }
 
 /// One compiled step.
@@ -197,6 +206,8 @@ pub struct Pipeline {
     passthrough: bool,
     /// The decode plan of records read back from the repartition topic.
     repartitioned_decode: DecodePlan,
+    /// Index of the join step.
+    join: Option<usize>,
 }
 
 /// The operation name stateful steps derive their state id from; `None`
@@ -206,6 +217,7 @@ fn state_kind(operation: &Operation) -> Option<&'static str> {
         Operation::Aggregate { .. } => Some("aggregate"),
         Operation::Dedupe { .. } => Some("dedupe"),
         Operation::Pattern(_) => Some("pattern"),
+        Operation::Join(_) => Some("join"),
         Operation::Filter(_) | Operation::Map { .. } | Operation::KeyBy { .. } => None,
     }
 }
@@ -264,6 +276,21 @@ fn fingerprint(operation: &Operation, key: Option<&str>) -> Option<String> {
                 stages.join(",")
             ))
         }
+        Operation::Join(join) => {
+            let kind = match join.kind {
+                JoinKind::Table { history: None, .. } => "table",
+                JoinKind::Table {
+                    history: Some(_), ..
+                } => "temporal table",
+                JoinKind::Interval { .. } => "interval",
+            };
+            let other_key = join.key.as_ref().map_or("the Kafka key", |k| k.source());
+            Some(format!(
+                "join(by {}; {kind} {} by {other_key})",
+                key.unwrap_or("nothing"),
+                join.topic
+            ))
+        }
         Operation::Filter(_) | Operation::Map { .. } | Operation::KeyBy { .. } => None,
     }
 }
@@ -294,6 +321,8 @@ fn step_name(step: &Step, index: usize) -> String {
         "dedupe"
     } else if step.pattern.is_some() {
         "pattern"
+    } else if step.join.is_some() {
+        "join"
     } else {
         "step"
     };
@@ -324,6 +353,7 @@ impl Pipeline {
                 step.aggregate.is_some(),
                 step.dedupe.is_some(),
                 step.pattern.is_some(),
+                step.join.is_some(),
             ];
             if set.iter().filter(|s| **s).count() != 1 {
                 return Err(PipelineError::Operation { step: name });
@@ -455,6 +485,12 @@ impl Pipeline {
                         weir_crds::job::Contiguity::Strict => Contiguity::Strict,
                     },
                 })
+            } else if let Some(spec) = &step.join {
+                let join = compile_join(&name, spec)?;
+                if join.is_timed() && event_time == EventTimeSource::None {
+                    return Err(PipelineError::JoinWithoutEventTime { step: name });
+                }
+                Operation::Join(join)
             } else {
                 return Err(PipelineError::Operation { step: name });
             };
@@ -480,7 +516,11 @@ impl Pipeline {
         let (decode, passthrough) = decode_plan(&steps, &event_time);
         let after_cut = cut(&steps).map_or(steps.len(), |r| r + 1);
         let (repartitioned_decode, _) = decode_plan(&steps[after_cut..], &EventTimeSource::None);
+        let join = steps
+            .iter()
+            .position(|s| matches!(s.operation, Operation::Join(_)));
         Ok(Pipeline {
+            join,
             steps,
             max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis(),
             idle_timeout: spec.source.watermark.idle_timeout.as_millis(),
@@ -570,6 +610,53 @@ impl Pipeline {
     pub fn repartitioned_decode_plan(&self) -> &DecodePlan {
         &self.repartitioned_decode
     }
+
+    /// The join step reading `topic`: its index and the join.
+    pub fn join_of(&self, topic: &str) -> Option<(usize, &Join)> {
+        let index = self.join?;
+        match &self.steps[index].operation {
+            Operation::Join(join) if join.topic == topic => Some((index, join)),
+            _ => None,
+        }
+    }
+
+    /// The join step, if the pipeline has one: its index and the join.
+    pub fn join(&self) -> Option<(usize, &Join)> {
+        let index = self.join?;
+        match &self.steps[index].operation {
+            Operation::Join(join) => Some((index, join)),
+            _ => None,
+        }
+    }
+}
+
+/// Compiles the join step `name`.
+fn compile_join(name: &str, spec: &weir_crds::job::JoinStep) -> Result<Join, PipelineError> {
+    let key = spec
+        .key
+        .as_ref()
+        .map(|source| compile_expr(name, "join.key", source))
+        .transpose()?;
+    let kind = match spec.kind {
+        weir_crds::job::JoinKind::Table => JoinKind::Table {
+            left: spec.mode == weir_crds::job::JoinMode::Left,
+            history: spec.temporal.then(|| {
+                spec.history
+                    .unwrap_or(weir_crds::validate::DEFAULT_JOIN_HISTORY)
+                    .max(1) as usize
+            }),
+        },
+        weir_crds::job::JoinKind::Interval => JoinKind::Interval {
+            before: spec.before.map_or(0, |d| d.as_millis()),
+            after: spec.after.map_or(0, |d| d.as_millis()),
+        },
+    };
+    Ok(Join {
+        topic: spec.topic.clone(),
+        key,
+        field: spec.as_field.clone(),
+        kind,
+    })
 }
 
 /// Index of the first `keyBy` that is not source-partitioned.
@@ -624,8 +711,8 @@ fn decode_plan(steps: &[CompiledStep], event_time: &EventTimeSource) -> (DecodeP
                 replaced = true;
                 break;
             }
-            // A match carries its records whole.
-            Operation::Pattern(_) => return (DecodePlan::All, false),
+            // A match carries its records whole, and so does a join.
+            Operation::Pattern(_) | Operation::Join(_) => return (DecodePlan::All, false),
         }
     }
     if whole {

@@ -103,7 +103,7 @@ pub struct Counters {
     pub records_in: u64,
     /// Records emitted to the sink.
     pub records_out: u64,
-    /// Records dropped by a filter.
+    /// Records dropped by a filter, or by an inner join without a match.
     pub filtered: u64,
     /// Records dropped as duplicates by a dedupe step.
     pub deduplicated: u64,

@@ -94,6 +94,7 @@ const CLEANUP: u8 = 2;
 const EXPIRE: u8 = 3;
 const SESSION: u8 = 4;
 const PATTERN: u8 = 5;
+const JOIN: u8 = 6;
 
 /// Processing failed for a reason other than the record: the state store.
 #[derive(Debug, Error)]
@@ -370,6 +371,9 @@ impl TaskProcessor {
         let pipeline = Arc::clone(&self.pipeline);
         self.complete_backlog(&pipeline, out)?;
         out.counters.records_in += 1;
+        if let Some((index, join)) = pipeline.join_of(record.topic) {
+            return self.process_join_input(&pipeline, index, join, record, out);
+        }
         let Some(bytes) = record.value else {
             dead_letter_source(record, "record has no value".into(), out);
             return Ok(());
@@ -432,6 +436,9 @@ impl TaskProcessor {
         if self.already_applied(record.topic, record.partition, record.offset) {
             out.counters.deduplicated += 1;
             return Ok(());
+        }
+        if let Some((index, join)) = pipeline.join_of(record.topic) {
+            return self.process_repartitioned_join_input(&pipeline, index, join, record, out);
         }
         let Some(bytes) = record.value else {
             dead_letter_source(record, "record has no value".into(), out);
@@ -589,6 +596,9 @@ impl TaskProcessor {
                 Operation::Pattern(pattern) => {
                     return self.pattern_event(pipeline, index, pattern, flow, out);
                 }
+                Operation::Join(join) => {
+                    return self.join_record(pipeline, index, join, flow, out);
+                }
                 Operation::Aggregate { window, fields } => {
                     return self.aggregate(pipeline, index, window.as_ref(), fields, flow, out);
                 }
@@ -694,6 +704,9 @@ fn dead_letter_source(record: &SourceRecord<'_>, reason: String, out: &mut Outpu
 }
 
 mod count_windows;
+#[cfg(test)]
+mod join_tests;
+mod joins;
 #[cfg(test)]
 mod limits_tests;
 mod patterns;

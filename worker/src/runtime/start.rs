@@ -67,7 +67,9 @@ impl Running {
                 source,
             })?;
         let consumer = Arc::new(consumer);
-        let mut topics = spec.source.topics.clone();
+        // The source topics, then a join's topic: task t reads partition t
+        // of each.
+        let mut topics = spec.input_topics();
         let partitions = client::source_partitions(&consumer, &topics, QUERY_TIMEOUT)?;
         let source_topics = topics.len();
         let repartition_topic = pipeline.repartition_step().map(|step| {
@@ -192,8 +194,13 @@ impl Running {
             let task_count = usize::try_from(partitions).unwrap_or(0);
             let mut processor = TaskProcessor::new(pipeline.clone(), state, task_count)
                 .with_idle_lease(idle_lease_ms);
-            for topic in &topics[..source_topics] {
+            for topic in &spec.source.topics {
                 processor.register_partition(topic, t);
+            }
+            // A timed join's topic takes part in event time; a table that
+            // is not temporal does not hold back the watermark.
+            if let Some((_, join)) = pipeline.join().filter(|(_, join)| join.is_timed()) {
+                processor.register_partition(&join.topic, t);
             }
             rt.block_on(coordinator.register(
                 target.task,
@@ -213,7 +220,11 @@ impl Running {
             for (index, topic) in topics.iter().enumerate() {
                 // The repartition topic is read from its start: what tasks
                 // wrote before this one started is this task's input.
-                let starting = if index < source_topics {
+                // A table is read from its start: its rows are the table.
+                let table = pipeline.join_of(topic).is_some_and(|(_, join)| {
+                    matches!(join.kind, crate::engine::join::JoinKind::Table { .. })
+                });
+                let starting = if index < source_topics && !table {
                     spec.source.starting_offsets
                 } else {
                     StartingOffsets::Earliest

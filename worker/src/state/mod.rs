@@ -59,7 +59,7 @@ use cache::WriteBack;
 use cache::entry_bytes;
 use keys::STATE;
 pub use keys::{TimeDomain, Timer, keyed_payload, parse_keyed_payload, state_key};
-pub use value::{PendingEvent, Session, StateValue};
+pub use value::{JoinRow, PendingEvent, Session, StateValue};
 
 /// Why state could not be opened, read or written.
 #[derive(Debug, Error)]

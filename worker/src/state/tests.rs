@@ -256,7 +256,30 @@ fn state_values_round_trip() {
             }],
         }],
     };
-    for v in [count(3), sessions, StateValue::Expiry(-17), panes, pattern] {
+    let join = StateValue::Join {
+        own: vec![crate::state::JoinRow {
+            time: -2,
+            value: b"{\"o\":1}".to_vec(),
+        }],
+        other: vec![
+            crate::state::JoinRow {
+                time: 7,
+                value: Vec::new(),
+            },
+            crate::state::JoinRow {
+                time: 9,
+                value: b"{}".to_vec(),
+            },
+        ],
+    };
+    for v in [
+        count(3),
+        sessions,
+        StateValue::Expiry(-17),
+        panes,
+        pattern,
+        join,
+    ] {
         let mut bytes = Vec::new();
         v.encode(&mut bytes);
         assert_eq!(StateValue::decode(&bytes).unwrap(), v);

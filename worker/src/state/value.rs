@@ -26,6 +26,17 @@ pub struct PendingEvent {
     pub value: Vec<u8>,
 }
 
+/// A record kept by a join step: a row version of its table, or a record
+/// of either stream waiting for a pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinRow {
+    /// Its event time (0 for the rows of a table join that is not
+    /// temporal).
+    pub time: i64,
+    /// The record as JSON; empty for a table row's deletion.
+    pub value: Vec<u8>,
+}
+
 /// A value kept in state.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StateValue {
@@ -52,6 +63,17 @@ pub enum StateValue {
         /// Oldest first.
         partials: Vec<Partial>,
     },
+    /// A key at a join step.
+    Join {
+        /// Records of the pipeline's stream it keeps: those waiting for the
+        /// watermark (temporal table join) or for pairs (interval join).
+        /// Sorted by event time.
+        own: Vec<JoinRow>,
+        /// Records of the join's topic: the table's row (its versions by
+        /// event time, for a temporal join) or the other stream's records
+        /// waiting for pairs. Sorted by event time.
+        other: Vec<JoinRow>,
+    },
 }
 
 const VALUE_ACCUMULATORS: u8 = 1;
@@ -59,6 +81,7 @@ const VALUE_SESSIONS: u8 = 2;
 const VALUE_EXPIRY: u8 = 3;
 const VALUE_COUNT_PANES: u8 = 4;
 const VALUE_PATTERN: u8 = 5;
+const VALUE_JOIN: u8 = 6;
 
 impl StateValue {
     /// An estimate of the heap memory the decoded value holds.
@@ -87,6 +110,13 @@ impl StateValue {
                         .map(|e| std::mem::size_of::<Captured>() + e.value.len())
                         .sum::<usize>()
             }
+            StateValue::Join { own, other } => [own, other]
+                .into_iter()
+                .map(|rows| {
+                    rows.capacity() * std::mem::size_of::<JoinRow>()
+                        + rows.iter().map(|r| r.value.capacity()).sum::<usize>()
+                })
+                .sum(),
         }
     }
 
@@ -137,6 +167,16 @@ impl StateValue {
                         out.extend_from_slice(&e.stage.to_le_bytes());
                         out.extend_from_slice(&e.time.to_le_bytes());
                         write_bytes(out, &e.value);
+                    }
+                }
+            }
+            StateValue::Join { own, other } => {
+                out.push(VALUE_JOIN);
+                for rows in [own, other] {
+                    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+                    for row in rows {
+                        out.extend_from_slice(&row.time.to_le_bytes());
+                        write_bytes(out, &row.value);
                     }
                 }
             }
@@ -205,6 +245,21 @@ impl StateValue {
                     });
                 }
                 StateValue::Pattern { pending, partials }
+            }
+            VALUE_JOIN => {
+                let mut read_rows = || -> Result<Vec<JoinRow>, AccumulatorError> {
+                    let n = r.u32()?;
+                    let mut rows = Vec::new();
+                    for _ in 0..n {
+                        let time = r.u64()? as i64;
+                        let value = read_bytes(&mut r)?;
+                        rows.push(JoinRow { time, value });
+                    }
+                    Ok(rows)
+                };
+                let own = read_rows()?;
+                let other = read_rows()?;
+                StateValue::Join { own, other }
             }
             _ => return Err(AccumulatorError::Corrupt("unknown state value tag")),
         };

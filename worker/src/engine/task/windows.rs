@@ -433,6 +433,9 @@ impl TaskProcessor {
             (Operation::Pattern(pattern), PATTERN) => {
                 self.pattern_timer(index, pattern, &timer, (keyed, &key), &mut emitted, out)?;
             }
+            (Operation::Join(join), JOIN) => {
+                self.join_timer(index, join, &timer, &mut emitted, out)?;
+            }
             _ => {}
         }
         for (value, time) in emitted {
