@@ -5,7 +5,14 @@
 //! (a) stateless filter + map;
 //! (b) keyBy user, 60 s tumbling window, count + sum, over 100k users in
 //!     RocksDB (event time advancing 20k events per second, so about 12
-//!     events per user and window; windows fire as the watermark passes).
+//!     events per user and window; windows fire as the watermark passes);
+//! (c) keyBy user, pattern "an amount over 80 then one under 10 within
+//!     10 s" (every event waits in state for the watermark);
+//! (d) keyBy user, interval join of every third record (read from a second
+//!     topic) with the others of the user from 2 s before to 2 s after it
+//!     (both sides wait in state until the watermark passes the interval);
+//! (e) keyBy user, temporal table join of every third record (a row
+//!     version of the user) into the others, at their event time.
 //!
 //! Run with `cargo bench -p weir-worker --bench engine` (optionally
 //! `-- EVENTS`, default 2,000,000 per scenario).
@@ -69,7 +76,9 @@ pipeline: {pipeline}
     serde_yaml::from_str(&yaml).expect("bench spec")
 }
 
-fn run(name: &str, pipeline: &str, input: &[Vec<u8>]) {
+/// Runs `input` through `pipeline`; with `other_every`, every that many
+/// records are read from the join's topic `other` instead of `in`.
+fn run(name: &str, pipeline: &str, input: &[Vec<u8>], other_every: Option<usize>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = Arc::new(Pipeline::compile(&spec(pipeline)).expect("pipeline"));
     let state = TaskState::open(dir.path(), &StateOptions::default()).expect("state");
@@ -79,8 +88,9 @@ fn run(name: &str, pipeline: &str, input: &[Vec<u8>]) {
     let wall = Instant::now();
     let cpu = cpu_seconds();
     for (offset, value) in input.iter().enumerate() {
+        let other = other_every.is_some_and(|every| offset % every == 0);
         let record = SourceRecord {
-            topic: "in",
+            topic: if other { "other" } else { "in" },
             partition: 0,
             offset: offset as i64,
             key: None,
@@ -99,7 +109,7 @@ fn run(name: &str, pipeline: &str, input: &[Vec<u8>]) {
     black_box(sink_bytes);
     let c = out.counters;
     println!(
-        "{name}: {} events, {:.2} s CPU, {:.2} s wall: {:.0} events per CPU-second ({:.0} per wall second); out {}, filtered {}, late {}, dead-lettered {}",
+        "{name}: {} events, {:.2} s CPU, {:.2} s wall: {:.0} events per CPU-second ({:.0} per wall second); out {}, filtered {}, late {}, dead-lettered {}, timers pending {}",
         input.len(),
         cpu,
         wall,
@@ -109,6 +119,7 @@ fn run(name: &str, pipeline: &str, input: &[Vec<u8>]) {
         c.filtered,
         c.late,
         c.dead_lettered,
+        task.state().pending_timers(),
     );
 }
 
@@ -125,11 +136,34 @@ fn main() {
         r#"[{filter: "record.amount > 1.0 && record.country != 'XX'"},
             {map: {fields: [{name: user, expr: record.user_id}, {name: cents, expr: "record.amount * 100.0"}, {name: country, expr: record.country}]}}]"#,
         &input,
+        None,
     );
     run(
         "(b) keyed 60s tumbling count+sum, 100k users, RocksDB",
         r#"[{keyBy: {expr: record.user_id, sourcePartitioned: true}}, {window: {type: tumbling, size: 60s}},
             {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}}]"#,
         &input,
+        None,
+    );
+    run(
+        "(c) keyed pattern big then small within 10s, 100k users, RocksDB",
+        r#"[{keyBy: {expr: record.user_id, sourcePartitioned: true}}, {pattern: {within: 10s, sequence: [
+            {name: big, condition: "record.amount > 80.0"}, {name: small, condition: "record.amount < 10.0"}]}}]"#,
+        &input,
+        None,
+    );
+    run(
+        "(d) keyed interval join -2s..+2s, 100k users, RocksDB",
+        r#"[{keyBy: {expr: record.user_id, sourcePartitioned: true}},
+            {join: {type: interval, topic: other, key: record.user_id, as: o, before: 2s, after: 2s}}]"#,
+        &input,
+        Some(3),
+    );
+    run(
+        "(e) keyed temporal table join, 100k users, RocksDB",
+        r#"[{keyBy: {expr: record.user_id, sourcePartitioned: true}},
+            {join: {type: table, topic: other, key: record.user_id, as: o, temporal: true, history: 4}}]"#,
+        &input,
+        Some(3),
     );
 }

@@ -63,11 +63,14 @@ pub struct Reading {
     /// Records not yet consumed, summed over the source partitions.
     pub lag: i64,
     /// Records on the repartition topic not yet processed by the keyed
-    /// stage (the operator's internal backlog).
+    /// stage (the operator's internal backlog), and records of the join's
+    /// topic not yet read.
     pub in_transit: i64,
     /// The next offset the job reads, per source partition (as last
     /// reported: a stopped worker keeps its last position).
     pub positions: BTreeMap<i32, i64>,
+    /// The same, per partition of the join's topic, if the job has a join.
+    pub join_positions: BTreeMap<i32, i64>,
     /// Records read and written by the running workers.
     pub records_in: u64,
     /// Records written by the running workers.

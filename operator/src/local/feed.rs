@@ -19,6 +19,8 @@ use super::profile::RateProfile;
 /// One event as produced: where it went, and what the model is fed.
 #[derive(Debug)]
 pub struct Produced {
+    /// The topic.
+    pub topic: String,
     /// The partition.
     pub partition: i32,
     /// The Kafka key.
@@ -118,6 +120,7 @@ impl Feed {
                         sent += 1;
                         // The model may lag; it never blocks the feed.
                         let _ = model.send(Produced {
+                            topic: topic.clone(),
                             partition,
                             key: event.key.map(String::into_bytes),
                             value: event.value,

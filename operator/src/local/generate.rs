@@ -27,6 +27,7 @@ pub struct GenerateOptions {
     /// The broker (HOST:PORT[,HOST:PORT...]).
     pub kafka: String,
     /// The topic; default: the job's first source topic (it must exist).
+    /// The join's topic gets records shaped as the join reads them.
     pub topic: Option<String>,
     /// The rate over time; the run lasts the profile's length.
     pub profile: RateProfile,
@@ -74,7 +75,12 @@ pub fn generate(options: &GenerateOptions) -> anyhow::Result<Generated> {
         "topic {topic} at {} has no partitions (create it first)",
         options.kafka
     );
-    let shape = EventShape::infer(&job.spec, options.keys);
+    // The join's topic gets the records the join reads there.
+    let shape = match job.spec.join().filter(|join| join.topic == topic) {
+        Some(_) => EventShape::infer_join(&job.spec, options.keys)
+            .context("the steps after the join read no key to generate its records by")?,
+        None => EventShape::infer(&job.spec, options.keys),
+    };
     let events = Events::Generated(Box::new(EventSource::new(shape, options.seed)));
     // No model: whoever checks the output reads the topic back.
     let (model, _) = mpsc::channel();

@@ -6,10 +6,14 @@
 //! The shape is inferred from the expressions' text (pure): a field compared
 //! with a string literal takes that literal most of the time, a field
 //! compared with `1.5` is a double, with `100` an integer, a field summed or
-//! averaged is a double, the keyBy field is a key from a skewed pool, the
+//! averaged, multiplied by or compared with another field is a double, the
+//! keyBy field is a key from a skewed pool (an id counting up with an
+//! interval join, whose two streams then pair record by record), the
 //! dedupe key an id that repeats now and then, and the event-time field is
 //! the wall clock in the job's format. Other fields are strings picked by
-//! their name (`country`, `email`, `page`, ...).
+//! their name (`country`, `email`, `page`, ...). A join's topic gets the
+//! fields the steps after the join read of the joined record
+//! ([`EventShape::infer_join`]).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -80,6 +84,10 @@ static NUMBER_COMPARED: LazyLock<Regex> = LazyLock::new(|| {
 });
 static NUMBER_COMPARED_BEFORE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(-?[0-9]+(?:\.[0-9]+)?)\s*(?:==|!=|>=|<=|>|<|\+|-|\*|/)\s*record\.([A-Za-z_][A-Za-z0-9_]*)")
+        .expect("valid regex")
+});
+static FIELDS_COMBINED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"record\.([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z_][A-Za-z0-9_]*)?\s*(?:\*|/|>=|<=|>|<)\s*record\.([A-Za-z_][A-Za-z0-9_]*)")
         .expect("valid regex")
 });
 static CONVERTED_TO_DOUBLE: LazyLock<Regex> = LazyLock::new(|| {
@@ -200,16 +208,25 @@ impl EventShape {
                 .unwrap_or_default();
             set(&field, FieldKind::Time(format));
         }
+        // Interval joins pair records of the same id close in time: both
+        // streams count ids up at the same rate, so a record meets its
+        // counterpart, not every record of a hot key.
+        let paired = spec
+            .join()
+            .is_some_and(|join| join.kind == weir_crds::job::JoinKind::Interval);
         for step in &spec.pipeline {
             if let Some(key_by) = &step.key_by {
                 for cap in FIELD.captures_iter(&key_by.expr) {
-                    set(
-                        &cap[1],
+                    let prefix = prefix_of(&cap[1]);
+                    let kind = if paired {
+                        FieldKind::Id { prefix }
+                    } else {
                         FieldKind::Key {
-                            prefix: prefix_of(&cap[1]),
+                            prefix,
                             keys: keys.max(1),
-                        },
-                    );
+                        }
+                    };
+                    set(&cap[1], kind);
                 }
             }
             if let Some(dedupe) = &step.dedupe {
@@ -252,6 +269,12 @@ impl EventShape {
                     );
                 }
             }
+            for cap in FIELDS_COMBINED.captures_iter(expr) {
+                for name in [&cap[1], &cap[2]] {
+                    let (low, high) = number_range(name);
+                    set(name, FieldKind::Double { low, high });
+                }
+            }
             for cap in CONVERTED_TO_DOUBLE.captures_iter(expr) {
                 let (low, high) = number_range(&cap[1]);
                 set(
@@ -289,7 +312,77 @@ impl EventShape {
         for name in &fields {
             set(name, FieldKind::Text(vocabulary(name)));
         }
+        // The joined record's field is the join's to fill.
+        if let Some(join) = spec.join() {
+            kinds.remove(&join.as_field);
+        }
         EventShape { fields: kinds }
+    }
+
+    /// The shape of the records of the job's join topic, if it has a join:
+    /// the join key (the Kafka key when `join.key` is unset) drawn from the
+    /// same pool as the keyBy field, so that rows and records meet; the
+    /// event-time field; and the fields the steps after the join read of
+    /// the joined record (`record.<as>.<field>`), typed as [`Self::infer`]
+    /// types source fields.
+    pub fn infer_join(spec: &StreamingJobSpec, keys: u32) -> Option<EventShape> {
+        let at = spec.pipeline.iter().position(|s| s.join.is_some())?;
+        let join = spec.pipeline[at].join.as_ref()?;
+        let main_key = spec.pipeline[..at]
+            .iter()
+            .filter_map(|s| s.key_by.as_ref())
+            .find_map(|k| FIELD.captures(&k.expr).map(|c| c[1].to_owned()))?;
+        let key_field = join
+            .key
+            .as_deref()
+            .and_then(|k| FIELD.captures(k).map(|c| c[1].to_owned()))
+            .unwrap_or_else(|| main_key.clone());
+        // The later steps as if they read the joined record itself.
+        let nested = format!("record.{}.", join.as_field);
+        let nested_field = Regex::new(&format!(
+            r"record\.{}\.([A-Za-z_][A-Za-z0-9_]*)",
+            regex::escape(&join.as_field)
+        ))
+        .ok()?;
+        let mut read = std::collections::BTreeSet::new();
+        let mut later = spec.clone();
+        later.pipeline = Vec::new();
+        for step in &spec.pipeline[at + 1..] {
+            let text = serde_json::to_string(step).ok()?;
+            read.extend(nested_field.captures_iter(&text).map(|c| c[1].to_owned()));
+            later
+                .pipeline
+                .push(serde_json::from_str(&text.replace(&nested, "record.")).ok()?);
+        }
+        let mut shape = EventShape::infer(&later, keys);
+        let time = spec
+            .source
+            .event_time
+            .as_ref()
+            .and_then(|t| t.field.clone());
+        shape
+            .fields
+            .retain(|name, _| read.contains(name) || Some(name) == time.as_ref());
+        let prefix = prefix_of(&main_key);
+        let key = if join.kind == weir_crds::job::JoinKind::Interval {
+            FieldKind::Id { prefix }
+        } else {
+            FieldKind::Key {
+                prefix,
+                keys: keys.max(1),
+            }
+        };
+        shape.fields.insert(key_field, key);
+        if let Some(field) = time {
+            let format = spec
+                .source
+                .event_time
+                .as_ref()
+                .map(|t| t.format)
+                .unwrap_or_default();
+            shape.fields.insert(field, FieldKind::Time(format));
+        }
+        Some(shape)
     }
 
     /// The field the events are keyed by, if any (the Kafka record key).
@@ -431,6 +524,33 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn join_topics_get_the_fields_the_join_reads_keyed_like_the_stream() {
+        let spec = sample("clicks-enriched-with-users.yaml");
+        let clicks = EventShape::infer(&spec, 100);
+        assert!(!clicks.fields.contains_key("user"), "the join fills user");
+        let users = EventShape::infer_join(&spec, 100).unwrap();
+        assert_eq!(users.key_field(), Some("user_id"), "the Kafka key");
+        assert_eq!(users.fields["user_id"], clicks.fields["user_id"]);
+        assert!(matches!(users.fields["country"], FieldKind::Text(_)));
+        assert!(matches!(users.fields["tier"], FieldKind::Text(_)));
+        assert!(!users.fields.contains_key("page"), "{users:?}");
+
+        let spec = sample("orders-with-payments.yaml");
+        let orders = EventShape::infer(&spec, 100);
+        let payments = EventShape::infer_join(&spec, 100).unwrap();
+        assert!(matches!(orders.fields["order_id"], FieldKind::Id { .. }));
+        assert_eq!(payments.fields["order_id"], orders.fields["order_id"]);
+        assert!(matches!(orders.fields["amount"], FieldKind::Double { .. }));
+        assert!(matches!(payments.fields["paid"], FieldKind::Double { .. }));
+
+        let spec = sample("orders-in-euros.yaml");
+        let rates = EventShape::infer_join(&spec, 100).unwrap();
+        assert!(matches!(rates.fields["currency"], FieldKind::Key { .. }));
+        assert!(matches!(rates.fields["eur"], FieldKind::Double { .. }));
+        assert!(matches!(rates.fields["ts"], FieldKind::Time(_)));
+    }
+
     /// Every sample's generated events decode and evaluate without a dead
     /// letter, and its filters let most of them through.
     #[test]
@@ -440,24 +560,38 @@ mod tests {
             "iot-sensor-averages.yaml",
             "orders-filter-enrich.yaml",
             "vibration-count-windows.yaml",
+            "clicks-enriched-with-users.yaml",
+            "orders-with-payments.yaml",
+            "orders-in-euros.yaml",
         ] {
             let spec = sample(name);
             let dir = tempfile::tempdir().unwrap();
             let mut model = Model::new(&spec, 4, dir.path(), None).unwrap();
             let mut source = EventSource::new(EventShape::infer(&spec, 50), 7);
+            let mut joined = EventShape::infer_join(&spec, 50).map(|shape| {
+                (
+                    spec.join().unwrap().topic.clone(),
+                    EventSource::new(shape, 8),
+                )
+            });
             let start = k8s_openapi::jiff::Timestamp::now().as_millisecond();
-            for i in 0..2000 {
-                let now = start + i * 100;
-                let event = source.next_event(now);
-                let partition = (i % 4) as i32;
+            let mut feed = |topic: &str, event: GeneratedEvent, i: i64, now: i64| {
                 model
                     .feed(
-                        partition,
+                        topic,
+                        (i % 4) as i32,
                         event.key.as_deref().map(str::as_bytes),
                         &event.value,
                         now,
                     )
                     .unwrap();
+            };
+            for i in 0..2000 {
+                let now = start + i * 100;
+                if let Some((topic, rows)) = &mut joined {
+                    feed(topic, rows.next_event(now), i, now);
+                }
+                feed(&spec.source.topics[0], source.next_event(now), i, now);
             }
             assert_eq!(model.dead_letters(), 0, "{name}");
             assert_eq!(model.late(), 0, "{name}");

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod feed;
 pub mod generate;
 pub mod generator;
+mod join_feed;
 pub mod kafka;
 pub mod model;
 pub mod profile;
@@ -196,6 +197,7 @@ fn read(
     let watermarks = kafka.watermarks(topic, partitions)?;
     let mut reading = Reading {
         positions: previous.positions.clone(),
+        join_positions: previous.join_positions.clone(),
         ..Reading::default()
     };
     let statuses: Vec<_> = controller
@@ -234,6 +236,26 @@ fn read(
         &controller.job.spec.input_topics(),
         lag::control_tail(controller.job.spec.guarantee, partitions),
     );
+    // A join's topic not read yet is backlog too.
+    if let Some(join) = controller.job.spec.join() {
+        for p in statuses
+            .iter()
+            .flat_map(|s| &s.tasks)
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.topic == join.topic)
+        {
+            reading.join_positions.insert(p.partition, p.offset);
+        }
+        for (partition, (_, high)) in kafka
+            .watermarks(&join.topic, partitions)?
+            .iter()
+            .enumerate()
+        {
+            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            let position = reading.join_positions.get(&partition).copied().unwrap_or(0);
+            reading.in_transit += (high - position).max(0);
+        }
+    }
     Ok((reading, watermarks))
 }
 
@@ -355,6 +377,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
         for event in model_rx {
             model
                 .feed(
+                    &event.topic,
                     event.partition,
                     event.key.as_deref(),
                     &event.value,
@@ -392,6 +415,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
         });
     }
     controller.tick().await?;
+    let join_feed = join_feed::JoinFeed::start(
+        &mut controller,
+        &kafka,
+        (partitions, options.keys, options.seed),
+        &options.profile,
+        model_tx.clone(),
+    )
+    .await?;
     let feed = Feed::start(
         kafka.bootstrap(),
         &topic,
@@ -472,7 +503,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             break;
         }
     }
-    let events_in = feed.stop().map_err(anyhow::Error::msg)?;
+    let events_in = feed.stop().map_err(anyhow::Error::msg)? + join_feed.stop()?;
     // Let the job catch up and fire what the last events closed.
     if failure.is_none() {
         let drain_started = Instant::now();

@@ -29,6 +29,9 @@ pub type OutputCounts = BTreeMap<Vec<u8>, u64>;
 pub struct ModelSnapshot {
     /// The next offset per partition.
     pub offsets: Vec<i64>,
+    /// The next offset per partition of the join's topic.
+    #[serde(default)]
+    pub join_offsets: Vec<i64>,
     /// The engine's watermarks.
     pub engine: TaskSnapshot,
     /// The records expected so far (JSON text) with their counts.
@@ -44,6 +47,9 @@ pub struct Model {
     processor: TaskProcessor,
     topic: String,
     offsets: Vec<i64>,
+    /// The join's topic, if the job has a join.
+    join_topic: Option<String>,
+    join_offsets: Vec<i64>,
     outputs: Outputs,
     expected: OutputCounts,
     dead_letters: u64,
@@ -74,15 +80,23 @@ impl Model {
         let pipeline = Pipeline::compile(&plain).map_err(|e| ModelError(e.to_string()))?;
         let state = TaskState::open(dir, &StateOptions::default())
             .map_err(|e| ModelError(e.to_string()))?;
+        let timed_join = pipeline.join().is_some_and(|(_, join)| join.is_timed());
         let mut processor = TaskProcessor::new(Arc::new(pipeline), state, 1);
         let topic = spec.source.topics.first().cloned().unwrap_or_default();
+        let join_topic = spec.join().map(|join| join.topic.clone());
         for partition in 0..partitions {
             processor.register_partition(&topic, partition);
+            if let Some(join) = join_topic.as_ref().filter(|_| timed_join) {
+                processor.register_partition(join, partition);
+            }
         }
+        let slots = usize::try_from(partitions).unwrap_or(0);
         let mut model = Model {
             processor,
             topic,
-            offsets: vec![0; usize::try_from(partitions).unwrap_or(0)],
+            offsets: vec![0; slots],
+            join_offsets: vec![0; if join_topic.is_some() { slots } else { 0 }],
+            join_topic,
             outputs: Outputs::default(),
             expected: OutputCounts::new(),
             dead_letters: 0,
@@ -98,6 +112,9 @@ impl Model {
             }
             model.processor.restore_meta(snapshot.engine);
             model.offsets = snapshot.offsets;
+            if snapshot.join_offsets.len() == model.join_offsets.len() {
+                model.join_offsets = snapshot.join_offsets;
+            }
             model.expected = snapshot
                 .expected
                 .into_iter()
@@ -118,6 +135,7 @@ impl Model {
             .map_err(|e| ModelError(e.to_string()))?;
         Ok(ModelSnapshot {
             offsets: self.offsets.clone(),
+            join_offsets: self.join_offsets.clone(),
             engine: self.processor.snapshot_meta(),
             expected: self
                 .expected
@@ -129,20 +147,29 @@ impl Model {
         })
     }
 
-    /// Feeds one event, as produced to `partition` at `timestamp_ms`.
+    /// Feeds one event, as produced to `partition` of `topic` (the source
+    /// topic or the join's) at `timestamp_ms`.
     pub fn feed(
         &mut self,
+        topic: &str,
         partition: i32,
         key: Option<&[u8]>,
         value: &[u8],
         timestamp_ms: i64,
     ) -> Result<(), ModelError> {
+        let offsets = if self.join_topic.as_deref() == Some(topic) {
+            &mut self.join_offsets
+        } else if topic == self.topic {
+            &mut self.offsets
+        } else {
+            return Err(ModelError(format!("the job does not read {topic}")));
+        };
         let slot = usize::try_from(partition)
             .ok()
-            .and_then(|p| self.offsets.get_mut(p))
-            .ok_or_else(|| ModelError(format!("no partition {partition}")))?;
+            .and_then(|p| offsets.get_mut(p))
+            .ok_or_else(|| ModelError(format!("no partition {partition} of {topic}")))?;
         let record = SourceRecord {
-            topic: &self.topic,
+            topic,
             partition,
             offset: *slot,
             key,

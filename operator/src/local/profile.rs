@@ -56,6 +56,20 @@ impl RateProfile {
         self.steps.last().map_or(0.0, |s| s.rate)
     }
 
+    /// The same steps at `factor` times the rate.
+    pub fn scaled(&self, factor: f64) -> RateProfile {
+        RateProfile {
+            steps: self
+                .steps
+                .iter()
+                .map(|s| RateStep {
+                    rate: s.rate * factor,
+                    duration: s.duration,
+                })
+                .collect(),
+        }
+    }
+
     /// Events due in `[0, elapsed)`: the integral of the rate.
     pub fn events_until(&self, elapsed: Duration) -> u64 {
         let mut total = 0.0;

@@ -927,6 +927,6 @@ pipeline: {pipeline}
             );
             compiled += 1;
         }
-        assert_eq!(compiled, 6, "the samples in {}", dir.display());
+        assert_eq!(compiled, 9, "the samples in {}", dir.display());
     }
 }

@@ -338,8 +338,11 @@ impl Running {
     /// alone: nothing it needs is left in flight on the topic.
     fn begin_drain(&mut self, id: String) -> Result<(), WorkerError> {
         self.pause_sources()?;
+        // Reports of this drain read before the request came (another
+        // worker was asked first) count: that worker may not repeat them
+        // before it completes and stops.
         for task in &mut self.tasks {
-            task.drained.clear();
+            task.drained.retain(|_, drained| *drained == id);
         }
         let timeout = self.config.spec.savepoint.timeout.as_millis();
         self.draining = Some(Drain {

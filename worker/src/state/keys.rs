@@ -68,14 +68,6 @@ impl TimeDomain {
             TimeDomain::Repartitioned => REPARTITIONED_TIMERS,
         }
     }
-
-    pub(super) fn index(self) -> usize {
-        match self {
-            TimeDomain::Event => 0,
-            TimeDomain::Processing => 1,
-            TimeDomain::Repartitioned => 2,
-        }
-    }
 }
 
 /// A due timer.

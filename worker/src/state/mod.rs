@@ -156,8 +156,7 @@ pub struct TaskState {
     path: PathBuf,
     write_options: WriteOptions,
     cache: WriteBack,
-    /// Lower bounds of the earliest timer per domain, `None` if none.
-    next_timer: [Option<i64>; TimeDomain::ALL.len()],
+    timers: timers::TimerQueue,
 }
 
 impl std::fmt::Debug for TaskState {
@@ -208,17 +207,14 @@ impl TaskState {
         })?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        let mut state = TaskState {
+        let timers = timers::TimerQueue::load(&db)?;
+        Ok(TaskState {
             db,
             path: dir.to_owned(),
             write_options,
             cache: WriteBack::new(Arc::clone(&options.cache)),
-            next_timer: [None; TimeDomain::ALL.len()],
-        };
-        for domain in TimeDomain::ALL {
-            state.next_timer[domain.index()] = state.first_timer(domain)?;
-        }
-        Ok(state)
+            timers,
+        })
     }
 
     /// The RocksDB instance, for checkpoints. Call
@@ -232,12 +228,13 @@ impl TaskState {
         &self.path
     }
 
-    /// Writes every dirty cached value to RocksDB and flushes the memtables,
-    /// so that a checkpoint taken right after holds the whole state. Cached
-    /// values stay cached.
+    /// Writes every dirty cached value and the timers' changes to RocksDB
+    /// and flushes the memtables, so that a checkpoint taken right after
+    /// holds the whole state. Cached values stay cached.
     pub fn flush_cache(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
         self.cache.write_dirty(&mut batch);
+        self.timers.write_changes(&mut batch);
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(db_error("write of the cache"))?;
@@ -258,6 +255,12 @@ impl TaskState {
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(db_error("deletion of a removed step's state"))
+    }
+
+    /// The estimated memory of the pending timers, which are all held in
+    /// memory.
+    pub fn timer_bytes(&self) -> usize {
+        self.timers.bytes()
     }
 
     /// Number of values in the write-back cache.

@@ -69,6 +69,69 @@ fn flushed_state_survives_reopening() {
     assert_eq!(state.next_timer(TimeDomain::Processing), None);
 }
 
+/// Timer keys stored in RocksDB.
+fn stored_timers(state: &TaskState) -> Vec<Vec<u8>> {
+    state
+        .db()
+        .iterator(rocksdb::IteratorMode::Start)
+        .map(|item| item.unwrap().0.to_vec())
+        .filter(|key| key[0] != crate::state::keys::STATE)
+        .collect()
+}
+
+#[test]
+fn rocksdb_holds_the_pending_timers_as_of_the_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut due = Vec::new();
+    {
+        let mut state = TaskState::open(dir.path(), &options(10)).unwrap();
+        for t in [10, 20, 30] {
+            state
+                .register_timer(TimeDomain::Event, t, 1, 2, b"k")
+                .unwrap();
+        }
+        state
+            .take_due_timers(TimeDomain::Event, 10, usize::MAX, &mut due)
+            .unwrap();
+        assert!(
+            stored_timers(&state).is_empty(),
+            "nothing written before a flush"
+        );
+        state.flush_cache().unwrap();
+        assert_eq!(stored_timers(&state).len(), 2, "the pending 20 and 30");
+        // 20 fires and comes again, 30 fires, 40 comes and fires: none of
+        // it is written before the next flush.
+        state
+            .take_due_timers(TimeDomain::Event, 30, usize::MAX, &mut due)
+            .unwrap();
+        state
+            .register_timer(TimeDomain::Event, 20, 1, 2, b"k")
+            .unwrap();
+        state
+            .register_timer(TimeDomain::Event, 40, 1, 2, b"k")
+            .unwrap();
+        state
+            .take_due_timers(TimeDomain::Event, 45, 1, &mut due)
+            .unwrap();
+        assert_eq!(state.next_timer(TimeDomain::Event), Some(40));
+        state
+            .take_due_timers(TimeDomain::Event, 45, 1, &mut due)
+            .unwrap();
+        assert_eq!(stored_timers(&state).len(), 2);
+        state
+            .register_timer(TimeDomain::Processing, 7, 1, 2, b"p")
+            .unwrap();
+        state.flush_cache().unwrap();
+        assert_eq!(stored_timers(&state).len(), 1);
+    }
+    let times: Vec<i64> = due.iter().map(|t| t.time).collect();
+    assert_eq!(times, [10, 20, 30, 20, 40]);
+    let state = TaskState::open(dir.path(), &options(10)).unwrap();
+    assert_eq!(state.next_timer(TimeDomain::Event), None);
+    assert_eq!(state.next_timer(TimeDomain::Processing), Some(7));
+    assert_eq!(state.pending_timers(), 1);
+}
+
 #[test]
 fn timers_fire_in_time_order_once() {
     let dir = tempfile::tempdir().unwrap();

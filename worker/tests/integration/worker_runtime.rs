@@ -199,6 +199,47 @@ async fn repartitioned_rescale_from_two_to_three_workers() {
     stop_all(new).await;
 }
 
+/// A worker may read another's report that it drained for a savepoint
+/// before it is asked for that savepoint itself (the requests reach the
+/// workers one by one): the report still counts, and both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_report_read_before_the_savepoint_request_still_counts() {
+    let kafka = Kafka::new(4);
+    let state = tempfile::tempdir().unwrap();
+    // Checkpoints (which repeat a draining worker's report) far apart:
+    // worker 0 reports once, before worker 1 is asked.
+    let yaml = repartitioned_job_yaml(&kafka.bootstrap, &store_url("early-report"))
+        .replace("interval: 300ms", "interval: 30s");
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    let counts = produce_round_robin(&kafka, &generate(2_000, 50, BASE_TS, 3));
+    wait_processed(&workers, &counts).await;
+    let request = |w: &weir_worker::runtime::WorkerHandle| {
+        http(
+            w.addr(),
+            "POST",
+            "/v1/savepoints",
+            Some(TOKEN),
+            r#"{"id":"staggered","stop":true}"#,
+        )
+    };
+    let (code, body) = request(&workers[0]).await;
+    assert_eq!(code, 202, "{body}");
+    // Worker 1 reads worker 0's drain reports while still running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, body) = request(&workers[1]).await;
+    assert_eq!(code, 202, "{body}");
+    for w in &workers {
+        wait_for(Duration::from_secs(20), "stop with savepoint", || {
+            let s = w.status();
+            s.stopped
+                && s.savepoint
+                    .is_some_and(|s| s.state == SavepointState::Completed)
+        })
+        .await;
+    }
+    stop_all(workers).await;
+}
+
 /// A stop-with-savepoint of a repartitioned job waits until every task has
 /// read what every other task wrote to it: the savepoint stands alone, no
 /// keyed record it needs is left on the repartition topic past its offsets.
