@@ -14,8 +14,21 @@
 //! (e) keyBy user, temporal table join of every third record (a row
 //!     version of the user) into the others, at their event time.
 //!
+//! Then the workload Flink 2.3 was measured on (parallelism 1, RocksDB,
+//! 10 s checkpoints): 5,000,000 lines
+//! `{"user_id":<0..99999>,"amount":<0..999>,"country":"DE|FR|US|JP","ts":<+1 ms per event>}`,
+//! about 0.6 events per user and 60 s window, so nearly every event creates
+//! state and a timer:
+//!
+//! (f) stateless `amount > 100 && country == 'DE'`, map 3 fields (Flink
+//!     about 1.0 µs of CPU per event);
+//! (g) 60 s tumbling count + sum per user in RocksDB, with a checkpoint
+//!     (cache flush and RocksDB checkpoint) every 10 s of processing time
+//!     (Flink about 17 µs per event).
+//!
 //! Run with `cargo bench -p weir-worker --bench engine` (optionally
-//! `-- EVENTS`, default 2,000,000 per scenario).
+//! `-- EVENTS`, default 2,000,000 per scenario, and `-- flink` for (f) and
+//! (g) only).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -63,6 +76,27 @@ fn records(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The lines of the workload Flink was measured on.
+fn flink_records(n: usize) -> Vec<Vec<u8>> {
+    const FLINK_COUNTRIES: [&str; 4] = ["DE", "FR", "US", "JP"];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!(
+                r#"{{"user_id":{},"amount":{},"country":"{}","ts":{}}}"#,
+                x % 100_000,
+                (x >> 20) % 1000,
+                FLINK_COUNTRIES[((x >> 40) % 4) as usize],
+                1_732_176_000_000 + i as i64
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
 fn spec(pipeline: &str) -> weir_crds::StreamingJobSpec {
     let yaml = format!(
         r#"
@@ -77,17 +111,35 @@ pipeline: {pipeline}
 }
 
 /// Runs `input` through `pipeline`; with `other_every`, every that many
-/// records are read from the join's topic `other` instead of `in`.
-fn run(name: &str, pipeline: &str, input: &[Vec<u8>], other_every: Option<usize>) {
+/// records are read from the join's topic `other` instead of `in`; with
+/// `checkpoint_every`, the state is flushed and checkpointed that often.
+fn run(
+    name: &str,
+    pipeline: &str,
+    input: &[Vec<u8>],
+    other_every: Option<usize>,
+    checkpoint_every: Option<std::time::Duration>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = Arc::new(Pipeline::compile(&spec(pipeline)).expect("pipeline"));
     let state = TaskState::open(dir.path(), &StateOptions::default()).expect("state");
     let mut task = TaskProcessor::new(pipeline, state, 1);
     let mut out = Outputs::default();
     let mut sink_bytes = 0usize;
+    let checkpoints = tempfile::tempdir().expect("tempdir");
+    let mut taken = 0;
+    let mut last_checkpoint = Instant::now();
     let wall = Instant::now();
     let cpu = cpu_seconds();
     for (offset, value) in input.iter().enumerate() {
+        if checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every) {
+            task.state_mut().flush_cache().expect("flush");
+            rocksdb::checkpoint::Checkpoint::new(task.state().db())
+                .and_then(|c| c.create_checkpoint(checkpoints.path().join(taken.to_string())))
+                .expect("checkpoint");
+            taken += 1;
+            last_checkpoint = Instant::now();
+        }
         let other = other_every.is_some_and(|every| offset % every == 0);
         let record = SourceRecord {
             topic: if other { "other" } else { "in" },
@@ -109,11 +161,12 @@ fn run(name: &str, pipeline: &str, input: &[Vec<u8>], other_every: Option<usize>
     black_box(sink_bytes);
     let c = out.counters;
     println!(
-        "{name}: {} events, {:.2} s CPU, {:.2} s wall: {:.0} events per CPU-second ({:.0} per wall second); out {}, filtered {}, late {}, dead-lettered {}, timers pending {}",
+        "{name}: {} events, {:.2} s CPU, {:.2} s wall: {:.0} events per CPU-second, {:.2} µs CPU per event ({:.0} per wall second); out {}, filtered {}, late {}, dead-lettered {}, timers pending {}, checkpoints {taken}",
         input.len(),
         cpu,
         wall,
         input.len() as f64 / cpu,
+        cpu * 1e6 / input.len() as f64,
         input.len() as f64 / wall,
         c.records_out,
         c.filtered,
@@ -124,10 +177,36 @@ fn run(name: &str, pipeline: &str, input: &[Vec<u8>], other_every: Option<usize>
 }
 
 fn main() {
-    let n = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n = args
+        .iter()
         .find_map(|a| a.parse::<usize>().ok())
         .unwrap_or(2_000_000);
+    if !args.iter().any(|a| a == "flink") {
+        ours(n);
+    }
+    let input = flink_records(5_000_000);
+    println!("Flink's workload: {} lines", input.len());
+    run(
+        "(f) stateless filter+map, Flink's workload (Flink ~1.0 µs/event)",
+        r#"[{filter: "record.amount > 100 && record.country == 'DE'"},
+            {map: {fields: [{name: user_id, expr: record.user_id}, {name: amount, expr: record.amount}, {name: ts, expr: record.ts}]}}]"#,
+        &input,
+        None,
+        None,
+    );
+    run(
+        "(g) 60s tumbling count+sum per user, RocksDB, 10s checkpoints, Flink's workload (Flink ~17 µs/event)",
+        r#"[{keyBy: {expr: record.user_id, sourcePartitioned: true}}, {window: {type: tumbling, size: 60s}},
+            {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}}]"#,
+        &input,
+        None,
+        Some(std::time::Duration::from_secs(10)),
+    );
+}
+
+/// Scenarios (a) to (e) over `n` records.
+fn ours(n: usize) {
     let input = records(n);
     let avg = input.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
     println!("{n} records of {avg:.1} bytes on average");
@@ -137,12 +216,14 @@ fn main() {
             {map: {fields: [{name: user, expr: record.user_id}, {name: cents, expr: "record.amount * 100.0"}, {name: country, expr: record.country}]}}]"#,
         &input,
         None,
+        None,
     );
     run(
         "(b) keyed 60s tumbling count+sum, 100k users, RocksDB",
         r#"[{keyBy: {expr: record.user_id, sourcePartitioned: true}}, {window: {type: tumbling, size: 60s}},
             {aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount}]}}]"#,
         &input,
+        None,
         None,
     );
     run(
@@ -151,6 +232,7 @@ fn main() {
             {name: big, condition: "record.amount > 80.0"}, {name: small, condition: "record.amount < 10.0"}]}}]"#,
         &input,
         None,
+        None,
     );
     run(
         "(d) keyed interval join -2s..+2s, 100k users, RocksDB",
@@ -158,6 +240,7 @@ fn main() {
             {join: {type: interval, topic: other, key: record.user_id, as: o, before: 2s, after: 2s}}]"#,
         &input,
         Some(3),
+        None,
     );
     run(
         "(e) keyed temporal table join, 100k users, RocksDB",
@@ -165,5 +248,6 @@ fn main() {
             {join: {type: table, topic: other, key: record.user_id, as: o, temporal: true, history: 4}}]"#,
         &input,
         Some(3),
+        None,
     );
 }

@@ -443,7 +443,8 @@ pub struct JoinStep {
     pub key: Option<String>,
 
     /// Name of the output field holding the other record (`null` when a
-    /// left join found none).
+    /// left join found none); it replaces a field of the record with that
+    /// name.
     #[serde(rename = "as")]
     #[schemars(
         length(min = 1, max = 63),
@@ -464,9 +465,11 @@ pub struct JoinStep {
     #[serde(default)]
     pub temporal: bool,
 
-    /// Temporal joins: the most versions of a row kept per key (older ones
-    /// are dropped first; a version the watermark has passed is dropped
-    /// once a newer one is also behind it). Default 16.
+    /// Temporal joins: the most versions of a row kept per key that the
+    /// watermark has not passed yet (only the newest one behind it is
+    /// kept). Beyond it the oldest are dropped, and counted in
+    /// `weir_join_versions_dropped_total`: give room for the updates a key
+    /// gets within maxOutOfOrderness. Default 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub history: Option<u32>,

@@ -6,7 +6,7 @@
 //!   repartition topic) before the first event is produced, so every
 //!   event meets the same table in the run and in the model;
 //! - a temporal table join gets row updates alongside the events, at a
-//!   tenth of their rate, and an interval join a second stream at their
+//!   hundredth of their rate, and an interval join a second stream at their
 //!   rate: both are joined by event time, so the order they are read in
 //!   does not change the result.
 
@@ -22,7 +22,7 @@ use super::profile::RateProfile;
 use super::{LocalController, Reading, TICK, read};
 
 /// Share of the events' rate at which a temporal table's rows change.
-const TEMPORAL_UPDATE_SHARE: f64 = 0.1;
+const TEMPORAL_UPDATE_SHARE: f64 = 0.01;
 /// The rate a table's rows are produced at before the events.
 const TABLE_PROFILE: &str = "20k:600s";
 /// How long the workers may take to read the table before the events.

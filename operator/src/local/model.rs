@@ -229,7 +229,14 @@ pub struct Comparison {
     /// Of those, records the model does not have at all (a wrong value, or
     /// an output nothing explains); the rest repeat a model record.
     pub unexpected: u64,
+    /// A few of the lost records, to look into.
+    pub lost_examples: Vec<String>,
+    /// A few of the records written beyond the model's.
+    pub duplicated_examples: Vec<String>,
 }
+
+/// How many examples of each difference a comparison keeps.
+const EXAMPLES: usize = 3;
 
 impl Comparison {
     /// Compares the `written` records with the `expected` ones.
@@ -239,13 +246,20 @@ impl Comparison {
             written: written.values().sum(),
             ..Comparison::default()
         };
+        let example = |record: &[u8]| String::from_utf8_lossy(record).into_owned();
         for (record, &want) in expected {
             let got = written.get(record).copied().unwrap_or(0);
             comparison.lost += want.saturating_sub(got);
+            if got < want && comparison.lost_examples.len() < EXAMPLES {
+                comparison.lost_examples.push(example(record));
+            }
         }
         for (record, &got) in written {
             let want = expected.get(record).copied().unwrap_or(0);
             comparison.duplicated += got.saturating_sub(want);
+            if got > want && comparison.duplicated_examples.len() < EXAMPLES {
+                comparison.duplicated_examples.push(example(record));
+            }
             if want == 0 {
                 comparison.unexpected += got;
             }
@@ -281,6 +295,8 @@ mod tests {
         assert_eq!(comparison.lost, 1, "one b missing");
         assert_eq!(comparison.duplicated, 2, "a second c and an unknown d");
         assert_eq!(comparison.unexpected, 1, "d");
+        assert_eq!(comparison.lost_examples, ["b"]);
+        assert_eq!(comparison.duplicated_examples, ["c", "d"]);
         assert!(!comparison.matches());
         assert!(Comparison::of(&expected, &expected).matches());
     }

@@ -206,6 +206,14 @@ impl Summary {
                 "outputs DIFFER from the model: {} expected, {} written, {} lost, {} duplicated ({} of them not in the model at all)",
                 c.expected, c.written, c.lost, c.duplicated, c.unexpected
             );
+            for (what, examples) in [
+                ("lost", &c.lost_examples),
+                ("written beyond the model", &c.duplicated_examples),
+            ] {
+                for record in examples {
+                    let _ = writeln!(out, "  {what}: {record}");
+                }
+            }
         }
         out
     }

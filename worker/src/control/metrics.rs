@@ -21,6 +21,7 @@ pub struct WorkerMetrics {
     records_dead_lettered: IntCounterVec,
     records_repartitioned: IntCounterVec,
     partial_matches_dropped: IntCounterVec,
+    join_versions_dropped: IntCounterVec,
     partition_lag: IntGaugeVec,
     partition_offset: IntGaugeVec,
     watermark: IntGaugeVec,
@@ -59,6 +60,8 @@ pub struct TaskCounters {
     pub records_repartitioned: IntCounter,
     /// Partial matches of pattern steps dropped for the per-key bound.
     pub partial_matches_dropped: IntCounter,
+    /// Row versions of temporal joins dropped for the per-key history.
+    pub join_versions_dropped: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -98,6 +101,11 @@ impl WorkerMetrics {
         let partial_matches_dropped = counter_vec(
             "weir_pattern_partial_matches_dropped_total",
             "Partial matches of pattern steps dropped, oldest first, because a key had more than the bound.",
+            &["task"],
+        )?;
+        let join_versions_dropped = counter_vec(
+            "weir_join_versions_dropped_total",
+            "Row versions of temporal joins dropped, oldest first, before the watermark passed them, because a key had more than join.history: records joined at their time may miss them.",
             &["task"],
         )?;
         let records_repartitioned = counter_vec(
@@ -163,6 +171,7 @@ impl WorkerMetrics {
             records_dead_lettered,
             records_repartitioned,
             partial_matches_dropped,
+            join_versions_dropped,
             partition_lag,
             partition_offset,
             watermark,
@@ -188,6 +197,7 @@ impl WorkerMetrics {
             records_dead_lettered: self.records_dead_lettered.with_label_values(&l),
             records_repartitioned: self.records_repartitioned.with_label_values(&l),
             partial_matches_dropped: self.partial_matches_dropped.with_label_values(&l),
+            join_versions_dropped: self.join_versions_dropped.with_label_values(&l),
         }
     }
 

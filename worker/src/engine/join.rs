@@ -62,21 +62,27 @@ pub fn version_at(versions: &[JoinRow], time: i64) -> Option<&[u8]> {
 /// ones already there, so the last read wins), then drops what no record
 /// can join any more: the versions older than the newest one at or before
 /// `watermark` (records from before the watermark are late), that one too
-/// if it is a deletion, and the oldest beyond `history`.
+/// if it is a deletion; and the oldest beyond `history`, which records
+/// not yet joined may have needed. Returns how many of those it dropped.
 pub fn insert_version(
     versions: &mut Vec<JoinRow>,
     version: JoinRow,
     watermark: Option<i64>,
     history: usize,
-) {
+) -> usize {
     let at = versions.partition_point(|v| v.time <= version.time);
     versions.insert(at, version);
-    prune_versions(versions, watermark, history);
+    prune_versions(versions, watermark, history)
 }
 
 /// Drops the versions no record from after `watermark` can join, and the
-/// oldest beyond `history` (see [`insert_version`]).
-pub fn prune_versions(versions: &mut Vec<JoinRow>, watermark: Option<i64>, history: usize) {
+/// oldest beyond `history` (see [`insert_version`]); returns how many of
+/// the latter it dropped.
+pub fn prune_versions(
+    versions: &mut Vec<JoinRow>,
+    watermark: Option<i64>,
+    history: usize,
+) -> usize {
     if let Some(wm) = watermark {
         let passed = versions.partition_point(|v| v.time <= wm);
         if passed > 0 {
@@ -84,10 +90,9 @@ pub fn prune_versions(versions: &mut Vec<JoinRow>, watermark: Option<i64>, histo
             versions.drain(..passed - usize::from(!current_deleted));
         }
     }
-    if versions.len() > history {
-        let excess = versions.len() - history;
-        versions.drain(..excess);
-    }
+    let excess = versions.len().saturating_sub(history);
+    versions.drain(..excess);
+    excess
 }
 
 /// Whether records at `own` (the stream of the pipeline) and `other` (the
@@ -167,10 +172,16 @@ mod tests {
     #[test]
     fn history_bounds_the_versions_kept() {
         let mut versions = Vec::new();
-        for t in 0..10 {
-            insert_version(&mut versions, row(t, "x"), None, 3);
-        }
+        let dropped: usize = (0..10)
+            .map(|t| insert_version(&mut versions, row(t, "x"), None, 3))
+            .sum();
         assert_eq!(times(&versions), [7, 8, 9]);
+        assert_eq!(dropped, 7, "counted");
+        assert_eq!(
+            prune_versions(&mut versions, Some(8), 3),
+            0,
+            "pruned by the watermark: not counted"
+        );
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub struct Counters {
     pub repartitioned: u64,
     /// Partial matches of pattern steps dropped for the per-key bound.
     pub partial_matches_dropped: u64,
+    /// Row versions of temporal joins dropped for the per-key history
+    /// before the watermark passed them.
+    pub join_versions_dropped: u64,
 }
 
 /// Everything processing produces; the runtime drains it after each batch.

@@ -59,8 +59,11 @@ pub enum KafkaSetupError {
         /// The topic.
         topic: String,
     },
-    /// Source topics differ in partition count.
-    #[error("source topics are not co-partitioned: {counts}")]
+    /// The input topics (the source topics and a join's) differ in
+    /// partition count.
+    #[error(
+        "the input topics (source and join topics) are not co-partitioned: task t reads partition t of each, so their partition counts must be equal: {counts}"
+    )]
     NotCoPartitioned {
         /// Each topic with its partition count.
         counts: String,
@@ -325,7 +328,7 @@ mod tests {
         let err = co_partition_count(&counts(&[("a", 4), ("b", 2)])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "source topics are not co-partitioned: a=4, b=2"
+            "the input topics (source and join topics) are not co-partitioned: task t reads partition t of each, so their partition counts must be equal: a=4, b=2"
         );
         assert!(matches!(
             co_partition_count(&counts(&[("a", 4), ("b", 0)])),

@@ -301,6 +301,10 @@ impl Running {
                 c.partial_matches_dropped
                     .saturating_sub(task.reported.partial_matches_dropped),
             );
+            task.counters.join_versions_dropped.inc_by(
+                c.join_versions_dropped
+                    .saturating_sub(task.reported.join_versions_dropped),
+            );
             task.reported = c;
         }
         Ok(())

@@ -257,12 +257,6 @@ impl TaskState {
             .map_err(db_error("deletion of a removed step's state"))
     }
 
-    /// The estimated memory of the pending timers, which are all held in
-    /// memory.
-    pub fn timer_bytes(&self) -> usize {
-        self.timers.bytes()
-    }
-
     /// Number of values in the write-back cache.
     pub fn cached_entries(&self) -> usize {
         self.cache.len()

@@ -51,13 +51,6 @@ impl TimerQueue {
             batch.delete(key);
         }
     }
-
-    /// Memory held by the queue (keys and set entries), an estimate.
-    pub(super) fn bytes(&self) -> usize {
-        const ENTRY: usize = 48;
-        self.pending.iter().map(|k| k.len() + ENTRY).sum::<usize>()
-            + (self.unwritten.len() + self.fired.len()) * ENTRY
-    }
 }
 
 impl TaskState {

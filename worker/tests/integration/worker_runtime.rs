@@ -608,3 +608,90 @@ async fn a_fenced_worker_stops_without_committing() {
             .unwrap();
     assert!(listing.is_empty(), "{listing:?}");
 }
+
+/// The join's topic of [`interval_join_yaml`].
+const PAYMENTS: &str = "payments";
+
+/// The test job with an interval join before its window: each event paired
+/// with the payments of its user from 1 s before to 1 s after it, counted
+/// and summed (the payment's amount) per user and window of the pair's
+/// later time.
+fn interval_join_yaml(bootstrap: &str, storage: &str) -> String {
+    repartitioned_job_yaml(bootstrap, storage)
+        .replace(
+            "    - window:",
+            &format!(
+                "    - join:\n        type: interval\n        topic: {PAYMENTS}\n        key: record.user\n        as: p\n        before: 1s\n        after: 1s\n    - window:"
+            ),
+        )
+        .replace("expr: record.amount", "expr: record.p.amount")
+}
+
+/// The plain model of [`interval_join_yaml`].
+fn interval_join_model(events: &[Event], payments: &[Event]) -> Results {
+    let mut out = Results::new();
+    for e in events.iter().filter(|e| e.user != END_KEY) {
+        for p in payments
+            .iter()
+            .filter(|p| p.user == e.user && (p.ts - e.ts).abs() <= 1_000)
+        {
+            let t = e.ts.max(p.ts);
+            let start = t - t.rem_euclid(WINDOW_MS);
+            let entry = out.entry((e.user.clone(), start)).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 += p.amount;
+        }
+    }
+    out
+}
+
+/// An interval join keeps its waiting records across a stop with a
+/// savepoint and a restore at another parallelism: the pairs counted per
+/// window equal the model's, whichever worker held each side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_join_rescales_from_two_to_three_workers() {
+    let kafka = Kafka::new(6);
+    kafka.cluster.create_topic(PAYMENTS, 6, 1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let yaml = interval_join_yaml(&kafka.bootstrap, &store_url("join-rescale"));
+    let events = generate(3000, 20, BASE_TS, 11);
+    let payments = generate(3000, 20, BASE_TS, 12);
+    let expected = interval_join_model(&events, &payments);
+    assert!(expected.len() > 100, "{} windows", expected.len());
+    let round_robin = |events: &[Event], from: usize| -> Vec<(i32, Option<String>, Vec<u8>)> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (((from + i) % 6) as i32, None, e.json().into_bytes()))
+            .collect()
+    };
+
+    let counts = produce_round_robin(&kafka, &events[..1500]);
+    produce_to(
+        &kafka.bootstrap,
+        PAYMENTS,
+        &round_robin(&payments[..1500], 0),
+    );
+    let old = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    wait_processed(&old, &counts).await;
+    stop_with_savepoint(&old, "rescale-join").await;
+    stop_all(old).await;
+
+    produce_round_robin(&kafka, &events[1500..]);
+    produce_to(
+        &kafka.bootstrap,
+        PAYMENTS,
+        &round_robin(&payments[1500..], 1500),
+    );
+    let end = Event {
+        user: END_KEY.to_owned(),
+        amount: 0,
+        ts: BASE_TS + 3_600_000,
+    };
+    kafka.produce_end_markers(end.ts);
+    let markers: Vec<_> = (0..6).map(|p| (p, None, end.json().into_bytes())).collect();
+    produce_to(&kafka.bootstrap, PAYMENTS, &markers);
+    let new = start_workers(&yaml, 3, 2, "rescale-join", state.path()).await;
+    wait_results(&kafka, &expected).await;
+    stop_all(new).await;
+}

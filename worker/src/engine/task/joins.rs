@@ -211,7 +211,14 @@ impl TaskProcessor {
             } => {
                 let slot = self.state.get_mut(&self.scratch)?;
                 let (own, mut versions) = take_rows(slot);
-                insert_version(&mut versions, row, clock.watermark, history);
+                // Records this row's watermark made due are joined when
+                // their timer fires, after this: keep what they need.
+                let settled = match (clock.watermark, own.first()) {
+                    (Some(wm), Some(waiting)) => Some(wm.min(waiting.time)),
+                    (wm, _) => wm,
+                };
+                out.counters.join_versions_dropped +=
+                    insert_version(&mut versions, row, settled, history) as u64;
                 *slot = rows(own, versions);
             }
             JoinKind::Interval { before, after } => {
@@ -408,7 +415,8 @@ impl TaskProcessor {
                         Some(record.time),
                     ));
                 }
-                prune_versions(&mut others, Some(watermark), history);
+                out.counters.join_versions_dropped +=
+                    prune_versions(&mut others, Some(watermark), history) as u64;
                 own.first().map(|o| o.time)
             }
             JoinKind::Interval { before, after } => {
