@@ -461,7 +461,8 @@ pub struct JoinStep {
     /// record's event time (Flink's temporal join) instead of the latest
     /// row read. Records then wait in state until the watermark, which
     /// the table's partitions take part in, passes them; a table record
-    /// behind the watermark goes to lateData. Needs event time.
+    /// behind the watermark counts for the records after the watermark
+    /// (unless a newer one came first). Needs event time.
     #[serde(default)]
     pub temporal: bool,
 

@@ -60,6 +60,9 @@ impl Checks {
         let mut window_at: Option<usize> = None;
         let mut aggregate_at: Option<usize> = None;
         let mut join_at: Option<usize> = None;
+        // A pattern or temporal join emits records once the watermark has
+        // passed them: an event-time step after it would find them late.
+        let mut behind_watermark: Option<(usize, &str)> = None;
         for (i, step) in steps.iter().enumerate() {
             let path = format!("spec.pipeline[{i}]");
             if let Some(name) = &step.name
@@ -93,6 +96,20 @@ impl Checks {
                 }
             };
             let op_path = format!("{path}.{}", operation.field());
+            let timed_window = step
+                .window
+                .as_ref()
+                .is_some_and(|w| w.kind != WindowKind::Count);
+            if let Some((at, what)) = behind_watermark
+                && (timed_window || matches!(operation, Operation::Pattern | Operation::Join))
+            {
+                self.add(
+                    &op_path,
+                    format!(
+                        "follows the {what} at spec.pipeline[{at}], which emits records once the watermark has passed them: every one would be late here"
+                    ),
+                );
+            }
             if let Some(aggregate) = aggregate_at
                 && matches!(
                     operation,
@@ -199,6 +216,7 @@ impl Checks {
                     if let Some(pattern) = &step.pattern {
                         self.pattern(&op_path, pattern);
                     }
+                    behind_watermark = Some((i, "pattern"));
                 }
                 Operation::Join => {
                     if keyed_at.is_none() {
@@ -215,6 +233,9 @@ impl Checks {
                     }
                     if let Some(join) = &step.join {
                         self.join(&op_path, spec, join);
+                        if join.temporal {
+                            behind_watermark = Some((i, "temporal join"));
+                        }
                     }
                     join_at = Some(i);
                 }

@@ -424,6 +424,18 @@ fn patterns() {
         "spec.pipeline[1].pattern",
         "needs a keyBy step before it",
     );
+    expect_problem(
+        |d| {
+            pattern(fraud, "")(d);
+            let steps = d["spec"]["pipeline"].as_sequence_mut().unwrap();
+            steps.push(yaml("{window: {type: tumbling, size: 1h}}"));
+            steps.push(yaml(
+                "{aggregate: {fields: [{name: alerts, function: count}]}}",
+            ));
+        },
+        "spec.pipeline[3].window",
+        "follows the pattern at spec.pipeline[2]",
+    );
 }
 
 #[test]
@@ -499,6 +511,22 @@ fn joins() {
         "spec.pipeline[3].join",
         "a pipeline has one join",
     );
+    expect_problem(
+        |d| {
+            join("{type: table, topic: rates, as: rate, temporal: true}")(d);
+            let steps = d["spec"]["pipeline"].as_sequence_mut().unwrap();
+            steps.push(yaml("{window: {type: tumbling, size: 1m}}"));
+            steps.push(yaml("{aggregate: {fields: [{name: n, function: count}]}}"));
+        },
+        "spec.pipeline[3].window",
+        "follows the temporal join at spec.pipeline[2]",
+    );
+    expect_valid(|d| {
+        join("{type: interval, topic: p, as: p, before: 1m, after: 1m}")(d);
+        let steps = d["spec"]["pipeline"].as_sequence_mut().unwrap();
+        steps.push(yaml("{window: {type: tumbling, size: 1m}}"));
+        steps.push(yaml("{aggregate: {fields: [{name: n, function: count}]}}"));
+    });
     expect_problem(
         |d| {
             join("{type: table, topic: users, as: user}")(d);

@@ -61,9 +61,10 @@ pub fn version_at(versions: &[JoinRow], time: i64) -> Option<&[u8]> {
 /// Inserts `version` (sorted by time; one of equal time comes after the
 /// ones already there, so the last read wins), then drops what no record
 /// can join any more: the versions older than the newest one at or before
-/// `watermark` (records from before the watermark are late), that one too
-/// if it is a deletion; and the oldest beyond `history`, which records
-/// not yet joined may have needed. Returns how many of those it dropped.
+/// `watermark` (records from before the watermark are late). That one
+/// stays, a deletion too, so that a version read late but older than it
+/// cannot come back. Then the oldest beyond `history`, which records not
+/// yet joined may have needed. Returns how many of those it dropped.
 pub fn insert_version(
     versions: &mut Vec<JoinRow>,
     version: JoinRow,
@@ -85,10 +86,7 @@ pub fn prune_versions(
 ) -> usize {
     if let Some(wm) = watermark {
         let passed = versions.partition_point(|v| v.time <= wm);
-        if passed > 0 {
-            let current_deleted = versions[passed - 1].value.is_empty();
-            versions.drain(..passed - usize::from(!current_deleted));
-        }
+        versions.drain(..passed.saturating_sub(1));
     }
     let excess = versions.len().saturating_sub(history);
     versions.drain(..excess);
@@ -163,10 +161,20 @@ mod tests {
         prune_versions(&mut versions, Some(45), 16);
         assert_eq!(times(&versions), [40]);
         insert_version(&mut versions, row(50, ""), Some(55), 16);
-        assert!(
-            versions.is_empty(),
-            "a deletion behind the watermark leaves nothing"
+        assert_eq!(times(&versions), [50], "the deletion is the current row");
+        insert_version(&mut versions, row(45, "late"), Some(55), 16);
+        assert_eq!(
+            version_at(&versions, 60),
+            None,
+            "an older row read late stays deleted"
         );
+        insert_version(&mut versions, row(52, "newer"), Some(55), 16);
+        assert_eq!(
+            version_at(&versions, 60),
+            Some(&b"newer"[..]),
+            "a newer one read late counts"
+        );
+        assert_eq!(times(&versions), [52]);
     }
 
     #[test]

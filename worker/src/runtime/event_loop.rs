@@ -12,7 +12,8 @@ use weir_crds::job::Guarantee;
 
 use super::dispatch::{dispatch_repartitioned, emit, source_offsets};
 use super::{
-    Destinations, Drain, Running, Task, WorkerError, WorkerExit, duration_ms, lock, task_number,
+    Destinations, Drain, Running, TableLoad, Task, WorkerError, WorkerExit, duration_ms, lock,
+    task_number,
 };
 use crate::checkpoint::coordinator::TaskCheckpointInput;
 use crate::checkpoint::savepoint::SavepointError;
@@ -97,6 +98,7 @@ impl Running {
             } else {
                 self.poll_batch()?;
                 self.emit_all()?;
+                self.finish_table_loads()?;
                 self.continue_drain()?;
             }
             let now = Instant::now();
@@ -454,6 +456,45 @@ impl Running {
         Ok(list)
     }
 
+    /// Resumes the sources of the tasks that have read their join's table
+    /// up to where it stood at start.
+    fn finish_table_loads(&mut self) -> Result<(), WorkerError> {
+        let tasks = &self.tasks;
+        let task_of = &self.task_of_partition;
+        let (loaded, loading): (Vec<TableLoad>, Vec<TableLoad>) =
+            self.loading_tables.iter().partition(|load| {
+                usize::try_from(load.task)
+                    .ok()
+                    .and_then(|p| task_of.get(p).copied().flatten())
+                    .is_some_and(|i| tasks[i].offsets[load.topic_index] >= load.until)
+            });
+        if loaded.is_empty() {
+            return Ok(());
+        }
+        self.loading_tables = loading;
+        let mut list = TopicPartitionList::new();
+        for load in &loaded {
+            tracing::info!(
+                task = load.task,
+                rows = load.until,
+                "join table read: the task's sources resume"
+            );
+            for topic in &self.config.spec.source.topics {
+                list.add_partition(topic, load.task);
+            }
+        }
+        // A drain in progress resumes them when it ends.
+        if self.sources_paused {
+            return Ok(());
+        }
+        self.consumer
+            .resume(&list)
+            .map_err(|source| WorkerError::Consumer {
+                operation: "resume the sources after the table",
+                source,
+            })
+    }
+
     /// Stops reading the source topics (the repartition topic goes on).
     fn pause_sources(&mut self) -> Result<(), WorkerError> {
         let list = self.source_partitions()?;
@@ -467,12 +508,22 @@ impl Running {
         Ok(())
     }
 
-    /// Reads the source topics again after a drain.
+    /// Reads the source topics again after a drain (but those of tasks
+    /// still reading their table).
     fn resume_sources(&mut self) -> Result<(), WorkerError> {
         if !std::mem::take(&mut self.sources_paused) {
             return Ok(());
         }
-        let list = self.source_partitions()?;
+        let sources = self.repartition_input.unwrap_or(self.topics.len());
+        let mut list = TopicPartitionList::new();
+        for task in &self.tasks {
+            if self.loading_tables.iter().any(|l| l.task == task.id) {
+                continue;
+            }
+            for topic in &self.topics[..sources] {
+                list.add_partition(topic, task.id);
+            }
+        }
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {

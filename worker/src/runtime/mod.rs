@@ -401,6 +401,8 @@ struct Running {
     draining: Option<Drain>,
     /// The source partitions are paused (by a drain).
     sources_paused: bool,
+    /// Tasks whose join table is being read before their sources.
+    loading_tables: Vec<TableLoad>,
     records_in: u64,
     records_out: u64,
     idle: Duration,
@@ -408,6 +410,19 @@ struct Running {
     throttle: Option<throttle::Throttle>,
     progress: ProgressWindow,
     lag: LagMonitor,
+}
+
+/// A task reading its join's table up to where it stood at start before
+/// its source partitions: a record is joined with the whole table, not
+/// with the rows read by chance before it.
+#[derive(Clone, Copy, Debug)]
+struct TableLoad {
+    /// The task.
+    task: i32,
+    /// Index of the table topic in [`Running::topics`].
+    topic_index: usize,
+    /// The table partition's end offset at start.
+    until: i64,
 }
 
 /// Task numbers are partition numbers, never negative.

@@ -13,7 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_crds::job::StartingOffsets;
 
-use super::{Destinations, Running, Task, WorkerError, duration_ms, lock, task_number, throttle};
+use super::{
+    Destinations, Running, TableLoad, Task, WorkerError, duration_ms, lock, task_number, throttle,
+};
 use crate::checkpoint::compatibility::{self, IncompatibleState};
 use crate::checkpoint::coordinator::{CheckpointCoordinator, PipelineRecord, RestoreTarget};
 use crate::checkpoint::layout::JobLayout;
@@ -178,6 +180,7 @@ impl Running {
         let mut tasks = Vec::with_capacity(owned.len());
         let mut assignment = TopicPartitionList::new();
         let mut restored_from = Vec::new();
+        let mut loading_tables = Vec::new();
         for (target, restored) in targets.iter().zip(&restore.tasks) {
             let t = target.task as i32;
             if restored.is_none() {
@@ -236,7 +239,24 @@ impl Running {
                             operation: "fetch watermarks",
                             source,
                         })?;
-                let restored_offset = manifest_offset(topic);
+                // A table resumes where its restored rows stop; without
+                // them (a fresh start, whatever the group committed, or a
+                // join added to the pipeline) it is read again from its
+                // start.
+                let restored_offset = if table {
+                    manifest_offset(topic).filter(|_| {
+                        restored
+                            .as_ref()
+                            .is_some_and(|r| restores_join_state(&pipeline, &r.manifest))
+                    })
+                } else {
+                    manifest_offset(topic)
+                };
+                let group_offset = if table {
+                    None
+                } else {
+                    restore.group.get(&(topic.clone(), t)).map(|g| g.offset)
+                };
                 if index >= source_topics
                     && let Some(o) = restored_offset.filter(|o| *o < low)
                 {
@@ -247,19 +267,21 @@ impl Running {
                         ),
                     });
                 }
-                let offset = client::start_offset(
-                    restored_offset,
-                    restore.group.get(&(topic.clone(), t)).map(|g| g.offset),
-                    starting,
-                    low,
-                    high,
-                );
+                let offset =
+                    client::start_offset(restored_offset, group_offset, starting, low, high);
                 assignment
                     .add_partition_offset(topic, t, Offset::Offset(offset))
                     .map_err(|source| WorkerError::Consumer {
                         operation: "build assignment",
                         source,
                     })?;
+                if table && offset < high {
+                    loading_tables.push(TableLoad {
+                        task: t,
+                        topic_index: index,
+                        until: high,
+                    });
+                }
                 offsets.push(offset);
             }
             if let Some(restored) = restored {
@@ -299,6 +321,22 @@ impl Running {
                 operation: "assign",
                 source,
             })?;
+        // A join's table first: the sources of a task wait until it is read.
+        let mut waiting = TopicPartitionList::new();
+        for load in &loading_tables {
+            for topic in &spec.source.topics {
+                waiting.add_partition(topic, load.task);
+            }
+        }
+        if waiting.count() > 0 {
+            tracing::info!(tables = ?loading_tables, "reading the join's table before the sources");
+            consumer
+                .pause(&waiting)
+                .map_err(|source| WorkerError::Consumer {
+                    operation: "pause the sources while the table is read",
+                    source,
+                })?;
+        }
 
         let mut task_of_partition = vec![None; usize::try_from(partitions).unwrap_or(0)];
         for (i, task) in tasks.iter().enumerate() {
@@ -385,6 +423,7 @@ impl Running {
             stopped: false,
             draining: None,
             sources_paused: false,
+            loading_tables,
             records_in: 0,
             records_out: 0,
             idle: Duration::ZERO,
@@ -473,6 +512,21 @@ fn bind_restored_state(
         );
     }
     Ok(binding.dropped)
+}
+
+/// Whether `manifest` holds the state of the pipeline's join step (a
+/// manifest from before step ids were recorded holds every step's).
+fn restores_join_state(
+    pipeline: &Pipeline,
+    manifest: &crate::checkpoint::manifest::TaskManifest,
+) -> bool {
+    let Some(id) = pipeline
+        .join()
+        .and_then(|(index, _)| pipeline.steps()[index].state_id.as_ref())
+    else {
+        return false;
+    };
+    manifest.format < 2 || manifest.steps.iter().any(|s| &s.id == id)
 }
 
 /// The state options from the spec (block cache and write buffer sizes).

@@ -695,3 +695,66 @@ async fn an_interval_join_rescales_from_two_to_three_workers() {
     wait_results(&kafka, &expected).await;
     stop_all(new).await;
 }
+
+/// The table of [`table_join_yaml`].
+const USERS: &str = "users";
+
+/// A table join after a source-partitioned keyBy: each event with its
+/// user's row (inner), written as it comes.
+fn table_join_yaml(bootstrap: &str, storage: &str) -> String {
+    // At-least-once: the mock cluster stores offsets committed directly,
+    // not those sent to a transaction.
+    job_yaml(bootstrap, storage, "", "  guarantee: atLeastOnce\n")
+        .replace(
+            "    - window:\n        type: tumbling\n        size: 10s\n    - aggregate:\n        fields:\n          - name: count\n            function: count\n          - name: total\n            function: sum\n            expr: record.amount\n",
+            &format!("    - join:\n        type: table\n        topic: {USERS}\n        as: u\n"),
+        )
+        .replace("interval: 1h", "interval: 300ms")
+        .replace(&format!("  lateData:\n    topic: {LATE}\n"), "")
+}
+
+/// A table join whose state is not restored reads its table from the start
+/// again, whatever offsets the job's group committed: a job started afresh
+/// (new checkpoint storage) still finds every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_restored_state_is_read_from_its_start() {
+    let kafka = Kafka::new(2);
+    kafka.cluster.create_topic(USERS, 2, 1).unwrap();
+    let rows: Vec<_> = (0..10)
+        .map(|u| {
+            let user = format!("u{u}");
+            let row = format!(r#"{{"tier":"t{u}"}}"#).into_bytes();
+            (partition_of(&user, 2), Some(user), row)
+        })
+        .collect();
+    produce_to(&kafka.bootstrap, USERS, &rows);
+    let events = generate(200, 10, BASE_TS, 21);
+    let state = tempfile::tempdir().unwrap();
+
+    let yaml = table_join_yaml(&kafka.bootstrap, &store_url("table-first"));
+    kafka.produce_events(&events[..100]);
+    let first = start_workers(&yaml, 1, 1, "latest", state.path()).await;
+    wait_for(PATIENCE, "the first events joined", || {
+        kafka.read_all(OUT).len() >= 100
+    })
+    .await;
+    stop_all(first).await;
+
+    // New checkpoint storage: no state, but the group has committed where
+    // both topics were read to.
+    let yaml = table_join_yaml(&kafka.bootstrap, &store_url("table-again"));
+    kafka.produce_events(&events[100..]);
+    let second = start_workers(&yaml, 1, 2, "latest", state.path()).await;
+    wait_for(PATIENCE, "the later events joined", || {
+        kafka.read_all(OUT).len() >= 200
+    })
+    .await;
+    stop_all(second).await;
+    let out = kafka.read_all(OUT);
+    assert_eq!(out.len(), 200, "no event read twice or dropped");
+    for record in &out {
+        let v = record.json();
+        let user = v["user"].as_str().unwrap();
+        assert_eq!(v["u"]["tier"], format!("t{}", &user[1..]), "{v}");
+    }
+}

@@ -192,8 +192,12 @@ impl TaskProcessor {
             time: other.time.unwrap_or(0),
             value: other.value,
         };
-        if join.is_timed() && clock.watermark.is_some_and(|wm| row.time <= wm) {
-            // Records from before the watermark were joined already.
+        // A table row behind the watermark still counts for the records
+        // after it; an interval join's record would pair with records
+        // joined already.
+        if matches!(join.kind, JoinKind::Interval { .. })
+            && clock.watermark.is_some_and(|wm| row.time <= wm)
+        {
             late(&side_flow(record), out);
             return Ok(());
         }
