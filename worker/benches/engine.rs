@@ -161,7 +161,7 @@ fn run(
     black_box(sink_bytes);
     let c = out.counters;
     println!(
-        "{name}: {} events, {:.2} s CPU, {:.2} s wall: {:.0} events per CPU-second, {:.2} µs CPU per event ({:.0} per wall second); out {}, filtered {}, late {}, dead-lettered {}, timers pending {}, checkpoints {taken}",
+        "{name}: {} events, {:.2} s CPU, {:.2} s wall: {:.0} events per CPU-second, {:.2} µs CPU per event ({:.0} per wall second); out {}, filtered {}, late {}, dead-lettered {}, timers in memory {}, checkpoints {taken}",
         input.len(),
         cpu,
         wall,
@@ -172,7 +172,7 @@ fn run(
         c.filtered,
         c.late,
         c.dead_lettered,
-        task.state().pending_timers(),
+        task.state().timers_in_memory(),
     );
 }
 

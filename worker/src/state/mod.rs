@@ -35,8 +35,9 @@
 //! entries are written on eviction. So memory is bounded by the budget, the
 //! shared block cache and the memtables, whatever the number of keys or the
 //! size of their values (a sketch turning dense, a growing session list).
-//! Timers go to RocksDB directly and are taken in bounded chunks
-//! ([`TaskState::take_due_timers`]).
+//! Timers are held in memory up to [`StateOptions::memory_timers`] per task,
+//! the later ones in RocksDB, and are taken in bounded chunks
+//! ([`TaskState::take_due_timers`]; see [`timers`]).
 
 mod cache;
 mod keys;
@@ -107,7 +108,15 @@ pub struct StateOptions {
     pub write_buffer_size: usize,
     /// The write-back cache budget shared by every task of the worker.
     pub cache: Arc<CacheBudget>,
+    /// Most timers a task holds in memory (the later ones wait in
+    /// RocksDB): [`DEFAULT_MEMORY_TIMERS`] unless set.
+    pub memory_timers: usize,
 }
+
+/// Timers a task holds in memory by default: about 12 MiB of keys of
+/// windows and patterns (some 100 bytes each), enough for the open windows
+/// of 60k keys without reaching RocksDB.
+pub const DEFAULT_MEMORY_TIMERS: usize = 1 << 17;
 
 impl StateOptions {
     /// Options with a new block cache of `block_cache_bytes` and a new
@@ -123,7 +132,14 @@ impl StateOptions {
             block_cache: Arc::new(rocksdb::Cache::new_lru_cache(block_cache_bytes)),
             write_buffer_size,
             cache: CacheBudget::new(memory::MemoryBudget::detect().state_cache_bytes()),
+            memory_timers: DEFAULT_MEMORY_TIMERS,
         }
+    }
+
+    /// These options with at most `timers` timers in memory per task.
+    pub fn with_memory_timers(mut self, timers: usize) -> StateOptions {
+        self.memory_timers = timers;
+        self
     }
 
     /// These options with a write-back cache budget of its own of `bytes`
@@ -207,7 +223,7 @@ impl TaskState {
         })?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        let timers = timers::TimerQueue::load(&db)?;
+        let timers = timers::TimerQueue::load(&db, options.memory_timers)?;
         Ok(TaskState {
             db,
             path: dir.to_owned(),

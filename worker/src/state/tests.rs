@@ -129,7 +129,6 @@ fn rocksdb_holds_the_pending_timers_as_of_the_last_flush() {
     let state = TaskState::open(dir.path(), &options(10)).unwrap();
     assert_eq!(state.next_timer(TimeDomain::Event), None);
     assert_eq!(state.next_timer(TimeDomain::Processing), Some(7));
-    assert_eq!(state.pending_timers(), 1);
 }
 
 #[test]
@@ -371,5 +370,81 @@ proptest! {
     #[test]
     fn state_value_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
         let _ = StateValue::decode(&bytes);
+    }
+}
+
+/// An operation on a task's timers.
+#[derive(Clone, Debug)]
+enum TimerOp {
+    Register {
+        processing: bool,
+        time: i64,
+        payload: u8,
+    },
+    Take {
+        processing: bool,
+        up_to: i64,
+        limit: usize,
+    },
+    FlushAndReopen,
+}
+
+fn timer_op() -> impl Strategy<Value = TimerOp> {
+    prop_oneof![
+        4 => (any::<bool>(), 0i64..50, 0u8..4).prop_map(|(processing, time, payload)| TimerOp::Register { processing, time, payload }),
+        2 => (any::<bool>(), 0i64..60, 1usize..6).prop_map(|(processing, up_to, limit)| TimerOp::Take { processing, up_to, limit }),
+        1 => Just(TimerOp::FlushAndReopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// With room for only a few timers in memory, timers still fire in
+    /// time order, once, and a flush then reopen keeps exactly the pending
+    /// ones: those in memory and those spilled to RocksDB alike.
+    #[test]
+    fn timers_spilled_to_rocksdb_fire_like_the_model(ops in proptest::collection::vec(timer_op(), 1..120)) {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || TaskState::open(dir.path(), &options(10).with_memory_timers(4)).unwrap();
+        let mut state = open();
+        let domain = |processing: bool| if processing { TimeDomain::Processing } else { TimeDomain::Event };
+        let mut model: std::collections::BTreeSet<(bool, i64, u8)> = Default::default();
+        for op in ops {
+            match op {
+                TimerOp::Register { processing, time, payload } => {
+                    state.register_timer(domain(processing), time, 1, 2, &[payload]).unwrap();
+                    model.insert((processing, time, payload));
+                }
+                TimerOp::Take { processing, up_to, limit } => {
+                    let mut due = Vec::new();
+                    let more = state.take_due_timers(domain(processing), up_to, limit, &mut due).unwrap();
+                    let expected: Vec<(bool, i64, u8)> = model
+                        .iter()
+                        .filter(|(p, t, _)| *p == processing && *t <= up_to)
+                        .take(limit)
+                        .copied()
+                        .collect();
+                    for e in &expected {
+                        model.remove(e);
+                    }
+                    let got: Vec<(bool, i64, u8)> = due.iter().map(|t| (processing, t.time, t.payload[0])).collect();
+                    prop_assert_eq!(got, expected);
+                    prop_assert_eq!(more, model.iter().any(|(p, t, _)| *p == processing && *t <= up_to));
+                }
+                TimerOp::FlushAndReopen => {
+                    state.flush_cache().unwrap();
+                    drop(state);
+                    state = open();
+                }
+            }
+            for processing in [false, true] {
+                prop_assert_eq!(
+                    state.next_timer(domain(processing)),
+                    model.iter().find(|(p, _, _)| *p == processing).map(|(_, t, _)| *t)
+                );
+            }
+            prop_assert!(state.timers_in_memory() <= 4 + 2);
+        }
     }
 }

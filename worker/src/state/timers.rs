@@ -1,43 +1,110 @@
-//! Event- and processing-time timers of a task, kept in memory in time
-//! order, and written to RocksDB only by [`TaskState::flush_cache`] (before
-//! every checkpoint): the timers registered since the last flush and still
-//! pending are put, those of the last flush that fired since are deleted.
-//! A timer that is registered and fires between two checkpoints (most
-//! window and pattern timers) never touches RocksDB, and firing never scans
-//! it: taking due timers used to write a range deletion per take, which
-//! every later read had to fragment again (the cost grew with the square
-//! of the timers until the memtable flushed).
+//! Event- and processing-time timers of a task, in time order.
+//!
+//! The earliest timers of each domain are held in memory, at most
+//! [`StateOptions::memory_timers`](super::StateOptions) of them; the later
+//! ones, past a per-domain boundary, only in RocksDB. Memory timers reach
+//! RocksDB at [`TaskState::flush_cache`] (before every checkpoint): those
+//! registered since the last flush and still pending are put, those of the
+//! last flush that fired since are deleted. A timer registered and fired
+//! between two checkpoints (most window and pattern timers) never touches
+//! RocksDB, and firing never scans it but to refill memory in chunks from
+//! the boundary on. When memory holds too many, the latest half goes to
+//! RocksDB and the boundary moves down. (Taking due timers used to write a
+//! range deletion each time, which every later read had to fragment again:
+//! the cost grew with the square of the timers until the memtable flushed.)
 
 use std::collections::{BTreeSet, HashSet};
 
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::keys::{order_preserving, parse_timer_key, timer_key};
 use super::{StateError, TaskState, TimeDomain, Timer, db_error};
 
 /// The pending timers of a task, by their RocksDB key (domain, time, step,
 /// kind, payload), which orders them by time within a domain.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct TimerQueue {
-    pending: BTreeSet<Vec<u8>>,
-    /// Pending timers not in RocksDB yet.
+    /// The timers held in memory: per domain, those before its boundary.
+    memory: BTreeSet<Vec<u8>>,
+    /// Memory timers not in RocksDB yet.
     unwritten: HashSet<Vec<u8>>,
     /// Timers in RocksDB that fired since the last flush.
     fired: HashSet<Vec<u8>>,
+    /// Per domain ([`domain_slot`]), the first timer held only in RocksDB:
+    /// every pending timer of the domain from it on is there, not in
+    /// memory.
+    boundary: [Option<Vec<u8>>; 3],
+    /// Most timers held in memory.
+    limit: usize,
+}
+
+/// Index of a domain in [`TimerQueue::boundary`].
+fn domain_slot(domain: TimeDomain) -> usize {
+    match domain {
+        TimeDomain::Event => 0,
+        TimeDomain::Processing => 1,
+        TimeDomain::Repartitioned => 2,
+    }
+}
+
+/// The domain of a timer key.
+fn domain_of(key: &[u8]) -> Option<TimeDomain> {
+    TimeDomain::ALL
+        .into_iter()
+        .find(|d| key.first() == Some(&d.prefix()))
+}
+
+/// The first key of `domain` in `db` from `from` on, skipping `skip`.
+fn first_stored(
+    db: &DB,
+    domain: TimeDomain,
+    from: &[u8],
+    skip: &HashSet<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, StateError> {
+    let mut keys = Vec::new();
+    scan(db, domain, from, 1, skip, &mut keys)?;
+    Ok(keys.pop())
+}
+
+/// Appends to `out` up to `count` keys of `domain` in `db` from `from` on,
+/// skipping `skip`.
+fn scan(
+    db: &DB,
+    domain: TimeDomain,
+    from: &[u8],
+    count: usize,
+    skip: &HashSet<Vec<u8>>,
+    out: &mut Vec<Vec<u8>>,
+) -> Result<(), StateError> {
+    let mut read = ReadOptions::default();
+    read.set_iterate_upper_bound([domain.prefix() + 1]);
+    let wanted = out.len() + count;
+    for item in db.iterator_opt(IteratorMode::From(from, Direction::Forward), read) {
+        let (key, _) = item.map_err(db_error("timer scan"))?;
+        if !skip.contains(key.as_ref()) {
+            out.push(key.to_vec());
+            if out.len() == wanted {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl TimerQueue {
-    /// The timers stored in `db` (as of its last flush).
-    pub(super) fn load(db: &DB) -> Result<TimerQueue, StateError> {
-        let mut queue = TimerQueue::default();
+    /// The timers stored in `db` (as of its last flush): all behind the
+    /// boundaries, read into memory as they come due.
+    pub(super) fn load(db: &DB, limit: usize) -> Result<TimerQueue, StateError> {
+        let mut queue = TimerQueue {
+            memory: BTreeSet::new(),
+            unwritten: HashSet::new(),
+            fired: HashSet::new(),
+            boundary: [None, None, None],
+            limit: limit.max(2),
+        };
         for domain in TimeDomain::ALL {
-            let mut read = ReadOptions::default();
-            read.set_iterate_upper_bound([domain.prefix() + 1]);
-            let start = [domain.prefix()];
-            for item in db.iterator_opt(IteratorMode::From(&start, Direction::Forward), read) {
-                let (key, _) = item.map_err(db_error("timer load"))?;
-                queue.pending.insert(key.to_vec());
-            }
+            queue.boundary[domain_slot(domain)] =
+                first_stored(db, domain, &[domain.prefix()], &HashSet::new())?;
         }
         Ok(queue)
     }
@@ -50,6 +117,45 @@ impl TimerQueue {
         for key in self.fired.drain() {
             batch.delete(key);
         }
+    }
+
+    /// Moves the latest half of the memory timers to RocksDB, lowering the
+    /// boundaries of their domains.
+    fn spill(&mut self, db: &DB, write: &WriteOptions) -> Result<(), StateError> {
+        let keep = self.limit / 2;
+        let mut batch = WriteBatch::default();
+        while self.memory.len() > keep {
+            let Some(key) = self.memory.pop_last() else {
+                break;
+            };
+            let Some(domain) = domain_of(&key) else {
+                continue;
+            };
+            batch.put(&key, b"");
+            self.unwritten.remove(&key);
+            let boundary = &mut self.boundary[domain_slot(domain)];
+            if boundary.as_ref().is_none_or(|b| key < *b) {
+                *boundary = Some(key);
+            }
+        }
+        db.write_opt(batch, write).map_err(db_error("timer spill"))
+    }
+
+    /// Reads the next chunk of `domain`'s timers from RocksDB into memory,
+    /// raising its boundary.
+    fn refill(&mut self, db: &DB, domain: TimeDomain) -> Result<(), StateError> {
+        let slot = domain_slot(domain);
+        let Some(from) = self.boundary[slot].take() else {
+            return Ok(());
+        };
+        let room = (self.limit / 2).max(1);
+        let mut keys = Vec::with_capacity(room + 1);
+        scan(db, domain, &from, room + 1, &self.fired, &mut keys)?;
+        if keys.len() > room {
+            self.boundary[slot] = keys.pop();
+        }
+        self.memory.extend(keys);
+        Ok(())
     }
 }
 
@@ -65,12 +171,26 @@ impl TaskState {
     ) -> Result<(), StateError> {
         let key = timer_key(domain, time, step, kind, payload);
         let queue = &mut self.timers;
-        if !queue.pending.contains(&key) {
+        if queue.boundary[domain_slot(domain)]
+            .as_ref()
+            .is_some_and(|b| key >= *b)
+        {
+            // Past the boundary: RocksDB only.
+            queue.fired.remove(&key);
+            return self
+                .db
+                .put_opt(&key, b"", &self.write_options)
+                .map_err(db_error("timer write"));
+        }
+        if !queue.memory.contains(&key) {
             // One that fired since the flush is still in RocksDB.
             if !queue.fired.remove(&key) {
                 queue.unwritten.insert(key.clone());
             }
-            queue.pending.insert(key);
+            queue.memory.insert(key);
+            if queue.memory.len() > queue.limit {
+                queue.spill(&self.db, &self.write_options)?;
+            }
         }
         Ok(())
     }
@@ -79,20 +199,23 @@ impl TaskState {
     pub fn next_timer(&self, domain: TimeDomain) -> Option<i64> {
         let start = [domain.prefix()];
         let end = [domain.prefix() + 1];
-        self.timers
-            .pending
+        let in_memory = self
+            .timers
+            .memory
             .range::<[u8], _>((
                 std::ops::Bound::Included(&start[..]),
                 std::ops::Bound::Excluded(&end[..]),
             ))
-            .next()
+            .next();
+        in_memory
+            .or(self.timers.boundary[domain_slot(domain)].as_ref())
             .and_then(|key| parse_timer_key(key))
             .map(|t| t.time)
     }
 
-    /// Number of pending timers.
-    pub fn pending_timers(&self) -> usize {
-        self.timers.pending.len()
+    /// Number of timers held in memory (more may wait in RocksDB).
+    pub fn timers_in_memory(&self) -> usize {
+        self.timers.memory.len()
     }
 
     /// Removes and appends to `out` the timers of `domain` due at or before
@@ -116,21 +239,32 @@ impl TaskState {
             }
             None => vec![domain.prefix() + 1],
         };
-        let queue = &mut self.timers;
-        let due: Vec<Vec<u8>> = queue
-            .pending
-            .range(start..end)
-            .take(limit)
-            .cloned()
-            .collect();
-        for key in due {
-            queue.pending.remove(&key);
-            if let Some(timer) = parse_timer_key(&key) {
-                out.push(timer);
+        let mut taken = 0;
+        loop {
+            let queue = &mut self.timers;
+            let due: Vec<Vec<u8>> = queue
+                .memory
+                .range(start.clone()..end.clone())
+                .take(limit - taken)
+                .cloned()
+                .collect();
+            taken += due.len();
+            for key in due {
+                queue.memory.remove(&key);
+                if let Some(timer) = parse_timer_key(&key) {
+                    out.push(timer);
+                }
+                if !queue.unwritten.remove(&key) {
+                    queue.fired.insert(key);
+                }
             }
-            if !queue.unwritten.remove(&key) {
-                queue.fired.insert(key);
+            let more_stored = queue.boundary[domain_slot(domain)]
+                .as_ref()
+                .is_some_and(|b| *b < end);
+            if taken == limit || !more_stored {
+                break;
             }
+            queue.refill(&self.db, domain)?;
         }
         Ok(self.next_timer(domain).is_some_and(|next| next <= up_to))
     }
