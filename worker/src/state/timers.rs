@@ -229,6 +229,10 @@ impl TaskState {
         limit: usize,
         out: &mut Vec<Timer>,
     ) -> Result<bool, StateError> {
+        // Called after every record: nothing due must cost nothing.
+        if self.next_timer(domain).is_none_or(|next| next > up_to) {
+            return Ok(false);
+        }
         let start = vec![domain.prefix()];
         // Exclusive bound just after `up_to`; up_to == i64::MAX sorts last.
         let end = match up_to.checked_add(1) {
