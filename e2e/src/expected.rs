@@ -71,9 +71,12 @@ pub fn run_model(
     let state = tempfile::tempdir().context("cannot create the model's state directory")?;
     let mut model = Model::new(spec, partitions, state.path(), None)?;
     let input_records = records.len();
+    // The suite's records are of the (first) source topic.
+    let topic = spec.source.topics.first().cloned().unwrap_or_default();
     for record in feeding_order(records) {
         model
             .feed(
+                &topic,
                 record.partition,
                 record.key.as_deref(),
                 &record.value,
