@@ -4,7 +4,8 @@
 //! its filters pass most of the time.
 //!
 //! The shape is inferred from the expressions' text (pure): a field compared
-//! with a string literal takes that literal most of the time, a field
+//! with string literals takes the first most of the time and the others
+//! now and then, a field
 //! compared with `1.5` is a double, with `100` an integer, a field summed or
 //! averaged, multiplied by or compared with another field is a double, the
 //! keyBy field is a key from a skewed pool (an id counting up with an
@@ -240,12 +241,24 @@ impl EventShape {
                 }
             }
         }
-        for expr in &exprs {
-            for cap in STRING_COMPARED.captures_iter(expr) {
-                let mut words = vec![cap[2].to_owned()];
-                words.extend(vocabulary(&cap[1]).into_iter().filter(|w| *w != cap[2]));
-                set(&cap[1], FieldKind::Text(words));
+        // Every literal a field is compared with, in order: the first is
+        // drawn most often, the others (a pattern's later stages) too.
+        let mut literals: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for cap in exprs.iter().flat_map(|e| STRING_COMPARED.captures_iter(e)) {
+            let words = literals.entry(cap[1].to_owned()).or_default();
+            if !words.iter().any(|w| *w == cap[2]) {
+                words.push(cap[2].to_owned());
             }
+        }
+        for (field, mut words) in literals {
+            let others: Vec<String> = vocabulary(&field)
+                .into_iter()
+                .filter(|w| !words.contains(w))
+                .collect();
+            words.extend(others);
+            set(&field, FieldKind::Text(words));
+        }
+        for expr in &exprs {
             let numbers = NUMBER_COMPARED
                 .captures_iter(expr)
                 .map(|c| (c[1].to_owned(), c[2].to_owned()))
@@ -512,6 +525,15 @@ mod tests {
             orders.fields["amount_cents"],
             FieldKind::Int { .. }
         ));
+        let auth = EventShape::infer(&sample("account-takeover.yaml"), 100);
+        let FieldKind::Text(types) = &auth.fields["type"] else {
+            panic!("type is text: {auth:?}");
+        };
+        assert_eq!(
+            types[..2],
+            ["login_failed", "password_change"],
+            "both stages' literals"
+        );
         let sensors = EventShape::infer(&sample("iot-sensor-averages.yaml"), 100);
         assert!(matches!(sensors.fields["reading_id"], FieldKind::Id { .. }));
         assert!(matches!(
@@ -563,6 +585,7 @@ mod tests {
             "clicks-enriched-with-users.yaml",
             "orders-with-payments.yaml",
             "orders-in-euros.yaml",
+            "account-takeover.yaml",
         ] {
             let spec = sample(name);
             let dir = tempfile::tempdir().unwrap();
