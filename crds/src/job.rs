@@ -435,12 +435,7 @@ impl StreamingJobSpec {
     /// topics, then the topic of a join step.
     pub fn input_topics(&self) -> Vec<String> {
         let mut topics = self.source.topics.clone();
-        topics.extend(
-            self.pipeline
-                .iter()
-                .filter_map(|step| step.join.as_ref())
-                .map(|join| join.topic.clone()),
-        );
+        topics.extend(self.join().map(|join| join.topic.clone()));
         topics
     }
 

@@ -487,6 +487,21 @@ pub struct JoinStep {
     pub after: Option<Duration>,
 }
 
+impl JoinStep {
+    /// Whether the join follows event time (temporal or interval): its
+    /// records wait for, or are late by, the watermark.
+    pub fn is_timed(&self) -> bool {
+        self.kind == JoinKind::Interval || self.temporal
+    }
+}
+
+impl WindowStep {
+    /// Whether the window is in event time (not a count window).
+    pub fn is_event_time(&self) -> bool {
+        self.kind != WindowKind::Count
+    }
+}
+
 /// What the other topic of a join is.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -96,10 +96,7 @@ impl Checks {
                 }
             };
             let op_path = format!("{path}.{}", operation.field());
-            let timed_window = step
-                .window
-                .as_ref()
-                .is_some_and(|w| w.kind != WindowKind::Count);
+            let timed_window = step.window.as_ref().is_some_and(WindowStep::is_event_time);
             if let Some((at, what)) = behind_watermark
                 && (timed_window || matches!(operation, Operation::Pattern | Operation::Join))
             {
@@ -252,14 +249,8 @@ impl Checks {
         // Only event-time windows, patterns and timed joins make events late.
         steps.iter().any(|step| {
             step.pattern.is_some()
-                || step
-                    .join
-                    .as_ref()
-                    .is_some_and(|j| j.kind == JoinKind::Interval || j.temporal)
-                || step
-                    .window
-                    .as_ref()
-                    .is_some_and(|w| w.kind != WindowKind::Count)
+                || step.join.as_ref().is_some_and(JoinStep::is_timed)
+                || step.window.as_ref().is_some_and(WindowStep::is_event_time)
         })
     }
 
@@ -419,7 +410,7 @@ impl Checks {
         if let Some(key) = &join.key {
             self.expression(format!("{path}.key"), key);
         }
-        let timed = join.kind == JoinKind::Interval || join.temporal;
+        let timed = join.is_timed();
         if timed && spec.source.event_time.is_none() {
             let what = if join.temporal {
                 "a temporal join"

@@ -127,6 +127,25 @@ fn source_expressions(spec: &StreamingJobSpec) -> Vec<String> {
     exprs
 }
 
+/// The values of the keyBy field `field` (and of a join's key, drawn from
+/// the same pool): keys from a skewed pool, or, with an interval join,
+/// ids counting up, so that both streams pair record by record rather than
+/// every record of a hot key with every other.
+fn key_kind(spec: &StreamingJobSpec, field: &str, keys: u32) -> FieldKind {
+    let prefix = prefix_of(field);
+    if spec
+        .join()
+        .is_some_and(|join| join.kind == weir_crds::job::JoinKind::Interval)
+    {
+        FieldKind::Id { prefix }
+    } else {
+        FieldKind::Key {
+            prefix,
+            keys: keys.max(1),
+        }
+    }
+}
+
 fn prefix_of(field: &str) -> String {
     field
         .chars()
@@ -209,25 +228,10 @@ impl EventShape {
                 .unwrap_or_default();
             set(&field, FieldKind::Time(format));
         }
-        // Interval joins pair records of the same id close in time: both
-        // streams count ids up at the same rate, so a record meets its
-        // counterpart, not every record of a hot key.
-        let paired = spec
-            .join()
-            .is_some_and(|join| join.kind == weir_crds::job::JoinKind::Interval);
         for step in &spec.pipeline {
             if let Some(key_by) = &step.key_by {
                 for cap in FIELD.captures_iter(&key_by.expr) {
-                    let prefix = prefix_of(&cap[1]);
-                    let kind = if paired {
-                        FieldKind::Id { prefix }
-                    } else {
-                        FieldKind::Key {
-                            prefix,
-                            keys: keys.max(1),
-                        }
-                    };
-                    set(&cap[1], kind);
+                    set(&cap[1], key_kind(spec, &cap[1], keys));
                 }
             }
             if let Some(dedupe) = &step.dedupe {
@@ -376,25 +380,9 @@ impl EventShape {
         shape
             .fields
             .retain(|name, _| read.contains(name) || Some(name) == time.as_ref());
-        let prefix = prefix_of(&main_key);
-        let key = if join.kind == weir_crds::job::JoinKind::Interval {
-            FieldKind::Id { prefix }
-        } else {
-            FieldKind::Key {
-                prefix,
-                keys: keys.max(1),
-            }
-        };
-        shape.fields.insert(key_field, key);
-        if let Some(field) = time {
-            let format = spec
-                .source
-                .event_time
-                .as_ref()
-                .map(|t| t.format)
-                .unwrap_or_default();
-            shape.fields.insert(field, FieldKind::Time(format));
-        }
+        shape
+            .fields
+            .insert(key_field, key_kind(spec, &main_key, keys));
         Some(shape)
     }
 

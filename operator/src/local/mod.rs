@@ -206,12 +206,15 @@ fn read(
         .iter()
         .map(|handle| handle.status())
         .collect();
+    let join_topic = controller.job.spec.join().map(|join| join.topic.clone());
     for status in &statuses {
         reading.records_in += status.records_in;
         reading.records_out += status.records_out;
-        for task in &status.tasks {
-            for p in task.partitions.iter().filter(|p| p.topic == topic) {
+        for p in status.tasks.iter().flat_map(|t| &t.partitions) {
+            if p.topic == topic {
                 reading.positions.insert(p.partition, p.offset);
+            } else if join_topic.as_ref() == Some(&p.topic) {
+                reading.join_positions.insert(p.partition, p.offset);
             }
         }
     }
@@ -219,12 +222,8 @@ fn read(
         reading.busy_ratio =
             Some(statuses.iter().map(|s| s.busy_ratio).sum::<f64>() / statuses.len() as f64);
     }
-    for (partition, (_, high)) in watermarks.iter().enumerate() {
-        let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-        reading.high_watermarks += high;
-        let position = reading.positions.get(&partition).copied().unwrap_or(0);
-        reading.lag += (high - position).max(0);
-    }
+    reading.high_watermarks = watermarks.iter().map(|(_, high)| high).sum();
+    reading.lag = unread(&watermarks, &reading.positions);
     // Records between the stages of a repartitioned job, as the operator
     // counts them.
     reading.in_transit = lag::backlog(
@@ -237,26 +236,24 @@ fn read(
         lag::control_tail(controller.job.spec.guarantee, partitions),
     );
     // A join's topic not read yet is backlog too.
-    if let Some(join) = controller.job.spec.join() {
-        for p in statuses
-            .iter()
-            .flat_map(|s| &s.tasks)
-            .flat_map(|t| &t.partitions)
-            .filter(|p| p.topic == join.topic)
-        {
-            reading.join_positions.insert(p.partition, p.offset);
-        }
-        for (partition, (_, high)) in kafka
-            .watermarks(&join.topic, partitions)?
-            .iter()
-            .enumerate()
-        {
-            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-            let position = reading.join_positions.get(&partition).copied().unwrap_or(0);
-            reading.in_transit += (high - position).max(0);
-        }
+    if let Some(join_topic) = &join_topic {
+        let marks = kafka.watermarks(join_topic, partitions)?;
+        reading.in_transit += unread(&marks, &reading.join_positions);
     }
     Ok((reading, watermarks))
+}
+
+/// Records of a topic's partitions (their low and high watermarks) past
+/// the positions read (none read: from 0).
+fn unread(watermarks: &[(i64, i64)], positions: &BTreeMap<i32, i64>) -> i64 {
+    watermarks
+        .iter()
+        .enumerate()
+        .map(|(partition, (_, high))| {
+            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            (high - positions.get(&partition).copied().unwrap_or(0)).max(0)
+        })
+        .sum()
 }
 
 /// Runs the job of `options` to the end; the summary says what happened.

@@ -490,11 +490,7 @@ impl Pipeline {
 
     /// The join step reading `topic`: its index and the join.
     pub fn join_of(&self, topic: &str) -> Option<(usize, &Join)> {
-        let index = self.join?;
-        match &self.steps[index].operation {
-            Operation::Join(join) if join.topic == topic => Some((index, join)),
-            _ => None,
-        }
+        self.join().filter(|(_, join)| join.topic == topic)
     }
 
     /// The join step, if the pipeline has one: its index and the join.

@@ -396,13 +396,8 @@ impl TaskProcessor {
                 return Ok(());
             }
         };
-        if let Some(t) = time {
-            let now = self.processing_time();
-            if t.saturating_sub(now) > self.max_clock_skew {
-                dead_letter_source(record, clock_skew_reason(t, now, self.max_clock_skew), out);
-                return Ok(());
-            }
-            self.watermarks.observe(record.topic, record.partition, t);
+        if !self.observe_event_time(record, time, out) {
+            return Ok(());
         }
         let flow = Flow {
             value,
@@ -415,6 +410,27 @@ impl TaskProcessor {
         self.run(&pipeline, 0, flow, out)?;
         self.fire_chunk(&pipeline, out)?;
         Ok(())
+    }
+
+    /// Moves the watermark of `record`'s partition to its event time `time`;
+    /// `false` (the record dead-lettered) when that time is further ahead
+    /// of processing time than the clock-skew tolerance.
+    fn observe_event_time(
+        &mut self,
+        record: &SourceRecord<'_>,
+        time: Option<i64>,
+        out: &mut Outputs,
+    ) -> bool {
+        let Some(t) = time else {
+            return true;
+        };
+        let now = self.processing_time();
+        if t.saturating_sub(now) > self.max_clock_skew {
+            dead_letter_source(record, clock_skew_reason(t, now, self.max_clock_skew), out);
+            return false;
+        }
+        self.watermarks.observe(record.topic, record.partition, t);
+        true
     }
 
     /// Processes a record read back from the repartition topic: `record`

@@ -444,16 +444,17 @@ impl Running {
         self.set_savepoint(id, SavepointState::Failed, Some(error.to_string()));
     }
 
-    /// The owned partitions of the source topics.
-    fn source_partitions(&self) -> Result<TopicPartitionList, WorkerError> {
+    /// The partitions of the source topics (and a join's) of the owned tasks
+    /// `tasks` selects.
+    fn source_partitions(&self, tasks: impl Fn(&Task) -> bool) -> TopicPartitionList {
         let sources = self.repartition_input.unwrap_or(self.topics.len());
         let mut list = TopicPartitionList::new();
-        for task in &self.tasks {
+        for task in self.tasks.iter().filter(|t| tasks(t)) {
             for topic in &self.topics[..sources] {
                 list.add_partition(topic, task.id);
             }
         }
-        Ok(list)
+        list
     }
 
     /// Resumes the sources of the tasks that have read their join's table
@@ -497,7 +498,7 @@ impl Running {
 
     /// Stops reading the source topics (the repartition topic goes on).
     fn pause_sources(&mut self) -> Result<(), WorkerError> {
-        let list = self.source_partitions()?;
+        let list = self.source_partitions(|_| true);
         self.consumer
             .pause(&list)
             .map_err(|source| WorkerError::Consumer {
@@ -514,16 +515,8 @@ impl Running {
         if !std::mem::take(&mut self.sources_paused) {
             return Ok(());
         }
-        let sources = self.repartition_input.unwrap_or(self.topics.len());
-        let mut list = TopicPartitionList::new();
-        for task in &self.tasks {
-            if self.loading_tables.iter().any(|l| l.task == task.id) {
-                continue;
-            }
-            for topic in &self.topics[..sources] {
-                list.add_partition(topic, task.id);
-            }
-        }
+        let list = self
+            .source_partitions(|task| !self.loading_tables.iter().any(|load| load.task == task.id));
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
-use super::keys::{order_preserving, parse_timer_key, timer_key};
+use super::keys::{order_preserving, parse_timer_key, timer_key, timer_key_time};
 use super::{StateError, TaskState, TimeDomain, Timer, db_error};
 
 /// The pending timers of a task, by their RocksDB key (domain, time, step,
@@ -30,28 +30,12 @@ pub(super) struct TimerQueue {
     unwritten: HashSet<Vec<u8>>,
     /// Timers in RocksDB that fired since the last flush.
     fired: HashSet<Vec<u8>>,
-    /// Per domain ([`domain_slot`]), the first timer held only in RocksDB:
+    /// Per domain ([`TimeDomain::index`]), the first timer held only in RocksDB:
     /// every pending timer of the domain from it on is there, not in
     /// memory.
-    boundary: [Option<Vec<u8>>; 3],
+    boundary: [Option<Vec<u8>>; TimeDomain::ALL.len()],
     /// Most timers held in memory.
     limit: usize,
-}
-
-/// Index of a domain in [`TimerQueue::boundary`].
-fn domain_slot(domain: TimeDomain) -> usize {
-    match domain {
-        TimeDomain::Event => 0,
-        TimeDomain::Processing => 1,
-        TimeDomain::Repartitioned => 2,
-    }
-}
-
-/// The domain of a timer key.
-fn domain_of(key: &[u8]) -> Option<TimeDomain> {
-    TimeDomain::ALL
-        .into_iter()
-        .find(|d| key.first() == Some(&d.prefix()))
 }
 
 /// The first key of `domain` in `db` from `from` on, skipping `skip`.
@@ -103,7 +87,7 @@ impl TimerQueue {
             limit: limit.max(2),
         };
         for domain in TimeDomain::ALL {
-            queue.boundary[domain_slot(domain)] =
+            queue.boundary[domain.index()] =
                 first_stored(db, domain, &[domain.prefix()], &HashSet::new())?;
         }
         Ok(queue)
@@ -128,12 +112,12 @@ impl TimerQueue {
             let Some(key) = self.memory.pop_last() else {
                 break;
             };
-            let Some(domain) = domain_of(&key) else {
+            let Some(domain) = TimeDomain::of_timer_key(&key) else {
                 continue;
             };
             batch.put(&key, b"");
             self.unwritten.remove(&key);
-            let boundary = &mut self.boundary[domain_slot(domain)];
+            let boundary = &mut self.boundary[domain.index()];
             if boundary.as_ref().is_none_or(|b| key < *b) {
                 *boundary = Some(key);
             }
@@ -144,7 +128,7 @@ impl TimerQueue {
     /// Reads the next chunk of `domain`'s timers from RocksDB into memory,
     /// raising its boundary.
     fn refill(&mut self, db: &DB, domain: TimeDomain) -> Result<(), StateError> {
-        let slot = domain_slot(domain);
+        let slot = domain.index();
         let Some(from) = self.boundary[slot].take() else {
             return Ok(());
         };
@@ -171,7 +155,7 @@ impl TaskState {
     ) -> Result<(), StateError> {
         let key = timer_key(domain, time, step, kind, payload);
         let queue = &mut self.timers;
-        if queue.boundary[domain_slot(domain)]
+        if queue.boundary[domain.index()]
             .as_ref()
             .is_some_and(|b| key >= *b)
         {
@@ -208,9 +192,8 @@ impl TaskState {
             ))
             .next();
         in_memory
-            .or(self.timers.boundary[domain_slot(domain)].as_ref())
-            .and_then(|key| parse_timer_key(key))
-            .map(|t| t.time)
+            .or(self.timers.boundary[domain.index()].as_ref())
+            .and_then(|key| timer_key_time(key))
     }
 
     /// Number of timers held in memory (more may wait in RocksDB).
@@ -262,7 +245,7 @@ impl TaskState {
                     queue.fired.insert(key);
                 }
             }
-            let more_stored = queue.boundary[domain_slot(domain)]
+            let more_stored = queue.boundary[domain.index()]
                 .as_ref()
                 .is_some_and(|b| *b < end);
             if taken == limit || !more_stored {

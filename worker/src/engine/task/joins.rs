@@ -85,13 +85,8 @@ impl TaskProcessor {
                 }
             }
         };
-        if let Some(t) = time {
-            let now = self.processing_time();
-            if t.saturating_sub(now) > self.max_clock_skew {
-                dead_letter_source(record, clock_skew_reason(t, now, self.max_clock_skew), out);
-                return Ok(());
-            }
-            self.watermarks.observe(record.topic, record.partition, t);
+        if !self.observe_event_time(record, time, out) {
+            return Ok(());
         }
         let key = match (&join.key, deletion) {
             (Some(_), true) => {
