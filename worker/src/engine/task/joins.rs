@@ -223,16 +223,12 @@ impl TaskProcessor {
             JoinKind::Interval { before, after } => {
                 let slot = self.state.get_mut(&self.scratch)?;
                 let (own, mut others) = take_rows(slot);
-                let pairs: Vec<(Vec<u8>, i64)> = own
-                    .iter()
-                    .filter(|o| in_interval(o.time, row.time, before, after))
-                    .map(|o| (o.value.clone(), o.time.max(row.time)))
-                    .collect();
-                let earliest = earliest_expiry(&own, &others, before, after);
+                let other_json = parse_row(&row.value);
                 let expiry = other_expiry(row.time, before);
-                let at = others.partition_point(|o| o.time <= row.time);
-                let other_value = row.value.clone();
-                others.insert(at, row);
+                let earliest = earliest_expiry(&own, &others, before, after);
+                let pairs = arrive(&mut others, &own, row, |o, r| {
+                    in_interval(o.time, r.time, before, after)
+                });
                 *slot = rows(own, others);
                 if earliest.is_none_or(|e| expiry < e) {
                     self.state.register_timer(
@@ -244,7 +240,6 @@ impl TaskProcessor {
                     )?;
                 }
                 let keyed = step_is_keyed(pipeline, index);
-                let other_json = parse_row(&other_value);
                 for (own_value, time) in pairs {
                     let value = joined(parse_row(&own_value), &join.field, other_json.clone());
                     let flow = Flow {
@@ -330,13 +325,10 @@ impl TaskProcessor {
             }
             return Ok(());
         };
-        let pairs: Vec<(Vec<u8>, i64)> = others
-            .iter()
-            .filter(|o| in_interval(t, o.time, before, after))
-            .map(|o| (o.value.clone(), o.time.max(t)))
-            .collect();
         let earliest = earliest_expiry(&own, &others, before, after);
-        own.insert(at, JoinRow { time: t, value });
+        let pairs = arrive(&mut own, &others, JoinRow { time: t, value }, |o, r| {
+            in_interval(r.time, o.time, before, after)
+        });
         *slot = rows(own, others);
         let expiry = own_expiry(t, after);
         if earliest.is_none_or(|e| expiry < e) {
@@ -444,6 +436,26 @@ fn take_rows(slot: &mut Option<StateValue>) -> (Vec<JoinRow>, Vec<JoinRow>) {
 /// The slot of a key holding `own` and `other`: empty when both are.
 fn rows(own: Vec<JoinRow>, other: Vec<JoinRow>) -> Option<StateValue> {
     (!own.is_empty() || !other.is_empty()).then_some(StateValue::Join { own, other })
+}
+
+/// An interval join's `row` arriving on one side: kept among `mine`
+/// (sorted by time), it pairs with the rows of `theirs` that `pairs(their
+/// row, row)` accepts; returns their values with the time of each pair,
+/// the later of the two.
+fn arrive(
+    mine: &mut Vec<JoinRow>,
+    theirs: &[JoinRow],
+    row: JoinRow,
+    pairs: impl Fn(&JoinRow, &JoinRow) -> bool,
+) -> Vec<(Vec<u8>, i64)> {
+    let found = theirs
+        .iter()
+        .filter(|their| pairs(their, &row))
+        .map(|their| (their.value.clone(), their.time.max(row.time)))
+        .collect();
+    let at = mine.partition_point(|r| r.time <= row.time);
+    mine.insert(at, row);
+    found
 }
 
 /// The earliest time an interval join's rows of a key expire.
