@@ -27,15 +27,18 @@
 //!     (Flink about 17 µs per event).
 //!
 //! Run with `cargo bench -p weir-worker --bench engine` (optionally
-//! `-- EVENTS`, default 2,000,000 per scenario, and `-- flink` for (f) and
-//! (g) only).
+//! `-- EVENTS`, default 2,000,000 per scenario, `-- flink` for (f) and (g)
+//! only, scenario letters, e.g. `-- f g`, for those only, as when
+//! profiling one, or `-- decode` for the cost of decoding Flink's lines
+//! alone, into a serde_json value and into borrowed fields).
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
+use weir_crds::expr::Fields;
 use weir_worker::engine::pipeline::Pipeline;
-use weir_worker::engine::record::{Outputs, SourceRecord};
+use weir_worker::engine::record::{DecodePlan, Outputs, SourceRecord, decode_fields};
 use weir_worker::engine::task::TaskProcessor;
 use weir_worker::state::{StateOptions, TaskState};
 
@@ -120,6 +123,13 @@ fn run(
     other_every: Option<usize>,
     checkpoint_every: Option<std::time::Duration>,
 ) {
+    let letter = name.chars().nth(1).unwrap_or_default();
+    if SELECTED
+        .get()
+        .is_some_and(|s| !s.is_empty() && !s.contains(&letter))
+    {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = Arc::new(Pipeline::compile(&spec(pipeline)).expect("pipeline"));
     let state = TaskState::open(dir.path(), &StateOptions::default()).expect("state");
@@ -176,17 +186,33 @@ fn run(
     );
 }
 
+/// The scenario letters given on the command line (all when empty).
+static SELECTED: std::sync::OnceLock<Vec<char>> = std::sync::OnceLock::new();
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let letters = args
+        .iter()
+        .filter(|a| a.len() == 1 && a.chars().all(|c| ('a'..='g').contains(&c)))
+        .filter_map(|a| a.chars().next())
+        .collect();
+    SELECTED.set(letters).expect("set once");
+    let only_flink = SELECTED
+        .get()
+        .is_some_and(|s| s.iter().all(|c| *c >= 'f') && !s.is_empty());
     let n = args
         .iter()
         .find_map(|a| a.parse::<usize>().ok())
         .unwrap_or(2_000_000);
-    if !args.iter().any(|a| a == "flink") {
+    if !only_flink && !args.iter().any(|a| a == "decode" || a == "flink") {
         ours(n);
     }
     let input = flink_records(5_000_000);
     println!("Flink's workload: {} lines", input.len());
+    if args.iter().any(|a| a == "decode") {
+        decode_cost(&input);
+        return;
+    }
     run(
         "(f) stateless filter+map, Flink's workload (Flink ~1.0 µs/event)",
         r#"[{filter: "record.amount > 100 && record.country == 'DE'"},
@@ -249,5 +275,32 @@ fn ours(n: usize) {
         &input,
         Some(3),
         None,
+    );
+}
+
+/// The cost of decoding alone, per line of `input`: into a JSON value with
+/// the engine's field plan (serde_json building a document, the engine's
+/// path before the borrowed decoding) and into borrowed fields (serde_json
+/// driven field by field, nothing built). Same lines, same four fields.
+fn decode_cost(input: &[Vec<u8>]) {
+    let names: Vec<String> = ["amount", "country", "ts", "user_id"]
+        .map(str::to_owned)
+        .to_vec();
+    let plan = DecodePlan::Fields(names.clone());
+    let per_line = |cpu: f64| cpu * 1e6 / input.len() as f64;
+    let cpu = cpu_seconds();
+    for line in input {
+        black_box(plan.decode(line).expect("decode"));
+    }
+    let document = per_line(cpu_seconds() - cpu);
+    let cpu = cpu_seconds();
+    for line in input {
+        let mut fields = Fields::new(&names);
+        decode_fields(&mut fields, line).expect("decode");
+        black_box(&fields);
+    }
+    let borrowed = per_line(cpu_seconds() - cpu);
+    println!(
+        "decoding Flink's lines: {document:.3} µs CPU per line into a serde_json value, {borrowed:.3} µs into borrowed fields"
     );
 }

@@ -6,12 +6,13 @@ use serde_json::Value as Json;
 
 use super::EvalError;
 use super::compile::{Loop, LoopKind, Node, StrMap, StrTest};
+use super::record::{FieldValue, Record};
 use super::value::{Items, Kind, List, Map, Val, arith, compare, equal};
 
 /// What one evaluation reads: the record and the macro variables in scope.
 #[derive(Clone, Copy)]
 pub(crate) struct Scope<'a, 's> {
-    record: &'a Json,
+    record: Record<'a>,
     /// The innermost macro variable: variables live in frames on the stack,
     /// so that macros do not allocate.
     frame: Option<&'s Frame<'a, 's>>,
@@ -26,7 +27,7 @@ struct Frame<'a, 's> {
 
 impl<'a> Scope<'a, '_> {
     /// A scope over `record` with no variables.
-    pub(crate) fn new(record: &'a Json) -> Self {
+    pub(crate) fn new(record: Record<'a>) -> Self {
         Scope {
             record,
             frame: None,
@@ -226,13 +227,17 @@ fn items(range: Val<'_>) -> Result<Items<'_>, EvalError> {
 }
 
 /// `record.name`.
-fn record_field<'a>(record: &'a Json, name: &str) -> Result<Val<'a>, EvalError> {
+fn record_field<'a>(record: Record<'a>, name: &str) -> Result<Val<'a>, EvalError> {
     match record {
-        Json::Object(map) => map
+        Record::Json(Json::Object(map)) => map
             .get(name)
             .map(Val::from_json)
             .ok_or_else(|| no_such_field(name)),
-        other => select(Val::from_json(other), name),
+        Record::Json(other) => select(Val::from_json(other), name),
+        Record::Fields(fields) => fields
+            .get(name)
+            .map(FieldValue::val)
+            .ok_or_else(|| no_such_field(name)),
     }
 }
 
@@ -309,7 +314,7 @@ impl Node {
     pub(crate) fn eval<'a>(&'a self, cx: Scope<'a, '_>) -> Result<Val<'a>, EvalError> {
         match self {
             Node::Const(value) => Ok(value.borrowed()),
-            Node::Record => Ok(Val::from_json(cx.record)),
+            Node::Record => Ok(cx.record.whole()),
             Node::RecordField(name) => record_field(cx.record, name),
             Node::Var(slot) => cx
                 .var(*slot)

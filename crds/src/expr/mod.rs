@@ -53,6 +53,7 @@
 mod compile;
 mod eval;
 mod node;
+mod record;
 #[cfg(test)]
 mod tests;
 mod value;
@@ -66,6 +67,8 @@ use serde_json::Value as Json;
 use self::compile::Node;
 use self::eval::Scope;
 use self::value::Val;
+
+pub use self::record::{FieldValue, Fields, MAX_FIELDS, Record};
 
 /// Compiles `source`, checking it as far as it can be without a record.
 pub fn compile(source: &str) -> Result<Expression, CompileError> {
@@ -111,24 +114,30 @@ impl Expression {
     }
 
     /// Evaluates the expression over `record`, returning the result.
-    fn value<'a>(&'a self, record: &'a Json) -> Result<Val<'a>, EvalError> {
+    fn value<'a>(&'a self, record: Record<'a>) -> Result<Val<'a>, EvalError> {
         self.inner.node.eval(Scope::new(record))
     }
 
     /// Evaluates to an owned JSON value (map step outputs). Maps with int,
     /// uint or bool keys become objects keyed by the key's text; a double
     /// that is NaN or infinite is an error, as JSON cannot hold it.
-    pub fn eval(&self, record: &Json) -> Result<Json, EvalError> {
-        self.value(record)?.to_json()
+    pub fn eval<'r>(&self, record: impl Into<Record<'r>>) -> Result<Json, EvalError> {
+        self.value(record.into())?.to_json()
     }
 
     /// Evaluates and appends the result to `out` as JSON text, the same JSON
     /// as [`eval`](Self::eval) gives, without building a JSON value: for map
     /// step outputs that are encoded anyway. On error `out` is left as it
     /// was.
-    pub fn eval_json(&self, record: &Json, out: &mut Vec<u8>) -> Result<(), EvalError> {
+    pub fn eval_json<'r>(
+        &self,
+        record: impl Into<Record<'r>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EvalError> {
         let start = out.len();
-        let written = self.value(record).and_then(|value| value.write_json(out));
+        let written = self
+            .value(record.into())
+            .and_then(|value| value.write_json(out));
         if written.is_err() {
             out.truncate(start);
         }
@@ -136,14 +145,16 @@ impl Expression {
     }
 
     /// Evaluates a filter: an error when the result is not a bool.
-    pub fn eval_bool(&self, record: &Json) -> Result<bool, EvalError> {
-        self.inner.node.test(Scope::new(record), "the expression")
+    pub fn eval_bool<'r>(&self, record: impl Into<Record<'r>>) -> Result<bool, EvalError> {
+        self.inner
+            .node
+            .test(Scope::new(record.into()), "the expression")
     }
 
     /// Evaluates a number for an aggregate (sum, min, max, avg): ints, uints
     /// and doubles as `f64`; an error otherwise.
-    pub fn eval_f64(&self, record: &Json) -> Result<f64, EvalError> {
-        match self.value(record)? {
+    pub fn eval_f64<'r>(&self, record: impl Into<Record<'r>>) -> Result<f64, EvalError> {
+        match self.value(record.into())? {
             Val::Int(i) => Ok(i as f64),
             Val::Uint(u) => Ok(u as f64),
             Val::Double(d) => Ok(d),
@@ -167,9 +178,15 @@ impl Expression {
     /// explicitly, e.g. `string(record.id) + ":" + record.kind`, if they must
     /// differ. A null (or missing) key is an error, and leaves `out` as it
     /// was.
-    pub fn eval_key(&self, record: &Json, out: &mut Vec<u8>) -> Result<(), EvalError> {
+    pub fn eval_key<'r>(
+        &self,
+        record: impl Into<Record<'r>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EvalError> {
         let start = out.len();
-        let written = self.value(record).and_then(|value| value.write_text(out));
+        let written = self
+            .value(record.into())
+            .and_then(|value| value.write_text(out));
         if written.is_err() {
             out.truncate(start);
         }

@@ -945,7 +945,7 @@ fn cel_result(source: &str, record: &Json) -> Result<String, String> {
 
 /// Our result in the same form as [`cel_result`].
 fn our_result(expression: &Expression, record: &Json) -> Result<String, String> {
-    match expression.value(record) {
+    match expression.value(record.into()) {
         Ok(Val::Int(i)) => Ok(format!("int {i}")),
         Ok(Val::Uint(u)) => Ok(format!("uint {u}")),
         Ok(Val::Double(f)) => Ok(format!("double {f:?}")),

@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 use thiserror::Error;
+use weir_crds::expr::{FieldValue, Record};
 use weir_crds::job::{EventTimeSpec, TimestampFormat};
 
 /// Earliest accepted event time: 0000-01-01T00:00:00Z.
@@ -84,9 +85,9 @@ impl EventTimeSource {
     }
 
     /// The event time of a record, `Ok(None)` when the source defines none.
-    pub fn extract(
+    pub fn extract<'r>(
         &self,
-        record: &Value,
+        record: impl Into<Record<'r>>,
         kafka_timestamp_ms: Option<i64>,
     ) -> Result<Option<i64>, EventTimeError> {
         let ms = match self {
@@ -95,11 +96,16 @@ impl EventTimeSource {
                 kafka_timestamp_ms.ok_or(EventTimeError::NoKafkaTimestamp)?
             }
             EventTimeSource::Field { name, format } => {
-                let value = match record.get(name) {
-                    None | Some(Value::Null) => return Err(EventTimeError::Missing(name.clone())),
-                    Some(v) => v,
+                let value = match record.into() {
+                    Record::Json(json) => json.get(name).map(TimeField::of_json),
+                    Record::Fields(fields) => fields.get(name).map(TimeField::of_field),
                 };
-                parse(name, value, *format)?
+                match value {
+                    None | Some(TimeField::Null) => {
+                        return Err(EventTimeError::Missing(name.clone()));
+                    }
+                    Some(v) => parse(name, v, *format)?,
+                }
             }
         };
         if (MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&ms) {
@@ -110,18 +116,60 @@ impl EventTimeSource {
     }
 }
 
-fn parse(field: &str, value: &Value, format: TimestampFormat) -> Result<i64, EventTimeError> {
+/// The value of an event-time field, as far as reading a time needs it.
+#[derive(Clone, Copy)]
+enum TimeField<'v> {
+    Null,
+    Str(&'v str),
+    Int(i64),
+    Double(f64),
+    /// A bool, an array or an object.
+    Other,
+}
+
+impl<'v> TimeField<'v> {
+    fn of_json(value: &'v Value) -> TimeField<'v> {
+        match value {
+            Value::Null => TimeField::Null,
+            Value::String(s) => TimeField::Str(s),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => TimeField::Int(i),
+                None => TimeField::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::Bool(_) | Value::Array(_) | Value::Object(_) => TimeField::Other,
+        }
+    }
+
+    fn of_field(value: &'v FieldValue<'_>) -> TimeField<'v> {
+        match value {
+            FieldValue::Null => TimeField::Null,
+            FieldValue::Str(s) => TimeField::Str(s),
+            FieldValue::Int(i) => TimeField::Int(*i),
+            FieldValue::Uint(u) => TimeField::Double(*u as f64),
+            FieldValue::Double(d) => TimeField::Double(*d),
+            FieldValue::Json(json) => TimeField::of_json(json),
+            FieldValue::Bool(_) => TimeField::Other,
+        }
+    }
+}
+
+fn parse(
+    field: &str,
+    value: TimeField<'_>,
+    format: TimestampFormat,
+) -> Result<i64, EventTimeError> {
     let wrong = |expected| EventTimeError::WrongType {
         field: field.to_owned(),
         expected,
     };
     match (format, value) {
-        (TimestampFormat::Auto | TimestampFormat::Rfc3339, Value::String(s)) => rfc3339(field, s),
-        (TimestampFormat::Auto | TimestampFormat::EpochMillis, Value::Number(n)) => {
-            number_ms(n, 1).ok_or(EventTimeError::OutOfRange(i64::MAX))
-        }
-        (TimestampFormat::EpochSeconds, Value::Number(n)) => {
-            number_ms(n, 1000).ok_or(EventTimeError::OutOfRange(i64::MAX))
+        (TimestampFormat::Auto | TimestampFormat::Rfc3339, TimeField::Str(s)) => rfc3339(field, s),
+        (
+            TimestampFormat::Auto | TimestampFormat::EpochMillis,
+            TimeField::Int(_) | TimeField::Double(_),
+        ) => number_ms(value, 1).ok_or(EventTimeError::OutOfRange(i64::MAX)),
+        (TimestampFormat::EpochSeconds, TimeField::Int(_) | TimeField::Double(_)) => {
+            number_ms(value, 1000).ok_or(EventTimeError::OutOfRange(i64::MAX))
         }
         (TimestampFormat::Auto, _) => Err(wrong("an RFC 3339 string or epoch milliseconds")),
         (TimestampFormat::Rfc3339, _) => Err(wrong("an RFC 3339 string")),
@@ -131,12 +179,13 @@ fn parse(field: &str, value: &Value, format: TimestampFormat) -> Result<i64, Eve
 }
 
 /// A JSON number times `scale` in whole milliseconds, `None` when it does
-/// not fit.
-fn number_ms(n: &serde_json::Number, scale: i64) -> Option<i64> {
-    if let Some(i) = n.as_i64() {
-        return i.checked_mul(scale);
-    }
-    let f = n.as_f64()? * scale as f64;
+/// not fit (or is not a number).
+fn number_ms(n: TimeField<'_>, scale: i64) -> Option<i64> {
+    let f = match n {
+        TimeField::Int(i) => return i.checked_mul(scale),
+        TimeField::Double(d) => d * scale as f64,
+        _ => return None,
+    };
     // Anything beyond the accepted range is rejected by the caller anyway.
     if f.is_finite() && f.abs() < 1e17 {
         Some(f.floor() as i64)

@@ -122,10 +122,11 @@ enum Step {
 impl Pattern {
     /// Which stages' conditions `record` meets, a bit per stage (stage `i`
     /// is bit `i`); an evaluation error names the stage.
-    pub fn conditions(
+    pub fn conditions<'r>(
         &self,
-        record: &serde_json::Value,
+        record: impl Into<weir_crds::expr::Record<'r>>,
     ) -> Result<u32, (String, weir_crds::expr::EvalError)> {
+        let record = record.into();
         let mut holds = 0;
         for (i, stage) in self.stages.iter().enumerate() {
             let meets = stage

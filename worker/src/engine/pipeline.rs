@@ -144,7 +144,7 @@ pub enum Operation {
     Filter(Expression),
     /// Replaces (or extends) the record with computed fields.
     Map {
-        /// The computed fields, in order.
+        /// The computed fields, in name order (that of the output object).
         fields: Vec<MapField>,
         /// Whether the input's fields are kept.
         keep_input: bool,
@@ -282,7 +282,7 @@ impl Pipeline {
             let operation = if let Some(filter) = &step.filter {
                 Operation::Filter(compile_expr(&name, "filter", filter)?)
             } else if let Some(map) = &step.map {
-                let fields = map
+                let mut fields = map
                     .fields
                     .iter()
                     .map(|f| {
@@ -291,7 +291,9 @@ impl Pipeline {
                             expr: compile_expr(&name, &format!("map.fields[{}]", f.name), &f.expr)?,
                         })
                     })
-                    .collect::<Result<_, PipelineError>>()?;
+                    .collect::<Result<Vec<_>, PipelineError>>()?;
+                // In the order of a JSON object's keys, which the output has.
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
                 Operation::Map {
                     fields,
                     keep_input: map.keep_input,

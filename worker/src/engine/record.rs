@@ -3,9 +3,14 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use thiserror::Error;
+use weir_crds::expr::{FieldValue, Fields, MAX_FIELDS};
 
 /// A record read from a source partition, borrowed from the consumer's
 /// buffer.
@@ -288,6 +293,146 @@ impl DecodePlan {
         de.end()?;
         Ok(Value::Object(map))
     }
+
+    /// The fields [`decode_fields`] can decode a record into for this plan:
+    /// `None` when the plan keeps every field, or more than [`MAX_FIELDS`].
+    pub fn field_names(&self) -> Option<&[String]> {
+        match self {
+            DecodePlan::Fields(names) if names.len() <= MAX_FIELDS => Some(names),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a JSON object into `fields` (made with [`Fields::new`] from the
+/// plan's [`DecodePlan::field_names`]), without building a document: the
+/// other fields are skipped, strings without escapes borrow from `bytes`,
+/// and only nested values of those fields are built. The result reads like
+/// [`DecodePlan::decode`]'s with the same names, and the same inputs are
+/// refused.
+pub fn decode_fields<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Result<(), DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    FieldsSeed { fields }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(())
+}
+
+/// Deserializes a JSON object into [`Fields`].
+struct FieldsSeed<'f, 'a> {
+    fields: &'f mut Fields<'a>,
+}
+
+impl<'a> DeserializeSeed<'a> for FieldsSeed<'_, 'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'a> Visitor<'a> for FieldsSeed<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'a>>(self, mut access: A) -> Result<(), A::Error> {
+        while let Some(position) = access.next_key_seed(PositionSeed {
+            fields: &*self.fields,
+        })? {
+            match position {
+                Some(i) => {
+                    let value = access.next_value_seed(FieldValueSeed)?;
+                    self.fields.set(i, value);
+                }
+                None => {
+                    access.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes an object key into its position among the kept fields.
+struct PositionSeed<'f, 'a> {
+    fields: &'f Fields<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for PositionSeed<'_, '_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PositionSeed<'_, '_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.fields.position(key))
+    }
+}
+
+/// Deserializes the value of a kept field.
+struct FieldValueSeed;
+
+impl<'a> DeserializeSeed<'a> for FieldValueSeed {
+    type Value = FieldValue<'a>;
+
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'a> Visitor<'a> for FieldValueSeed {
+    type Value = FieldValue<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(FieldValue::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(FieldValue::Bool(b))
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Int(i))
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(u).map_or(FieldValue::Uint(u), FieldValue::Int))
+    }
+
+    fn visit_f64<E: de::Error>(self, d: f64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Double(d))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'a str) -> Result<Self::Value, E> {
+        Ok(FieldValue::Str(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(FieldValue::Str(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(SeqAccessDeserializer::new(seq)).map(|v| FieldValue::Json(Box::new(v)))
+    }
+
+    fn visit_map<A: MapAccess<'a>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(MapAccessDeserializer::new(map)).map(|v| FieldValue::Json(Box::new(v)))
+    }
 }
 
 /// Deserializes a JSON object, keeping the listed fields (all when `None`).
@@ -537,6 +682,73 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = DecodePlan::All.decode(&bytes);
             let _ = DecodePlan::Fields(vec!["a".into()]).decode(&bytes);
+            let names = vec!["a".to_owned()];
+            let _ = decode_fields(&mut Fields::new(&names), &bytes);
+        }
+    }
+
+    /// A JSON value of a field: scalars of every kind (strings with
+    /// escapes, integers beyond `i64`, doubles), and nested values.
+    fn field_json() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<u64>().prop_map(|u| u.to_string()),
+            (-1e6f64..1e6).prop_map(|d| format!("{d:?}")),
+            "[a-zA-Z0-9 é\\\\\"]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            Just("\"\\u00e9\\n\"".to_owned()),
+            Just(r#"{"x": [1, "y", {"z": null}]}"#.to_owned()),
+            Just("[1, 2.5, \"a\"]".to_owned()),
+        ]
+    }
+
+    proptest! {
+        /// Decoding into borrowed fields reads exactly like decoding a
+        /// JSON value with the same plan: every expression gives the same
+        /// result or the same error, the event time is the same, and the
+        /// same records are refused.
+        #[test]
+        fn borrowed_fields_read_like_the_decoded_value(
+            entries in proptest::collection::vec((prop::sample::select(vec!["a", "b", "ts", "n", "other"]), field_json()), 0..8),
+            garbage in any::<bool>(),
+        ) {
+            let body: Vec<String> = entries.iter().map(|(k, v)| format!("{k:?}: {v}")).collect();
+            let mut text = format!("{{{}}}", body.join(", "));
+            if garbage {
+                text.push_str(" x");
+            }
+            let names: Vec<String> = ["a", "b", "n", "ts"].map(str::to_owned).to_vec();
+            let plan = DecodePlan::Fields(names.clone());
+            let mut fields = Fields::new(&names);
+            let borrowed = decode_fields(&mut fields, text.as_bytes());
+            let decoded = plan.decode(text.as_bytes());
+            prop_assert_eq!(borrowed.is_ok(), decoded.is_ok(), "{}", text);
+            let Ok(json) = decoded else { return Ok(()) };
+            prop_assert_eq!(Value::Object(fields.to_json()), json.clone());
+            for source in [
+                "record.a", "record.b == record.a", "record.a > 1", "record.n + 1", "size(record.b)",
+                "string(record.a)", "has(record.n)", "record.ts", "double(record.n) * 2.0",
+                "record.a.x", "record.a[0]", "record.b.startsWith('a')",
+            ] {
+                let expr = weir_crds::expr::compile(source).unwrap();
+                let mut from_fields = Vec::new();
+                let mut from_json = Vec::new();
+                let a = expr.eval_json(&fields, &mut from_fields);
+                let b = expr.eval_json(&json, &mut from_json);
+                prop_assert_eq!(a, b, "{} over {}", source, text);
+                prop_assert_eq!(from_fields, from_json, "{} over {}", source, text);
+                let mut key_a = Vec::new();
+                let mut key_b = Vec::new();
+                prop_assert_eq!(expr.eval_key(&fields, &mut key_a), expr.eval_key(&json, &mut key_b));
+                prop_assert_eq!(key_a, key_b);
+                prop_assert_eq!(expr.eval_bool(&fields), expr.eval_bool(&json));
+            }
+            let time = crate::engine::event_time::EventTimeSource::Field {
+                name: "ts".into(),
+                format: weir_crds::job::TimestampFormat::Auto,
+            };
+            prop_assert_eq!(time.extract(&fields, None), time.extract(&json, None));
         }
     }
 }

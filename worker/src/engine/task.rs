@@ -44,19 +44,22 @@
 //!   is only processed once every due timer has fired (the rest of a
 //!   backlog fires first), so results do not depend on the chunk size.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
+use weir_crds::expr::{Fields, Record};
 use weir_crds::job::AggregateFunction;
 
 use crate::engine::aggregate::{Accumulator, Accumulators, Input, Num};
 use crate::engine::event_time::EventTimeSource;
 use crate::engine::hll::hash64;
-use crate::engine::pipeline::{AggregateField, Operation, Pipeline, WindowOp};
+use crate::engine::pipeline::{AggregateField, MapField, Operation, Pipeline, WindowOp};
 use crate::engine::record::{
     DeadLetter, LateRecord, OutputRecord, Outputs, RepartitionRecord, SourcePosition, SourceRecord,
+    decode_fields,
 };
 use crate::engine::watermark::{
     PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
@@ -144,9 +147,18 @@ struct Clock {
     watermark: Option<i64>,
 }
 
+/// A record's value on its way through the steps.
+enum Doc<'a> {
+    /// The fields the steps read, decoded from the source bytes and
+    /// borrowing from them (see [`decode_fields`]).
+    Fields(&'a Fields<'a>),
+    /// A decoded or computed JSON value.
+    Json(Value),
+}
+
 /// A record on its way through the steps.
 struct Flow<'a> {
-    value: Value,
+    value: Doc<'a>,
     /// Whether `value` differs from the source bytes.
     modified: bool,
     /// The output key.
@@ -190,6 +202,32 @@ impl std::fmt::Debug for TaskProcessor {
             .field("state", &self.state)
             .field("watermark", &self.watermarks.watermark())
             .finish_non_exhaustive()
+    }
+}
+
+impl Flow<'_> {
+    /// The record as expressions read it.
+    fn record(&self) -> Record<'_> {
+        match &self.value {
+            Doc::Fields(fields) => Record::Fields(fields),
+            Doc::Json(json) => Record::Json(json),
+        }
+    }
+
+    /// The record as a JSON value.
+    fn json(&self) -> Cow<'_, Value> {
+        match &self.value {
+            Doc::Fields(fields) => Cow::Owned(Value::Object(fields.to_json())),
+            Doc::Json(json) => Cow::Borrowed(json),
+        }
+    }
+
+    /// Takes the record as a JSON value, leaving null.
+    fn take_json(&mut self) -> Value {
+        match std::mem::replace(&mut self.value, Doc::Json(Value::Null)) {
+            Doc::Fields(fields) => Value::Object(fields.to_json()),
+            Doc::Json(json) => json,
+        }
     }
 }
 
@@ -378,18 +416,25 @@ impl TaskProcessor {
             dead_letter_source(record, "record has no value".into(), out);
             return Ok(());
         };
-        let value = match self.pipeline.decode_plan().decode(bytes) {
+        let plan = pipeline.decode_plan();
+        let names = plan.field_names();
+        let mut fields = Fields::new(names.unwrap_or_default());
+        let decoded = match names {
+            Some(_) => decode_fields(&mut fields, bytes).map(|()| Doc::Fields(&fields)),
+            None => plan.decode(bytes).map(Doc::Json),
+        };
+        let value = match decoded {
             Ok(v) => v,
             Err(e) => {
                 dead_letter_source(record, format!("invalid JSON: {e}"), out);
                 return Ok(());
             }
         };
-        let time = match self
-            .pipeline
-            .event_time()
-            .extract(&value, record.timestamp_ms)
-        {
+        let read = match &value {
+            Doc::Fields(fields) => Record::Fields(fields),
+            Doc::Json(json) => Record::Json(json),
+        };
+        let time = match pipeline.event_time().extract(read, record.timestamp_ms) {
             Ok(t) => t,
             Err(e) => {
                 dead_letter_source(record, e.to_string(), out);
@@ -460,7 +505,14 @@ impl TaskProcessor {
             dead_letter_source(record, "record has no value".into(), out);
             return Ok(());
         };
-        let value = match self.pipeline.repartitioned_decode_plan().decode(bytes) {
+        let plan = pipeline.repartitioned_decode_plan();
+        let names = plan.field_names();
+        let mut fields = Fields::new(names.unwrap_or_default());
+        let decoded = match names {
+            Some(_) => decode_fields(&mut fields, bytes).map(|()| Doc::Fields(&fields)),
+            None => plan.decode(bytes).map(Doc::Json),
+        };
+        let value = match decoded {
             Ok(v) => v,
             Err(e) => {
                 dead_letter_source(record, format!("invalid JSON: {e}"), out);
@@ -551,7 +603,7 @@ impl TaskProcessor {
     ) -> Result<(), TaskError> {
         for (index, step) in pipeline.steps().iter().enumerate().skip(from) {
             match &step.operation {
-                Operation::Filter(expr) => match expr.eval_bool(&flow.value) {
+                Operation::Filter(expr) => match expr.eval_bool(flow.record()) {
                     Ok(true) => {}
                     Ok(false) => {
                         out.counters.filtered += 1;
@@ -563,9 +615,12 @@ impl TaskProcessor {
                     }
                 },
                 Operation::Map { fields, keep_input } => {
+                    if !keep_input && index + 1 == pipeline.steps().len() {
+                        return emit_mapped(flow, fields, &step.name, out);
+                    }
                     let mut computed = Vec::with_capacity(fields.len());
                     for f in fields {
-                        match f.expr.eval(&flow.value) {
+                        match f.expr.eval(flow.record()) {
                             Ok(v) => computed.push((f.name.clone(), v)),
                             Err(e) => {
                                 dead_letter(&flow, &step.name, &e, out);
@@ -573,17 +628,17 @@ impl TaskProcessor {
                             }
                         }
                     }
-                    let mut map = match (keep_input, flow.value.take()) {
+                    let mut map = match (keep_input, flow.take_json()) {
                         (true, Value::Object(map)) => map,
                         _ => Map::with_capacity(computed.len()),
                     };
                     map.extend(computed);
-                    flow.value = Value::Object(map);
+                    flow.value = Doc::Json(Value::Object(map));
                     flow.modified = true;
                 }
                 Operation::KeyBy { expr, .. } => {
                     let mut key = Vec::new();
-                    if let Err(e) = expr.eval_key(&flow.value, &mut key) {
+                    if let Err(e) = expr.eval_key(flow.record(), &mut key) {
                         dead_letter(&flow, &step.name, &e, out);
                         return Ok(());
                     }
@@ -596,7 +651,7 @@ impl TaskProcessor {
                 }
                 Operation::Dedupe { key, ttl } => {
                     self.key_buf.clear();
-                    if let Err(e) = key.eval_key(&flow.value, &mut self.key_buf) {
+                    if let Err(e) = key.eval_key(flow.record(), &mut self.key_buf) {
                         dead_letter(&flow, &step.name, &e, out);
                         return Ok(());
                     }
@@ -665,8 +720,40 @@ fn repartition(flow: Flow<'_>, key: Vec<u8>, out: &mut Outputs) {
 fn encoded(flow: &Flow<'_>) -> Vec<u8> {
     match (flow.modified, flow.source.and_then(|s| s.value)) {
         (false, Some(bytes)) => bytes.to_vec(),
-        _ => serde_json::to_vec(&flow.value).unwrap_or_default(),
+        _ => serde_json::to_vec(&flow.json()).unwrap_or_default(),
     }
+}
+
+/// Sends a record through a map step that is the last step (and does not
+/// keep its input) to the sink, writing the fields' JSON text straight
+/// into the output value, in name order as a JSON value would have them.
+fn emit_mapped(
+    flow: Flow<'_>,
+    fields: &[MapField],
+    step: &str,
+    out: &mut Outputs,
+) -> Result<(), TaskError> {
+    let mut value = Vec::with_capacity(16 * fields.len() + 2);
+    value.push(b'{');
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            value.push(b',');
+        }
+        // Names are plain text: their JSON is their encoding as a string.
+        serde_json::to_writer(&mut value, &f.name).unwrap_or_default();
+        value.push(b':');
+        if let Err(e) = f.expr.eval_json(flow.record(), &mut value) {
+            dead_letter(&flow, step, &e, out);
+            return Ok(());
+        }
+    }
+    value.push(b'}');
+    out.counters.records_out += 1;
+    out.records.push(OutputRecord {
+        key: flow.key,
+        value,
+    });
+    Ok(())
 }
 
 /// Sends a record that went through every step to the sink.
@@ -689,7 +776,7 @@ fn dead_letter_reason(flow: &Flow<'_>, reason: String, out: &mut Outputs) {
         source => {
             out.counters.dead_lettered += 1;
             out.dead_letters.push(DeadLetter {
-                value: serde_json::to_vec(&flow.value).unwrap_or_default(),
+                value: serde_json::to_vec(&flow.json()).unwrap_or_default(),
                 reason,
                 source: source.map(SourcePosition::of),
             });

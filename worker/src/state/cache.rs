@@ -79,7 +79,11 @@ pub(super) fn entry_bytes(key: &[u8], value: Option<&StateValue>) -> usize {
 
 /// The write-back cache of one task.
 pub(super) struct WriteBack {
-    index: HashMap<Box<[u8]>, usize>,
+    /// Slot by key. Keys are hashed four times per new key (look-up,
+    /// insert, and the eviction's remove and move): a fast hash, not
+    /// SipHash; the keys come from the task's own records, and a flood of
+    /// colliding keys would only slow the task that reads them.
+    index: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
     slots: Vec<Slot>,
     /// The budget this cache takes its share of.
     budget: Arc<CacheBudget>,
@@ -103,7 +107,7 @@ impl WriteBack {
     pub(super) fn new(budget: Arc<CacheBudget>) -> WriteBack {
         budget.tasks.fetch_add(1, Ordering::Relaxed);
         WriteBack {
-            index: HashMap::new(),
+            index: HashMap::default(),
             slots: Vec::new(),
             budget,
             bytes: 0,
@@ -164,10 +168,16 @@ impl WriteBack {
         }
     }
 
-    /// Measures again the value last handed out for update.
+    /// Measures again the value last handed out for update; drops it
+    /// when it was deleted and RocksDB does not hold it either (a fired
+    /// window), as there is nothing to write and a read finds nothing.
     fn remeasure(&mut self) {
         if let Some(i) = self.changed.take() {
             let slot = &mut self.slots[i];
+            if slot.value.is_none() && !slot.in_db {
+                self.remove(i);
+                return;
+            }
             let bytes = entry_bytes(&slot.key, slot.value.as_ref());
             self.bytes = self.bytes - slot.bytes + bytes;
             slot.bytes = bytes;
@@ -255,6 +265,12 @@ impl WriteBack {
                 None => {}
             }
         }
+        self.remove(i);
+        Ok(())
+    }
+
+    /// Removes slot `i` (the last slot takes its place).
+    fn remove(&mut self, i: usize) {
         let slot = self.slots.swap_remove(i);
         self.index.remove(&slot.key);
         self.bytes -= slot.bytes;
@@ -263,6 +279,5 @@ impl WriteBack {
         {
             *index = i;
         }
-        Ok(())
     }
 }

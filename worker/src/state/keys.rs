@@ -77,13 +77,6 @@ impl TimeDomain {
             TimeDomain::Repartitioned => 2,
         }
     }
-
-    /// The domain of a timer key.
-    pub(super) fn of_timer_key(key: &[u8]) -> Option<TimeDomain> {
-        TimeDomain::ALL
-            .into_iter()
-            .find(|d| key.first() == Some(&d.prefix()))
-    }
 }
 
 /// A due timer.
@@ -113,11 +106,6 @@ pub(super) fn timer_key(
     key.push(kind);
     key.extend_from_slice(payload);
     key
-}
-
-/// The time of a timer key, without copying its payload.
-pub(super) fn timer_key_time(key: &[u8]) -> Option<i64> {
-    Some(from_order_preserving(key.get(1..9)?.try_into().ok()?))
 }
 
 pub(super) fn parse_timer_key(key: &[u8]) -> Option<Timer> {

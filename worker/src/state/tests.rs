@@ -52,6 +52,36 @@ fn cache_is_bounded_and_writes_back_on_eviction() {
     }
 }
 
+/// A value created and deleted between two flushes (a window that opened
+/// and fired) leaves nothing behind: not in the cache, where it would
+/// crowd out live values, and not in RocksDB; one deleted after a flush is
+/// deleted from RocksDB at the next.
+#[test]
+fn values_deleted_before_reaching_rocksdb_leave_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = TaskState::open(dir.path(), &options(1000)).unwrap();
+    for i in 0..100 {
+        *state.get_mut(&key(i)).unwrap() = Some(count(1));
+        *state.get_mut(&key(i)).unwrap() = None;
+    }
+    // The last one is dropped at the next access.
+    assert_eq!(state.get(&key(1000)).unwrap(), None);
+    assert_eq!(state.cached_entries(), 1, "only the key just read");
+    *state.get_mut(&key(7)).unwrap() = Some(count(7));
+    state.flush_cache().unwrap();
+    *state.get_mut(&key(7)).unwrap() = None;
+    assert_eq!(state.get(&key(8)).unwrap(), None);
+    state.flush_cache().unwrap();
+    drop(state);
+    let mut state = TaskState::open(dir.path(), &options(1000)).unwrap();
+    assert_eq!(
+        state.get(&key(7)).unwrap(),
+        None,
+        "the deletion reached RocksDB"
+    );
+    assert_eq!(state.get(&key(3)).unwrap(), None);
+}
+
 #[test]
 fn flushed_state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();

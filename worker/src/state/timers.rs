@@ -13,64 +13,83 @@
 //! range deletion each time, which every later read had to fragment again:
 //! the cost grew with the square of the timers until the memtable flushed.)
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeMap;
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
-use super::keys::{order_preserving, parse_timer_key, timer_key, timer_key_time};
+use super::keys::{parse_timer_key, timer_key};
 use super::{StateError, TaskState, TimeDomain, Timer, db_error};
 
-/// The pending timers of a task, by their RocksDB key (domain, time, step,
-/// kind, payload), which orders them by time within a domain.
+/// A timer of one domain, ordered as its RocksDB key orders it: by time,
+/// then step, kind and payload. Comparing one mostly compares two
+/// integers, where the key's bytes would need a `memcmp`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    time: i64,
+    step: u8,
+    kind: u8,
+    payload: Vec<u8>,
+}
+
+impl Entry {
+    /// The entry of a timer key of RocksDB.
+    fn of_key(key: &[u8]) -> Option<Entry> {
+        let Timer {
+            time,
+            step,
+            kind,
+            payload,
+        } = parse_timer_key(key)?;
+        Some(Entry {
+            time,
+            step,
+            kind,
+            payload,
+        })
+    }
+
+    /// Its RocksDB key in `domain`.
+    fn key(&self, domain: TimeDomain) -> Vec<u8> {
+        timer_key(domain, self.time, self.step, self.kind, &self.payload)
+    }
+}
+
+/// The pending timers of a task.
 #[derive(Debug)]
 pub(super) struct TimerQueue {
-    /// The timers held in memory: per domain, those before its boundary.
-    memory: BTreeSet<Vec<u8>>,
-    /// Memory timers not in RocksDB yet.
-    unwritten: HashSet<Vec<u8>>,
-    /// Timers in RocksDB that fired since the last flush.
-    fired: HashSet<Vec<u8>>,
-    /// Per domain ([`TimeDomain::index`]), the first timer held only in RocksDB:
-    /// every pending timer of the domain from it on is there, not in
-    /// memory.
-    boundary: [Option<Vec<u8>>; TimeDomain::ALL.len()],
+    /// Per domain ([`TimeDomain::index`]), the timers held in memory: those
+    /// before its boundary, each with whether RocksDB holds it already.
+    memory: [BTreeMap<Entry, bool>; TimeDomain::ALL.len()],
+    /// Timers held in memory, over all domains.
+    held: usize,
+    /// Keys of timers in RocksDB that fired since they were last written
+    /// there: deleted at the next flush, or before RocksDB's timers are read
+    /// or written otherwise.
+    fired: Vec<Vec<u8>>,
+    /// Per domain, the first timer held only in RocksDB: every pending
+    /// timer of the domain from it on is there, not in memory.
+    boundary: [Option<Entry>; TimeDomain::ALL.len()],
     /// Most timers held in memory.
     limit: usize,
 }
 
-/// The first key of `domain` in `db` from `from` on, skipping `skip`.
-fn first_stored(
-    db: &DB,
-    domain: TimeDomain,
-    from: &[u8],
-    skip: &HashSet<Vec<u8>>,
-) -> Result<Option<Vec<u8>>, StateError> {
-    let mut keys = Vec::new();
-    scan(db, domain, from, 1, skip, &mut keys)?;
-    Ok(keys.pop())
-}
-
-/// Appends to `out` up to `count` keys of `domain` in `db` from `from` on,
-/// skipping `skip`.
+/// Appends to `out` up to `count` timers of `domain` in `db` from the key
+/// `from` on.
 fn scan(
     db: &DB,
     domain: TimeDomain,
     from: &[u8],
     count: usize,
-    skip: &HashSet<Vec<u8>>,
-    out: &mut Vec<Vec<u8>>,
+    out: &mut Vec<Entry>,
 ) -> Result<(), StateError> {
     let mut read = ReadOptions::default();
     read.set_iterate_upper_bound([domain.prefix() + 1]);
-    let wanted = out.len() + count;
-    for item in db.iterator_opt(IteratorMode::From(from, Direction::Forward), read) {
+    for item in db
+        .iterator_opt(IteratorMode::From(from, Direction::Forward), read)
+        .take(count)
+    {
         let (key, _) = item.map_err(db_error("timer scan"))?;
-        if !skip.contains(key.as_ref()) {
-            out.push(key.to_vec());
-            if out.len() == wanted {
-                break;
-            }
-        }
+        out.extend(Entry::of_key(&key));
     }
     Ok(())
 }
@@ -80,46 +99,72 @@ impl TimerQueue {
     /// boundaries, read into memory as they come due.
     pub(super) fn load(db: &DB, limit: usize) -> Result<TimerQueue, StateError> {
         let mut queue = TimerQueue {
-            memory: BTreeSet::new(),
-            unwritten: HashSet::new(),
-            fired: HashSet::new(),
+            memory: Default::default(),
+            held: 0,
+            fired: Vec::new(),
             boundary: [None, None, None],
             limit: limit.max(2),
         };
         for domain in TimeDomain::ALL {
-            queue.boundary[domain.index()] =
-                first_stored(db, domain, &[domain.prefix()], &HashSet::new())?;
+            let mut first = Vec::new();
+            scan(db, domain, &[domain.prefix()], 1, &mut first)?;
+            queue.boundary[domain.index()] = first.pop();
         }
         Ok(queue)
     }
 
-    /// Adds the writes that make RocksDB hold exactly the pending timers.
+    /// Adds the writes that make RocksDB hold exactly the pending timers:
+    /// the fired ones are deleted before the new ones are put, so that a
+    /// timer that fired and was registered again stays.
     pub(super) fn write_changes(&mut self, batch: &mut WriteBatch) {
-        for key in self.unwritten.drain() {
-            batch.put(key, b"");
-        }
-        for key in self.fired.drain() {
+        for key in self.fired.drain(..) {
             batch.delete(key);
+        }
+        for domain in TimeDomain::ALL {
+            for (entry, stored) in &mut self.memory[domain.index()] {
+                if !*stored {
+                    batch.put(entry.key(domain), b"");
+                    *stored = true;
+                }
+            }
         }
     }
 
-    /// Moves the latest half of the memory timers to RocksDB, lowering the
-    /// boundaries of their domains.
-    fn spill(&mut self, db: &DB, write: &WriteOptions) -> Result<(), StateError> {
-        let keep = self.limit / 2;
+    /// Deletes the fired timers from RocksDB now: before it is scanned or
+    /// written outside a flush.
+    fn delete_fired(&mut self, db: &DB, write: &WriteOptions) -> Result<(), StateError> {
+        if self.fired.is_empty() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
-        while self.memory.len() > keep {
-            let Some(key) = self.memory.pop_last() else {
-                break;
-            };
-            let Some(domain) = TimeDomain::of_timer_key(&key) else {
-                continue;
-            };
-            batch.put(&key, b"");
-            self.unwritten.remove(&key);
-            let boundary = &mut self.boundary[domain.index()];
-            if boundary.as_ref().is_none_or(|b| key < *b) {
-                *boundary = Some(key);
+        for key in self.fired.drain(..) {
+            batch.delete(key);
+        }
+        db.write_opt(batch, write)
+            .map_err(db_error("delete of fired timers"))
+    }
+
+    /// Moves the latest half of the memory timers to RocksDB (from the
+    /// domains of the highest key prefix first), lowering the boundaries
+    /// of their domains.
+    fn spill(&mut self, db: &DB, write: &WriteOptions) -> Result<(), StateError> {
+        self.delete_fired(db, write)?;
+        let keep = self.limit / 2;
+        let mut domains = TimeDomain::ALL;
+        domains.sort_by_key(|d| std::cmp::Reverse(d.prefix()));
+        let mut batch = WriteBatch::default();
+        for domain in domains {
+            let slot = domain.index();
+            while self.held > keep {
+                let Some((entry, _)) = self.memory[slot].pop_last() else {
+                    break;
+                };
+                self.held -= 1;
+                batch.put(entry.key(domain), b"");
+                let boundary = &mut self.boundary[slot];
+                if boundary.as_ref().is_none_or(|b| entry < *b) {
+                    *boundary = Some(entry);
+                }
             }
         }
         db.write_opt(batch, write).map_err(db_error("timer spill"))
@@ -127,18 +172,28 @@ impl TimerQueue {
 
     /// Reads the next chunk of `domain`'s timers from RocksDB into memory,
     /// raising its boundary.
-    fn refill(&mut self, db: &DB, domain: TimeDomain) -> Result<(), StateError> {
+    fn refill(
+        &mut self,
+        db: &DB,
+        write: &WriteOptions,
+        domain: TimeDomain,
+    ) -> Result<(), StateError> {
+        self.delete_fired(db, write)?;
         let slot = domain.index();
         let Some(from) = self.boundary[slot].take() else {
             return Ok(());
         };
         let room = (self.limit / 2).max(1);
-        let mut keys = Vec::with_capacity(room + 1);
-        scan(db, domain, &from, room + 1, &self.fired, &mut keys)?;
-        if keys.len() > room {
-            self.boundary[slot] = keys.pop();
+        let mut entries = Vec::with_capacity(room + 1);
+        scan(db, domain, &from.key(domain), room + 1, &mut entries)?;
+        if entries.len() > room {
+            self.boundary[slot] = entries.pop();
         }
-        self.memory.extend(keys);
+        for entry in entries {
+            if self.memory[slot].insert(entry, true).is_none() {
+                self.held += 1;
+            }
+        }
         Ok(())
     }
 }
@@ -153,26 +208,29 @@ impl TaskState {
         kind: u8,
         payload: &[u8],
     ) -> Result<(), StateError> {
-        let key = timer_key(domain, time, step, kind, payload);
+        let entry = Entry {
+            time,
+            step,
+            kind,
+            payload: payload.to_vec(),
+        };
         let queue = &mut self.timers;
-        if queue.boundary[domain.index()]
-            .as_ref()
-            .is_some_and(|b| key >= *b)
-        {
+        let slot = domain.index();
+        if queue.boundary[slot].as_ref().is_some_and(|b| entry >= *b) {
             // Past the boundary: RocksDB only.
-            queue.fired.remove(&key);
+            queue.delete_fired(&self.db, &self.write_options)?;
             return self
                 .db
-                .put_opt(&key, b"", &self.write_options)
+                .put_opt(entry.key(domain), b"", &self.write_options)
                 .map_err(db_error("timer write"));
         }
-        if !queue.memory.contains(&key) {
-            // One that fired since the flush is still in RocksDB.
-            if !queue.fired.remove(&key) {
-                queue.unwritten.insert(key.clone());
-            }
-            queue.memory.insert(key);
-            if queue.memory.len() > queue.limit {
+        if let std::collections::btree_map::Entry::Vacant(vacant) = queue.memory[slot].entry(entry)
+        {
+            // Not known to be in RocksDB: one that fired since it was
+            // written there is deleted first at the flush, then put again.
+            vacant.insert(false);
+            queue.held += 1;
+            if queue.held > queue.limit {
                 queue.spill(&self.db, &self.write_options)?;
             }
         }
@@ -181,24 +239,17 @@ impl TaskState {
 
     /// The earliest pending timer of `domain`.
     pub fn next_timer(&self, domain: TimeDomain) -> Option<i64> {
-        let start = [domain.prefix()];
-        let end = [domain.prefix() + 1];
-        let in_memory = self
-            .timers
-            .memory
-            .range::<[u8], _>((
-                std::ops::Bound::Included(&start[..]),
-                std::ops::Bound::Excluded(&end[..]),
-            ))
-            .next();
-        in_memory
-            .or(self.timers.boundary[domain.index()].as_ref())
-            .and_then(|key| timer_key_time(key))
+        let slot = domain.index();
+        self.timers.memory[slot]
+            .first_key_value()
+            .map(|(entry, _)| entry)
+            .or(self.timers.boundary[slot].as_ref())
+            .map(|entry| entry.time)
     }
 
     /// Number of timers held in memory (more may wait in RocksDB).
     pub fn timers_in_memory(&self) -> usize {
-        self.timers.memory.len()
+        self.timers.held
     }
 
     /// Removes and appends to `out` the timers of `domain` due at or before
@@ -212,46 +263,38 @@ impl TaskState {
         limit: usize,
         out: &mut Vec<Timer>,
     ) -> Result<bool, StateError> {
-        // Called after every record: nothing due must cost nothing.
-        if self.next_timer(domain).is_none_or(|next| next > up_to) {
-            return Ok(false);
-        }
-        let start = vec![domain.prefix()];
-        // Exclusive bound just after `up_to`; up_to == i64::MAX sorts last.
-        let end = match up_to.checked_add(1) {
-            Some(after) => {
-                let mut end = start.clone();
-                end.extend_from_slice(&order_preserving(after));
-                end
-            }
-            None => vec![domain.prefix() + 1],
-        };
+        let slot = domain.index();
         let mut taken = 0;
-        loop {
+        while taken < limit {
             let queue = &mut self.timers;
-            let due: Vec<Vec<u8>> = queue
-                .memory
-                .range(start.clone()..end.clone())
-                .take(limit - taken)
-                .cloned()
-                .collect();
-            taken += due.len();
-            for key in due {
-                queue.memory.remove(&key);
-                if let Some(timer) = parse_timer_key(&key) {
-                    out.push(timer);
+            let due = queue.memory[slot]
+                .first_key_value()
+                .is_some_and(|(entry, _)| entry.time <= up_to);
+            if due {
+                if let Some((entry, stored)) = queue.memory[slot].pop_first() {
+                    queue.held -= 1;
+                    if stored {
+                        queue.fired.push(entry.key(domain));
+                    }
+                    out.push(Timer {
+                        time: entry.time,
+                        step: entry.step,
+                        kind: entry.kind,
+                        payload: entry.payload,
+                    });
+                    taken += 1;
                 }
-                if !queue.unwritten.remove(&key) {
-                    queue.fired.insert(key);
-                }
+                continue;
             }
-            let more_stored = queue.boundary[domain.index()]
+            // Memory holds no due timer: the next may wait in RocksDB.
+            if queue.boundary[slot]
                 .as_ref()
-                .is_some_and(|b| *b < end);
-            if taken == limit || !more_stored {
+                .is_some_and(|b| b.time <= up_to)
+            {
+                queue.refill(&self.db, &self.write_options, domain)?;
+            } else {
                 break;
             }
-            queue.refill(&self.db, domain)?;
         }
         Ok(self.next_timer(domain).is_some_and(|next| next <= up_to))
     }

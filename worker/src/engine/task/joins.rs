@@ -243,7 +243,7 @@ impl TaskProcessor {
                 for (own_value, time) in pairs {
                     let value = joined(parse_row(&own_value), &join.field, other_json.clone());
                     let flow = Flow {
-                        value,
+                        value: Doc::Json(value),
                         modified: true,
                         key: keyed.then(|| other.key.clone()),
                         keyed,
@@ -267,7 +267,7 @@ impl TaskProcessor {
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
         let step = &pipeline.steps()[index];
-        if !flow.value.is_object() {
+        if !flow.record().is_object() {
             dead_letter_reason(
                 &flow,
                 format!(
@@ -337,7 +337,11 @@ impl TaskProcessor {
         }
         for (other_value, time) in pairs {
             let next = Flow {
-                value: joined(flow.value.clone(), &join.field, parse_row(&other_value)),
+                value: Doc::Json(joined(
+                    flow.json().into_owned(),
+                    &join.field,
+                    parse_row(&other_value),
+                )),
                 modified: true,
                 key: flow.key.clone(),
                 keyed: flow.keyed,
@@ -366,7 +370,8 @@ impl TaskProcessor {
             out.counters.filtered += 1;
             return Ok(());
         }
-        flow.value = joined(flow.value, &join.field, row.unwrap_or(Value::Null));
+        let record = flow.take_json();
+        flow.value = Doc::Json(joined(record, &join.field, row.unwrap_or(Value::Null)));
         flow.modified = true;
         self.run(pipeline, index + 1, flow, out)
     }
@@ -488,7 +493,7 @@ fn joined(record: Value, field: &str, other: Value) -> Value {
 /// A record of the join's topic as a flow, for the late-data output.
 fn side_flow<'a>(record: &'a SourceRecord<'a>) -> Flow<'a> {
     Flow {
-        value: Value::Null,
+        value: Doc::Json(Value::Null),
         modified: false,
         key: record.key.map(<[u8]>::to_vec),
         keyed: false,

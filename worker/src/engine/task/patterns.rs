@@ -29,7 +29,7 @@ impl TaskProcessor {
             );
             return Ok(());
         };
-        let holds = match pattern.conditions(&flow.value) {
+        let holds = match pattern.conditions(flow.record()) {
             Ok(holds) => holds,
             Err((stage, e)) => {
                 dead_letter_reason(&flow, format!("{}: {stage}: {e}", step.name), out);

@@ -16,7 +16,7 @@ impl TaskProcessor {
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
         let step = &pipeline.steps()[index];
-        let inputs = match self.inputs(fields, &flow.value) {
+        let inputs = match self.inputs(fields, flow.record()) {
             Ok(inputs) => inputs,
             Err(reason) => {
                 dead_letter_reason(&flow, format!("{}: {reason}", step.name), out);
@@ -93,7 +93,7 @@ impl TaskProcessor {
         }
         for (value, time) in emitted {
             let next = Flow {
-                value,
+                value: Doc::Json(value),
                 modified: true,
                 key: flow.keyed.then(|| key.clone()),
                 keyed: flow.keyed,
@@ -109,7 +109,7 @@ impl TaskProcessor {
     pub(super) fn inputs(
         &mut self,
         fields: &[AggregateField],
-        record: &Value,
+        record: Record<'_>,
     ) -> Result<Vec<Input>, String> {
         fields
             .iter()
@@ -440,7 +440,7 @@ impl TaskProcessor {
         }
         for (value, time) in emitted {
             let flow = Flow {
-                value,
+                value: Doc::Json(value),
                 modified: true,
                 key: keyed.then(|| key.clone()),
                 keyed,
