@@ -1,13 +1,21 @@
 //! End-to-end throughput of one worker through librdkafka's mock cluster:
 //! events are produced to the source topic first, then a worker reads them,
 //! runs the pipeline and writes the results, and the bench reports events
-//! per second of wall time and per CPU-second of the whole process (every
-//! thread: the worker, librdkafka's threads and the mock broker's).
+//! per second of wall time and per CPU-second: of the worker (every thread
+//! of the process but the mock cluster's: the worker's, its librdkafka
+//! clients') and, apart, of the mock broker's threads.
 //!
-//! `cargo bench -p weir-worker --bench end_to_end [-- EVENTS]` (default and
-//! maximum 240,000: what the mock cluster's partitions hold).
+//! Two workloads: ours (string user ids, decimal amounts) and the one Flink
+//! 2.3 was measured on (`{"user_id":<0..99999>,"amount":<0..999>,
+//! "country":"DE|FR|US|JP","ts":<+1 ms per event>}`, as in the engine
+//! bench), each stateless and as a 60 s tumbling count + sum per user.
+//!
+//! `cargo bench -p weir-worker --bench end_to_end [-- EVENTS] [WORDS]`
+//! (events default to and are at most 240,000: what the mock cluster's
+//! partitions hold; words pick the cases whose name has one, e.g.
+//! `flink`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -23,6 +31,8 @@ const PARTITIONS: i32 = 4;
 /// than the partitions hold would never all be read.
 const MOCK_PARTITION_CAPACITY: u64 = 60_000;
 const USERS: u64 = 100_000;
+/// Events of the short run that measures start-up and stop.
+const STARTUP_EVENTS: u64 = 1_000;
 
 /// Total CPU time of the process (user + system, all threads).
 fn process_cpu() -> Duration {
@@ -41,7 +51,42 @@ fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-fn produce(bootstrap: &str, topic: &str, events: u64) {
+/// The thread ids of this process.
+fn thread_ids() -> HashSet<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time (user + system) of the threads `tids` of this process that
+/// still run.
+fn threads_cpu(tids: &HashSet<String>) -> Duration {
+    let ticks: u64 = tids
+        .iter()
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
+        .map(|stat| {
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            tick(11).unwrap_or(0) + tick(12).unwrap_or(0)
+        })
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The shape of the produced events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// `{"user_id":"u<n>","amount":<decimal>,"country":..,"ts":..}`.
+    Ours,
+    /// Flink's: integer user ids and amounts, four countries.
+    Flink,
+}
+
+fn produce(bootstrap: &str, topic: &str, events: u64, workload: Workload) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -50,18 +95,39 @@ fn produce(bootstrap: &str, topic: &str, events: u64) {
         .create()
         .expect("producer");
     let countries = ["DE", "FR", "US", "XX", "JP"];
+    let flink_countries = ["DE", "FR", "US", "JP"];
     let mut value = String::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     for i in 0..events {
-        let user = (i * 7919) % USERS;
         value.clear();
         use std::fmt::Write;
-        let _ = write!(
-            value,
-            r#"{{"user_id":"u{user}","amount":{:.1},"country":"{}","ts":{}}}"#,
-            (i % 500) as f64 / 10.0,
-            countries[(i % 5) as usize],
-            1_700_000_000_000 + i as i64
-        );
+        let user = match workload {
+            Workload::Ours => {
+                let user = (i * 7919) % USERS;
+                let _ = write!(
+                    value,
+                    r#"{{"user_id":"u{user}","amount":{:.1},"country":"{}","ts":{}}}"#,
+                    (i % 500) as f64 / 10.0,
+                    countries[(i % 5) as usize],
+                    1_700_000_000_000 + i as i64
+                );
+                user
+            }
+            Workload::Flink => {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let user = x % USERS;
+                let _ = write!(
+                    value,
+                    r#"{{"user_id":{user},"amount":{},"country":"{}","ts":{}}}"#,
+                    (x >> 20) % 1000,
+                    flink_countries[((x >> 40) % 4) as usize],
+                    1_732_176_000_000 + i as i64
+                );
+                user
+            }
+        };
         let partition = (user % PARTITIONS as u64) as i32;
         let mut record = BaseRecord::<str, str>::to(topic)
             .partition(partition)
@@ -127,6 +193,18 @@ const TUMBLING: &str = r#"    - keyBy:
             function: sum
             expr: record.amount"#;
 
+/// Flink's stateless query: `amount > 100 && country == 'DE'`, three
+/// fields mapped.
+const FLINK_STATELESS: &str = r#"    - filter: record.amount > 100 && record.country == "DE"
+    - map:
+        fields:
+          - name: user_id
+            expr: record.user_id
+          - name: amount
+            expr: record.amount
+          - name: ts
+            expr: record.ts"#;
+
 /// The tumbling job with its keyBy not partitioned like the source: every
 /// record goes through the repartition topic.
 fn repartitioned() -> String {
@@ -136,10 +214,11 @@ fn repartitioned() -> String {
 async fn run_case(
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     name: &str,
+    broker_threads: &HashSet<String>,
     pipeline: &str,
     guarantee: &str,
-    events: u64,
-) {
+    (events, workload): (u64, Workload),
+) -> Span {
     let bootstrap = cluster.bootstrap_servers();
     let source = format!("events-{name}");
     cluster.create_topic(&source, PARTITIONS, 1).expect("topic");
@@ -152,7 +231,7 @@ async fn run_case(
     cluster
         .create_topic(&repartition, PARTITIONS, 1)
         .expect("topic");
-    produce(&bootstrap, &source, events);
+    produce(&bootstrap, &source, events, workload);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let storage = format!("file://{}", dir.path().join("store").display());
@@ -171,8 +250,7 @@ async fn run_case(
     .collect();
     let config = WorkerConfig::from_vars(&vars, &yaml).expect("valid job");
 
-    let cpu0 = process_cpu();
-    let t0 = Instant::now();
+    let start = Sample::now(0, broker_threads);
     let handle = Worker::start(config, CancellationToken::new())
         .await
         .expect("worker");
@@ -192,20 +270,55 @@ async fn run_case(
         if s.records_in >= events && (!pipeline.contains("sourcePartitioned: false") || drained) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     handle.stop();
     handle.wait().await.expect("clean stop");
-    let wall = t0.elapsed();
-    let cpu = process_cpu().saturating_sub(cpu0);
-    println!(
-        "{name:<28} {events:>9} events  {:>10.0} events/s wall  {:>10.0} events per CPU-second  ({:.2} s CPU, {:.2} s wall, {:.2} µs CPU/event)",
-        events as f64 / wall.as_secs_f64(),
-        events as f64 / cpu.as_secs_f64().max(1e-9),
-        cpu.as_secs_f64(),
-        wall.as_secs_f64(),
-        cpu.as_secs_f64() * 1e6 / events as f64,
-    );
+    Sample::now(events, broker_threads).since(&start)
+}
+
+/// Where a run stood at one moment.
+struct Sample {
+    /// Records read by then.
+    events: u64,
+    at: Instant,
+    /// CPU of the whole process.
+    process: Duration,
+    /// CPU of the mock broker's threads.
+    broker: Duration,
+}
+
+/// What happened between two samples.
+struct Span {
+    events: f64,
+    wall: f64,
+    worker_cpu: f64,
+    broker_cpu: f64,
+}
+
+impl Sample {
+    fn now(events: u64, broker_threads: &HashSet<String>) -> Sample {
+        Sample {
+            events,
+            at: Instant::now(),
+            process: process_cpu(),
+            broker: threads_cpu(broker_threads),
+        }
+    }
+
+    fn since(&self, earlier: &Sample) -> Span {
+        let broker = self.broker.saturating_sub(earlier.broker);
+        Span {
+            events: self.events.saturating_sub(earlier.events) as f64,
+            wall: (self.at - earlier.at).as_secs_f64(),
+            worker_cpu: self
+                .process
+                .saturating_sub(earlier.process)
+                .saturating_sub(broker)
+                .as_secs_f64(),
+            broker_cpu: broker.as_secs_f64(),
+        }
+    }
 }
 
 fn main() {
@@ -223,42 +336,87 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // The threads the mock cluster starts are the broker's.
+    let before = thread_ids();
     let cluster = MockCluster::new(1).expect("mock cluster");
+    let broker_threads: HashSet<String> = thread_ids().difference(&before).cloned().collect();
     println!(
-        "end to end through the mock cluster, 1 worker, {PARTITIONS} partitions, includes the mock broker's CPU"
+        "end to end through the mock cluster, 1 worker, {PARTITIONS} partitions; worker CPU excludes the mock broker's threads"
     );
-    rt.block_on(async {
-        run_case(
-            &cluster,
+    let ours = (events, Workload::Ours);
+    let flink = (events, Workload::Flink);
+    let cases = [
+        (
             "stateless-at-least-once",
-            STATELESS,
+            STATELESS.to_owned(),
             "atLeastOnce",
-            events,
-        )
-        .await;
-        run_case(
-            &cluster,
+            ours,
+        ),
+        (
             "stateless-exactly-once",
-            STATELESS,
+            STATELESS.to_owned(),
             "exactlyOnce",
-            events,
-        )
-        .await;
-        run_case(
-            &cluster,
+            ours,
+        ),
+        (
             "tumbling-exactly-once",
-            TUMBLING,
+            TUMBLING.to_owned(),
             "exactlyOnce",
-            events,
-        )
-        .await;
-        run_case(
-            &cluster,
+            ours,
+        ),
+        (
             "tumbling-repartitioned-alo",
-            &repartitioned(),
+            repartitioned(),
             "atLeastOnce",
-            events,
-        )
-        .await;
+            ours,
+        ),
+        (
+            "flink-stateless-alo",
+            FLINK_STATELESS.to_owned(),
+            "atLeastOnce",
+            flink,
+        ),
+        (
+            "flink-stateless-eos",
+            FLINK_STATELESS.to_owned(),
+            "exactlyOnce",
+            flink,
+        ),
+        (
+            "flink-tumbling-eos",
+            TUMBLING.to_owned(),
+            "exactlyOnce",
+            flink,
+        ),
+    ];
+    rt.block_on(async {
+        // Words on the command line pick the cases whose name has one.
+        let words: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a.parse::<u64>().is_err())
+            .collect();
+        for (name, pipeline, guarantee, (events, workload)) in cases {
+            if !words.is_empty() && !words.iter().any(|w| name.contains(w.as_str())) {
+                continue;
+            }
+            // A run of a few events costs what start-up and stop cost: the
+            // difference to the full run is the cost of the events alone.
+            let short = format!("{name}-short");
+            let overhead = (STARTUP_EVENTS, workload);
+            let base = run_case(&cluster, &short, &broker_threads, &pipeline, guarantee, overhead).await;
+            let run = run_case(&cluster, name, &broker_threads, &pipeline, guarantee, (events, workload)).await;
+            let extra = (run.events - base.events).max(1.0);
+            let worker = (run.worker_cpu - base.worker_cpu).max(1e-9);
+            println!(
+                "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event) beyond start-up and stop, mock broker {:.2} µs/event; whole run {:>7.0} events/s wall, worker {:.2} s CPU (start-up and stop with {STARTUP_EVENTS} events: {:.2} s CPU, {:.2} s wall)",
+                extra / worker,
+                worker * 1e6 / extra,
+                (run.broker_cpu - base.broker_cpu).max(0.0) * 1e6 / extra,
+                run.events / run.wall,
+                run.worker_cpu,
+                base.worker_cpu,
+                base.wall,
+            );
+        }
     });
 }
