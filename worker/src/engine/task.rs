@@ -58,8 +58,8 @@ use crate::engine::event_time::EventTimeSource;
 use crate::engine::hll::hash64;
 use crate::engine::pipeline::{AggregateField, MapField, Operation, Pipeline, WindowOp};
 use crate::engine::record::{
-    DeadLetter, LateRecord, OutputRecord, Outputs, RepartitionRecord, SourcePosition, SourceRecord,
-    decode_fields,
+    DeadLetter, DecodeError, DecodePlan, LateRecord, OutputRecord, Outputs, RepartitionRecord,
+    SourcePosition, SourceRecord, decode_fields,
 };
 use crate::engine::watermark::{
     PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
@@ -205,13 +205,36 @@ impl std::fmt::Debug for TaskProcessor {
     }
 }
 
-impl Flow<'_> {
+impl Doc<'_> {
     /// The record as expressions read it.
     fn record(&self) -> Record<'_> {
-        match &self.value {
+        match self {
             Doc::Fields(fields) => Record::Fields(fields),
             Doc::Json(json) => Record::Json(json),
         }
+    }
+}
+
+/// Decodes `bytes` with `plan`: into `fields` (the caller's, so that the
+/// record can borrow them) when the plan names few enough fields, else into
+/// a JSON value.
+fn decode<'a>(
+    plan: &DecodePlan,
+    fields: &'a mut Fields<'a>,
+    bytes: &'a [u8],
+) -> Result<Doc<'a>, DecodeError> {
+    if plan.field_names().is_some() {
+        decode_fields(fields, bytes)?;
+        Ok(Doc::Fields(fields))
+    } else {
+        plan.decode(bytes).map(Doc::Json)
+    }
+}
+
+impl Flow<'_> {
+    /// The record as expressions read it.
+    fn record(&self) -> Record<'_> {
+        self.value.record()
     }
 
     /// The record as a JSON value.
@@ -417,24 +440,18 @@ impl TaskProcessor {
             return Ok(());
         };
         let plan = pipeline.decode_plan();
-        let names = plan.field_names();
-        let mut fields = Fields::new(names.unwrap_or_default());
-        let decoded = match names {
-            Some(_) => decode_fields(&mut fields, bytes).map(|()| Doc::Fields(&fields)),
-            None => plan.decode(bytes).map(Doc::Json),
-        };
-        let value = match decoded {
+        let mut fields = Fields::new(plan.field_names().unwrap_or_default());
+        let value = match decode(plan, &mut fields, bytes) {
             Ok(v) => v,
             Err(e) => {
                 dead_letter_source(record, format!("invalid JSON: {e}"), out);
                 return Ok(());
             }
         };
-        let read = match &value {
-            Doc::Fields(fields) => Record::Fields(fields),
-            Doc::Json(json) => Record::Json(json),
-        };
-        let time = match pipeline.event_time().extract(read, record.timestamp_ms) {
+        let time = match pipeline
+            .event_time()
+            .extract(value.record(), record.timestamp_ms)
+        {
             Ok(t) => t,
             Err(e) => {
                 dead_letter_source(record, e.to_string(), out);
@@ -506,13 +523,8 @@ impl TaskProcessor {
             return Ok(());
         };
         let plan = pipeline.repartitioned_decode_plan();
-        let names = plan.field_names();
-        let mut fields = Fields::new(names.unwrap_or_default());
-        let decoded = match names {
-            Some(_) => decode_fields(&mut fields, bytes).map(|()| Doc::Fields(&fields)),
-            None => plan.decode(bytes).map(Doc::Json),
-        };
-        let value = match decoded {
+        let mut fields = Fields::new(plan.field_names().unwrap_or_default());
+        let value = match decode(plan, &mut fields, bytes) {
             Ok(v) => v,
             Err(e) => {
                 dead_letter_source(record, format!("invalid JSON: {e}"), out);
