@@ -2,9 +2,11 @@
 //! language) over one variable, `record`, the decoded JSON value of a record.
 //!
 //! An expression is [`compile`](fn@compile)d once, at start-up, into a tree that is then
-//! evaluated directly over a [`serde_json::Value`] for every record: nothing
-//! is converted per record, and field accesses, comparisons and filters borrow
-//! from the record instead of allocating.
+//! evaluated directly over each record ([`Record`]): a [`serde_json::Value`],
+//! or only the top-level fields the pipeline reads, decoded straight from the
+//! record's bytes ([`Fields`]). Nothing is converted per record, and field
+//! accesses, comparisons and filters borrow from the record instead of
+//! allocating.
 //!
 //! # Supported
 //!

@@ -92,6 +92,13 @@ pub struct Fields<'a> {
     values: [Option<FieldValue<'a>>; MAX_FIELDS],
 }
 
+/// Whether two field names are equal: compared inline, as names are short
+/// and a call to `memcmp` would cost more than the comparison.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 impl<'a> Fields<'a> {
     /// No fields yet, out of `names` (sorted, without duplicates; only the
     /// first [`MAX_FIELDS`] can be set).
@@ -110,7 +117,7 @@ impl<'a> Fields<'a> {
         self.names
             .iter()
             .take(MAX_FIELDS)
-            .position(|n| n.len() == name.len() && n.as_bytes() == name.as_bytes())
+            .position(|n| same_name(n.as_bytes(), name.as_bytes()))
     }
 
     /// Sets the field at `position` (a later value of a key replaces an
@@ -119,6 +126,11 @@ impl<'a> Fields<'a> {
         if let Some(slot) = self.values.get_mut(position) {
             *slot = Some(value);
         }
+    }
+
+    /// Unsets every field.
+    pub fn clear(&mut self) {
+        self.values = Default::default();
     }
 
     /// The field called `name`, if the record has it.

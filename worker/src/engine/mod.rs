@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod event_time;
+mod flat_json;
 pub mod hll;
 pub mod join;
 pub mod pattern;

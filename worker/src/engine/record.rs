@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use weir_crds::expr::{FieldValue, Fields, MAX_FIELDS};
 
+use crate::engine::flat_json::decode_flat;
+
 /// A record read from a source partition, borrowed from the consumer's
 /// buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,10 +309,16 @@ impl DecodePlan {
 /// Decodes a JSON object into `fields` (made with [`Fields::new`] from the
 /// plan's [`DecodePlan::field_names`]), without building a document: the
 /// other fields are skipped, strings without escapes borrow from `bytes`,
-/// and only nested values of those fields are built. The result reads like
+/// and only nested values of those fields are built. A flat object of
+/// plain strings and numbers takes one pass of its own
+/// ([`decode_flat`]); any other, serde_json driven field by field. The result reads like
 /// [`DecodePlan::decode`]'s with the same names, and the same inputs are
 /// refused.
 pub fn decode_fields<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Result<(), DecodeError> {
+    if decode_flat(fields, bytes).is_some() {
+        return Ok(());
+    }
+    fields.clear();
     let mut de = serde_json::Deserializer::from_slice(bytes);
     FieldsSeed { fields }.deserialize(&mut de)?;
     de.end()?;
