@@ -4,7 +4,7 @@
 //! `slide` events each; a window's result merges them, so an event costs
 //! one accumulator update however many windows it falls into.
 
-use super::windows::{empty_accumulators, result, update};
+use super::windows::{Emitted, Form, empty_accumulators, result, update};
 use super::*;
 
 impl TaskProcessor {
@@ -15,12 +15,12 @@ impl TaskProcessor {
         &mut self,
         step: u8,
         key: &[u8],
-        keyed: bool,
+        form: Form,
         (size, slide): (u64, u64),
         fields: &[AggregateField],
         inputs: &[Input],
         time: Option<i64>,
-        emitted: &mut Vec<(Value, Option<i64>)>,
+        emitted: &mut Vec<(Emitted, Option<i64>)>,
     ) -> Result<(), TaskError> {
         self.payload.clear();
         keyed_payload(&mut self.payload, key, None);
@@ -44,7 +44,7 @@ impl TaskProcessor {
             }
             let seq = i64::try_from(events / slide).unwrap_or(i64::MAX);
             emitted.push((
-                result(keyed, key, &[("window_seq", seq)], &window, fields),
+                result(form, key, &[("window_seq", seq)], &window, fields),
                 time,
             ));
             // The next window covers the newest size/slide - 1 full panes.

@@ -11,7 +11,7 @@
 //!   interval, each pair once, when its second record arrives; a timer at
 //!   the key's earliest expiry drops what can no longer pair.
 
-use super::windows::{late, state_key_of, step_is_keyed};
+use super::windows::{Emitted, late, state_key_of, step_is_keyed};
 use super::*;
 use crate::engine::join::{
     Join, JoinKind, in_interval, insert_version, other_expiry, own_expiry, prune_versions,
@@ -385,7 +385,7 @@ impl TaskProcessor {
         index: usize,
         join: &Join,
         timer: &Timer,
-        emitted: &mut Vec<(Value, Option<i64>)>,
+        emitted: &mut Vec<(Emitted, Option<i64>)>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
         let clock = self.clock(index);
@@ -403,11 +403,11 @@ impl TaskProcessor {
                         continue;
                     }
                     emitted.push((
-                        joined(
+                        Emitted::Json(joined(
                             parse_row(&record.value),
                             &join.field,
                             row.unwrap_or(Value::Null),
-                        ),
+                        )),
                         Some(record.time),
                     ));
                 }

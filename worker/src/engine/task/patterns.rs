@@ -5,7 +5,7 @@
 //! earliest deadline of the key's partial matches confirms absences and
 //! drops what can no longer match.
 
-use super::windows::{key_value, late, state_key_of};
+use super::windows::{Emitted, key_value, late, state_key_of};
 use super::*;
 use crate::engine::pattern::{Contiguity, Match, Pattern};
 use crate::state::PendingEvent;
@@ -88,7 +88,7 @@ impl TaskProcessor {
         pattern: &Pattern,
         timer: &Timer,
         (keyed, key): (bool, &[u8]),
-        emitted: &mut Vec<(Value, Option<i64>)>,
+        emitted: &mut Vec<(Emitted, Option<i64>)>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
         let clock = self.clock(index);
@@ -132,7 +132,10 @@ impl TaskProcessor {
                 .register_timer(clock.domain, time, timer.step, PATTERN, &timer.payload)?;
         }
         for m in &matches {
-            emitted.push((match_record(keyed, key, m, pattern), Some(m.end)));
+            emitted.push((
+                Emitted::Json(match_record(keyed, key, m, pattern)),
+                Some(m.end),
+            ));
         }
         Ok(())
     }

@@ -878,6 +878,57 @@ proptest! {
     }
 }
 
+/// An aggregate that is the last step writes its results' JSON text
+/// directly; one followed by another step builds JSON values. Both write
+/// the same bytes, for every kind of window and aggregate function, keys
+/// that need escaping included.
+#[test]
+fn results_written_directly_are_the_bytes_of_the_json_values() {
+    let aggregate = r#"{aggregate: {fields: [{name: n, function: count}, {name: total, function: sum, expr: record.amount},
+        {name: mean, function: avg, expr: record.amount}, {name: lo, function: min, expr: record.amount},
+        {name: first_pad, function: first, expr: record.pad}, {name: users, function: approxDistinct, expr: record.user},
+        {name: a_last, function: last, expr: record.user}]}}"#;
+    for window in [
+        "{window: {type: tumbling, size: 10s, allowedLateness: 5s}}, ",
+        "{window: {type: sliding, size: 10s, slide: 5s}}, ",
+        "{window: {type: session, gap: 3s}}, ",
+        "{window: {type: count, count: 4, slideCount: 2}}, ",
+        "",
+    ] {
+        for key in ["record.user + 'é\\\"x'", "record.user"] {
+            let last = format!(
+                "[{{keyBy: {{expr: \"{key}\", sourcePartitioned: true}}}}, {window}{aggregate}]"
+            );
+            let followed = last.replace("}]}}]", "}]}}, {filter: \"true\"}]");
+            assert_ne!(last, followed);
+            let events = events(5, 600);
+            let run = |pipeline: &str| {
+                let dir = tempfile::tempdir().unwrap();
+                let mut p = processor(dir.path(), WATERMARK, pipeline, 1000);
+                let mut out = Outputs::default();
+                for (i, e) in events.iter().enumerate() {
+                    feed(&mut p, i as i64, &e.json(), &mut out);
+                }
+                p.advance_time(i64::MAX, &mut out).unwrap();
+                while p.fire_due_timers(&mut out).unwrap() {}
+                out.records
+            };
+            let direct = run(&last);
+            let through_values = run(&followed);
+            assert!(direct.len() > 100, "{window}: {}", direct.len());
+            assert_eq!(direct.len(), through_values.len(), "{window} {key}");
+            for (a, b) in direct.iter().zip(&through_values) {
+                assert_eq!(
+                    String::from_utf8_lossy(&a.value),
+                    String::from_utf8_lossy(&b.value),
+                    "{window} {key}"
+                );
+                assert_eq!(a.key, b.key);
+            }
+        }
+    }
+}
+
 /// Day windows in Europe/Berlin across both daylight-saving changes of 2026,
 /// against a model that buckets each event by its local date: the days of
 /// 29 March and 25 October last 23 and 25 hours.

@@ -25,6 +25,10 @@ impl TaskProcessor {
         };
         let key = state_key_of(&flow);
         let time = flow.time.unwrap_or(i64::MIN);
+        let form = Form {
+            keyed: flow.keyed,
+            last: index + 1 == pipeline.steps().len(),
+        };
         let mut emitted = Vec::new();
         match window {
             None => {
@@ -34,7 +38,7 @@ impl TaskProcessor {
                 let slot = self.state.get_mut(&self.scratch)?;
                 let accs = accumulators(slot, fields);
                 update(accs, &inputs, time);
-                emitted.push((result(flow.keyed, &key, &[], accs, fields), flow.time));
+                emitted.push((result(form, &key, &[], accs, fields), flow.time));
             }
             Some(WindowOp {
                 assigner: WindowAssigner::Count { size, slide },
@@ -42,7 +46,7 @@ impl TaskProcessor {
             }) => self.count_update(
                 step.id,
                 &key,
-                flow.keyed,
+                form,
                 (*size, *slide),
                 fields,
                 &inputs,
@@ -64,7 +68,7 @@ impl TaskProcessor {
                         clock,
                         step.id,
                         &key,
-                        flow.keyed,
+                        form,
                         t,
                         gap,
                         op,
@@ -77,7 +81,7 @@ impl TaskProcessor {
                         clock,
                         step.id,
                         &key,
-                        flow.keyed,
+                        form,
                         t,
                         op,
                         fields,
@@ -91,7 +95,14 @@ impl TaskProcessor {
                 }
             }
         }
-        for (value, time) in emitted {
+        for (record, time) in emitted {
+            let value = match record {
+                Emitted::Json(value) => value,
+                Emitted::Text(text) => {
+                    emit_text(form, &key, text, out);
+                    continue;
+                }
+            };
             let next = Flow {
                 value: Doc::Json(value),
                 modified: true,
@@ -150,12 +161,12 @@ impl TaskProcessor {
         clock: Clock,
         step: u8,
         key: &[u8],
-        keyed: bool,
+        form: Form,
         t: i64,
         op: &WindowOp,
         fields: &[AggregateField],
         inputs: &[Input],
-        emitted: &mut Vec<(Value, Option<i64>)>,
+        emitted: &mut Vec<(Emitted, Option<i64>)>,
     ) -> Result<bool, TaskError> {
         let watermark = clock.watermark;
         let mut windows = std::mem::take(&mut self.windows);
@@ -179,7 +190,7 @@ impl TaskProcessor {
             update(accs, inputs, t);
             if fired {
                 emitted.push((
-                    result(keyed, key, &window_columns(*w), accs, fields),
+                    result(form, key, &window_columns(*w), accs, fields),
                     Some(last),
                 ));
             }
@@ -211,13 +222,13 @@ impl TaskProcessor {
         clock: Clock,
         step: u8,
         key: &[u8],
-        keyed: bool,
+        form: Form,
         t: i64,
         gap: i64,
         op: &WindowOp,
         fields: &[AggregateField],
         inputs: &[Input],
-        emitted: &mut Vec<(Value, Option<i64>)>,
+        emitted: &mut Vec<(Emitted, Option<i64>)>,
     ) -> Result<bool, TaskError> {
         let watermark = clock.watermark;
         let own = Window {
@@ -256,7 +267,7 @@ impl TaskProcessor {
         if merged.fired {
             emitted.push((
                 result(
-                    keyed,
+                    form,
                     key,
                     &window_columns(merged.window),
                     &merged.accumulators,
@@ -358,7 +369,8 @@ impl TaskProcessor {
         let key = key.to_vec();
         state_key(&mut self.scratch, timer.step, &timer.payload);
         let step = &pipeline.steps()[index];
-        let keyed = step_is_keyed(pipeline, index);
+        let form = Form::of(pipeline, index);
+        let keyed = form.keyed;
         let mut emitted = Vec::new();
         match (&step.operation, timer.kind) {
             (Operation::Dedupe { .. }, EXPIRE) => {
@@ -385,7 +397,7 @@ impl TaskProcessor {
                     && let Some(StateValue::Accumulators(accs)) = slot.as_ref()
                 {
                     emitted.push((
-                        result(keyed, &key, &window_columns(window), accs, fields),
+                        result(form, &key, &window_columns(window), accs, fields),
                         Some(timer.time),
                     ));
                 }
@@ -413,7 +425,7 @@ impl TaskProcessor {
                             s.fired = true;
                             emitted.push((
                                 result(
-                                    keyed,
+                                    form,
                                     &key,
                                     &window_columns(s.window),
                                     &s.accumulators,
@@ -438,7 +450,14 @@ impl TaskProcessor {
             }
             _ => {}
         }
-        for (value, time) in emitted {
+        for (record, time) in emitted {
+            let value = match record {
+                Emitted::Json(value) => value,
+                Emitted::Text(text) => {
+                    emit_text(form, &key, text, out);
+                    continue;
+                }
+            };
             let flow = Flow {
                 value: Doc::Json(value),
                 modified: true,
@@ -491,24 +510,101 @@ pub(super) fn update(accs: &mut Accumulators, inputs: &[Input], time: i64) {
     }
 }
 
+/// How an aggregate's results are written.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Form {
+    /// A keyBy ran before the step: `key` is the key's text, else null.
+    pub(super) keyed: bool,
+    /// No step follows: the result is written as the sink's JSON text at
+    /// once, without building a JSON value.
+    pub(super) last: bool,
+}
+
+impl Form {
+    /// The form of the results of the step at `index`.
+    pub(super) fn of(pipeline: &Pipeline, index: usize) -> Form {
+        Form {
+            keyed: step_is_keyed(pipeline, index),
+            last: index + 1 == pipeline.steps().len(),
+        }
+    }
+}
+
+/// A record a stateful step emits.
+pub(super) enum Emitted {
+    /// A JSON value, for the steps after it.
+    Json(Value),
+    /// The JSON text of an aggregate's result that no step follows.
+    Text(Vec<u8>),
+}
+
 /// The output record of an aggregate: `key`, the window's `columns`
-/// ([`window_columns`], or `window_seq`), then the fields.
+/// ([`window_columns`], or `window_seq`), then the fields, as a JSON object
+/// (its keys in order, as a JSON value writes them).
 pub(super) fn result(
-    keyed: bool,
+    form: Form,
     key: &[u8],
     columns: &[(&str, i64)],
     accs: &Accumulators,
     fields: &[AggregateField],
-) -> Value {
-    let mut map = Map::with_capacity(fields.len() + 3);
-    map.insert("key".into(), key_value(keyed, key));
-    for (name, value) in columns {
-        map.insert((*name).into(), Value::from(*value));
+) -> Emitted {
+    if !form.last {
+        let mut map = Map::with_capacity(fields.len() + 3);
+        map.insert("key".into(), key_value(form.keyed, key));
+        for (name, value) in columns {
+            map.insert((*name).into(), Value::from(*value));
+        }
+        for (f, acc) in fields.iter().zip(&accs.0) {
+            map.insert(f.name.clone(), acc.result());
+        }
+        return Emitted::Json(Value::Object(map));
     }
-    for (f, acc) in fields.iter().zip(&accs.0) {
-        map.insert(f.name.clone(), acc.result());
+    // The names are distinct (validation reserves key and the columns).
+    enum Part<'p> {
+        Key,
+        Column(i64),
+        Field(&'p Accumulator),
     }
-    Value::Object(map)
+    let mut parts: Vec<(&str, Part<'_>)> = Vec::with_capacity(fields.len() + 3);
+    parts.push(("key", Part::Key));
+    parts.extend(columns.iter().map(|(name, v)| (*name, Part::Column(*v))));
+    parts.extend(
+        fields
+            .iter()
+            .zip(&accs.0)
+            .map(|(f, acc)| (f.name.as_str(), Part::Field(acc))),
+    );
+    parts.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = Vec::with_capacity(32 + 24 * parts.len() + key.len());
+    text.push(b'{');
+    for (i, (name, part)) in parts.iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        // Writing JSON into a vector cannot fail.
+        let _ = serde_json::to_writer(&mut text, name);
+        text.push(b':');
+        let _ = match part {
+            Part::Key if form.keyed => {
+                serde_json::to_writer(&mut text, &String::from_utf8_lossy(key))
+            }
+            Part::Key => serde_json::to_writer(&mut text, &()),
+            Part::Column(v) => serde_json::to_writer(&mut text, v),
+            Part::Field(acc) => serde_json::to_writer(&mut text, &acc.result()),
+        };
+    }
+    text.push(b'}');
+    Emitted::Text(text)
+}
+
+/// Sends the JSON text of an aggregate's result to the sink, keyed as
+/// [`emit`] keys the records of the last step.
+fn emit_text(form: Form, key: &[u8], text: Vec<u8>, out: &mut Outputs) {
+    out.counters.records_out += 1;
+    out.records.push(OutputRecord {
+        key: form.keyed.then(|| key.to_vec()),
+        value: text,
+    });
 }
 
 /// The columns of a time window in an aggregate's output.
