@@ -1,15 +1,16 @@
 //! The write-back cache in front of a task's RocksDB instance, bounded in
 //! bytes: the tasks of a worker share a [`CacheBudget`], each holding at
-//! most its equal share. An entry costs its key twice (slot and index), its
+//! most its equal share. An entry costs its key (held once, in its slot), its
 //! decoded value's heap ([`StateValue::heap_bytes`]) and [`SLOT_OVERHEAD`];
 //! a value changed in place is measured again at the next access, so a
 //! sketch turning dense or a session list growing counts. Eviction is a
 //! clock; dirty entries are written on eviction.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use hashbrown::HashTable;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use super::{StateError, StateValue, db_error, hex};
@@ -65,16 +66,17 @@ struct Slot {
     bytes: usize,
 }
 
-/// What a cached entry costs besides its key bytes (counted twice, in the
-/// slot and in the index) and its value's heap: the slot and the index
-/// entry, each twice for the spare capacity of a growing vector and hash
-/// table, and the allocator's headers of the two keys and the value.
+/// What a cached entry costs besides its key bytes (held once, in the
+/// slot) and its value's heap: the slot and the index entry (a slot
+/// number and a control byte), each twice for the spare capacity of a
+/// growing vector and hash table, and the allocator's headers of the key
+/// and the value.
 const SLOT_OVERHEAD: usize =
-    2 * std::mem::size_of::<Slot>() + 2 * (std::mem::size_of::<(Box<[u8]>, usize)>() + 1) + 3 * 16;
+    2 * std::mem::size_of::<Slot>() + 2 * (std::mem::size_of::<usize>() + 1) + 2 * 16;
 
 /// The cost of caching `value` under `key`.
 pub(super) fn entry_bytes(key: &[u8], value: Option<&StateValue>) -> usize {
-    SLOT_OVERHEAD + 2 * key.len() + value.map_or(0, StateValue::heap_bytes)
+    SLOT_OVERHEAD + key.len() + value.map_or(0, StateValue::heap_bytes)
 }
 
 /// The write-back cache of one task.
@@ -83,7 +85,9 @@ pub(super) struct WriteBack {
     /// insert, and the eviction's remove and move): a fast hash, not
     /// SipHash; the keys come from the task's own records, and a flood of
     /// colliding keys would only slow the task that reads them.
-    index: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
+    index: HashTable<usize>,
+    /// The index's hash of keys.
+    hasher: foldhash::fast::RandomState,
     slots: Vec<Slot>,
     /// The budget this cache takes its share of.
     budget: Arc<CacheBudget>,
@@ -107,7 +111,8 @@ impl WriteBack {
     pub(super) fn new(budget: Arc<CacheBudget>) -> WriteBack {
         budget.tasks.fetch_add(1, Ordering::Relaxed);
         WriteBack {
-            index: HashMap::default(),
+            index: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             slots: Vec::new(),
             budget,
             bytes: 0,
@@ -194,7 +199,16 @@ impl WriteBack {
         key: &[u8],
     ) -> Result<usize, StateError> {
         self.remeasure();
-        if let Some(&i) = self.index.get(key) {
+        // A value that grew in place since the last access may have taken
+        // the cache over its share even though the access is a hit.
+        let share = self.budget.per_task();
+        while self.slots.len() > 1 && self.bytes > share {
+            let victim = self.victim();
+            self.evict(db, write_options, victim)?;
+        }
+        let hash = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        if let Some(&i) = self.index.find(hash, |&i| *slots[i].key == *key) {
             self.slots[i].referenced = true;
             return Ok(i);
         }
@@ -211,7 +225,6 @@ impl WriteBack {
         let bytes = entry_bytes(key, stored.as_ref());
         // Make room within this task's share, which shrinks when more tasks
         // open; a value larger than the share still gets cached alone.
-        let share = self.budget.per_task();
         while !self.slots.is_empty() && self.bytes + bytes > share {
             let victim = self.victim();
             self.evict(db, write_options, victim)?;
@@ -226,7 +239,9 @@ impl WriteBack {
         });
         self.bytes += bytes;
         let i = self.slots.len() - 1;
-        self.index.insert(key.into(), i);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(hash, i, |&j| hasher.hash_one(&*slots[j].key));
         Ok(i)
     }
 
@@ -271,13 +286,19 @@ impl WriteBack {
 
     /// Removes slot `i` (the last slot takes its place).
     fn remove(&mut self, i: usize) {
+        let hash = self.hasher.hash_one(&*self.slots[i].key);
+        if let Ok(entry) = self.index.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
         let slot = self.slots.swap_remove(i);
-        self.index.remove(&slot.key);
         self.bytes -= slot.bytes;
-        if let Some(moved) = self.slots.get(i)
-            && let Some(index) = self.index.get_mut(&moved.key)
-        {
-            *index = i;
+        // The last slot moved to `i`.
+        let moved = self.slots.len();
+        if let Some(moved_slot) = self.slots.get(i) {
+            let hash = self.hasher.hash_one(&*moved_slot.key);
+            if let Some(index) = self.index.find_mut(hash, |&j| j == moved) {
+                *index = i;
+            }
         }
     }
 }
