@@ -393,7 +393,7 @@ fn main() {
         // Words on the command line pick the cases whose name has one.
         let words: Vec<String> = std::env::args()
             .skip(1)
-            .filter(|a| a.parse::<u64>().is_err())
+            .filter(|a| a.parse::<u64>().is_err() && !a.starts_with("--"))
             .collect();
         for (name, pipeline, guarantee, (events, workload)) in cases {
             if !words.is_empty() && !words.iter().any(|w| name.contains(w.as_str())) {
