@@ -96,12 +96,8 @@ impl TaskProcessor {
             }
         }
         for (record, time) in emitted {
-            let value = match record {
-                Emitted::Json(value) => value,
-                Emitted::Text(text) => {
-                    emit_text(form, &key, text, out);
-                    continue;
-                }
+            let Some(value) = value_or_sent(record, form, &key, out) else {
+                continue;
             };
             let next = Flow {
                 value: Doc::Json(value),
@@ -451,12 +447,8 @@ impl TaskProcessor {
             _ => {}
         }
         for (record, time) in emitted {
-            let value = match record {
-                Emitted::Json(value) => value,
-                Emitted::Text(text) => {
-                    emit_text(form, &key, text, out);
-                    continue;
-                }
+            let Some(value) = value_or_sent(record, form, &key, out) else {
+                continue;
             };
             let flow = Flow {
                 value: Doc::Json(value),
@@ -597,14 +589,21 @@ pub(super) fn result(
     Emitted::Text(text)
 }
 
-/// Sends the JSON text of an aggregate's result to the sink, keyed as
-/// [`emit`] keys the records of the last step.
-fn emit_text(form: Form, key: &[u8], text: Vec<u8>, out: &mut Outputs) {
-    out.counters.records_out += 1;
-    out.records.push(OutputRecord {
-        key: form.keyed.then(|| key.to_vec()),
-        value: text,
-    });
+/// The JSON value of an emitted record, for the steps after it; `None`
+/// when it was an aggregate's JSON text, which this sends to the sink at
+/// once, keyed as [`emit`] keys the records of the last step.
+fn value_or_sent(record: Emitted, form: Form, key: &[u8], out: &mut Outputs) -> Option<Value> {
+    match record {
+        Emitted::Json(value) => Some(value),
+        Emitted::Text(text) => {
+            out.counters.records_out += 1;
+            out.records.push(OutputRecord {
+                key: form.keyed.then(|| key.to_vec()),
+                value: text,
+            });
+            None
+        }
+    }
 }
 
 /// The columns of a time window in an aggregate's output.
