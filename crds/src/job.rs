@@ -3,7 +3,7 @@
 //! Every doc comment on a field here is the text `kubectl explain` shows.
 //! Invariants the API server can check on its own are CEL rules in
 //! `x-kubernetes-validations`; everything else is checked by
-//! [`crate::validate`] and reported as a status condition.
+//! [`crate::validate()`] and reported as a status condition.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! The compiled form of an expression: a tree of [`Node`]s that
-//! [`super::compile`] builds and [`super::eval`] evaluates.
+//! [`super::compile()`] builds and [`super::eval`] evaluates.
 
 use regex::Regex;
 

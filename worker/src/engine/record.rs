@@ -310,8 +310,8 @@ impl DecodePlan {
 /// plan's [`DecodePlan::field_names`]), without building a document: the
 /// other fields are skipped, strings without escapes borrow from `bytes`,
 /// and only nested values of those fields are built. A flat object of
-/// plain strings and numbers takes one pass of its own
-/// ([`decode_flat`]); any other, serde_json driven field by field. The result reads like
+/// plain strings and numbers takes one pass of a scanner of its own; any
+/// other, serde_json driven field by field. The result reads like
 /// [`DecodePlan::decode`]'s with the same names, and the same inputs are
 /// refused.
 pub fn decode_fields<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Result<(), DecodeError> {

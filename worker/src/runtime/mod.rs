@@ -8,9 +8,9 @@
 //! worker's thread); object storage calls run on a small runtime owned by
 //! that thread, so the caller's runtime only serves HTTP.
 //!
-//! [`start`] restores (through the checkpoint coordinator, which fences
-//! first), [`event_loop`] processes, checkpoints and serves commands, and
-//! [`dispatch`] moves records between the tasks and Kafka.
+//! `start` restores (through the checkpoint coordinator, which fences
+//! first), `event_loop` processes, checkpoints and serves commands, and
+//! `dispatch` moves records between the tasks and Kafka.
 
 mod dispatch;
 mod event_loop;

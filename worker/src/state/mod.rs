@@ -37,7 +37,7 @@
 //! size of their values (a sketch turning dense, a growing session list).
 //! Timers are held in memory up to [`StateOptions::memory_timers`] per task,
 //! the later ones in RocksDB, and are taken in bounded chunks
-//! ([`TaskState::take_due_timers`]; see [`timers`]).
+//! ([`TaskState::take_due_timers`]; see the `timers` module).
 
 mod cache;
 mod keys;
