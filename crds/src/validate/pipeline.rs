@@ -161,11 +161,7 @@ impl Checks {
                     keyed_at = Some(i);
                 }
                 Operation::Window => {
-                    let counted = step
-                        .window
-                        .as_ref()
-                        .is_some_and(|w| w.kind == WindowKind::Count);
-                    if spec.source.event_time.is_none() && !counted {
+                    if spec.source.event_time.is_none() && timed_window {
                         self.add(
                             &op_path,
                             "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)",
@@ -422,42 +418,38 @@ impl Checks {
                 format!("{what} needs event time: set spec.source.eventTime (a field, or {{}} for the Kafka timestamp)"),
             );
         }
-        match join.kind {
-            JoinKind::Interval => {
-                for (field, bound) in [("before", join.before), ("after", join.after)] {
-                    if bound.is_none() {
-                        self.add(
-                            format!("{path}.{field}"),
-                            "required for interval joins: how far apart the two event times may be",
-                        );
-                    }
+        let interval = join.kind == JoinKind::Interval;
+        for (field, bound) in [("before", join.before), ("after", join.after)] {
+            match (interval, bound.is_some()) {
+                (true, false) => self.add(
+                    format!("{path}.{field}"),
+                    "required for interval joins: how far apart the two event times may be",
+                ),
+                (false, true) => {
+                    self.add(format!("{path}.{field}"), "applies to interval joins only");
                 }
-                if join
-                    .before
-                    .zip(join.after)
-                    .is_some_and(|(b, a)| b.as_millis() == 0 && a.as_millis() == 0)
-                {
-                    self.add(
-                        format!("{path}.after"),
-                        "before and after are both 0s: only equal event times would pair; give the interval a length",
-                    );
-                }
-                if join.mode == JoinMode::Left {
-                    self.add(
-                        format!("{path}.mode"),
-                        "applies to table joins only: an interval join emits pairs",
-                    );
-                }
-                if join.temporal {
-                    self.add(format!("{path}.temporal"), "applies to table joins only");
-                }
+                _ => {}
             }
-            JoinKind::Table => {
-                for (field, bound) in [("before", join.before), ("after", join.after)] {
-                    if bound.is_some() {
-                        self.add(format!("{path}.{field}"), "applies to interval joins only");
-                    }
-                }
+        }
+        if interval {
+            if join
+                .before
+                .zip(join.after)
+                .is_some_and(|(b, a)| b.as_millis() == 0 && a.as_millis() == 0)
+            {
+                self.add(
+                    format!("{path}.after"),
+                    "before and after are both 0s: only equal event times would pair; give the interval a length",
+                );
+            }
+            if join.mode == JoinMode::Left {
+                self.add(
+                    format!("{path}.mode"),
+                    "applies to table joins only: an interval join emits pairs",
+                );
+            }
+            if join.temporal {
+                self.add(format!("{path}.temporal"), "applies to table joins only");
             }
         }
         if join.history.is_some() && !join.temporal {

@@ -80,15 +80,11 @@ impl Model {
         let pipeline = Pipeline::compile(&plain).map_err(|e| ModelError(e.to_string()))?;
         let state = TaskState::open(dir, &StateOptions::default())
             .map_err(|e| ModelError(e.to_string()))?;
-        let timed_join = pipeline.join().is_some_and(|(_, join)| join.is_timed());
         let mut processor = TaskProcessor::new(Arc::new(pipeline), state, 1);
         let topic = spec.source.topics.first().cloned().unwrap_or_default();
         let join_topic = spec.join().map(|join| join.topic.clone());
         for partition in 0..partitions {
-            processor.register_partition(&topic, partition);
-            if let Some(join) = join_topic.as_ref().filter(|_| timed_join) {
-                processor.register_partition(join, partition);
-            }
+            processor.register_inputs(std::slice::from_ref(&topic), partition);
         }
         let slots = usize::try_from(partitions).unwrap_or(0);
         let mut model = Model {

@@ -100,9 +100,13 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// Checks a skipped value.
+    /// Checks a skipped value, without decoding it.
     fn skip_value(&mut self) -> Option<()> {
-        self.value().map(drop)
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b't' | b'f' | b'n' => self.value().map(drop),
+            _ => self.number_text().map(drop),
+        }
     }
 
     fn literal(&mut self, text: &[u8], value: FieldValue<'a>) -> Option<FieldValue<'a>> {
@@ -113,11 +117,11 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, within the digit limits.
-    fn number(&mut self) -> Option<FieldValue<'a>> {
+    /// A number of the shape `-?(0|[1-9][0-9]*)(\.[0-9]+)?` within the
+    /// digit limits: its text, and whether it has a fraction.
+    fn number_text(&mut self) -> Option<(&'a [u8], bool)> {
         let start = self.at;
-        let negative = self.peek() == Some(b'-');
-        if negative {
+        if self.peek() == Some(b'-') {
             self.at += 1;
         }
         let int_start = self.at;
@@ -126,21 +130,37 @@ impl<'a> Scanner<'a> {
         if int_digits == 0 || (int_digits > 1 && self.bytes[int_start] == b'0') {
             return None;
         }
+        let mut frac_digits = 0;
         if self.peek() == Some(b'.') {
             self.at += 1;
             let frac_start = self.at;
             self.digits();
-            let frac_digits = self.at - frac_start;
-            if frac_digits == 0 || int_digits + frac_digits > 15 || self.exponent_follows() {
+            frac_digits = self.at - frac_start;
+            if frac_digits == 0 || int_digits + frac_digits > 15 {
                 return None;
             }
-            let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
-            return text.parse().ok().map(FieldValue::Double);
         }
         if int_digits > 18 || self.exponent_follows() {
             return None;
         }
-        let magnitude = self.bytes[int_start..self.at]
+        Some((&self.bytes[start..self.at], frac_digits > 0))
+    }
+
+    /// The value of a number (see [`Scanner::number_text`]).
+    fn number(&mut self) -> Option<FieldValue<'a>> {
+        let (text, fraction) = self.number_text()?;
+        if fraction {
+            return std::str::from_utf8(text)
+                .ok()?
+                .parse()
+                .ok()
+                .map(FieldValue::Double);
+        }
+        let (negative, digits) = match text.split_first() {
+            Some((b'-', digits)) => (true, digits),
+            _ => (false, text),
+        };
+        let magnitude = digits
             .iter()
             .fold(0_i64, |n, d| n * 10 + i64::from(d - b'0'));
         Some(match (negative, magnitude) {

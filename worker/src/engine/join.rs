@@ -71,9 +71,16 @@ pub fn insert_version(
     watermark: Option<i64>,
     history: usize,
 ) -> usize {
-    let at = versions.partition_point(|v| v.time <= version.time);
-    versions.insert(at, version);
+    insert_by_time(versions, version);
     prune_versions(versions, watermark, history)
+}
+
+/// Inserts `row` into `rows` (sorted by time) after the rows of the same
+/// time, so rows of equal time stay in the order they came; returns where.
+pub fn insert_by_time(rows: &mut Vec<JoinRow>, row: JoinRow) -> usize {
+    let at = rows.partition_point(|r| r.time <= row.time);
+    rows.insert(at, row);
+    at
 }
 
 /// Drops the versions no record from after `watermark` can join, and the

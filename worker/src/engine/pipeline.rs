@@ -112,6 +112,9 @@ pub enum PipelineError {
 pub struct MapField {
     /// Output field name.
     pub name: String,
+    /// The name's JSON text and a colon (`"name":`), as an output object
+    /// writes it before the value.
+    pub json_key: Box<[u8]>,
     /// Its expression.
     pub expr: Expression,
 }
@@ -288,6 +291,7 @@ impl Pipeline {
                     .map(|f| {
                         Ok(MapField {
                             name: f.name.clone(),
+                            json_key: json_key(&f.name),
                             expr: compile_expr(&name, &format!("map.fields[{}]", f.name), &f.expr)?,
                         })
                     })
@@ -452,6 +456,11 @@ impl Pipeline {
         &self.steps
     }
 
+    /// Whether the step at `index` is the last: its results go to the sink.
+    pub fn is_last(&self, index: usize) -> bool {
+        index + 1 == self.steps.len()
+    }
+
     /// Where event times come from.
     pub fn event_time(&self) -> &EventTimeSource {
         &self.event_time
@@ -545,6 +554,13 @@ fn cut(steps: &[CompiledStep]) -> Option<usize> {
             }
         )
     })
+}
+
+/// `"name":`, the JSON text of an object key and its colon.
+fn json_key(name: &str) -> Box<[u8]> {
+    let mut key = serde_json::to_vec(name).unwrap_or_default();
+    key.push(b':');
+    key.into()
 }
 
 /// The fields of the input that the steps up to the first one replacing the

@@ -330,6 +330,20 @@ impl TaskProcessor {
         });
     }
 
+    /// Declares partition `partition` of every input that takes part in
+    /// event time: of each of `source_topics`, and of the join's topic when
+    /// the join is timed (a table that is not temporal does not hold back
+    /// the watermark).
+    pub fn register_inputs(&mut self, source_topics: &[String], partition: i32) {
+        for topic in source_topics {
+            self.register_partition(topic, partition);
+        }
+        let pipeline = Arc::clone(&self.pipeline);
+        if let Some((_, join)) = pipeline.join().filter(|(_, join)| join.is_timed()) {
+            self.register_partition(&join.topic, partition);
+        }
+    }
+
     /// The task's state, for checkpoints.
     pub fn state(&self) -> &TaskState {
         &self.state
@@ -627,7 +641,7 @@ impl TaskProcessor {
                     }
                 },
                 Operation::Map { fields, keep_input } => {
-                    if !keep_input && index + 1 == pipeline.steps().len() {
+                    if !keep_input && pipeline.is_last(index) {
                         return emit_mapped(flow, fields, &step.name, out);
                     }
                     let mut computed = Vec::with_capacity(fields.len());
@@ -719,12 +733,29 @@ impl TaskProcessor {
 /// Sends a record to the repartition topic, keyed by `key`.
 fn repartition(flow: Flow<'_>, key: Vec<u8>, out: &mut Outputs) {
     let value = encoded(&flow);
+    push_repartition(
+        key,
+        value,
+        flow.time,
+        flow.source.map(SourcePosition::of),
+        out,
+    );
+}
+
+/// Sends `value` at `time` to the repartition topic, keyed by `key`.
+fn push_repartition(
+    key: Vec<u8>,
+    value: Vec<u8>,
+    time: Option<i64>,
+    source: Option<SourcePosition>,
+    out: &mut Outputs,
+) {
     out.counters.repartitioned += 1;
     out.repartitioned.push(RepartitionRecord {
         key,
         value,
-        time: flow.time,
-        source: flow.source.map(SourcePosition::of),
+        time,
+        source,
     });
 }
 
@@ -751,31 +782,27 @@ fn emit_mapped(
         if i > 0 {
             value.push(b',');
         }
-        // Names are plain text: their JSON is their encoding as a string.
-        serde_json::to_writer(&mut value, &f.name).unwrap_or_default();
-        value.push(b':');
+        value.extend_from_slice(&f.json_key);
         if let Err(e) = f.expr.eval_json(flow.record(), &mut value) {
             dead_letter(&flow, step, &e, out);
             return Ok(());
         }
     }
     value.push(b'}');
-    out.counters.records_out += 1;
-    out.records.push(OutputRecord {
-        key: flow.key,
-        value,
-    });
+    send(flow.key, value, out);
     Ok(())
 }
 
 /// Sends a record that went through every step to the sink.
 fn emit(flow: Flow<'_>, out: &mut Outputs) {
     let value = encoded(&flow);
+    send(flow.key, value, out);
+}
+
+/// Sends a record to the sink.
+fn send(key: Option<Vec<u8>>, value: Vec<u8>, out: &mut Outputs) {
     out.counters.records_out += 1;
-    out.records.push(OutputRecord {
-        key: flow.key,
-        value,
-    });
+    out.records.push(OutputRecord { key, value });
 }
 
 fn dead_letter(flow: &Flow<'_>, step: &str, error: &weir_crds::expr::EvalError, out: &mut Outputs) {

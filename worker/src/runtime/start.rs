@@ -197,14 +197,7 @@ impl Running {
             let task_count = usize::try_from(partitions).unwrap_or(0);
             let mut processor = TaskProcessor::new(pipeline.clone(), state, task_count)
                 .with_idle_lease(idle_lease_ms);
-            for topic in &spec.source.topics {
-                processor.register_partition(topic, t);
-            }
-            // A timed join's topic takes part in event time; a table that
-            // is not temporal does not hold back the watermark.
-            if let Some((_, join)) = pipeline.join().filter(|(_, join)| join.is_timed()) {
-                processor.register_partition(&join.topic, t);
-            }
+            processor.register_inputs(&spec.source.topics, t);
             rt.block_on(coordinator.register(
                 target.task,
                 task_dir(&config.state_dir, t).join("staging"),

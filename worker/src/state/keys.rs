@@ -79,8 +79,9 @@ impl TimeDomain {
     }
 }
 
-/// A due timer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A timer. Timers order as their RocksDB keys do within a domain: by
+/// time, then step, kind and payload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timer {
     /// When it was due.
     pub time: i64,

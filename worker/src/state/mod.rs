@@ -285,7 +285,7 @@ impl TaskState {
     }
 
     /// The estimated memory of the write-back cache: per entry its key
-    /// twice, its value's heap ([`StateValue::heap_bytes`]) and a fixed
+    /// once, its value's heap ([`StateValue::heap_bytes`]) and a fixed
     /// overhead for the slot, the index entry and allocator headers. As of
     /// the last access: a value changed through [`TaskState::get_mut`] is
     /// measured again at the next one.

@@ -20,38 +20,9 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions
 use super::keys::{parse_timer_key, timer_key};
 use super::{StateError, TaskState, TimeDomain, Timer, db_error};
 
-/// A timer of one domain, ordered as its RocksDB key orders it: by time,
-/// then step, kind and payload. Comparing one mostly compares two
-/// integers, where the key's bytes would need a `memcmp`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry {
-    time: i64,
-    step: u8,
-    kind: u8,
-    payload: Vec<u8>,
-}
-
-impl Entry {
-    /// The entry of a timer key of RocksDB.
-    fn of_key(key: &[u8]) -> Option<Entry> {
-        let Timer {
-            time,
-            step,
-            kind,
-            payload,
-        } = parse_timer_key(key)?;
-        Some(Entry {
-            time,
-            step,
-            kind,
-            payload,
-        })
-    }
-
-    /// Its RocksDB key in `domain`.
-    fn key(&self, domain: TimeDomain) -> Vec<u8> {
-        timer_key(domain, self.time, self.step, self.kind, &self.payload)
-    }
+/// Its RocksDB key in `domain`.
+fn key_of(timer: &Timer, domain: TimeDomain) -> Vec<u8> {
+    timer_key(domain, timer.time, timer.step, timer.kind, &timer.payload)
 }
 
 /// The pending timers of a task.
@@ -59,16 +30,16 @@ impl Entry {
 pub(super) struct TimerQueue {
     /// Per domain ([`TimeDomain::index`]), the timers held in memory: those
     /// before its boundary, each with whether RocksDB holds it already.
-    memory: [BTreeMap<Entry, bool>; TimeDomain::ALL.len()],
-    /// Timers held in memory, over all domains.
-    held: usize,
+    /// A timer compares mostly by its time, where its key's bytes would
+    /// need a `memcmp`.
+    memory: [BTreeMap<Timer, bool>; TimeDomain::ALL.len()],
     /// Keys of timers in RocksDB that fired since they were last written
     /// there: deleted at the next flush, or before RocksDB's timers are read
     /// or written otherwise.
     fired: Vec<Vec<u8>>,
     /// Per domain, the first timer held only in RocksDB: every pending
     /// timer of the domain from it on is there, not in memory.
-    boundary: [Option<Entry>; TimeDomain::ALL.len()],
+    boundary: [Option<Timer>; TimeDomain::ALL.len()],
     /// Most timers held in memory.
     limit: usize,
 }
@@ -80,7 +51,7 @@ fn scan(
     domain: TimeDomain,
     from: &[u8],
     count: usize,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Timer>,
 ) -> Result<(), StateError> {
     let mut read = ReadOptions::default();
     read.set_iterate_upper_bound([domain.prefix() + 1]);
@@ -89,7 +60,7 @@ fn scan(
         .take(count)
     {
         let (key, _) = item.map_err(db_error("timer scan"))?;
-        out.extend(Entry::of_key(&key));
+        out.extend(parse_timer_key(&key));
     }
     Ok(())
 }
@@ -100,7 +71,6 @@ impl TimerQueue {
     pub(super) fn load(db: &DB, limit: usize) -> Result<TimerQueue, StateError> {
         let mut queue = TimerQueue {
             memory: Default::default(),
-            held: 0,
             fired: Vec::new(),
             boundary: [None, None, None],
             limit: limit.max(2),
@@ -113,57 +83,54 @@ impl TimerQueue {
         Ok(queue)
     }
 
+    /// Timers held in memory, over all domains.
+    fn held(&self) -> usize {
+        self.memory.iter().map(BTreeMap::len).sum()
+    }
+
     /// Adds the writes that make RocksDB hold exactly the pending timers:
     /// the fired ones are deleted before the new ones are put, so that a
     /// timer that fired and was registered again stays.
     pub(super) fn write_changes(&mut self, batch: &mut WriteBatch) {
-        for key in self.fired.drain(..) {
-            batch.delete(key);
-        }
+        self.delete_fired(batch);
         for domain in TimeDomain::ALL {
-            for (entry, stored) in &mut self.memory[domain.index()] {
+            for (timer, stored) in &mut self.memory[domain.index()] {
                 if !*stored {
-                    batch.put(entry.key(domain), b"");
+                    batch.put(key_of(timer, domain), b"");
                     *stored = true;
                 }
             }
         }
     }
 
-    /// Deletes the fired timers from RocksDB now: before it is scanned or
-    /// written outside a flush.
-    fn delete_fired(&mut self, db: &DB, write: &WriteOptions) -> Result<(), StateError> {
-        if self.fired.is_empty() {
-            return Ok(());
-        }
-        let mut batch = WriteBatch::default();
+    /// Adds the deletes of the fired timers to `batch`: it must reach
+    /// RocksDB before RocksDB's timers are scanned or written otherwise.
+    fn delete_fired(&mut self, batch: &mut WriteBatch) {
         for key in self.fired.drain(..) {
             batch.delete(key);
         }
-        db.write_opt(batch, write)
-            .map_err(db_error("delete of fired timers"))
     }
 
     /// Moves the latest half of the memory timers to RocksDB (from the
     /// domains of the highest key prefix first), lowering the boundaries
     /// of their domains.
     fn spill(&mut self, db: &DB, write: &WriteOptions) -> Result<(), StateError> {
-        self.delete_fired(db, write)?;
-        let keep = self.limit / 2;
-        let mut domains = TimeDomain::ALL;
-        domains.sort_by_key(|d| std::cmp::Reverse(d.prefix()));
         let mut batch = WriteBatch::default();
-        for domain in domains {
+        self.delete_fired(&mut batch);
+        let keep = self.limit / 2;
+        let mut held = self.held();
+        // `TimeDomain::ALL` is in prefix order.
+        for domain in TimeDomain::ALL.into_iter().rev() {
             let slot = domain.index();
-            while self.held > keep {
-                let Some((entry, _)) = self.memory[slot].pop_last() else {
+            while held > keep {
+                let Some((timer, _)) = self.memory[slot].pop_last() else {
                     break;
                 };
-                self.held -= 1;
-                batch.put(entry.key(domain), b"");
+                held -= 1;
+                batch.put(key_of(&timer, domain), b"");
                 let boundary = &mut self.boundary[slot];
-                if boundary.as_ref().is_none_or(|b| entry < *b) {
-                    *boundary = Some(entry);
+                if boundary.as_ref().is_none_or(|b| timer < *b) {
+                    *boundary = Some(timer);
                 }
             }
         }
@@ -178,22 +145,21 @@ impl TimerQueue {
         write: &WriteOptions,
         domain: TimeDomain,
     ) -> Result<(), StateError> {
-        self.delete_fired(db, write)?;
+        let mut batch = WriteBatch::default();
+        self.delete_fired(&mut batch);
+        db.write_opt(batch, write)
+            .map_err(db_error("delete of fired timers"))?;
         let slot = domain.index();
         let Some(from) = self.boundary[slot].take() else {
             return Ok(());
         };
         let room = (self.limit / 2).max(1);
-        let mut entries = Vec::with_capacity(room + 1);
-        scan(db, domain, &from.key(domain), room + 1, &mut entries)?;
-        if entries.len() > room {
-            self.boundary[slot] = entries.pop();
+        let mut timers = Vec::with_capacity(room + 1);
+        scan(db, domain, &key_of(&from, domain), room + 1, &mut timers)?;
+        if timers.len() > room {
+            self.boundary[slot] = timers.pop();
         }
-        for entry in entries {
-            if self.memory[slot].insert(entry, true).is_none() {
-                self.held += 1;
-            }
-        }
+        self.memory[slot].extend(timers.into_iter().map(|timer| (timer, true)));
         Ok(())
     }
 }
@@ -208,7 +174,7 @@ impl TaskState {
         kind: u8,
         payload: &[u8],
     ) -> Result<(), StateError> {
-        let entry = Entry {
+        let timer = Timer {
             time,
             step,
             kind,
@@ -216,21 +182,22 @@ impl TaskState {
         };
         let queue = &mut self.timers;
         let slot = domain.index();
-        if queue.boundary[slot].as_ref().is_some_and(|b| entry >= *b) {
+        if queue.boundary[slot].as_ref().is_some_and(|b| timer >= *b) {
             // Past the boundary: RocksDB only.
-            queue.delete_fired(&self.db, &self.write_options)?;
+            let mut batch = WriteBatch::default();
+            queue.delete_fired(&mut batch);
+            batch.put(key_of(&timer, domain), b"");
             return self
                 .db
-                .put_opt(entry.key(domain), b"", &self.write_options)
+                .write_opt(batch, &self.write_options)
                 .map_err(db_error("timer write"));
         }
-        if let std::collections::btree_map::Entry::Vacant(vacant) = queue.memory[slot].entry(entry)
+        if let std::collections::btree_map::Entry::Vacant(vacant) = queue.memory[slot].entry(timer)
         {
             // Not known to be in RocksDB: one that fired since it was
             // written there is deleted first at the flush, then put again.
             vacant.insert(false);
-            queue.held += 1;
-            if queue.held > queue.limit {
+            if queue.held() > queue.limit {
                 queue.spill(&self.db, &self.write_options)?;
             }
         }
@@ -242,14 +209,14 @@ impl TaskState {
         let slot = domain.index();
         self.timers.memory[slot]
             .first_key_value()
-            .map(|(entry, _)| entry)
+            .map(|(timer, _)| timer)
             .or(self.timers.boundary[slot].as_ref())
-            .map(|entry| entry.time)
+            .map(|timer| timer.time)
     }
 
     /// Number of timers held in memory (more may wait in RocksDB).
     pub fn timers_in_memory(&self) -> usize {
-        self.timers.held
+        self.timers.held()
     }
 
     /// Removes and appends to `out` the timers of `domain` due at or before
@@ -267,30 +234,20 @@ impl TaskState {
         let mut taken = 0;
         while taken < limit {
             let queue = &mut self.timers;
-            let due = queue.memory[slot]
-                .first_key_value()
-                .is_some_and(|(entry, _)| entry.time <= up_to);
-            if due {
-                if let Some((entry, stored)) = queue.memory[slot].pop_first() {
-                    queue.held -= 1;
-                    if stored {
-                        queue.fired.push(entry.key(domain));
-                    }
-                    out.push(Timer {
-                        time: entry.time,
-                        step: entry.step,
-                        kind: entry.kind,
-                        payload: entry.payload,
-                    });
-                    taken += 1;
+            if let Some(first) = queue.memory[slot].first_entry()
+                && first.key().time <= up_to
+            {
+                let (timer, stored) = first.remove_entry();
+                if stored {
+                    queue.fired.push(key_of(&timer, domain));
                 }
-                continue;
-            }
-            // Memory holds no due timer: the next may wait in RocksDB.
-            if queue.boundary[slot]
+                out.push(timer);
+                taken += 1;
+            } else if queue.boundary[slot]
                 .as_ref()
                 .is_some_and(|b| b.time <= up_to)
             {
+                // Memory holds no due timer: the next waits in RocksDB.
                 queue.refill(&self.db, &self.write_options, domain)?;
             } else {
                 break;

@@ -14,8 +14,8 @@
 use super::windows::{Emitted, late, state_key_of, step_is_keyed};
 use super::*;
 use crate::engine::join::{
-    Join, JoinKind, in_interval, insert_version, other_expiry, own_expiry, prune_versions,
-    version_at,
+    Join, JoinKind, in_interval, insert_by_time, insert_version, other_expiry, own_expiry,
+    prune_versions, version_at,
 };
 use crate::state::JoinRow;
 
@@ -120,13 +120,13 @@ impl TaskProcessor {
             },
         };
         if self.cut.is_some() {
-            out.counters.repartitioned += 1;
-            out.repartitioned.push(RepartitionRecord {
+            push_repartition(
                 key,
-                value: bytes.to_vec(),
+                bytes.to_vec(),
                 time,
-                source: Some(SourcePosition::of(record)),
-            });
+                Some(SourcePosition::of(record)),
+                out,
+            );
         } else {
             let other = OtherRecord {
                 key,
@@ -314,10 +314,9 @@ impl TaskProcessor {
         let value = encoded(&flow);
         let slot = self.state.get_mut(&self.scratch)?;
         let (mut own, others) = take_rows(slot);
-        let at = own.partition_point(|o| o.time <= t);
         let Some((before, after)) = interval else {
             // Temporal: the record waits until the watermark passes it.
-            own.insert(at, JoinRow { time: t, value });
+            let at = insert_by_time(&mut own, JoinRow { time: t, value });
             *slot = rows(own, others);
             if at == 0 {
                 self.state
@@ -458,8 +457,7 @@ fn arrive(
         .filter(|their| pairs(their, &row))
         .map(|their| (their.value.clone(), their.time.max(row.time)))
         .collect();
-    let at = mine.partition_point(|r| r.time <= row.time);
-    mine.insert(at, row);
+    insert_by_time(mine, row);
     found
 }
 

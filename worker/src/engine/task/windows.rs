@@ -27,7 +27,7 @@ impl TaskProcessor {
         let time = flow.time.unwrap_or(i64::MIN);
         let form = Form {
             keyed: flow.keyed,
-            last: index + 1 == pipeline.steps().len(),
+            last: pipeline.is_last(index),
         };
         let mut emitted = Vec::new();
         match window {
@@ -517,7 +517,7 @@ impl Form {
     pub(super) fn of(pipeline: &Pipeline, index: usize) -> Form {
         Form {
             keyed: step_is_keyed(pipeline, index),
-            last: index + 1 == pipeline.steps().len(),
+            last: pipeline.is_last(index),
         }
     }
 }
@@ -596,11 +596,7 @@ fn value_or_sent(record: Emitted, form: Form, key: &[u8], out: &mut Outputs) -> 
     match record {
         Emitted::Json(value) => Some(value),
         Emitted::Text(text) => {
-            out.counters.records_out += 1;
-            out.records.push(OutputRecord {
-                key: form.keyed.then(|| key.to_vec()),
-                value: text,
-            });
+            send(form.keyed.then(|| key.to_vec()), text, out);
             None
         }
     }
