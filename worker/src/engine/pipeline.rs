@@ -117,6 +117,9 @@ pub struct MapField {
     pub json_key: Box<[u8]>,
     /// Its expression.
     pub expr: Expression,
+    /// Its place among the step's fields as declared: when several fail
+    /// on a record, the first declared one is reported.
+    pub declared: usize,
 }
 
 /// A compiled aggregate output field.
@@ -288,11 +291,13 @@ impl Pipeline {
                 let mut fields = map
                     .fields
                     .iter()
-                    .map(|f| {
+                    .enumerate()
+                    .map(|(declared, f)| {
                         Ok(MapField {
                             name: f.name.clone(),
                             json_key: json_key(&f.name),
                             expr: compile_expr(&name, &format!("map.fields[{}]", f.name), &f.expr)?,
+                            declared,
                         })
                     })
                     .collect::<Result<Vec<_>, PipelineError>>()?;

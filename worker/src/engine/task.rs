@@ -50,7 +50,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
-use weir_crds::expr::{Fields, Record};
+use weir_crds::expr::{EvalError, Fields, Record};
 use weir_crds::job::AggregateFunction;
 
 use crate::engine::aggregate::{Accumulator, Accumulators, Input, Num};
@@ -649,6 +649,7 @@ impl TaskProcessor {
                         match f.expr.eval(flow.record()) {
                             Ok(v) => computed.push((f.name.clone(), v)),
                             Err(e) => {
+                                let e = first_declared_error(fields, flow.record()).unwrap_or(e);
                                 dead_letter(&flow, &step.name, &e, out);
                                 return Ok(());
                             }
@@ -784,6 +785,7 @@ fn emit_mapped(
         }
         value.extend_from_slice(&f.json_key);
         if let Err(e) = f.expr.eval_json(flow.record(), &mut value) {
+            let e = first_declared_error(fields, flow.record()).unwrap_or(e);
             dead_letter(&flow, step, &e, out);
             return Ok(());
         }
@@ -791,6 +793,18 @@ fn emit_mapped(
     value.push(b'}');
     send(flow.key, value, out);
     Ok(())
+}
+
+/// The error of the first declared map field that fails on `record`.
+/// Fields are evaluated in name order (the output's), so on a failure the
+/// others are tried in the order the user wrote them, to report the same
+/// field whichever order they are written in.
+fn first_declared_error(fields: &[MapField], record: Record<'_>) -> Option<EvalError> {
+    fields
+        .iter()
+        .filter_map(|f| f.expr.eval(record).err().map(|e| (f.declared, e)))
+        .min_by_key(|(declared, _)| *declared)
+        .map(|(_, e)| e)
 }
 
 /// Sends a record that went through every step to the sink.
@@ -805,7 +819,7 @@ fn send(key: Option<Vec<u8>>, value: Vec<u8>, out: &mut Outputs) {
     out.records.push(OutputRecord { key, value });
 }
 
-fn dead_letter(flow: &Flow<'_>, step: &str, error: &weir_crds::expr::EvalError, out: &mut Outputs) {
+fn dead_letter(flow: &Flow<'_>, step: &str, error: &EvalError, out: &mut Outputs) {
     dead_letter_reason(flow, format!("{step}: {error}"), out);
 }
 

@@ -11,9 +11,9 @@ use rdkafka::message::{Headers, Message};
 use weir_crds::job::Guarantee;
 
 use super::dispatch::{dispatch_repartitioned, emit, source_offsets};
+use super::input_gate::InputPartition;
 use super::{
-    Destinations, Drain, Running, TableLoad, Task, WorkerError, WorkerExit, duration_ms, lock,
-    task_number,
+    Destinations, Drain, Running, Task, WorkerError, WorkerExit, duration_ms, lock, task_number,
 };
 use crate::checkpoint::coordinator::TaskCheckpointInput;
 use crate::checkpoint::savepoint::SavepointError;
@@ -444,50 +444,53 @@ impl Running {
         self.set_savepoint(id, SavepointState::Failed, Some(error.to_string()));
     }
 
-    /// The partitions of the source topics (and a join's) of the owned tasks
-    /// `tasks` selects.
-    fn source_partitions(&self, tasks: impl Fn(&Task) -> bool) -> TopicPartitionList {
-        let sources = self.repartition_input.unwrap_or(self.topics.len());
+    /// The partitions the gate names, as the consumer takes them.
+    fn partition_list(&self, partitions: &[InputPartition]) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
-        for task in self.tasks.iter().filter(|t| tasks(t)) {
-            for topic in &self.topics[..sources] {
-                list.add_partition(topic, task.id);
-            }
+        for &(topic, partition) in partitions {
+            list.add_partition(&self.topics[topic], partition);
         }
         list
     }
 
-    /// Resumes the sources of the tasks that have read their join's table
-    /// up to where it stood at start.
+    /// The owned tasks' numbers.
+    fn task_ids(&self) -> Vec<i32> {
+        self.tasks.iter().map(|task| task.id).collect()
+    }
+
+    /// Resumes the sources of the tasks whose consumer position on their
+    /// join's table reached where the table stood at start. The position,
+    /// not the last row read: under read_committed a transaction's marker
+    /// takes the table's last offset and is never delivered.
     fn finish_table_loads(&mut self) -> Result<(), WorkerError> {
+        if self.inputs.loading().is_empty() {
+            return Ok(());
+        }
+        let positions = self
+            .consumer
+            .position()
+            .map_err(|source| WorkerError::Consumer {
+                operation: "read the positions on the join's table",
+                source,
+            })?;
         let tasks = &self.tasks;
         let task_of = &self.task_of_partition;
-        let (loaded, loading): (Vec<TableLoad>, Vec<TableLoad>) =
-            self.loading_tables.iter().partition(|load| {
-                usize::try_from(load.task)
-                    .ok()
-                    .and_then(|p| task_of.get(p).copied().flatten())
-                    .is_some_and(|i| tasks[i].offsets[load.topic_index] >= load.until)
-            });
-        if loaded.is_empty() {
+        let topics = &self.topics;
+        let resumed = self.inputs.finish_loads(|load| {
+            let read = usize::try_from(load.task)
+                .ok()
+                .and_then(|p| task_of.get(p).copied().flatten())
+                .map(|i| tasks[i].offsets[load.topic_index]);
+            let position = positions
+                .find_partition(&topics[load.topic_index], load.task)
+                .and_then(|p| p.offset().to_raw())
+                .filter(|offset| *offset >= 0);
+            read.max(position)
+        });
+        if resumed.is_empty() {
             return Ok(());
         }
-        self.loading_tables = loading;
-        let mut list = TopicPartitionList::new();
-        for load in &loaded {
-            tracing::info!(
-                task = load.task,
-                rows = load.until,
-                "join table read: the task's sources resume"
-            );
-            for topic in &self.config.spec.source.topics {
-                list.add_partition(topic, load.task);
-            }
-        }
-        // A drain in progress resumes them when it ends.
-        if self.sources_paused {
-            return Ok(());
-        }
+        let list = self.partition_list(&resumed);
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {
@@ -496,27 +499,28 @@ impl Running {
             })
     }
 
-    /// Stops reading the source topics (the repartition topic goes on).
+    /// Stops reading the source and join topics (the repartition topic
+    /// goes on).
     fn pause_sources(&mut self) -> Result<(), WorkerError> {
-        let list = self.source_partitions(|_| true);
+        let paused = self.inputs.pause_for_drain(&self.task_ids());
+        let list = self.partition_list(&paused);
         self.consumer
             .pause(&list)
             .map_err(|source| WorkerError::Consumer {
                 operation: "pause the sources",
                 source,
-            })?;
-        self.sources_paused = true;
-        Ok(())
+            })
     }
 
-    /// Reads the source topics again after a drain (but those of tasks
-    /// still reading their table).
+    /// Reads the source and join topics again after a drain; a task still
+    /// reading its join's table gets its table back, its sources once the
+    /// table is read.
     fn resume_sources(&mut self) -> Result<(), WorkerError> {
-        if !std::mem::take(&mut self.sources_paused) {
+        let resumed = self.inputs.resume_after_drain(&self.task_ids());
+        if resumed.is_empty() {
             return Ok(());
         }
-        let list = self
-            .source_partitions(|task| !self.loading_tables.iter().any(|load| load.task == task.id));
+        let list = self.partition_list(&resumed);
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {

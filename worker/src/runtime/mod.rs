@@ -14,6 +14,7 @@
 
 mod dispatch;
 mod event_loop;
+mod input_gate;
 mod start;
 pub mod throttle;
 
@@ -399,10 +400,9 @@ struct Running {
     stopped: bool,
     /// The drain in progress, if any.
     draining: Option<Drain>,
-    /// The source partitions are paused (by a drain).
-    sources_paused: bool,
-    /// Tasks whose join table is being read before their sources.
-    loading_tables: Vec<TableLoad>,
+    /// Which input partitions are paused, by a drain or while a task reads
+    /// its join's table.
+    inputs: input_gate::InputGate,
     records_in: u64,
     records_out: u64,
     idle: Duration,
@@ -410,19 +410,6 @@ struct Running {
     throttle: Option<throttle::Throttle>,
     progress: ProgressWindow,
     lag: LagMonitor,
-}
-
-/// A task reading its join's table up to where it stood at start before
-/// its source partitions: a record is joined with the whole table, not
-/// with the rows read by chance before it.
-#[derive(Clone, Copy, Debug)]
-struct TableLoad {
-    /// The task.
-    task: i32,
-    /// Index of the table topic in [`Running::topics`].
-    topic_index: usize,
-    /// The table partition's end offset at start.
-    until: i64,
 }
 
 /// Task numbers are partition numbers, never negative.

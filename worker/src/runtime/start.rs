@@ -13,9 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_crds::job::StartingOffsets;
 
-use super::{
-    Destinations, Running, TableLoad, Task, WorkerError, duration_ms, lock, task_number, throttle,
-};
+use super::input_gate::{InputGate, TableLoad};
+use super::{Destinations, Running, Task, WorkerError, duration_ms, lock, task_number, throttle};
 use crate::checkpoint::compatibility::{self, IncompatibleState};
 use crate::checkpoint::coordinator::{CheckpointCoordinator, PipelineRecord, RestoreTarget};
 use crate::checkpoint::layout::JobLayout;
@@ -315,14 +314,13 @@ impl Running {
                 source,
             })?;
         // A join's table first: the sources of a task wait until it is read.
+        let inputs = InputGate::new(spec.source.topics.len(), source_topics, loading_tables);
         let mut waiting = TopicPartitionList::new();
-        for load in &loading_tables {
-            for topic in &spec.source.topics {
-                waiting.add_partition(topic, load.task);
-            }
+        for (topic, partition) in inputs.paused_at_start() {
+            waiting.add_partition(&topics[topic], partition);
         }
         if waiting.count() > 0 {
-            tracing::info!(tables = ?loading_tables, "reading the join's table before the sources");
+            tracing::info!(tables = ?inputs.loading(), "reading the join's table before the sources");
             consumer
                 .pause(&waiting)
                 .map_err(|source| WorkerError::Consumer {
@@ -415,8 +413,7 @@ impl Running {
             pending_reports: false,
             stopped: false,
             draining: None,
-            sources_paused: false,
-            loading_tables,
+            inputs,
             records_in: 0,
             records_out: 0,
             idle: Duration::ZERO,

@@ -1265,3 +1265,45 @@ fn patterns_equal_the_model_also_across_a_restart() {
         );
     }
 }
+
+/// A map writes its fields in name order, but when several fail on a
+/// record the dead letter names the first one the user declared, whether
+/// the map is the last step (its output written directly) or not.
+#[test]
+fn a_map_reports_the_first_declared_field_that_fails() {
+    for then in ["", r#", {filter: "true"}"#] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(
+            dir.path(),
+            "",
+            &format!(
+                r#"[{{map: {{fields: [{{name: z, expr: record.first}}, {{name: m, expr: record.ok}}, {{name: a, expr: record.second}}]}}}}{then}]"#
+            ),
+            16,
+        );
+        let mut out = Outputs::default();
+        feed(&mut p, 1, br#"{"ok": 1}"#, &mut out);
+        feed(&mut p, 2, br#"{"ok": 1, "first": 2}"#, &mut out);
+        feed(
+            &mut p,
+            3,
+            br#"{"ok": 1, "first": 2, "second": 3}"#,
+            &mut out,
+        );
+        let reasons: Vec<&str> = out.dead_letters.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{then}: {reasons:?}");
+        assert!(
+            reasons[0].starts_with("map-0: ") && reasons[0].contains("first"),
+            "{then}: {reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("map-0: ") && reasons[1].contains("second"),
+            "{then}: {reasons:?}"
+        );
+        assert_eq!(
+            values(&out),
+            vec![json!({"a": 3, "m": 1, "z": 2})],
+            "{then}"
+        );
+    }
+}
