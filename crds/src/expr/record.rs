@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::Value as Json;
 
-use super::value::{Map, Val};
+use super::value::{Map, Val, same_bytes};
 
 /// The record an expression is evaluated over.
 #[derive(Clone, Copy, Debug)]
@@ -92,13 +92,6 @@ pub struct Fields<'a> {
     values: [Option<FieldValue<'a>>; MAX_FIELDS],
 }
 
-/// Whether two field names are equal: compared inline, as names are short
-/// and a call to `memcmp` would cost more than the comparison.
-#[inline]
-fn same_name(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
-}
-
 impl<'a> Fields<'a> {
     /// No fields yet, out of `names` (sorted, without duplicates; only the
     /// first [`MAX_FIELDS`] can be set).
@@ -114,10 +107,17 @@ impl<'a> Fields<'a> {
     /// binary search.
     #[inline]
     pub fn position(&self, name: &str) -> Option<usize> {
+        self.position_of_bytes(name.as_bytes())
+    }
+
+    /// The position of the name whose UTF-8 bytes are `name`, if it is one
+    /// of them (see [`Fields::position`]).
+    #[inline]
+    pub fn position_of_bytes(&self, name: &[u8]) -> Option<usize> {
         self.names
             .iter()
             .take(MAX_FIELDS)
-            .position(|n| same_name(n.as_bytes(), name.as_bytes()))
+            .position(|n| same_bytes(n.as_bytes(), name))
     }
 
     /// Sets the field at `position` (a later value of a key replaces an

@@ -455,13 +455,26 @@ impl<'a> Iterator for Items<'a> {
     }
 }
 
+/// Whether two byte strings are equal: short ones (field names, codes)
+/// compared inline, as a call to `memcmp` would cost more than the
+/// comparison.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && if a.len() <= 16 {
+            a.iter().zip(b).all(|(x, y)| x == y)
+        } else {
+            a == b
+        }
+}
+
 /// CEL's heterogeneous equality: numbers compare by value across int, uint
 /// and double; values of different types are unequal; NaN equals nothing.
 pub(crate) fn equal(lhs: &Val<'_>, rhs: &Val<'_>) -> bool {
     match (lhs, rhs) {
         (Val::Null, Val::Null) => true,
         (Val::Bool(a), Val::Bool(b)) => a == b,
-        (Val::Str(a), Val::Str(b)) => a == b,
+        (Val::Str(a), Val::Str(b)) => same_bytes(a.as_bytes(), b.as_bytes()),
         (Val::List(a), Val::List(b)) => {
             a.len() == b.len()
                 && (0..a.len()).all(|i| match (a.get(i), b.get(i)) {

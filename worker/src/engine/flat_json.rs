@@ -29,11 +29,11 @@ pub(super) fn decode_flat<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Optio
         s.at += 1;
     } else {
         loop {
-            let key = s.string()?;
+            let key = s.plain_string()?;
             s.skip_space();
             s.expect(b':')?;
             s.skip_space();
-            match fields.position(key) {
+            match fields.position_of_bytes(key) {
                 Some(i) => fields.set(i, s.value()?),
                 None => s.skip_value()?,
             }
@@ -76,8 +76,10 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string of printable ASCII without escapes, borrowed.
-    fn string(&mut self) -> Option<&'a str> {
+    /// The bytes of a string of printable ASCII without escapes, borrowed:
+    /// keys and skipped strings are only compared or checked, never read
+    /// as text.
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.at;
         let len = self.bytes[start..]
@@ -85,8 +87,13 @@ impl<'a> Scanner<'a> {
             .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
         self.at = start + len;
         self.expect(b'"')?;
+        Some(&self.bytes[start..start + len])
+    }
+
+    /// A string of printable ASCII without escapes, borrowed.
+    fn string(&mut self) -> Option<&'a str> {
         // Printable ASCII is UTF-8.
-        std::str::from_utf8(&self.bytes[start..start + len]).ok()
+        std::str::from_utf8(self.plain_string()?).ok()
     }
 
     /// The value of a kept field.
@@ -103,7 +110,7 @@ impl<'a> Scanner<'a> {
     /// Checks a skipped value, without decoding it.
     fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(drop),
+            b'"' => self.plain_string().map(drop),
             b't' | b'f' | b'n' => self.value().map(drop),
             _ => self.number_text().map(drop),
         }

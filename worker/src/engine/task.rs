@@ -603,10 +603,10 @@ impl TaskProcessor {
         ]
         .into_iter()
         .any(|domain| {
-            matches!(
-                (self.state.next_timer(domain), self.due_until(domain)),
-                (Some(next), Some(until)) if next <= until
-            )
+            // Held timers first: without any, the time is not needed.
+            self.state
+                .next_timer(domain)
+                .is_some_and(|next| self.due_until(domain).is_some_and(|until| next <= until))
         })
     }
 

@@ -318,7 +318,9 @@ impl TaskProcessor {
             // Records emitted by firing windows may register further due
             // timers in later steps: repeat until none is due.
             while budget > 0
+                && let Some(next) = self.state.next_timer(domain)
                 && let Some(until) = self.due_until(domain)
+                && next <= until
             {
                 due.clear();
                 self.state
