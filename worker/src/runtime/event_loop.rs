@@ -458,8 +458,8 @@ impl Running {
         self.tasks.iter().map(|task| task.id).collect()
     }
 
-    /// Resumes the sources of the tasks whose consumer position on their
-    /// join's table reached where the table stood at start. The position,
+    /// Resumes the other inputs of the tasks whose consumer position on
+    /// their join's table reached where the table stood at start. The position,
     /// not the last row read: under read_committed a transaction's marker
     /// takes the table's last offset and is never delivered.
     fn finish_table_loads(&mut self) -> Result<(), WorkerError> {
@@ -494,13 +494,13 @@ impl Running {
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {
-                operation: "resume the sources after the table",
+                operation: "resume the inputs held back for the table",
                 source,
             })
     }
 
     /// Stops reading the source and join topics (the repartition topic
-    /// goes on).
+    /// goes on, and so does a table being read).
     fn pause_sources(&mut self) -> Result<(), WorkerError> {
         let paused = self.inputs.pause_for_drain(&self.task_ids());
         let list = self.partition_list(&paused);
@@ -513,8 +513,7 @@ impl Running {
     }
 
     /// Reads the source and join topics again after a drain; a task still
-    /// reading its join's table gets its table back, its sources once the
-    /// table is read.
+    /// reading its join's table reads its sources once the table is read.
     fn resume_sources(&mut self) -> Result<(), WorkerError> {
         let resumed = self.inputs.resume_after_drain(&self.task_ids());
         if resumed.is_empty() {

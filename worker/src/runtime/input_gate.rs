@@ -1,17 +1,21 @@
 //! Which of a worker's input partitions the consumer reads. Two things hold
 //! inputs back:
 //!
-//! - a stop-with-savepoint's drain pauses every source and join topic of
-//!   every task (the repartition topic goes on) until it completes or is
-//!   given up;
 //! - a task reading its join's table up to where the table stood at start
-//!   keeps its source partitions paused until then, so that a record is
-//!   joined with the whole table, not with the rows read by chance before it.
+//!   reads nothing else until then (its sources, and its repartition
+//!   partition when the join comes after the repartition), so that a record
+//!   is joined with the whole table, not with the rows read by chance
+//!   before it;
+//! - a stop-with-savepoint's drain pauses the source and join topics of
+//!   the other tasks (the repartition topic goes on) until it completes or
+//!   is given up.
 //!
-//! The two overlap: a drain given up while a table is still being read
-//! resumes that table (else it never ends) but not the task's sources. The
-//! gate decides; the event loop pauses and resumes the partitions it names,
-//! as (index into the worker's topics, partition).
+//! A drain leaves a table being read alone: the task's sources are paused
+//! already, and its repartition partition, which the drain must read to
+//! complete, waits for the table. Pausing the table too would stall both
+//! until the drain is given up, and a drain given up must not leave it
+//! paused. The gate decides; the event loop pauses and resumes the
+//! partitions it names, as (index into the worker's topics, partition).
 
 /// A task reading its join's table up to where it stood at start before its
 /// source partitions.
@@ -34,8 +38,10 @@ pub(super) struct InputGate {
     /// The worker's topics before this index are the source topics.
     sources: usize,
     /// The worker's topics before this index are its inputs: the sources,
-    /// then a join's topic (the repartition topic, if any, comes after).
+    /// then a join's topic.
     inputs: usize,
+    /// The index of the repartition topic, if the pipeline has one.
+    repartition: Option<usize>,
     /// Tasks still reading their table.
     loading: Vec<TableLoad>,
     /// A drain paused every input.
@@ -44,12 +50,19 @@ pub(super) struct InputGate {
 
 impl InputGate {
     /// A gate for a worker whose first `sources` topics are sources and
-    /// first `inputs` topics are inputs, with the tasks in `loading` still
-    /// to read their tables.
-    pub fn new(sources: usize, inputs: usize, loading: Vec<TableLoad>) -> InputGate {
+    /// first `inputs` topics are inputs, the repartition topic (if any) at
+    /// `repartition`, with the tasks in `loading` still to read their
+    /// tables.
+    pub fn new(
+        sources: usize,
+        inputs: usize,
+        repartition: Option<usize>,
+        loading: Vec<TableLoad>,
+    ) -> InputGate {
         InputGate {
             sources,
             inputs,
+            repartition,
             loading,
             drain_paused: false,
         }
@@ -60,80 +73,79 @@ impl InputGate {
         &self.loading
     }
 
-    /// The partitions to pause at start: the sources of the tasks still
-    /// reading their table.
+    /// The partitions to pause at start: all but the table of the tasks
+    /// still reading their table.
     pub fn paused_at_start(&self) -> Vec<InputPartition> {
         self.loading
             .iter()
-            .flat_map(|load| (0..self.sources).map(move |topic| (topic, load.task)))
+            .flat_map(|load| self.held_for_table(load.task))
             .collect()
     }
 
-    /// A drain starts: every input partition of `tasks` pauses.
+    /// A drain starts: the source and join topics of `tasks` pause, but
+    /// for those reading their table (already held back but for it).
     pub fn pause_for_drain(&mut self, tasks: &[i32]) -> Vec<InputPartition> {
         self.drain_paused = true;
-        self.inputs_of(tasks, |_| true)
+        self.inputs_of(tasks)
     }
 
-    /// The drain ended without stopping the worker: every input of the
-    /// tasks done with their table resumes, and of the tasks still reading
-    /// it, the table. Nothing when no drain paused the inputs.
+    /// The drain ended without stopping the worker: the source and join
+    /// topics of `tasks` resume, but for those still reading their table
+    /// (whose sources wait for it). Nothing when no drain paused them.
     pub fn resume_after_drain(&mut self, tasks: &[i32]) -> Vec<InputPartition> {
         if !std::mem::take(&mut self.drain_paused) {
             return Vec::new();
         }
-        let loading = &self.loading;
-        let sources = self.sources;
-        self.inputs_of(tasks, |(topic, task)| {
-            loading
-                .iter()
-                .find(|load| load.task == task)
-                .is_none_or(|load| topic >= sources && topic == load.topic_index)
-        })
+        self.inputs_of(tasks)
     }
 
     /// Ends the loads whose table partition `position` has reached the end
-    /// it had at start, and returns their tasks' source partitions to
-    /// resume (none while a drain holds them: it resumes them when it
-    /// ends). `position` is where the consumer stands on a table partition
-    /// (`None` if it does not know yet): past the last row read, and past
-    /// transaction markers, which are never delivered as rows.
+    /// it had at start, and returns what their tasks read again: their
+    /// repartition partition, and their sources unless a drain holds them
+    /// (it resumes them when it ends). `position` is where the consumer
+    /// stands on a table partition (`None` if it does not know yet): past
+    /// the last row read, and past transaction markers, which are never
+    /// delivered as rows.
     pub fn finish_loads(
         &mut self,
         position: impl Fn(&TableLoad) -> Option<i64>,
     ) -> Vec<InputPartition> {
-        let mut resumed = Vec::new();
+        let mut finished = Vec::new();
         self.loading.retain(|load| {
             let done = position(load).is_some_and(|p| p >= load.until);
             if done {
                 tracing::info!(
                     task = load.task,
                     until = load.until,
-                    "join table read: the task's sources resume"
+                    "join table read: the task's other inputs resume"
                 );
-                resumed.push(load.task);
+                finished.push(load.task);
             }
             !done
         });
-        if self.drain_paused {
-            return Vec::new();
-        }
-        resumed
+        let drained = self.drain_paused;
+        finished
             .into_iter()
-            .flat_map(|task| (0..self.sources).map(move |topic| (topic, task)))
+            .flat_map(|task| self.held_for_table(task))
+            .filter(|&(topic, _)| !drained || Some(topic) == self.repartition)
             .collect()
     }
 
-    /// The input partitions of `tasks` that `keep` selects.
-    fn inputs_of(
-        &self,
-        tasks: &[i32],
-        keep: impl Fn(InputPartition) -> bool,
-    ) -> Vec<InputPartition> {
+    /// What task `task` does not read while it reads its table: its
+    /// sources and its repartition partition.
+    fn held_for_table(&self, task: i32) -> impl Iterator<Item = InputPartition> + use<> {
+        (0..self.sources)
+            .chain(self.repartition)
+            .map(move |topic| (topic, task))
+    }
+
+    /// The source and join partitions of `tasks` but those still reading
+    /// their table.
+    fn inputs_of(&self, tasks: &[i32]) -> Vec<InputPartition> {
         tasks
             .iter()
+            .filter(|&&task| !self.loading.iter().any(|load| load.task == task))
             .flat_map(|&task| (0..self.inputs).map(move |topic| (topic, task)))
-            .filter(|&partition| keep(partition))
             .collect()
     }
 }
@@ -142,12 +154,13 @@ impl InputGate {
 mod tests {
     use super::*;
 
-    /// One source topic (0), a table topic (1); tasks 0 and 1, task 1 still
-    /// reading rows 0..10 of its table.
+    /// One source topic (0), a table topic (1), the repartition topic (2);
+    /// tasks 0 and 1, task 1 still reading rows 0..10 of its table.
     fn gate() -> InputGate {
         InputGate::new(
             1,
             2,
+            Some(2),
             vec![TableLoad {
                 task: 1,
                 topic_index: 1,
@@ -157,27 +170,25 @@ mod tests {
     }
 
     #[test]
-    fn a_task_reading_its_table_starts_with_its_sources_paused() {
-        assert_eq!(gate().paused_at_start(), vec![(0, 1)]);
+    fn a_task_reading_its_table_reads_nothing_else() {
+        assert_eq!(gate().paused_at_start(), vec![(0, 1), (2, 1)]);
+        let without_repartition = InputGate::new(1, 2, None, gate().loading().to_vec());
+        assert_eq!(without_repartition.paused_at_start(), vec![(0, 1)]);
     }
 
     #[test]
-    fn a_drain_given_up_while_a_table_is_read_resumes_the_table_but_not_its_tasks_sources() {
+    fn a_drain_leaves_a_table_being_read_alone() {
         let mut gate = gate();
-        assert_eq!(
-            gate.pause_for_drain(&[0, 1]),
-            vec![(0, 0), (1, 0), (0, 1), (1, 1)]
-        );
-        // Task 0 gets everything back; task 1 its table only, else the
-        // table never ends and its sources stay paused for good.
-        assert_eq!(
-            gate.resume_after_drain(&[0, 1]),
-            vec![(0, 0), (1, 0), (1, 1)]
-        );
+        // Task 1's table goes on: the drain needs its repartition
+        // partition, which waits for the table.
+        assert_eq!(gate.pause_for_drain(&[0, 1]), vec![(0, 0), (1, 0)]);
+        // Given up: task 0 reads again; task 1's sources still wait.
+        assert_eq!(gate.resume_after_drain(&[0, 1]), vec![(0, 0), (1, 0)]);
+        assert_eq!(gate.resume_after_drain(&[0, 1]), vec![], "resumed once");
         assert_eq!(
             gate.finish_loads(|_| Some(10)),
-            vec![(0, 1)],
-            "once the table is read, the task's sources resume"
+            vec![(0, 1), (2, 1)],
+            "once the table is read, the task's sources and repartition partition resume"
         );
         assert!(gate.loading().is_empty());
     }
@@ -186,12 +197,13 @@ mod tests {
     fn a_table_read_during_a_drain_leaves_its_sources_to_the_drains_end() {
         let mut gate = gate();
         gate.pause_for_drain(&[0, 1]);
-        assert_eq!(gate.finish_loads(|_| Some(10)), vec![]);
+        // The repartition partition resumes (the drain must read it), the
+        // sources stay paused until the drain ends.
+        assert_eq!(gate.finish_loads(|_| Some(10)), vec![(2, 1)]);
         assert_eq!(
             gate.resume_after_drain(&[0, 1]),
             vec![(0, 0), (1, 0), (0, 1), (1, 1)]
         );
-        assert_eq!(gate.resume_after_drain(&[0, 1]), vec![], "resumed once");
     }
 
     #[test]
@@ -203,6 +215,6 @@ mod tests {
         assert_eq!(gate.finish_loads(|_| Some(9)), vec![]);
         assert_eq!(gate.finish_loads(|_| None), vec![]);
         assert_eq!(gate.loading().len(), 1);
-        assert_eq!(gate.finish_loads(|_| Some(10)), vec![(0, 1)]);
+        assert_eq!(gate.finish_loads(|_| Some(10)), vec![(0, 1), (2, 1)]);
     }
 }

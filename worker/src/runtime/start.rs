@@ -314,7 +314,12 @@ impl Running {
                 source,
             })?;
         // A join's table first: the sources of a task wait until it is read.
-        let inputs = InputGate::new(spec.source.topics.len(), source_topics, loading_tables);
+        let inputs = InputGate::new(
+            spec.source.topics.len(),
+            source_topics,
+            repartition_input,
+            loading_tables,
+        );
         let mut waiting = TopicPartitionList::new();
         for (topic, partition) in inputs.paused_at_start() {
             waiting.add_partition(&topics[topic], partition);

@@ -758,3 +758,111 @@ async fn a_table_without_restored_state_is_read_from_its_start() {
         assert_eq!(v["u"]["tier"], format!("t{}", &user[1..]), "{v}");
     }
 }
+
+/// A stop-with-savepoint given up (its drain timed out: the other worker
+/// was not asked, so its tasks never report) while a task is still reading
+/// its join's table: the table is read to its end and the task's other
+/// inputs resume after it, with no restart, and no event is joined with
+/// part of the table. The table is read slowly (one batch of rows per
+/// fetch, each fetch a 100 ms round trip) so that the drain starts and ends
+/// while it is being read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
+    let kafka = Kafka::new(2);
+    kafka.cluster.create_topic(USERS, 2, 1).unwrap();
+    // Task 0's table is long, task 1's short: worker 1 reads its sources
+    // at once and sends task 0 events to join while task 0 still reads its
+    // table.
+    let users = 1_000;
+    let rows: Vec<_> = (0..users)
+        .filter_map(|u| {
+            let user = format!("u{u}");
+            let partition = partition_of(&user, 2);
+            let row = format!(r#"{{"tier":"t{u}"}}"#).into_bytes();
+            (partition == 0 || u % 10 == 0).then_some((partition, Some(user), row))
+        })
+        .collect();
+    let with_row: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter_map(|(_, user, _)| user.as_deref())
+        .collect();
+    let events: Vec<_> = generate(300, users, BASE_TS, 5)
+        .into_iter()
+        .filter(|e| with_row.contains(e.user.as_str()))
+        .collect();
+    // Batches of about 20 rows: some 25 fetches for task 0's table.
+    for chunk in rows.chunks(20) {
+        produce_to(&kafka.bootstrap, USERS, chunk);
+    }
+    kafka
+        .cluster
+        .broker_round_trip_time(1, Duration::from_millis(100))
+        .unwrap();
+    // Behind a repartition (a drain needs one), with a short savepoint
+    // timeout.
+    let yaml = job_yaml(
+        &kafka.bootstrap,
+        &store_url("drain-table"),
+        "",
+        "  guarantee: atLeastOnce\n  savepoint:\n    timeout: 1s\n",
+    )
+    .replace(
+        "    - window:\n        type: tumbling\n        size: 10s\n    - aggregate:\n        fields:\n          - name: count\n            function: count\n          - name: total\n            function: sum\n            expr: record.amount\n",
+        &format!("    - join:\n        type: table\n        topic: {USERS}\n        as: u\n"),
+    )
+    .replace(
+        &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
+        &format!(
+            "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
+            kafka.bootstrap
+        ),
+    )
+    .replace("sourcePartitioned: true", "sourcePartitioned: false")
+    .replace("interval: 1h", "interval: 300ms")
+    .replace(&format!("  lateData:\n    topic: {LATE}\n"), "");
+    assert!(yaml.contains("max.partition.fetch.bytes"), "{yaml}");
+    produce_round_robin(&kafka, &events);
+    let state = tempfile::tempdir().unwrap();
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    let (code, body) = http(
+        workers[0].addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        r#"{"id":"given-up","stop":true}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(PATIENCE, "the drain to be given up", || {
+        workers[0]
+            .status()
+            .savepoint
+            .is_some_and(|s| s.state == SavepointState::Failed)
+    })
+    .await;
+    let table_read = |w: &weir_worker::runtime::WorkerHandle| {
+        w.status().tasks.iter().all(|t| {
+            t.partitions
+                .iter()
+                .filter(|p| p.topic == USERS)
+                .all(|p| p.high_watermark.is_some_and(|high| p.offset >= high))
+        })
+    };
+    assert!(
+        !table_read(&workers[0]),
+        "the table was still being read when the drain was given up"
+    );
+
+    wait_for(PATIENCE, "every event joined", || {
+        kafka.read_all(OUT).len() >= events.len()
+    })
+    .await;
+    stop_all(workers).await;
+    let out = kafka.read_all(OUT);
+    assert_eq!(out.len(), events.len(), "no event read twice");
+    for record in &out {
+        let v = record.json();
+        let user = v["user"].as_str().unwrap();
+        assert_eq!(v["u"]["tier"], format!("t{}", &user[1..]), "{v}");
+    }
+}
