@@ -1,6 +1,7 @@
 //! Evaluates a compiled [`Node`] tree directly over a JSON record.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 
 use serde_json::Value as Json;
 
@@ -241,6 +242,25 @@ fn record_field<'a>(record: Record<'a>, name: &str) -> Result<Val<'a>, EvalError
     }
 }
 
+/// The ordering of a decoded field and a constant of the same simple type
+/// (`record.amount > 100`, `record.country == 'DE'`, the most common
+/// conditions), without building values; `None` for anything else, which
+/// the general path then evaluates. Ints and strings order and compare
+/// equal there exactly as here.
+#[inline]
+fn field_against_constant(cx: Scope<'_, '_>, lhs: &Node, rhs: &Node) -> Option<Ordering> {
+    let (Record::Fields(fields), Node::RecordField(name), Node::Const(constant)) =
+        (cx.record, lhs, rhs)
+    else {
+        return None;
+    };
+    match (fields.get(name)?, constant) {
+        (FieldValue::Int(a), Val::Int(b)) => Some(a.cmp(b)),
+        (FieldValue::Str(a), Val::Str(b)) => Some(a.as_ref().cmp(b.as_ref())),
+        _ => None,
+    }
+}
+
 impl Node {
     /// Evaluates an operand: constants and fields of the record without a
     /// call (the common operands of comparisons), other nodes with one.
@@ -262,14 +282,23 @@ impl Node {
             Node::Or(lhs, rhs) => logic(cx, lhs, rhs, true),
             Node::Not(operand) => operand.test(cx, "the operand of '!'").map(|b| !b),
             Node::Eq(lhs, rhs) => {
+                if let Some(ordering) = field_against_constant(cx, lhs, rhs) {
+                    return Ok(ordering.is_eq());
+                }
                 let lhs = lhs.operand(cx)?;
                 Ok(equal(&lhs, &rhs.operand(cx)?))
             }
             Node::Ne(lhs, rhs) => {
+                if let Some(ordering) = field_against_constant(cx, lhs, rhs) {
+                    return Ok(ordering.is_ne());
+                }
                 let lhs = lhs.operand(cx)?;
                 Ok(!equal(&lhs, &rhs.operand(cx)?))
             }
             Node::Order(op, lhs, rhs) => {
+                if let Some(ordering) = field_against_constant(cx, lhs, rhs) {
+                    return Ok(op.holds(ordering));
+                }
                 let lhs = lhs.operand(cx)?;
                 compare(*op, &lhs, &rhs.operand(cx)?)
             }

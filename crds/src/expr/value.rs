@@ -124,7 +124,7 @@ pub(crate) enum Order {
 
 impl Order {
     /// Whether `ordering` satisfies the operator.
-    fn holds(self, ordering: Ordering) -> bool {
+    pub(crate) fn holds(self, ordering: Ordering) -> bool {
         match self {
             Order::Lt => ordering == Ordering::Less,
             Order::Le => ordering != Ordering::Greater,

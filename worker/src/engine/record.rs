@@ -738,6 +738,9 @@ mod tests {
                 "record.a", "record.b == record.a", "record.a > 1", "record.n + 1", "size(record.b)",
                 "string(record.a)", "has(record.n)", "record.ts", "double(record.n) * 2.0",
                 "record.a.x", "record.a[0]", "record.b.startsWith('a')",
+                "record.n == 3", "record.a != 0", "record.n <= -1", "record.b == 'a'",
+                "record.b != 'ab'", "record.b < 'b'", "record.b >= 'a'", "record.b == 1",
+                "record.n > 'a'",
             ] {
                 let expr = weir_crds::expr::compile(source).unwrap();
                 let mut from_fields = Vec::new();
