@@ -34,11 +34,12 @@ const USERS: u64 = 100_000;
 /// Events of the short run that measures start-up and stop.
 const STARTUP_EVENTS: u64 = 1_000;
 
-/// Total CPU time of the process (user + system, all threads).
-fn process_cpu() -> Duration {
-    // Fields 14 and 15 of /proc/self/stat are utime and stime in clock
-    // ticks (100 per second on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// The CPU time (user + system) a `/proc/.../stat` file reports, or zero
+/// when it cannot be read (a thread that ended).
+fn stat_cpu(path: &str) -> Duration {
+    // Fields 14 and 15 of the stat file are utime and stime in clock ticks
+    // (100 per second on Linux).
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks = |i: usize| {
@@ -49,6 +50,11 @@ fn process_cpu() -> Duration {
     };
     // After the name, the state is field 3, so utime (14) is index 11.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Total CPU time of the process (user + system, all threads).
+fn process_cpu() -> Duration {
+    stat_cpu("/proc/self/stat")
 }
 
 /// The thread ids of this process.
@@ -64,17 +70,9 @@ fn thread_ids() -> HashSet<String> {
 /// CPU time (user + system) of the threads `tids` of this process that
 /// still run.
 fn threads_cpu(tids: &HashSet<String>) -> Duration {
-    let ticks: u64 = tids
-        .iter()
-        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
-        .map(|stat| {
-            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            let fields: Vec<&str> = after_name.split_whitespace().collect();
-            let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            tick(11).unwrap_or(0) + tick(12).unwrap_or(0)
-        })
-        .sum();
-    Duration::from_millis(ticks * 10)
+    tids.iter()
+        .map(|tid| stat_cpu(&format!("/proc/self/task/{tid}/stat")))
+        .sum()
 }
 
 /// The shape of the produced events.

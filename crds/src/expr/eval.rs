@@ -244,9 +244,9 @@ fn record_field<'a>(record: Record<'a>, name: &str) -> Result<Val<'a>, EvalError
 
 /// The ordering of a decoded field and a constant of the same simple type
 /// (`record.amount > 100`, `record.country == 'DE'`, the most common
-/// conditions), without building values; `None` for anything else, which
-/// the general path then evaluates. Ints and strings order and compare
-/// equal there exactly as here.
+/// conditions), without building values; `None` for anything else (and
+/// NaN), which the general path then evaluates. Ints, doubles and strings
+/// order and compare equal there exactly as here.
 #[inline]
 fn field_against_constant(cx: Scope<'_, '_>, lhs: &Node, rhs: &Node) -> Option<Ordering> {
     let (Record::Fields(fields), Node::RecordField(name), Node::Const(constant)) =
@@ -256,6 +256,8 @@ fn field_against_constant(cx: Scope<'_, '_>, lhs: &Node, rhs: &Node) -> Option<O
     };
     match (fields.get(name)?, constant) {
         (FieldValue::Int(a), Val::Int(b)) => Some(a.cmp(b)),
+        // NaN is left to the general path, which refuses to order it.
+        (FieldValue::Double(a), Val::Double(b)) => a.partial_cmp(b),
         (FieldValue::Str(a), Val::Str(b)) => Some(a.as_ref().cmp(b.as_ref())),
         _ => None,
     }

@@ -5,6 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 
+/// What a step that needs event time is told when the source has none.
+const NEEDS_EVENT_TIME: &str =
+    "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)";
+
 /// The operation a pipeline step performs, for ordering checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Operation {
@@ -162,10 +166,7 @@ impl Checks {
                 }
                 Operation::Window => {
                     if spec.source.event_time.is_none() && timed_window {
-                        self.add(
-                            &op_path,
-                            "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)",
-                        );
+                        self.add(&op_path, NEEDS_EVENT_TIME);
                     }
                     if keyed_at.is_none() {
                         self.add(
@@ -195,10 +196,7 @@ impl Checks {
                 }
                 Operation::Pattern => {
                     if spec.source.event_time.is_none() {
-                        self.add(
-                            &op_path,
-                            "needs event time: set spec.source.eventTime (a field, or {} for the Kafka timestamp)",
-                        );
+                        self.add(&op_path, NEEDS_EVENT_TIME);
                     }
                     if keyed_at.is_none() {
                         self.add(
@@ -413,10 +411,7 @@ impl Checks {
             } else {
                 "an interval join"
             };
-            self.add(
-                path,
-                format!("{what} needs event time: set spec.source.eventTime (a field, or {{}} for the Kafka timestamp)"),
-            );
+            self.add(path, format!("{what} {NEEDS_EVENT_TIME}"));
         }
         let interval = join.kind == JoinKind::Interval;
         for (field, bound) in [("before", join.before), ("after", join.after)] {

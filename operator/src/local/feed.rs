@@ -20,7 +20,7 @@ use super::profile::RateProfile;
 #[derive(Debug)]
 pub struct Produced {
     /// The topic (shared by all the events of a feed).
-    pub topic: std::sync::Arc<str>,
+    pub topic: Arc<str>,
     /// The partition.
     pub partition: i32,
     /// The Kafka key.
@@ -76,7 +76,7 @@ impl Feed {
             .map_err(|e| format!("create the event producer: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        let topic: std::sync::Arc<str> = std::sync::Arc::from(topic);
+        let topic: Arc<str> = Arc::from(topic);
         let handle = std::thread::Builder::new()
             .name("weir-run-feed".to_owned())
             .spawn(move || {
@@ -120,7 +120,7 @@ impl Feed {
                         sent += 1;
                         // The model may lag; it never blocks the feed.
                         let _ = model.send(Produced {
-                            topic: std::sync::Arc::clone(&topic),
+                            topic: Arc::clone(&topic),
                             partition,
                             key: event.key.map(String::into_bytes),
                             value: event.value,

@@ -18,7 +18,7 @@
 use thiserror::Error;
 use weir_crds::StreamingJobSpec;
 use weir_crds::expr::{self, CompileError, Expression};
-use weir_crds::job::{AggregateFunction, Step, WindowKind};
+use weir_crds::job::{AggregateFunction, Step};
 
 use crate::engine::event_time::EventTimeSource;
 use crate::engine::join::{Join, JoinKind};
@@ -313,7 +313,7 @@ impl Pipeline {
                     source_partitioned: key_by.source_partitioned,
                 }
             } else if let Some(window) = &step.window {
-                if event_time == EventTimeSource::None && window.kind != WindowKind::Count {
+                if event_time == EventTimeSource::None && window.is_event_time() {
                     return Err(PipelineError::WindowWithoutEventTime { step: name });
                 }
                 let assigner =

@@ -740,7 +740,7 @@ mod tests {
                 "record.a.x", "record.a[0]", "record.b.startsWith('a')",
                 "record.n == 3", "record.a != 0", "record.n <= -1", "record.b == 'a'",
                 "record.b != 'ab'", "record.b < 'b'", "record.b >= 'a'", "record.b == 1",
-                "record.n > 'a'",
+                "record.n > 'a'", "record.n > 1.5", "record.n == 2.0",
             ] {
                 let expr = weir_crds::expr::compile(source).unwrap();
                 let mut from_fields = Vec::new();

@@ -92,6 +92,14 @@ fn wall_clock_ms() -> i64 {
 }
 
 /// Timer kinds.
+/// The order timers fire in: event-time timers of the steps before the cut
+/// (or of all steps), then those after it, then processing-time timers.
+const FIRING_ORDER: [TimeDomain; 3] = [
+    TimeDomain::Event,
+    TimeDomain::Repartitioned,
+    TimeDomain::Processing,
+];
+
 const FIRE: u8 = 1;
 const CLEANUP: u8 = 2;
 const EXPIRE: u8 = 3;
@@ -596,18 +604,9 @@ impl TaskProcessor {
     /// Whether timers are due that were not fired yet: the calls that move
     /// time fire one chunk of at most [`TIMER_CHUNK`] and leave the rest.
     pub fn has_due_timers(&self) -> bool {
-        [
-            TimeDomain::Event,
-            TimeDomain::Repartitioned,
-            TimeDomain::Processing,
-        ]
-        .into_iter()
-        .any(|domain| {
-            // Held timers first: without any, the time is not needed.
-            self.state
-                .next_timer(domain)
-                .is_some_and(|next| self.due_until(domain).is_some_and(|until| next <= until))
-        })
+        FIRING_ORDER
+            .into_iter()
+            .any(|domain| self.due_until(domain).is_some())
     }
 
     /// Fires the next chunk of due timers into `out`; returns whether more

@@ -5,13 +5,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use weir_crds::job::Guarantee;
 
 use super::dispatch::{dispatch_repartitioned, emit, source_offsets};
-use super::input_gate::InputPartition;
+use super::input_gate::partition_list;
 use super::{
     Destinations, Drain, Running, Task, WorkerError, WorkerExit, duration_ms, lock, task_number,
 };
@@ -444,20 +443,6 @@ impl Running {
         self.set_savepoint(id, SavepointState::Failed, Some(error.to_string()));
     }
 
-    /// The partitions the gate names, as the consumer takes them.
-    fn partition_list(&self, partitions: &[InputPartition]) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
-        for &(topic, partition) in partitions {
-            list.add_partition(&self.topics[topic], partition);
-        }
-        list
-    }
-
-    /// The owned tasks' numbers.
-    fn task_ids(&self) -> Vec<i32> {
-        self.tasks.iter().map(|task| task.id).collect()
-    }
-
     /// Resumes the other inputs of the tasks whose consumer position on
     /// their join's table reached where the table stood at start. The position,
     /// not the last row read: under read_committed a transaction's marker
@@ -473,24 +458,17 @@ impl Running {
                 operation: "read the positions on the join's table",
                 source,
             })?;
-        let tasks = &self.tasks;
-        let task_of = &self.task_of_partition;
         let topics = &self.topics;
         let resumed = self.inputs.finish_loads(|load| {
-            let read = usize::try_from(load.task)
-                .ok()
-                .and_then(|p| task_of.get(p).copied().flatten())
-                .map(|i| tasks[i].offsets[load.topic_index]);
-            let position = positions
+            positions
                 .find_partition(&topics[load.topic_index], load.task)
                 .and_then(|p| p.offset().to_raw())
-                .filter(|offset| *offset >= 0);
-            read.max(position)
+                .filter(|offset| *offset >= 0)
         });
         if resumed.is_empty() {
             return Ok(());
         }
-        let list = self.partition_list(&resumed);
+        let list = partition_list(&self.topics, &resumed);
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {
@@ -502,8 +480,8 @@ impl Running {
     /// Stops reading the source and join topics (the repartition topic
     /// goes on, and so does a table being read).
     fn pause_sources(&mut self) -> Result<(), WorkerError> {
-        let paused = self.inputs.pause_for_drain(&self.task_ids());
-        let list = self.partition_list(&paused);
+        let paused = self.inputs.pause_for_drain();
+        let list = partition_list(&self.topics, &paused);
         self.consumer
             .pause(&list)
             .map_err(|source| WorkerError::Consumer {
@@ -515,11 +493,11 @@ impl Running {
     /// Reads the source and join topics again after a drain; a task still
     /// reading its join's table reads its sources once the table is read.
     fn resume_sources(&mut self) -> Result<(), WorkerError> {
-        let resumed = self.inputs.resume_after_drain(&self.task_ids());
+        let resumed = self.inputs.resume_after_drain();
         if resumed.is_empty() {
             return Ok(());
         }
-        let list = self.partition_list(&resumed);
+        let list = partition_list(&self.topics, &resumed);
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {

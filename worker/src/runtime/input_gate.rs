@@ -17,6 +17,8 @@
 //! paused. The gate decides; the event loop pauses and resumes the
 //! partitions it names, as (index into the worker's topics, partition).
 
+use rdkafka::TopicPartitionList;
+
 /// A task reading its join's table up to where it stood at start before its
 /// source partitions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,18 @@ pub(super) struct TableLoad {
 /// An input partition: (index into the worker's topics, partition).
 pub(super) type InputPartition = (usize, i32);
 
+/// `partitions` of the worker's `topics`, as the consumer takes them.
+pub(super) fn partition_list(
+    topics: &[String],
+    partitions: &[InputPartition],
+) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for &(topic, partition) in partitions {
+        list.add_partition(&topics[topic], partition);
+    }
+    list
+}
+
 /// Decides which input partitions are paused.
 #[derive(Debug)]
 pub(super) struct InputGate {
@@ -42,6 +56,8 @@ pub(super) struct InputGate {
     inputs: usize,
     /// The index of the repartition topic, if the pipeline has one.
     repartition: Option<usize>,
+    /// The worker's tasks.
+    tasks: Vec<i32>,
     /// Tasks still reading their table.
     loading: Vec<TableLoad>,
     /// A drain paused every input.
@@ -51,18 +67,20 @@ pub(super) struct InputGate {
 impl InputGate {
     /// A gate for a worker whose first `sources` topics are sources and
     /// first `inputs` topics are inputs, the repartition topic (if any) at
-    /// `repartition`, with the tasks in `loading` still to read their
+    /// `repartition`, and `tasks`, those in `loading` still to read their
     /// tables.
     pub fn new(
         sources: usize,
         inputs: usize,
         repartition: Option<usize>,
+        tasks: Vec<i32>,
         loading: Vec<TableLoad>,
     ) -> InputGate {
         InputGate {
             sources,
             inputs,
             repartition,
+            tasks,
             loading,
             drain_paused: false,
         }
@@ -82,21 +100,21 @@ impl InputGate {
             .collect()
     }
 
-    /// A drain starts: the source and join topics of `tasks` pause, but
+    /// A drain starts: the source and join topics of the tasks pause, but
     /// for those reading their table (already held back but for it).
-    pub fn pause_for_drain(&mut self, tasks: &[i32]) -> Vec<InputPartition> {
+    pub fn pause_for_drain(&mut self) -> Vec<InputPartition> {
         self.drain_paused = true;
-        self.inputs_of(tasks)
+        self.inputs_of_tasks()
     }
 
     /// The drain ended without stopping the worker: the source and join
-    /// topics of `tasks` resume, but for those still reading their table
+    /// topics of the tasks resume, but for those still reading their table
     /// (whose sources wait for it). Nothing when no drain paused them.
-    pub fn resume_after_drain(&mut self, tasks: &[i32]) -> Vec<InputPartition> {
+    pub fn resume_after_drain(&mut self) -> Vec<InputPartition> {
         if !std::mem::take(&mut self.drain_paused) {
             return Vec::new();
         }
-        self.inputs_of(tasks)
+        self.inputs_of_tasks()
     }
 
     /// Ends the loads whose table partition `position` has reached the end
@@ -139,10 +157,10 @@ impl InputGate {
             .map(move |topic| (topic, task))
     }
 
-    /// The source and join partitions of `tasks` but those still reading
+    /// The source and join partitions of the tasks but those still reading
     /// their table.
-    fn inputs_of(&self, tasks: &[i32]) -> Vec<InputPartition> {
-        tasks
+    fn inputs_of_tasks(&self) -> Vec<InputPartition> {
+        self.tasks
             .iter()
             .filter(|&&task| !self.loading.iter().any(|load| load.task == task))
             .flat_map(|&task| (0..self.inputs).map(move |topic| (topic, task)))
@@ -161,6 +179,7 @@ mod tests {
             1,
             2,
             Some(2),
+            vec![0, 1],
             vec![TableLoad {
                 task: 1,
                 topic_index: 1,
@@ -172,7 +191,7 @@ mod tests {
     #[test]
     fn a_task_reading_its_table_reads_nothing_else() {
         assert_eq!(gate().paused_at_start(), vec![(0, 1), (2, 1)]);
-        let without_repartition = InputGate::new(1, 2, None, gate().loading().to_vec());
+        let without_repartition = InputGate::new(1, 2, None, vec![0, 1], gate().loading().to_vec());
         assert_eq!(without_repartition.paused_at_start(), vec![(0, 1)]);
     }
 
@@ -181,10 +200,10 @@ mod tests {
         let mut gate = gate();
         // Task 1's table goes on: the drain needs its repartition
         // partition, which waits for the table.
-        assert_eq!(gate.pause_for_drain(&[0, 1]), vec![(0, 0), (1, 0)]);
+        assert_eq!(gate.pause_for_drain(), vec![(0, 0), (1, 0)]);
         // Given up: task 0 reads again; task 1's sources still wait.
-        assert_eq!(gate.resume_after_drain(&[0, 1]), vec![(0, 0), (1, 0)]);
-        assert_eq!(gate.resume_after_drain(&[0, 1]), vec![], "resumed once");
+        assert_eq!(gate.resume_after_drain(), vec![(0, 0), (1, 0)]);
+        assert_eq!(gate.resume_after_drain(), vec![], "resumed once");
         assert_eq!(
             gate.finish_loads(|_| Some(10)),
             vec![(0, 1), (2, 1)],
@@ -196,12 +215,12 @@ mod tests {
     #[test]
     fn a_table_read_during_a_drain_leaves_its_sources_to_the_drains_end() {
         let mut gate = gate();
-        gate.pause_for_drain(&[0, 1]);
+        gate.pause_for_drain();
         // The repartition partition resumes (the drain must read it), the
         // sources stay paused until the drain ends.
         assert_eq!(gate.finish_loads(|_| Some(10)), vec![(2, 1)]);
         assert_eq!(
-            gate.resume_after_drain(&[0, 1]),
+            gate.resume_after_drain(),
             vec![(0, 0), (1, 0), (0, 1), (1, 1)]
         );
     }

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_crds::job::StartingOffsets;
 
-use super::input_gate::{InputGate, TableLoad};
+use super::input_gate::{InputGate, TableLoad, partition_list};
 use super::{Destinations, Running, Task, WorkerError, duration_ms, lock, task_number, throttle};
 use crate::checkpoint::compatibility::{self, IncompatibleState};
 use crate::checkpoint::coordinator::{CheckpointCoordinator, PipelineRecord, RestoreTarget};
@@ -318,12 +318,10 @@ impl Running {
             spec.source.topics.len(),
             source_topics,
             repartition_input,
+            tasks.iter().map(|task| task.id).collect(),
             loading_tables,
         );
-        let mut waiting = TopicPartitionList::new();
-        for (topic, partition) in inputs.paused_at_start() {
-            waiting.add_partition(&topics[topic], partition);
-        }
+        let waiting = partition_list(&topics, &inputs.paused_at_start());
         if waiting.count() > 0 {
             tracing::info!(tables = ?inputs.loading(), "reading the join's table before the sources");
             consumer

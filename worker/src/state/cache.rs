@@ -202,10 +202,7 @@ impl WriteBack {
         // A value that grew in place since the last access may have taken
         // the cache over its share even though the access is a hit.
         let share = self.budget.per_task();
-        while self.slots.len() > 1 && self.bytes > share {
-            let victim = self.victim();
-            self.evict(db, write_options, victim)?;
-        }
+        self.make_room(db, write_options, share, 0, 1)?;
         let hash = self.hasher.hash_one(key);
         let slots = &self.slots;
         if let Some(&i) = self.index.find(hash, |&i| *slots[i].key == *key) {
@@ -225,10 +222,7 @@ impl WriteBack {
         let bytes = entry_bytes(key, stored.as_ref());
         // Make room within this task's share, which shrinks when more tasks
         // open; a value larger than the share still gets cached alone.
-        while !self.slots.is_empty() && self.bytes + bytes > share {
-            let victim = self.victim();
-            self.evict(db, write_options, victim)?;
-        }
+        self.make_room(db, write_options, share, bytes, 0)?;
         self.slots.push(Slot {
             key: key.into(),
             in_db: stored.is_some(),
@@ -243,6 +237,24 @@ impl WriteBack {
         self.index
             .insert_unique(hash, i, |&j| hasher.hash_one(&*slots[j].key));
         Ok(i)
+    }
+
+    /// Evicts until `incoming` more bytes fit within `share`, keeping at
+    /// least `keep` slots (a value larger than the share stays cached
+    /// alone).
+    fn make_room(
+        &mut self,
+        db: &DB,
+        write_options: &WriteOptions,
+        share: usize,
+        incoming: usize,
+        keep: usize,
+    ) -> Result<(), StateError> {
+        while self.slots.len() > keep && self.bytes + incoming > share {
+            let victim = self.victim();
+            self.evict(db, write_options, victim)?;
+        }
+        Ok(())
     }
 
     /// The next slot the clock hand finds unreferenced.

@@ -145,10 +145,12 @@ impl TimerQueue {
         write: &WriteOptions,
         domain: TimeDomain,
     ) -> Result<(), StateError> {
-        let mut batch = WriteBatch::default();
-        self.delete_fired(&mut batch);
-        db.write_opt(batch, write)
-            .map_err(db_error("delete of fired timers"))?;
+        if !self.fired.is_empty() {
+            let mut batch = WriteBatch::default();
+            self.delete_fired(&mut batch);
+            db.write_opt(batch, write)
+                .map_err(db_error("delete of fired timers"))?;
+        }
         let slot = domain.index();
         let Some(from) = self.boundary[slot].take() else {
             return Ok(());

@@ -713,6 +713,16 @@ fn table_join_yaml(bootstrap: &str, storage: &str) -> String {
         .replace(&format!("  lateData:\n    topic: {LATE}\n"), "")
 }
 
+/// Asserts that each output record carries its own user's row of
+/// [`USERS`] (`t<n>` for user `u<n>`).
+fn assert_joined_with_their_rows(out: &[ReadRecord]) {
+    for record in out {
+        let v = record.json();
+        let user = v["user"].as_str().unwrap();
+        assert_eq!(v["u"]["tier"], format!("t{}", &user[1..]), "{v}");
+    }
+}
+
 /// A table join whose state is not restored reads its table from the start
 /// again, whatever offsets the job's group committed: a job started afresh
 /// (new checkpoint storage) still finds every row.
@@ -752,11 +762,7 @@ async fn a_table_without_restored_state_is_read_from_its_start() {
     stop_all(second).await;
     let out = kafka.read_all(OUT);
     assert_eq!(out.len(), 200, "no event read twice or dropped");
-    for record in &out {
-        let v = record.json();
-        let user = v["user"].as_str().unwrap();
-        assert_eq!(v["u"]["tier"], format!("t{}", &user[1..]), "{v}");
-    }
+    assert_joined_with_their_rows(&out);
 }
 
 /// A stop-with-savepoint given up (its drain timed out: the other worker
@@ -800,27 +806,23 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
         .unwrap();
     // Behind a repartition (a drain needs one), with a short savepoint
     // timeout.
-    let yaml = job_yaml(
-        &kafka.bootstrap,
-        &store_url("drain-table"),
-        "",
-        "  guarantee: atLeastOnce\n  savepoint:\n    timeout: 1s\n",
-    )
-    .replace(
-        "    - window:\n        type: tumbling\n        size: 10s\n    - aggregate:\n        fields:\n          - name: count\n            function: count\n          - name: total\n            function: sum\n            expr: record.amount\n",
-        &format!("    - join:\n        type: table\n        topic: {USERS}\n        as: u\n"),
-    )
-    .replace(
-        &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
-        &format!(
-            "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
-            kafka.bootstrap
-        ),
-    )
-    .replace("sourcePartitioned: true", "sourcePartitioned: false")
-    .replace("interval: 1h", "interval: 300ms")
-    .replace(&format!("  lateData:\n    topic: {LATE}\n"), "");
-    assert!(yaml.contains("max.partition.fetch.bytes"), "{yaml}");
+    let yaml = table_join_yaml(&kafka.bootstrap, &store_url("drain-table"))
+        .replace(
+            "  guarantee: atLeastOnce\n",
+            "  guarantee: atLeastOnce\n  savepoint:\n    timeout: 1s\n",
+        )
+        .replace(
+            &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
+            &format!(
+                "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
+                kafka.bootstrap
+            ),
+        )
+        .replace("sourcePartitioned: true", "sourcePartitioned: false");
+    assert!(
+        yaml.contains("max.partition.fetch.bytes") && yaml.contains("timeout: 1s"),
+        "{yaml}"
+    );
     produce_round_robin(&kafka, &events);
     let state = tempfile::tempdir().unwrap();
     let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
@@ -860,9 +862,5 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
     stop_all(workers).await;
     let out = kafka.read_all(OUT);
     assert_eq!(out.len(), events.len(), "no event read twice");
-    for record in &out {
-        let v = record.json();
-        let user = v["user"].as_str().unwrap();
-        assert_eq!(v["u"]["tier"], format!("t{}", &user[1..]), "{v}");
-    }
+    assert_joined_with_their_rows(&out);
 }

@@ -291,18 +291,21 @@ impl TaskProcessor {
         Ok(true)
     }
 
-    /// The time up to which timers of `domain` are due: the watermark it
-    /// follows, or processing time.
+    /// The time up to which timers of `domain` are due (the watermark it
+    /// follows, or processing time), when a held timer is due by then.
+    /// Held timers are looked at first: without any, the time is not
+    /// needed (for processing time, a clock read per record).
     pub(super) fn due_until(&self, domain: TimeDomain) -> Option<i64> {
-        match domain {
+        let next = self.state.next_timer(domain)?;
+        let until = match domain {
             TimeDomain::Processing => Some(self.processing_time()),
             TimeDomain::Event | TimeDomain::Repartitioned => self.domain_watermark(domain),
-        }
+        }?;
+        (next <= until).then_some(until)
     }
 
-    /// Fires at most one chunk of due timers: event-time timers of the
-    /// steps before the cut (or of all steps), then those after it, then
-    /// processing-time timers. Returns whether more are due.
+    /// Fires at most one chunk of due timers, in [`FIRING_ORDER`]. Returns
+    /// whether more are due.
     pub(super) fn fire_chunk(
         &mut self,
         pipeline: &Pipeline,
@@ -310,17 +313,11 @@ impl TaskProcessor {
     ) -> Result<bool, TaskError> {
         let mut budget = self.timer_chunk;
         let mut due = std::mem::take(&mut self.due);
-        for domain in [
-            TimeDomain::Event,
-            TimeDomain::Repartitioned,
-            TimeDomain::Processing,
-        ] {
+        for domain in FIRING_ORDER {
             // Records emitted by firing windows may register further due
             // timers in later steps: repeat until none is due.
             while budget > 0
-                && let Some(next) = self.state.next_timer(domain)
                 && let Some(until) = self.due_until(domain)
-                && next <= until
             {
                 due.clear();
                 self.state
