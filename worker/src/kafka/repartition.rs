@@ -53,6 +53,10 @@ pub const TIME_HEADER: &str = "weir.time";
 /// topic: the savepoint id. The sender has stopped reading its sources and
 /// wrote nothing to the partition after it.
 pub const DRAINED_HEADER: &str = "weir.drained";
+/// Header of a watermark record: present when the sender read its
+/// partition of the join's table to where it stood at start, and the rows
+/// it forwarded are written before this record.
+pub const TABLE_READ_HEADER: &str = "weir.table-read";
 
 /// Timeout of a request deleting records.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -298,11 +302,14 @@ pub fn data_headers(source: &SourcePosition, time: Option<i64>) -> OwnedHeaders 
 }
 
 /// The headers of the watermark record of task `upstream`; `drained`
-/// names the savepoint whose drain it ends the sender's output for.
+/// names the savepoint whose drain it ends the sender's output for;
+/// `table_read` says the sender read and forwarded its partition of the
+/// join's table.
 pub fn watermark_headers(
     upstream: i32,
     report: UpstreamReport,
     drained: Option<&str>,
+    table_read: bool,
 ) -> OwnedHeaders {
     let upstream = upstream.to_string();
     let watermark = report.watermark.map(|w| w.to_string());
@@ -327,6 +334,12 @@ pub fn watermark_headers(
             value: Some(id.as_bytes()),
         });
     }
+    if table_read {
+        headers = headers.insert(Header {
+            key: TABLE_READ_HEADER,
+            value: Some(b"true"),
+        });
+    }
     headers
 }
 
@@ -349,6 +362,9 @@ pub enum RepartitionMessage<'a> {
         /// The savepoint whose drain this report ends the sender's output
         /// for, if any.
         drained: Option<&'a str>,
+        /// The sender read its partition of the join's table and the rows
+        /// it forwarded come before this report.
+        table_read: bool,
     },
 }
 
@@ -365,6 +381,7 @@ pub fn classify<'a>(
     let mut offset = None;
     let mut time = None;
     let mut drained = None;
+    let mut table_read = false;
     for (key, value) in headers {
         let text = value.and_then(|v| std::str::from_utf8(v).ok());
         match key {
@@ -376,6 +393,7 @@ pub fn classify<'a>(
             SOURCE_OFFSET_HEADER => offset = text.and_then(|t| t.parse().ok()),
             TIME_HEADER => time = Some(text.and_then(|t| t.parse::<i64>().ok())),
             DRAINED_HEADER => drained = Some(text),
+            TABLE_READ_HEADER => table_read = true,
             _ => {}
         }
     }
@@ -423,6 +441,7 @@ pub fn classify<'a>(
         upstream,
         report: UpstreamReport { watermark, idle },
         drained,
+        table_read,
     })
 }
 
@@ -451,14 +470,15 @@ mod tests {
                 idle: true,
             },
         ] {
-            for drained in [None, Some("rescale-3")] {
-                let headers = watermark_headers(7, report, drained);
+            for (drained, table_read) in [(None, false), (Some("rescale-3"), false), (None, true)] {
+                let headers = watermark_headers(7, report, drained, table_read);
                 assert_eq!(
                     classify(pairs(&headers)),
                     Ok(RepartitionMessage::Watermark {
                         upstream: 7,
                         report,
                         drained,
+                        table_read,
                     })
                 );
             }

@@ -72,9 +72,13 @@ pub(super) fn dispatch_repartitioned(
             upstream,
             report,
             drained,
+            table_read,
         }) => {
             if let Some(id) = drained {
                 task.drained.insert(upstream, id.to_owned());
+            }
+            if table_read {
+                task.tables_forwarded.insert(upstream);
             }
             if !task
                 .processor

@@ -254,7 +254,7 @@ impl Running {
         for task in &mut self.tasks {
             let report = task.processor.source_report();
             let changed = task.last_report.is_none_or(|(last, _)| last != report);
-            let nothing_to_say = report.watermark.is_none() && !report.idle;
+            let nothing_to_say = report.watermark.is_none() && !report.idle && !task.table_read;
             if drained.is_none() && (!(all || changed) || nothing_to_say) {
                 continue;
             }
@@ -266,7 +266,7 @@ impl Running {
                     None,
                     &[],
                     None,
-                    repartition::watermark_headers(task.id, report, drained),
+                    repartition::watermark_headers(task.id, report, drained, task.table_read),
                 )?;
             }
             task.last_report = Some((report, Instant::now()));
@@ -443,27 +443,44 @@ impl Running {
         self.set_savepoint(id, SavepointState::Failed, Some(error.to_string()));
     }
 
-    /// Resumes the other inputs of the tasks whose consumer position on
-    /// their join's table reached where the table stood at start. The position,
-    /// not the last row read: under read_committed a transaction's marker
-    /// takes the table's last offset and is never delivered.
+    /// Moves the tasks waiting for their join's table on: a task whose
+    /// consumer position on its table partition reached where the table
+    /// stood at start reports it (with forwarding); a task whose table is
+    /// complete reads its sources. The position, not the last row read:
+    /// under read_committed a transaction's marker takes the table's last
+    /// offset and is never delivered.
     fn finish_table_loads(&mut self) -> Result<(), WorkerError> {
-        if self.inputs.loading().is_empty() {
+        if !self.inputs.holds_any() {
             return Ok(());
         }
-        let positions = self
-            .consumer
-            .position()
-            .map_err(|source| WorkerError::Consumer {
-                operation: "read the positions on the join's table",
-                source,
-            })?;
-        let topics = &self.topics;
-        let resumed = self.inputs.finish_loads(|load| {
-            positions
-                .find_partition(&topics[load.topic_index], load.task)
-                .and_then(|p| p.offset().to_raw())
-                .filter(|offset| *offset >= 0)
+        let read = if self.inputs.loading().is_empty() {
+            self.inputs.finish_loads(|_| None)
+        } else {
+            let positions = self
+                .consumer
+                .position()
+                .map_err(|source| WorkerError::Consumer {
+                    operation: "read the positions on the join's table",
+                    source,
+                })?;
+            let topics = &self.topics;
+            self.inputs.finish_loads(|load| {
+                positions
+                    .find_partition(&topics[load.topic_index], load.task)
+                    .and_then(|p| p.offset().to_raw())
+                    .filter(|offset| *offset >= 0)
+            })
+        };
+        if !read.is_empty() {
+            self.report_tables_read(&read)?;
+        }
+        let upstreams = usize::try_from(self.partitions).unwrap_or(0);
+        let tasks = &self.tasks;
+        let resumed = self.inputs.open(|id| {
+            tasks
+                .iter()
+                .find(|task| task.id == id)
+                .is_some_and(|task| (0..upstreams).all(|u| task.tables_forwarded.contains(&u)))
         });
         if resumed.is_empty() {
             return Ok(());
@@ -472,9 +489,28 @@ impl Running {
         self.consumer
             .resume(&list)
             .map_err(|source| WorkerError::Consumer {
-                operation: "resume the inputs held back for the table",
+                operation: "resume the sources held back for the table",
                 source,
             })
+    }
+
+    /// Tells every task through the repartition topic that tasks `read`
+    /// read their partition of the join's table, after the rows they
+    /// forwarded: under exactly-once the report commits with them, under
+    /// at-least-once a checkpoint first waits until they are written.
+    fn report_tables_read(&mut self, read: &[i32]) -> Result<(), WorkerError> {
+        let at_least_once = self.config.spec.guarantee == Guarantee::AtLeastOnce;
+        if at_least_once {
+            self.checkpoint()?;
+        }
+        for task in &mut self.tasks {
+            task.table_read |= read.contains(&task.id);
+        }
+        if at_least_once {
+            self.broadcast_watermarks(true)
+        } else {
+            self.checkpoint().map(drop)
+        }
     }
 
     /// Stops reading the source and join topics (the repartition topic

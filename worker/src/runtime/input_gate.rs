@@ -1,26 +1,30 @@
 //! Which of a worker's input partitions the consumer reads. Two things hold
-//! inputs back:
+//! a task's sources back:
 //!
-//! - a task reading its join's table up to where the table stood at start
-//!   reads nothing else until then (its sources, and its repartition
-//!   partition when the join comes after the repartition), so that a record
-//!   is joined with the whole table, not with the rows read by chance
-//!   before it;
+//! - the task's join table, so that a record is joined with the whole
+//!   table as it stood at start, not with the rows read by chance before
+//!   it. The task first reads its partition of the table to where it stood
+//!   at start. When the pipeline has a repartition, rows reach their task
+//!   through the repartition topic, from whichever task read them: each
+//!   task then also waits until every task has reported on the repartition
+//!   topic that it read and forwarded its partition of the table. A task
+//!   sends that report only after its rows are written, and sends its own
+//!   records only after every report: so on every partition of the
+//!   repartition topic all the table's rows come before any record;
 //! - a stop-with-savepoint's drain pauses the source and join topics of
 //!   the other tasks (the repartition topic goes on) until it completes or
 //!   is given up.
 //!
-//! A drain leaves a table being read alone: the task's sources are paused
-//! already, and its repartition partition, which the drain must read to
-//! complete, waits for the table. Pausing the table too would stall both
-//! until the drain is given up, and a drain given up must not leave it
-//! paused. The gate decides; the event loop pauses and resumes the
-//! partitions it names, as (index into the worker's topics, partition).
+//! A drain leaves a task that waits for its table alone: its sources are
+//! paused already, and pausing its table too would leave it paused if the
+//! drain is given up. The repartition topic is never held: it carries the
+//! rows. The gate decides; the event loop pauses and resumes the partitions
+//! it names, as (index into the worker's topics, partition).
 
 use rdkafka::TopicPartitionList;
 
-/// A task reading its join's table up to where it stood at start before its
-/// source partitions.
+/// A task reading its partition of its join's table up to where it stood
+/// at start before its source partitions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct TableLoad {
     /// The task (its partition number).
@@ -54,115 +58,163 @@ pub(super) struct InputGate {
     /// The worker's topics before this index are its inputs: the sources,
     /// then a join's topic.
     inputs: usize,
-    /// The index of the repartition topic, if the pipeline has one.
-    repartition: Option<usize>,
     /// The worker's tasks.
     tasks: Vec<i32>,
-    /// Tasks still reading their table.
+    /// Tasks still reading their partition of the table.
     loading: Vec<TableLoad>,
+    /// Tasks that read their partition of the table, not yet reported.
+    read: Vec<i32>,
+    /// Tasks that read their partition of the table and wait for every
+    /// task's rows (with forwarding) before their sources.
+    waiting: Vec<i32>,
+    /// Whether rows reach their task through the repartition topic.
+    forwarded: bool,
     /// A drain paused every input.
     drain_paused: bool,
 }
 
 impl InputGate {
     /// A gate for a worker whose first `sources` topics are sources and
-    /// first `inputs` topics are inputs, the repartition topic (if any) at
-    /// `repartition`, and `tasks`, those in `loading` still to read their
-    /// tables.
+    /// first `inputs` topics are inputs, with `tasks`, those in `loading`
+    /// still to read their partition of the table. With `forwarded`, every
+    /// task waits for the rows forwarded through the repartition topic,
+    /// even one with nothing to read itself.
     pub fn new(
         sources: usize,
         inputs: usize,
-        repartition: Option<usize>,
         tasks: Vec<i32>,
         loading: Vec<TableLoad>,
+        forwarded: bool,
     ) -> InputGate {
+        let read: Vec<i32> = if forwarded {
+            tasks
+                .iter()
+                .copied()
+                .filter(|&task| !loading.iter().any(|load| load.task == task))
+                .collect()
+        } else {
+            Vec::new()
+        };
         InputGate {
             sources,
             inputs,
-            repartition,
+            read,
+            waiting: Vec::new(),
             tasks,
             loading,
+            forwarded,
             drain_paused: false,
         }
     }
 
-    /// The tasks still reading their table.
+    /// Whether some task still waits for its table.
+    pub fn holds_any(&self) -> bool {
+        !self.loading.is_empty() || !self.read.is_empty() || !self.waiting.is_empty()
+    }
+
+    /// The tasks still reading their partition of the table.
     pub fn loading(&self) -> &[TableLoad] {
         &self.loading
     }
 
-    /// The partitions to pause at start: all but the table of the tasks
-    /// still reading their table.
+    /// The partitions to pause at start: the sources of the tasks waiting
+    /// for their table.
     pub fn paused_at_start(&self) -> Vec<InputPartition> {
-        self.loading
+        self.tasks
             .iter()
-            .flat_map(|load| self.held_for_table(load.task))
+            .filter(|&&task| self.holds(task))
+            .flat_map(|&task| self.sources_of(task))
             .collect()
     }
 
     /// A drain starts: the source and join topics of the tasks pause, but
-    /// for those reading their table (already held back but for it).
+    /// for those waiting for their table (whose sources are held already).
     pub fn pause_for_drain(&mut self) -> Vec<InputPartition> {
         self.drain_paused = true;
-        self.inputs_of_tasks()
+        self.inputs_of_open_tasks()
     }
 
     /// The drain ended without stopping the worker: the source and join
-    /// topics of the tasks resume, but for those still reading their table
-    /// (whose sources wait for it). Nothing when no drain paused them.
+    /// topics of the tasks resume, but for those still waiting for their
+    /// table. Nothing when no drain paused them.
     pub fn resume_after_drain(&mut self) -> Vec<InputPartition> {
         if !std::mem::take(&mut self.drain_paused) {
             return Vec::new();
         }
-        self.inputs_of_tasks()
+        self.inputs_of_open_tasks()
     }
 
     /// Ends the loads whose table partition `position` has reached the end
-    /// it had at start, and returns what their tasks read again: their
-    /// repartition partition, and their sources unless a drain holds them
-    /// (it resumes them when it ends). `position` is where the consumer
-    /// stands on a table partition (`None` if it does not know yet): past
-    /// the last row read, and past transaction markers, which are never
-    /// delivered as rows.
-    pub fn finish_loads(
-        &mut self,
-        position: impl Fn(&TableLoad) -> Option<i64>,
-    ) -> Vec<InputPartition> {
-        let mut finished = Vec::new();
+    /// it had at start. With forwarding, returns the tasks whose partition
+    /// of the table is read and not yet reported (the tasks with nothing to
+    /// read at start too, on the first call): they report it once the rows
+    /// they forwarded are written. `position` is where the
+    /// consumer stands on a table partition (`None` if it does not know
+    /// yet): past the last row read, and past transaction markers, which
+    /// are never delivered as rows.
+    pub fn finish_loads(&mut self, position: impl Fn(&TableLoad) -> Option<i64>) -> Vec<i32> {
+        let mut read = std::mem::take(&mut self.read);
         self.loading.retain(|load| {
             let done = position(load).is_some_and(|p| p >= load.until);
             if done {
                 tracing::info!(
                     task = load.task,
                     until = load.until,
-                    "join table read: the task's other inputs resume"
+                    "join table partition read"
                 );
-                finished.push(load.task);
+                read.push(load.task);
             }
             !done
         });
-        let drained = self.drain_paused;
-        finished
+        self.waiting.extend(&read);
+        if !self.forwarded {
+            read.clear();
+        }
+        read
+    }
+
+    /// Opens the tasks whose table is complete — without forwarding once
+    /// their partition is read, with it once `rows_in` says every task's
+    /// rows reached them too — and returns their sources to resume, but
+    /// for those a drain holds (it resumes them when it ends).
+    pub fn open(&mut self, rows_in: impl Fn(i32) -> bool) -> Vec<InputPartition> {
+        let forwarded = self.forwarded;
+        let mut opened = Vec::new();
+        self.waiting.retain(|&task| {
+            let complete = !forwarded || rows_in(task);
+            if complete {
+                tracing::info!(task, "join table complete: the task's sources resume");
+                opened.push(task);
+            }
+            !complete
+        });
+        if self.drain_paused {
+            return Vec::new();
+        }
+        opened
             .into_iter()
-            .flat_map(|task| self.held_for_table(task))
-            .filter(|&(topic, _)| !drained || Some(topic) == self.repartition)
+            .flat_map(|task| self.sources_of(task))
             .collect()
     }
 
-    /// What task `task` does not read while it reads its table: its
-    /// sources and its repartition partition.
-    fn held_for_table(&self, task: i32) -> impl Iterator<Item = InputPartition> + use<> {
-        (0..self.sources)
-            .chain(self.repartition)
-            .map(move |topic| (topic, task))
+    /// Whether `task` waits for its table.
+    fn holds(&self, task: i32) -> bool {
+        self.loading.iter().any(|load| load.task == task)
+            || self.read.contains(&task)
+            || self.waiting.contains(&task)
     }
 
-    /// The source and join partitions of the tasks but those still reading
+    /// The source partitions of `task`.
+    fn sources_of(&self, task: i32) -> impl Iterator<Item = InputPartition> + use<> {
+        (0..self.sources).map(move |topic| (topic, task))
+    }
+
+    /// The source and join partitions of the tasks but those waiting for
     /// their table.
-    fn inputs_of_tasks(&self) -> Vec<InputPartition> {
+    fn inputs_of_open_tasks(&self) -> Vec<InputPartition> {
         self.tasks
             .iter()
-            .filter(|&&task| !self.loading.iter().any(|load| load.task == task))
+            .filter(|&&task| !self.holds(task))
             .flat_map(|&task| (0..self.inputs).map(move |topic| (topic, task)))
             .collect()
     }
@@ -172,53 +224,80 @@ impl InputGate {
 mod tests {
     use super::*;
 
-    /// One source topic (0), a table topic (1), the repartition topic (2);
-    /// tasks 0 and 1, task 1 still reading rows 0..10 of its table.
-    fn gate() -> InputGate {
+    /// One source topic (0), a table topic (1); tasks 0 and 1, task 1
+    /// still reading rows 0..10 of its partition of the table.
+    fn gate(forwarded: bool) -> InputGate {
         InputGate::new(
             1,
             2,
-            Some(2),
             vec![0, 1],
             vec![TableLoad {
                 task: 1,
                 topic_index: 1,
                 until: 10,
             }],
+            forwarded,
         )
     }
 
     #[test]
-    fn a_task_reading_its_table_reads_nothing_else() {
-        assert_eq!(gate().paused_at_start(), vec![(0, 1), (2, 1)]);
-        let without_repartition = InputGate::new(1, 2, None, vec![0, 1], gate().loading().to_vec());
-        assert_eq!(without_repartition.paused_at_start(), vec![(0, 1)]);
+    fn without_forwarding_a_task_reads_its_sources_once_its_partition_is_read() {
+        let mut gate = gate(false);
+        assert_eq!(gate.paused_at_start(), vec![(0, 1)]);
+        assert!(
+            gate.finish_loads(|_| Some(10)).is_empty(),
+            "nothing to report"
+        );
+        assert_eq!(gate.open(|_| false), vec![(0, 1)]);
+        assert!(!gate.holds_any());
     }
 
     #[test]
-    fn a_drain_leaves_a_table_being_read_alone() {
-        let mut gate = gate();
-        // Task 1's table goes on: the drain needs its repartition
-        // partition, which waits for the table.
+    fn with_forwarding_every_task_waits_for_every_tasks_rows() {
+        let mut gate = gate(true);
+        // Task 0 has nothing to read itself, but rows for it may still
+        // come from task 1.
+        assert_eq!(gate.paused_at_start(), vec![(0, 0), (0, 1)]);
+        assert_eq!(
+            gate.finish_loads(|_| None),
+            vec![0],
+            "task 0 reports at once"
+        );
+        assert!(gate.finish_loads(|_| None).is_empty(), "and once");
+        assert!(gate.open(|_| false).is_empty());
+        assert_eq!(gate.finish_loads(|_| Some(10)), vec![1]);
+        // Task 0 has every task's report; task 1 not yet.
+        assert_eq!(gate.open(|task| task == 0), vec![(0, 0)]);
+        assert!(gate.holds_any());
+        assert_eq!(gate.open(|_| true), vec![(0, 1)]);
+        assert!(!gate.holds_any());
+    }
+
+    #[test]
+    fn a_drain_leaves_a_task_waiting_for_its_table_alone() {
+        let mut gate = gate(false);
         assert_eq!(gate.pause_for_drain(), vec![(0, 0), (1, 0)]);
         // Given up: task 0 reads again; task 1's sources still wait.
         assert_eq!(gate.resume_after_drain(), vec![(0, 0), (1, 0)]);
-        assert_eq!(gate.resume_after_drain(), vec![], "resumed once");
+        assert!(gate.resume_after_drain().is_empty(), "resumed once");
+        gate.finish_loads(|_| Some(10));
         assert_eq!(
-            gate.finish_loads(|_| Some(10)),
-            vec![(0, 1), (2, 1)],
-            "once the table is read, the task's sources and repartition partition resume"
+            gate.open(|_| true),
+            vec![(0, 1)],
+            "once the table is read, the task's sources resume"
         );
-        assert!(gate.loading().is_empty());
     }
 
     #[test]
     fn a_table_read_during_a_drain_leaves_its_sources_to_the_drains_end() {
-        let mut gate = gate();
+        let mut gate = gate(true);
         gate.pause_for_drain();
-        // The repartition partition resumes (the drain must read it), the
-        // sources stay paused until the drain ends.
-        assert_eq!(gate.finish_loads(|_| Some(10)), vec![(2, 1)]);
+        gate.finish_loads(|_| Some(10));
+        assert!(
+            gate.open(|_| true).is_empty(),
+            "the drain holds the sources"
+        );
+        assert!(!gate.holds_any());
         assert_eq!(
             gate.resume_after_drain(),
             vec![(0, 0), (1, 0), (0, 1), (1, 1)]
@@ -227,13 +306,15 @@ mod tests {
 
     #[test]
     fn a_load_ends_when_the_position_reaches_the_start_time_end() {
-        let mut gate = gate();
+        let mut gate = gate(false);
         // The last row is at offset 8 and a transaction's commit marker at
         // 9: the consumer's position (10) is past both, although no row
         // at 9 is ever delivered.
-        assert_eq!(gate.finish_loads(|_| Some(9)), vec![]);
-        assert_eq!(gate.finish_loads(|_| None), vec![]);
+        assert!(gate.finish_loads(|_| Some(9)).is_empty());
+        assert!(gate.finish_loads(|_| None).is_empty());
         assert_eq!(gate.loading().len(), 1);
-        assert_eq!(gate.finish_loads(|_| Some(10)), vec![(0, 1), (2, 1)]);
+        assert!(gate.finish_loads(|_| Some(10)).is_empty());
+        assert!(gate.loading().is_empty());
+        assert_eq!(gate.open(|_| false), vec![(0, 1)]);
     }
 }

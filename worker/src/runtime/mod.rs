@@ -18,7 +18,7 @@ mod input_gate;
 mod start;
 pub mod throttle;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -339,6 +339,12 @@ struct Task {
     /// The last drain (savepoint id) each upstream task reported as ended
     /// on this task's repartition partition.
     drained: HashMap<usize, String>,
+    /// The task read its partition of the join's table and its forwarded
+    /// rows are written: its reports on the repartition topic say so.
+    table_read: bool,
+    /// The upstream tasks that reported on this task's repartition
+    /// partition that they read and forwarded their partition of the table.
+    tables_forwarded: HashSet<usize>,
 }
 
 /// A stop-with-savepoint waiting for the repartition topic to drain.

@@ -180,6 +180,9 @@ impl Running {
         let mut assignment = TopicPartitionList::new();
         let mut restored_from = Vec::new();
         let mut loading_tables = Vec::new();
+        let table_join = pipeline.join().is_some_and(|(_, join)| {
+            matches!(join.kind, crate::engine::join::JoinKind::Table { .. })
+        });
         for (target, restored) in targets.iter().zip(&restore.tasks) {
             let t = target.task as i32;
             if restored.is_none() {
@@ -216,9 +219,7 @@ impl Running {
                 // The repartition topic is read from its start: what tasks
                 // wrote before this one started is this task's input.
                 // A table is read from its start: its rows are the table.
-                let table = pipeline.join_of(topic).is_some_and(|(_, join)| {
-                    matches!(join.kind, crate::engine::join::JoinKind::Table { .. })
-                });
+                let table = table_join && pipeline.join_of(topic).is_some();
                 let starting = if index < source_topics && !table {
                     spec.source.starting_offsets
                 } else {
@@ -305,6 +306,8 @@ impl Running {
                 unreported_in: 0,
                 last_report: None,
                 drained: Default::default(),
+                table_read: false,
+                tables_forwarded: Default::default(),
             });
         }
         consumer
@@ -313,13 +316,15 @@ impl Running {
                 operation: "assign",
                 source,
             })?;
-        // A join's table first: the sources of a task wait until it is read.
+        // A join's table first: the sources of a task wait until it is
+        // read, and behind a repartition until every task forwarded its
+        // rows.
         let inputs = InputGate::new(
             spec.source.topics.len(),
             source_topics,
-            repartition_input,
             tasks.iter().map(|task| task.id).collect(),
             loading_tables,
+            repartition_input.is_some() && table_join,
         );
         let waiting = partition_list(&topics, &inputs.paused_at_start());
         if waiting.count() > 0 {

@@ -864,3 +864,75 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
     assert_eq!(out.len(), events.len(), "no event read twice");
     assert_joined_with_their_rows(&out);
 }
+
+/// Behind a repartition, a table row reaches its task from whichever task
+/// read it: here every row is read by task 0 (slowly) and belongs to task
+/// 1, whose own partition of the table is empty. Task 1 still reads no
+/// source record until task 0 reported its rows forwarded, so every event
+/// finds its row. Restarted alone later, task 1 learns that from task 0's
+/// periodic reports and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
+    use weir_worker::kafka::partitioner::partition_for_key;
+    let kafka = Kafka::new(2);
+    kafka.cluster.create_topic(USERS, 2, 1).unwrap();
+    let users: Vec<String> = (0..400)
+        .map(|u| format!("u{u}"))
+        .filter(|user| partition_for_key(user.as_bytes(), 2) == 1)
+        .collect();
+    let rows: Vec<_> = users
+        .iter()
+        .map(|user| {
+            let row = format!(r#"{{"tier":"t{}"}}"#, &user[1..]).into_bytes();
+            (0, Some(user.clone()), row)
+        })
+        .collect();
+    for chunk in rows.chunks(20) {
+        produce_to(&kafka.bootstrap, USERS, chunk);
+    }
+    let events: Vec<_> = generate(400, 400, BASE_TS, 9)
+        .into_iter()
+        .filter(|e| users.contains(&e.user))
+        .collect();
+    let (first, second) = events.split_at(events.len() / 2);
+    kafka
+        .cluster
+        .broker_round_trip_time(1, Duration::from_millis(100))
+        .unwrap();
+    let yaml = table_join_yaml(&kafka.bootstrap, &store_url("forwarded-rows"))
+        .replace(
+            &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
+            &format!(
+                "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
+                kafka.bootstrap
+            ),
+        )
+        .replace("sourcePartitioned: true", "sourcePartitioned: false");
+    assert!(yaml.contains("max.partition.fetch.bytes"), "{yaml}");
+    produce_round_robin(&kafka, first);
+    let state = tempfile::tempdir().unwrap();
+    let mut workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    wait_for(PATIENCE, "the first events joined", || {
+        kafka.read_all(OUT).len() >= first.len()
+    })
+    .await;
+
+    let restarted = workers.pop().unwrap();
+    restarted.stop();
+    restarted.wait().await.expect("worker 1 stops cleanly");
+    let config = worker_config(&yaml, 1, 2, 1, "latest", &state.path().join("g1-w1"));
+    workers.push(
+        weir_worker::runtime::Worker::start(config, tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("worker 1 starts again"),
+    );
+    produce_round_robin(&kafka, second);
+    wait_for(PATIENCE, "every event joined", || {
+        kafka.read_all(OUT).len() >= events.len()
+    })
+    .await;
+    stop_all(workers).await;
+    let out = kafka.read_all(OUT);
+    assert_eq!(out.len(), events.len(), "no event read twice");
+    assert_joined_with_their_rows(&out);
+}
