@@ -77,7 +77,9 @@ pub(super) fn dispatch_repartitioned(
             if let Some(id) = drained {
                 task.drained.insert(upstream, id.to_owned());
             }
-            if table_read {
+            // A report of the run before this task started says nothing
+            // of the rows forwarded since.
+            if table_read && record.offset >= task.fresh_reports_from {
                 task.tables_forwarded.insert(upstream);
             }
             if !task

@@ -14,7 +14,7 @@ use super::input_gate::partition_list;
 use super::{
     Destinations, Drain, Running, Task, WorkerError, WorkerExit, duration_ms, lock, task_number,
 };
-use crate::checkpoint::coordinator::TaskCheckpointInput;
+use crate::checkpoint::coordinator::{CoordinatorError, OutputCommitter, TaskCheckpointInput};
 use crate::checkpoint::savepoint::SavepointError;
 use crate::control::heartbeat::Heartbeat;
 use crate::control::http::Command;
@@ -245,13 +245,19 @@ impl Running {
 
     /// Sends the source watermark of every task to every partition of the
     /// repartition topic (after the records it covers, which were sent
-    /// first): all of them, or only those that changed.
+    /// first): all of them, or only those that changed. A report also says
+    /// whether the task read its partition of the join's table and, during
+    /// a drain, that the task's output for it ended.
     fn broadcast_watermarks(&mut self, all: bool) -> Result<(), WorkerError> {
         let Some((topic, partitions)) = &self.destinations.repartition else {
             return Ok(());
         };
-        let drained = self.draining.as_ref().map(|d| d.id.as_str());
+        let draining = self.draining.as_ref().map(|d| d.id.as_str());
         for task in &mut self.tasks {
+            // A task still reading its partition of the join's table
+            // forwards rows yet: its output for the drain ends after it.
+            let loading = self.inputs.loading().iter().any(|l| l.task == task.id);
+            let drained = draining.filter(|_| !loading);
             let report = task.processor.source_report();
             let changed = task.last_report.is_none_or(|(last, _)| last != report);
             let nothing_to_say = report.watermark.is_none() && !report.idle && !task.table_read;
@@ -471,8 +477,17 @@ impl Running {
                     .filter(|offset| *offset >= 0)
             })
         };
-        if !read.is_empty() {
-            self.report_tables_read(&read)?;
+        if !read.pause.is_empty() {
+            let list = partition_list(&self.topics, &read.pause);
+            self.consumer
+                .pause(&list)
+                .map_err(|source| WorkerError::Consumer {
+                    operation: "pause the tables read during the drain",
+                    source,
+                })?;
+        }
+        if !read.report.is_empty() {
+            self.report_tables_read(&read.report)?;
         }
         let upstreams = usize::try_from(self.partitions).unwrap_or(0);
         let tasks = &self.tasks;
@@ -496,12 +511,18 @@ impl Running {
 
     /// Tells every task through the repartition topic that tasks `read`
     /// read their partition of the join's table, after the rows they
-    /// forwarded: under exactly-once the report commits with them, under
-    /// at-least-once a checkpoint first waits until they are written.
+    /// forwarded: under at-least-once once they are written (a flush),
+    /// under exactly-once in the transaction that commits them (a
+    /// checkpoint, now rather than at the next interval: sources wait).
     fn report_tables_read(&mut self, read: &[i32]) -> Result<(), WorkerError> {
         let at_least_once = self.config.spec.guarantee == Guarantee::AtLeastOnce;
         if at_least_once {
-            self.checkpoint()?;
+            self.output
+                .flush()
+                .map_err(|source| CoordinatorError::Output {
+                    task: "all".to_owned(),
+                    source,
+                })?;
         }
         for task in &mut self.tasks {
             task.table_read |= read.contains(&task.id);
@@ -527,7 +548,7 @@ impl Running {
     }
 
     /// Reads the source and join topics again after a drain; a task still
-    /// reading its join's table reads its sources once the table is read.
+    /// waiting for its join's table reads its sources once it is complete.
     fn resume_sources(&mut self) -> Result<(), WorkerError> {
         let resumed = self.inputs.resume_after_drain();
         if resumed.is_empty() {

@@ -12,14 +12,17 @@
 //!   records only after every report: so on every partition of the
 //!   repartition topic all the table's rows come before any record;
 //! - a stop-with-savepoint's drain pauses the source and join topics of
-//!   the other tasks (the repartition topic goes on) until it completes or
-//!   is given up.
+//!   the tasks (the repartition topic goes on) until it completes or is
+//!   given up.
 //!
-//! A drain leaves a task that waits for its table alone: its sources are
-//! paused already, and pausing its table too would leave it paused if the
-//! drain is given up. The repartition topic is never held: it carries the
-//! rows. The gate decides; the event loop pauses and resumes the partitions
-//! it names, as (index into the worker's topics, partition).
+//! A drain leaves a task still reading its partition of the table alone:
+//! its sources are paused already, and pausing its table would stall the
+//! load and leave it paused if the drain is given up. Once read, that
+//! partition pauses until the drain ends, so the task forwards no row after
+//! the report that ends its output for the drain (which it sends only then).
+//! The repartition topic is never held: it carries the rows. The gate
+//! decides; the event loop pauses and resumes the partitions it names, as
+//! (index into the worker's topics, partition).
 
 use rdkafka::TopicPartitionList;
 
@@ -48,6 +51,16 @@ pub(super) fn partition_list(
         list.add_partition(&topics[topic], partition);
     }
     list
+}
+
+/// What ending table loads asks of the worker.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct LoadsEnded {
+    /// With forwarding, the tasks to report their partition of the table
+    /// read, once the rows they forwarded are written.
+    pub report: Vec<i32>,
+    /// Table partitions read during a drain, to pause until it ends.
+    pub pause: Vec<InputPartition>,
 }
 
 /// Decides which input partitions are paused.
@@ -128,32 +141,33 @@ impl InputGate {
     }
 
     /// A drain starts: the source and join topics of the tasks pause, but
-    /// for those waiting for their table (whose sources are held already).
+    /// for those still reading their partition of the table, and but for
+    /// the sources held for a table already.
     pub fn pause_for_drain(&mut self) -> Vec<InputPartition> {
         self.drain_paused = true;
-        self.inputs_of_open_tasks()
+        self.drained_inputs()
     }
 
-    /// The drain ended without stopping the worker: the source and join
-    /// topics of the tasks resume, but for those still waiting for their
-    /// table. Nothing when no drain paused them.
+    /// The drain ended without stopping the worker: what it paused
+    /// resumes, with the table partitions read during it, but for the
+    /// sources still held for a table. Nothing when no drain paused them.
     pub fn resume_after_drain(&mut self) -> Vec<InputPartition> {
         if !std::mem::take(&mut self.drain_paused) {
             return Vec::new();
         }
-        self.inputs_of_open_tasks()
+        self.drained_inputs()
     }
 
     /// Ends the loads whose table partition `position` has reached the end
-    /// it had at start. With forwarding, returns the tasks whose partition
-    /// of the table is read and not yet reported (the tasks with nothing to
-    /// read at start too, on the first call): they report it once the rows
-    /// they forwarded are written. `position` is where the
-    /// consumer stands on a table partition (`None` if it does not know
-    /// yet): past the last row read, and past transaction markers, which
-    /// are never delivered as rows.
-    pub fn finish_loads(&mut self, position: impl Fn(&TableLoad) -> Option<i64>) -> Vec<i32> {
+    /// it had at start. `position` is where the consumer stands on a table
+    /// partition (`None` if it does not know yet): past the last row read,
+    /// and past transaction markers, which are never delivered as rows.
+    /// With forwarding, the tasks with nothing to read at start are
+    /// reported read on the first call.
+    pub fn finish_loads(&mut self, position: impl Fn(&TableLoad) -> Option<i64>) -> LoadsEnded {
         let mut read = std::mem::take(&mut self.read);
+        let mut pause = Vec::new();
+        let (sources, inputs, drained) = (self.sources, self.inputs, self.drain_paused);
         self.loading.retain(|load| {
             let done = position(load).is_some_and(|p| p >= load.until);
             if done {
@@ -163,6 +177,9 @@ impl InputGate {
                     "join table partition read"
                 );
                 read.push(load.task);
+                if drained {
+                    pause.extend((sources..inputs).map(|topic| (topic, load.task)));
+                }
             }
             !done
         });
@@ -170,7 +187,10 @@ impl InputGate {
         if !self.forwarded {
             read.clear();
         }
-        read
+        LoadsEnded {
+            report: read,
+            pause,
+        }
     }
 
     /// Opens the tasks whose table is complete — without forwarding once
@@ -209,13 +229,17 @@ impl InputGate {
         (0..self.sources).map(move |topic| (topic, task))
     }
 
-    /// The source and join partitions of the tasks but those waiting for
-    /// their table.
-    fn inputs_of_open_tasks(&self) -> Vec<InputPartition> {
+    /// What a drain holds: the source and join partitions of the open
+    /// tasks, and the join partitions of those that read their partition
+    /// of the table and wait for the rest (their sources are held).
+    fn drained_inputs(&self) -> Vec<InputPartition> {
         self.tasks
             .iter()
-            .filter(|&&task| !self.holds(task))
-            .flat_map(|&task| (0..self.inputs).map(move |topic| (topic, task)))
+            .filter(|&&task| !self.loading.iter().any(|load| load.task == task))
+            .flat_map(|&task| {
+                let first = if self.holds(task) { self.sources } else { 0 };
+                (first..self.inputs).map(move |topic| (topic, task))
+            })
             .collect()
     }
 }
@@ -240,12 +264,20 @@ mod tests {
         )
     }
 
+    fn report(tasks: &[i32]) -> LoadsEnded {
+        LoadsEnded {
+            report: tasks.to_vec(),
+            pause: Vec::new(),
+        }
+    }
+
     #[test]
     fn without_forwarding_a_task_reads_its_sources_once_its_partition_is_read() {
         let mut gate = gate(false);
         assert_eq!(gate.paused_at_start(), vec![(0, 1)]);
-        assert!(
-            gate.finish_loads(|_| Some(10)).is_empty(),
+        assert_eq!(
+            gate.finish_loads(|_| Some(10)),
+            report(&[]),
             "nothing to report"
         );
         assert_eq!(gate.open(|_| false), vec![(0, 1)]);
@@ -260,12 +292,12 @@ mod tests {
         assert_eq!(gate.paused_at_start(), vec![(0, 0), (0, 1)]);
         assert_eq!(
             gate.finish_loads(|_| None),
-            vec![0],
+            report(&[0]),
             "task 0 reports at once"
         );
-        assert!(gate.finish_loads(|_| None).is_empty(), "and once");
+        assert_eq!(gate.finish_loads(|_| None), report(&[]), "and once");
         assert!(gate.open(|_| false).is_empty());
-        assert_eq!(gate.finish_loads(|_| Some(10)), vec![1]);
+        assert_eq!(gate.finish_loads(|_| Some(10)), report(&[1]));
         // Task 0 has every task's report; task 1 not yet.
         assert_eq!(gate.open(|task| task == 0), vec![(0, 0)]);
         assert!(gate.holds_any());
@@ -274,13 +306,18 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_leaves_a_task_waiting_for_its_table_alone() {
+    fn a_drain_given_up_leaves_a_table_being_read_alone() {
         let mut gate = gate(false);
+        // Task 1's table goes on.
         assert_eq!(gate.pause_for_drain(), vec![(0, 0), (1, 0)]);
         // Given up: task 0 reads again; task 1's sources still wait.
         assert_eq!(gate.resume_after_drain(), vec![(0, 0), (1, 0)]);
         assert!(gate.resume_after_drain().is_empty(), "resumed once");
-        gate.finish_loads(|_| Some(10));
+        assert_eq!(
+            gate.finish_loads(|_| Some(10)),
+            report(&[]),
+            "nothing paused"
+        );
         assert_eq!(
             gate.open(|_| true),
             vec![(0, 1)],
@@ -289,10 +326,21 @@ mod tests {
     }
 
     #[test]
-    fn a_table_read_during_a_drain_leaves_its_sources_to_the_drains_end() {
+    fn a_table_read_during_a_drain_pauses_until_the_drains_end() {
         let mut gate = gate(true);
-        gate.pause_for_drain();
-        gate.finish_loads(|_| Some(10));
+        gate.finish_loads(|_| None);
+        // Task 0 waits for task 1's rows: its sources are held, its table
+        // pauses.
+        assert_eq!(gate.pause_for_drain(), vec![(1, 0)]);
+        // Task 1's table, read now, pauses too: it forwards nothing after
+        // its report ending the drain.
+        assert_eq!(
+            gate.finish_loads(|_| Some(10)),
+            LoadsEnded {
+                report: vec![1],
+                pause: vec![(1, 1)],
+            }
+        );
         assert!(
             gate.open(|_| true).is_empty(),
             "the drain holds the sources"
@@ -305,15 +353,29 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_does_not_resume_sources_still_held_for_a_table() {
+        let mut gate = gate(true);
+        gate.finish_loads(|_| None);
+        gate.pause_for_drain();
+        gate.finish_loads(|_| Some(10));
+        assert_eq!(
+            gate.resume_after_drain(),
+            vec![(1, 0), (1, 1)],
+            "the tables resume, the sources wait for every task's rows"
+        );
+        assert_eq!(gate.open(|_| true), vec![(0, 0), (0, 1)]);
+    }
+
+    #[test]
     fn a_load_ends_when_the_position_reaches_the_start_time_end() {
         let mut gate = gate(false);
         // The last row is at offset 8 and a transaction's commit marker at
         // 9: the consumer's position (10) is past both, although no row
         // at 9 is ever delivered.
-        assert!(gate.finish_loads(|_| Some(9)).is_empty());
-        assert!(gate.finish_loads(|_| None).is_empty());
+        gate.finish_loads(|_| Some(9));
+        gate.finish_loads(|_| None);
         assert_eq!(gate.loading().len(), 1);
-        assert!(gate.finish_loads(|_| Some(10)).is_empty());
+        gate.finish_loads(|_| Some(10));
         assert!(gate.loading().is_empty());
         assert_eq!(gate.open(|_| false), vec![(0, 1)]);
     }

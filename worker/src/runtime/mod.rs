@@ -343,8 +343,12 @@ struct Task {
     /// rows are written: its reports on the repartition topic say so.
     table_read: bool,
     /// The upstream tasks that reported on this task's repartition
-    /// partition that they read and forwarded their partition of the table.
+    /// partition, since it started, that they read and forwarded their
+    /// partition of the table.
     tables_forwarded: HashSet<usize>,
+    /// The end of this task's repartition partition when it started: the
+    /// reports before it were sent before this run.
+    fresh_reports_from: i64,
 }
 
 /// A stop-with-savepoint waiting for the repartition topic to drain.

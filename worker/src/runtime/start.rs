@@ -206,6 +206,7 @@ impl Running {
                 restored.as_ref().map(|r| &r.manifest),
             ))?;
             let mut offsets = Vec::with_capacity(topics.len());
+            let mut fresh_reports_from = 0;
             let manifest_offset = |topic: &str| {
                 restored.as_ref().and_then(|r| {
                     r.manifest
@@ -268,6 +269,9 @@ impl Running {
                         operation: "build assignment",
                         source,
                     })?;
+                if Some(index) == repartition_input {
+                    fresh_reports_from = high;
+                }
                 if table && offset < high {
                     loading_tables.push(TableLoad {
                         task: t,
@@ -308,6 +312,7 @@ impl Running {
                 drained: Default::default(),
                 table_read: false,
                 tables_forwarded: Default::default(),
+                fresh_reports_from,
             });
         }
         consumer
@@ -328,7 +333,7 @@ impl Running {
         );
         let waiting = partition_list(&topics, &inputs.paused_at_start());
         if waiting.count() > 0 {
-            tracing::info!(tables = ?inputs.loading(), "reading the join's table before the sources");
+            tracing::info!(loading = ?inputs.loading(), "the sources wait for the join's table");
             consumer
                 .pause(&waiting)
                 .map_err(|source| WorkerError::Consumer {

@@ -869,31 +869,46 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
 /// read it: here every row is read by task 0 (slowly) and belongs to task
 /// 1, whose own partition of the table is empty. Task 1 still reads no
 /// source record until task 0 reported its rows forwarded, so every event
-/// finds its row. Restarted alone later, task 1 learns that from task 0's
-/// periodic reports and goes on.
+/// finds its row:
+///
+/// 1. at the first start;
+/// 2. with task 1 restarted alone (it hears task 0's next periodic
+///    report; the reports of the run before do not count);
+/// 3. after a restart of both, with new rows for task 1 to wait for
+///    (reports of the run before would open it at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     use weir_worker::kafka::partitioner::partition_for_key;
     let kafka = Kafka::new(2);
     kafka.cluster.create_topic(USERS, 2, 1).unwrap();
-    let users: Vec<String> = (0..400)
-        .map(|u| format!("u{u}"))
-        .filter(|user| partition_for_key(user.as_bytes(), 2) == 1)
-        .collect();
-    let rows: Vec<_> = users
-        .iter()
-        .map(|user| {
-            let row = format!(r#"{{"tier":"t{}"}}"#, &user[1..]).into_bytes();
-            (0, Some(user.clone()), row)
-        })
-        .collect();
-    for chunk in rows.chunks(20) {
-        produce_to(&kafka.bootstrap, USERS, chunk);
-    }
-    let events: Vec<_> = generate(400, 400, BASE_TS, 9)
-        .into_iter()
-        .filter(|e| users.contains(&e.user))
-        .collect();
+    // Users of task 1, their rows all in partition 0 of the table.
+    let users_of_task_1 = |range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .map(|u| format!("u{u}"))
+            .filter(|user| partition_for_key(user.as_bytes(), 2) == 1)
+            .collect()
+    };
+    let produce_rows = |users: &[String]| {
+        let rows: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let row = format!(r#"{{"tier":"t{}"}}"#, &user[1..]).into_bytes();
+                (0, Some(user.clone()), row)
+            })
+            .collect();
+        for chunk in rows.chunks(10) {
+            produce_to(&kafka.bootstrap, USERS, chunk);
+        }
+    };
+    let events_of = |users: &[String], n: usize, seed: u64| -> Vec<Event> {
+        generate(n, 600, BASE_TS, seed)
+            .into_iter()
+            .filter(|e| users.contains(&e.user))
+            .collect()
+    };
+    let users = users_of_task_1(0..400);
+    produce_rows(&users);
+    let events = events_of(&users, 400, 9);
     let (first, second) = events.split_at(events.len() / 2);
     kafka
         .cluster
@@ -912,8 +927,9 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     produce_round_robin(&kafka, first);
     let state = tempfile::tempdir().unwrap();
     let mut workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    let mut expected = first.len();
     wait_for(PATIENCE, "the first events joined", || {
-        kafka.read_all(OUT).len() >= first.len()
+        kafka.read_all(OUT).len() >= expected
     })
     .await;
 
@@ -927,12 +943,27 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
             .expect("worker 1 starts again"),
     );
     produce_round_robin(&kafka, second);
-    wait_for(PATIENCE, "every event joined", || {
-        kafka.read_all(OUT).len() >= events.len()
+    expected += second.len();
+    wait_for(PATIENCE, "the events after a lone restart joined", || {
+        kafka.read_all(OUT).len() >= expected
     })
+    .await;
+
+    stop_all(workers).await;
+    let new_users = users_of_task_1(400..600);
+    produce_rows(&new_users);
+    let third = events_of(&new_users, 600, 10);
+    produce_round_robin(&kafka, &third);
+    expected += third.len();
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    wait_for(
+        PATIENCE,
+        "the events after a restart of both joined",
+        || kafka.read_all(OUT).len() >= expected,
+    )
     .await;
     stop_all(workers).await;
     let out = kafka.read_all(OUT);
-    assert_eq!(out.len(), events.len(), "no event read twice");
+    assert_eq!(out.len(), expected, "no event read twice");
     assert_joined_with_their_rows(&out);
 }
