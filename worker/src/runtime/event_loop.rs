@@ -211,6 +211,12 @@ impl Running {
     fn advance_time(&mut self) -> Result<(), WorkerError> {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         for task in &mut self.tasks {
+            // Sources held for the join's table must not turn idle (and
+            // let the watermark after the repartition run ahead of them):
+            // processing time stands still for the task, as in a drain.
+            if self.inputs.holds(task.id) {
+                continue;
+            }
             task.processor
                 .advance_time(now_ms, &mut task.outputs)
                 .map_err(|e| WorkerError::Task {

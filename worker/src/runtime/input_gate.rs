@@ -1,16 +1,20 @@
 //! Which of a worker's input partitions the consumer reads. Two things hold
 //! a task's sources back:
 //!
-//! - the task's join table, so that a record is joined with the whole
-//!   table as it stood at start, not with the rows read by chance before
-//!   it. The task first reads its partition of the table to where it stood
-//!   at start. When the pipeline has a repartition, rows reach their task
+//! - the task's join table, so that at the job's start a record is joined
+//!   with the whole table, not with the rows read by chance before it. The
+//!   task first reads its partition of the table to where it stood at
+//!   start. When the pipeline has a repartition, rows reach their task
 //!   through the repartition topic, from whichever task read them: each
 //!   task then also waits until every task has reported on the repartition
-//!   topic that it read and forwarded its partition of the table. A task
-//!   sends that report only after its rows are written, and sends its own
-//!   records only after every report: so on every partition of the
-//!   repartition topic all the table's rows come before any record;
+//!   topic, since it started, that it read and forwarded its partition of
+//!   the table. A task sends that report only after its rows are written,
+//!   and its own records only after every report: so after a start of the
+//!   whole job, the records tasks send come after every row on every
+//!   partition of the repartition topic (records sent before the start,
+//!   replayed from it, come before them). A task restarted alone waits for
+//!   its peers' reports, not for rows they have not read yet: once
+//!   running, rows and records meet in the order they arrive;
 //! - a stop-with-savepoint's drain pauses the source and join topics of
 //!   the tasks (the repartition topic goes on) until it completes or is
 //!   given up.
@@ -218,7 +222,7 @@ impl InputGate {
     }
 
     /// Whether `task` waits for its table.
-    fn holds(&self, task: i32) -> bool {
+    pub fn holds(&self, task: i32) -> bool {
         self.loading.iter().any(|load| load.task == task)
             || self.read.contains(&task)
             || self.waiting.contains(&task)
@@ -307,21 +311,23 @@ mod tests {
 
     #[test]
     fn a_drain_given_up_leaves_a_table_being_read_alone() {
-        let mut gate = gate(false);
-        // Task 1's table goes on.
-        assert_eq!(gate.pause_for_drain(), vec![(0, 0), (1, 0)]);
-        // Given up: task 0 reads again; task 1's sources still wait.
-        assert_eq!(gate.resume_after_drain(), vec![(0, 0), (1, 0)]);
+        let mut gate = gate(true);
+        assert_eq!(gate.finish_loads(|_| None), report(&[0]));
+        // Task 0 waits for task 1's rows: its table pauses (its sources
+        // are held already); task 1's table goes on.
+        assert_eq!(gate.pause_for_drain(), vec![(1, 0)]);
+        // Given up: task 0's table reads again; the sources still wait.
+        assert_eq!(gate.resume_after_drain(), vec![(1, 0)]);
         assert!(gate.resume_after_drain().is_empty(), "resumed once");
         assert_eq!(
             gate.finish_loads(|_| Some(10)),
-            report(&[]),
+            report(&[1]),
             "nothing paused"
         );
         assert_eq!(
             gate.open(|_| true),
-            vec![(0, 1)],
-            "once the table is read, the task's sources resume"
+            vec![(0, 0), (0, 1)],
+            "once the table is complete, the sources resume"
         );
     }
 

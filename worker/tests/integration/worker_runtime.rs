@@ -872,10 +872,12 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
 /// finds its row:
 ///
 /// 1. at the first start;
-/// 2. with task 1 restarted alone (it hears task 0's next periodic
-///    report; the reports of the run before do not count);
-/// 3. after a restart of both, with new rows for task 1 to wait for
-///    (reports of the run before would open it at once).
+/// 2. with task 1 restarted alone, which goes on once it hears task 0's
+///    next periodic report (its restored state holds the rows: this step
+///    shows that it opens, not what it waits for);
+/// 3. after a restart of both, with new rows for task 1 to wait for: task
+///    0 stopped last, so its last report of the run before is still
+///    unread on task 1's partition, and must not open task 1 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     use weir_worker::kafka::partitioner::partition_for_key;
@@ -949,6 +951,9 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     })
     .await;
 
+    let first_to_stop = workers.pop().unwrap();
+    first_to_stop.stop();
+    first_to_stop.wait().await.expect("worker 1 stops cleanly");
     stop_all(workers).await;
     let new_users = users_of_task_1(400..600);
     produce_rows(&new_users);
