@@ -25,3 +25,9 @@ pub mod engine;
 pub mod kafka;
 pub mod runtime;
 pub mod state;
+
+/// The allocator of every program built on the worker: mimalloc, whose
+/// thread-local free lists serve the engine's many short-lived record
+/// buffers faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
