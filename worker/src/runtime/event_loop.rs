@@ -331,6 +331,13 @@ impl Running {
                     tracing::info!("resuming");
                 }
                 self.stopped = false;
+                // A resume gives up a stop still draining: with its sources
+                // read again, its savepoint would miss what they send.
+                if let Some(drain) = self.draining.take() {
+                    let message = "given up: the worker was asked to resume before the repartition topic was drained";
+                    tracing::warn!(id = %drain.id, "{message}");
+                    self.set_savepoint(&drain.id, SavepointState::Failed, Some(message.to_owned()));
+                }
                 self.resume_sources()?;
                 self.publish(WorkerPhase::Running);
                 Ok(())

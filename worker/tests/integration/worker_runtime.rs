@@ -699,6 +699,46 @@ async fn an_interval_join_rescales_from_two_to_three_workers() {
 /// The table of [`table_join_yaml`].
 const USERS: &str = "users";
 
+/// A resume while a stop-with-savepoint still drains gives the stop up:
+/// the savepoint fails, saying why, and the worker goes on reading its
+/// sources (a drain left running would take a savepoint missing what they
+/// send next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_during_a_drain_gives_the_stop_up() {
+    let kafka = Kafka::new(2);
+    let events = generate(2000, 40, BASE_TS, 12);
+    let (first, second) = events.split_at(1000);
+    produce_round_robin(&kafka, first);
+    let state = tempfile::tempdir().unwrap();
+    let yaml = repartitioned_job_yaml(&kafka.bootstrap, &store_url("resume-drain"));
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    // Only worker 0 stops: the drain waits for worker 1's report, which
+    // never comes, for the default timeout of minutes.
+    let (code, body) = http(
+        workers[0].addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        r#"{"id":"resumed","stop":true}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http(workers[0].addr(), "POST", "/v1/resume", Some(TOKEN), "").await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(PATIENCE, "the stop given up", || {
+        workers[0].status().savepoint.is_some_and(|s| {
+            s.state == SavepointState::Failed
+                && s.error.as_deref().is_some_and(|e| e.contains("resume"))
+        })
+    })
+    .await;
+    produce_round_robin(&kafka, second);
+    kafka.produce_end_markers(BASE_TS + 3_600_000);
+    wait_results(&kafka, &model(&events)).await;
+    assert_eq!(workers[0].status().phase, WorkerPhase::Running);
+    stop_all(workers).await;
+}
+
 /// A table join after a source-partitioned keyBy: each event with its
 /// user's row (inner), written as it comes.
 fn table_join_yaml(bootstrap: &str, storage: &str) -> String {
