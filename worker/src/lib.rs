@@ -26,8 +26,11 @@ pub mod kafka;
 pub mod runtime;
 pub mod state;
 
-/// The allocator of every program built on the worker: mimalloc, whose
-/// thread-local free lists serve the engine's many short-lived record
-/// buffers faster than the system allocator.
+/// The Rust allocator of every program built on the worker, with the
+/// `mimalloc` feature (on by default; a program that brings its own
+/// allocator turns it off): mimalloc, whose thread-local free lists serve
+/// the engine's many short-lived record buffers faster than the system
+/// allocator. RocksDB and librdkafka keep the C library's malloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

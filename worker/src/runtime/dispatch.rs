@@ -74,8 +74,15 @@ pub(super) fn dispatch_repartitioned(
             drained,
             table_read,
         }) => {
-            if let Some(id) = drained {
-                task.drained.insert(upstream, id.to_owned());
+            // A report without a drain id ends the upstream's last drain:
+            // given up, it does not count for a later one of the same id.
+            match drained {
+                Some(id) => {
+                    task.drained.insert(upstream, id.to_owned());
+                }
+                None => {
+                    task.drained.remove(&upstream);
+                }
             }
             // A report of the run before this task started says nothing
             // of the rows forwarded since.

@@ -702,7 +702,8 @@ const USERS: &str = "users";
 /// A resume while a stop-with-savepoint still drains gives the stop up:
 /// the savepoint fails, saying why, and the worker goes on reading its
 /// sources (a drain left running would take a savepoint missing what they
-/// send next).
+/// send next). What the given-up drain told the other worker no longer
+/// counts when that worker is asked for the same savepoint id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_during_a_drain_gives_the_stop_up() {
     let kafka = Kafka::new(2);
@@ -736,6 +737,27 @@ async fn a_resume_during_a_drain_gives_the_stop_up() {
     kafka.produce_end_markers(BASE_TS + 3_600_000);
     wait_results(&kafka, &model(&events)).await;
     assert_eq!(workers[0].status().phase, WorkerPhase::Running);
+
+    // Worker 0 told worker 1's tasks its output ended for "resumed", then
+    // went on: asked the same id, worker 1 must wait for worker 0 again.
+    let (code, body) = http(
+        workers[1].addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        r#"{"id":"resumed","stop":true}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let savepoint = workers[1].status().savepoint.expect("asked");
+    assert_eq!(
+        savepoint.state,
+        SavepointState::InProgress,
+        "the report of a drain given up counted: {savepoint:?}"
+    );
+    let (code, body) = http(workers[1].addr(), "POST", "/v1/resume", Some(TOKEN), "").await;
+    assert_eq!(code, 202, "{body}");
     stop_all(workers).await;
 }
 
