@@ -37,6 +37,8 @@ const ADVANCE_EVERY: Duration = Duration::from_millis(100);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How often the status report is refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+/// How often the tasks waiting for other tasks' table reports are named.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Running {
     /// Runs the loop until stopped, killed or failed. A producer waiting on
@@ -510,6 +512,23 @@ impl Running {
                 .find(|task| task.id == id)
                 .is_some_and(|task| (0..upstreams).all(|u| task.tables_forwarded.contains(&u)))
         });
+        if !self.inputs.waiting().is_empty() && self.table_wait_logged.elapsed() >= WAIT_LOG_EVERY {
+            self.table_wait_logged = Instant::now();
+            for task in self
+                .tasks
+                .iter()
+                .filter(|t| self.inputs.waiting().contains(&t.id))
+            {
+                let missing: Vec<usize> = (0..upstreams)
+                    .filter(|u| !task.tables_forwarded.contains(u))
+                    .collect();
+                tracing::info!(
+                    task = task.id,
+                    ?missing,
+                    "the sources wait for these tasks to report their partition of the join's table read (every worker of the job must be up)"
+                );
+            }
+        }
         if resumed.is_empty() {
             return Ok(());
         }

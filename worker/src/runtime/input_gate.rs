@@ -134,6 +134,12 @@ impl InputGate {
         &self.loading
     }
 
+    /// The tasks that read their partition of the table and wait for the
+    /// other tasks' rows.
+    pub fn waiting(&self) -> &[i32] {
+        &self.waiting
+    }
+
     /// The partitions to pause at start: the sources of the tasks waiting
     /// for their table.
     pub fn paused_at_start(&self) -> Vec<InputPartition> {

@@ -413,6 +413,9 @@ struct Running {
     /// Which input partitions are paused, by a drain or while a task reads
     /// its join's table.
     inputs: input_gate::InputGate,
+    /// When the tasks waiting for other tasks' table reports were last
+    /// named in the log.
+    table_wait_logged: Instant,
     records_in: u64,
     records_out: u64,
     idle: Duration,

@@ -427,6 +427,7 @@ impl Running {
             stopped: false,
             draining: None,
             inputs,
+            table_wait_logged: Instant::now(),
             records_in: 0,
             records_out: 0,
             idle: Duration::ZERO,
