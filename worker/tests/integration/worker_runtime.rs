@@ -699,6 +699,26 @@ async fn an_interval_join_rescales_from_two_to_three_workers() {
 /// The table of [`table_join_yaml`].
 const USERS: &str = "users";
 
+/// Asks `worker` alone to stop with savepoint `id`, without waiting.
+async fn request_stop(worker: &weir_worker::runtime::WorkerHandle, id: &str) {
+    let request = format!(r#"{{"id":"{id}","stop":true}}"#);
+    let (code, body) = http(
+        worker.addr(),
+        "POST",
+        "/v1/savepoints",
+        Some(TOKEN),
+        &request,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+}
+
+/// Asks `worker` to resume, without waiting.
+async fn request_resume(worker: &weir_worker::runtime::WorkerHandle) {
+    let (code, body) = http(worker.addr(), "POST", "/v1/resume", Some(TOKEN), "").await;
+    assert_eq!(code, 202, "{body}");
+}
+
 /// A resume while a stop-with-savepoint still drains gives the stop up:
 /// the savepoint fails, saying why, and the worker goes on reading its
 /// sources (a drain left running would take a savepoint missing what they
@@ -715,17 +735,8 @@ async fn a_resume_during_a_drain_gives_the_stop_up() {
     let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
     // Only worker 0 stops: the drain waits for worker 1's report, which
     // never comes, for the default timeout of minutes.
-    let (code, body) = http(
-        workers[0].addr(),
-        "POST",
-        "/v1/savepoints",
-        Some(TOKEN),
-        r#"{"id":"resumed","stop":true}"#,
-    )
-    .await;
-    assert_eq!(code, 202, "{body}");
-    let (code, body) = http(workers[0].addr(), "POST", "/v1/resume", Some(TOKEN), "").await;
-    assert_eq!(code, 202, "{body}");
+    request_stop(&workers[0], "resumed").await;
+    request_resume(&workers[0]).await;
     wait_for(PATIENCE, "the stop given up", || {
         workers[0].status().savepoint.is_some_and(|s| {
             s.state == SavepointState::Failed
@@ -740,15 +751,7 @@ async fn a_resume_during_a_drain_gives_the_stop_up() {
 
     // Worker 0 told worker 1's tasks its output ended for "resumed", then
     // went on: asked the same id, worker 1 must wait for worker 0 again.
-    let (code, body) = http(
-        workers[1].addr(),
-        "POST",
-        "/v1/savepoints",
-        Some(TOKEN),
-        r#"{"id":"resumed","stop":true}"#,
-    )
-    .await;
-    assert_eq!(code, 202, "{body}");
+    request_stop(&workers[1], "resumed").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let savepoint = workers[1].status().savepoint.expect("asked");
     assert_eq!(
@@ -756,8 +759,7 @@ async fn a_resume_during_a_drain_gives_the_stop_up() {
         SavepointState::InProgress,
         "the report of a drain given up counted: {savepoint:?}"
     );
-    let (code, body) = http(workers[1].addr(), "POST", "/v1/resume", Some(TOKEN), "").await;
-    assert_eq!(code, 202, "{body}");
+    request_resume(&workers[1]).await;
     stop_all(workers).await;
 }
 
@@ -773,6 +775,29 @@ fn table_join_yaml(bootstrap: &str, storage: &str) -> String {
         )
         .replace("interval: 1h", "interval: 300ms")
         .replace(&format!("  lateData:\n    topic: {LATE}\n"), "")
+}
+
+/// [`table_join_yaml`] behind a repartition, its table read slowly: one
+/// batch of rows per fetch, each fetch from broker 1 a 100 ms round trip.
+fn slow_table_join_yaml(kafka: &Kafka, storage: &str) -> String {
+    kafka
+        .cluster
+        .broker_round_trip_time(1, Duration::from_millis(100))
+        .unwrap();
+    let yaml = table_join_yaml(&kafka.bootstrap, &store_url(storage))
+        .replace(
+            &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
+            &format!(
+                "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
+                kafka.bootstrap
+            ),
+        )
+        .replace("sourcePartitioned: true", "sourcePartitioned: false");
+    assert!(
+        yaml.contains("max.partition.fetch.bytes") && yaml.contains("sourcePartitioned: false"),
+        "{yaml}"
+    );
+    yaml
 }
 
 /// Asserts that each output record carries its own user's row of
@@ -862,41 +887,16 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
     for chunk in rows.chunks(20) {
         produce_to(&kafka.bootstrap, USERS, chunk);
     }
-    kafka
-        .cluster
-        .broker_round_trip_time(1, Duration::from_millis(100))
-        .unwrap();
-    // Behind a repartition (a drain needs one), with a short savepoint
-    // timeout.
-    let yaml = table_join_yaml(&kafka.bootstrap, &store_url("drain-table"))
-        .replace(
-            "  guarantee: atLeastOnce\n",
-            "  guarantee: atLeastOnce\n  savepoint:\n    timeout: 1s\n",
-        )
-        .replace(
-            &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
-            &format!(
-                "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
-                kafka.bootstrap
-            ),
-        )
-        .replace("sourcePartitioned: true", "sourcePartitioned: false");
-    assert!(
-        yaml.contains("max.partition.fetch.bytes") && yaml.contains("timeout: 1s"),
-        "{yaml}"
+    // A drain needs a repartition; a short savepoint timeout.
+    let yaml = slow_table_join_yaml(&kafka, "drain-table").replace(
+        "  guarantee: atLeastOnce\n",
+        "  guarantee: atLeastOnce\n  savepoint:\n    timeout: 1s\n",
     );
+    assert!(yaml.contains("timeout: 1s"), "{yaml}");
     produce_round_robin(&kafka, &events);
     let state = tempfile::tempdir().unwrap();
     let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
-    let (code, body) = http(
-        workers[0].addr(),
-        "POST",
-        "/v1/savepoints",
-        Some(TOKEN),
-        r#"{"id":"given-up","stop":true}"#,
-    )
-    .await;
-    assert_eq!(code, 202, "{body}");
+    request_stop(&workers[0], "given-up").await;
     wait_for(PATIENCE, "the drain to be given up", || {
         workers[0]
             .status()
@@ -974,20 +974,7 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     produce_rows(&users);
     let events = events_of(&users, 400, 9);
     let (first, second) = events.split_at(events.len() / 2);
-    kafka
-        .cluster
-        .broker_round_trip_time(1, Duration::from_millis(100))
-        .unwrap();
-    let yaml = table_join_yaml(&kafka.bootstrap, &store_url("forwarded-rows"))
-        .replace(
-            &format!("    bootstrapServers: \"{}\"\n", kafka.bootstrap),
-            &format!(
-                "    bootstrapServers: \"{}\"\n    properties:\n      max.partition.fetch.bytes: \"1\"\n",
-                kafka.bootstrap
-            ),
-        )
-        .replace("sourcePartitioned: true", "sourcePartitioned: false");
-    assert!(yaml.contains("max.partition.fetch.bytes"), "{yaml}");
+    let yaml = slow_table_join_yaml(&kafka, "forwarded-rows");
     produce_round_robin(&kafka, first);
     let state = tempfile::tempdir().unwrap();
     let mut workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
@@ -997,9 +984,7 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     })
     .await;
 
-    let restarted = workers.pop().unwrap();
-    restarted.stop();
-    restarted.wait().await.expect("worker 1 stops cleanly");
+    stop_all(vec![workers.pop().unwrap()]).await;
     let config = worker_config(&yaml, 1, 2, 1, "latest", &state.path().join("g1-w1"));
     workers.push(
         weir_worker::runtime::Worker::start(config, tokio_util::sync::CancellationToken::new())
@@ -1013,9 +998,8 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     })
     .await;
 
-    let first_to_stop = workers.pop().unwrap();
-    first_to_stop.stop();
-    first_to_stop.wait().await.expect("worker 1 stops cleanly");
+    // Worker 1 first.
+    stop_all(vec![workers.pop().unwrap()]).await;
     stop_all(workers).await;
     let new_users = users_of_task_1(400..600);
     produce_rows(&new_users);
