@@ -917,14 +917,65 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
         "the table was still being read when the drain was given up"
     );
 
+    assert_each_joined_once(&kafka, workers, events.len()).await;
+}
+
+/// Waits until `expected` events are joined, stops the workers, and
+/// asserts that each was joined once, with its own user's row.
+async fn assert_each_joined_once(
+    kafka: &Kafka,
+    workers: Vec<weir_worker::runtime::WorkerHandle>,
+    expected: usize,
+) {
     wait_for(PATIENCE, "every event joined", || {
-        kafka.read_all(OUT).len() >= events.len()
+        kafka.read_all(OUT).len() >= expected
     })
     .await;
     stop_all(workers).await;
     let out = kafka.read_all(OUT);
-    assert_eq!(out.len(), events.len(), "no event read twice");
+    assert_eq!(out.len(), expected, "no event read twice");
     assert_joined_with_their_rows(&out);
+}
+
+/// The users among `range` whose key belongs to task 1 of 2.
+fn users_of_task_1(range: std::ops::Range<usize>) -> Vec<String> {
+    use weir_worker::kafka::partitioner::partition_for_key;
+    range
+        .map(|u| format!("u{u}"))
+        .filter(|user| partition_for_key(user.as_bytes(), 2) == 1)
+        .collect()
+}
+
+/// A cluster of two partitions whose table holds the rows of `users`,
+/// all of task 1, all in partition 0.
+fn kafka_with_rows_of_task_1(users: &[String]) -> Kafka {
+    let kafka = Kafka::new(2);
+    kafka.cluster.create_topic(USERS, 2, 1).unwrap();
+    produce_rows_of_task_1(&kafka, users);
+    kafka
+}
+
+/// Rows of task 1's `users`, all in partition 0 of the table (task 0's),
+/// in batches of ten.
+fn produce_rows_of_task_1(kafka: &Kafka, users: &[String]) {
+    let rows: Vec<_> = users
+        .iter()
+        .map(|user| {
+            let row = format!(r#"{{"tier":"t{}"}}"#, &user[1..]).into_bytes();
+            (0, Some(user.clone()), row)
+        })
+        .collect();
+    for chunk in rows.chunks(10) {
+        produce_to(&kafka.bootstrap, USERS, chunk);
+    }
+}
+
+/// The events of `users` among `n` generated with `seed`.
+fn events_of(users: &[String], n: usize, seed: u64) -> Vec<Event> {
+    generate(n, 600, BASE_TS, seed)
+        .into_iter()
+        .filter(|e| users.contains(&e.user))
+        .collect()
 }
 
 /// Behind a repartition, a table row reaches its task from whichever task
@@ -942,36 +993,8 @@ async fn a_drain_given_up_while_a_table_is_read_lets_the_table_finish() {
 ///    unread on task 1's partition, and must not open task 1 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
-    use weir_worker::kafka::partitioner::partition_for_key;
-    let kafka = Kafka::new(2);
-    kafka.cluster.create_topic(USERS, 2, 1).unwrap();
-    // Users of task 1, their rows all in partition 0 of the table.
-    let users_of_task_1 = |range: std::ops::Range<usize>| -> Vec<String> {
-        range
-            .map(|u| format!("u{u}"))
-            .filter(|user| partition_for_key(user.as_bytes(), 2) == 1)
-            .collect()
-    };
-    let produce_rows = |users: &[String]| {
-        let rows: Vec<_> = users
-            .iter()
-            .map(|user| {
-                let row = format!(r#"{{"tier":"t{}"}}"#, &user[1..]).into_bytes();
-                (0, Some(user.clone()), row)
-            })
-            .collect();
-        for chunk in rows.chunks(10) {
-            produce_to(&kafka.bootstrap, USERS, chunk);
-        }
-    };
-    let events_of = |users: &[String], n: usize, seed: u64| -> Vec<Event> {
-        generate(n, 600, BASE_TS, seed)
-            .into_iter()
-            .filter(|e| users.contains(&e.user))
-            .collect()
-    };
     let users = users_of_task_1(0..400);
-    produce_rows(&users);
+    let kafka = kafka_with_rows_of_task_1(&users);
     let events = events_of(&users, 400, 9);
     let (first, second) = events.split_at(events.len() / 2);
     let yaml = slow_table_join_yaml(&kafka, "forwarded-rows");
@@ -1002,19 +1025,27 @@ async fn rows_forwarded_through_the_repartition_topic_come_before_any_event() {
     stop_all(vec![workers.pop().unwrap()]).await;
     stop_all(workers).await;
     let new_users = users_of_task_1(400..600);
-    produce_rows(&new_users);
+    produce_rows_of_task_1(&kafka, &new_users);
     let third = events_of(&new_users, 600, 10);
     produce_round_robin(&kafka, &third);
     expected += third.len();
     let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
-    wait_for(
-        PATIENCE,
-        "the events after a restart of both joined",
-        || kafka.read_all(OUT).len() >= expected,
-    )
-    .await;
-    stop_all(workers).await;
-    let out = kafka.read_all(OUT);
-    assert_eq!(out.len(), expected, "no event read twice");
-    assert_joined_with_their_rows(&out);
+    assert_each_joined_once(&kafka, workers, expected).await;
+}
+
+/// Under exactly-once a task's report that it read its partition of the
+/// table commits with the rows it forwarded (a checkpoint right away):
+/// task 1 reads no event before task 0's rows are visible to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_exactly_once_forwarded_rows_commit_with_their_report() {
+    let users = users_of_task_1(0..400);
+    let kafka = kafka_with_rows_of_task_1(&users);
+    let events = events_of(&users, 300, 11);
+    let yaml = slow_table_join_yaml(&kafka, "forwarded-rows-eos")
+        .replace("  guarantee: atLeastOnce\n", "");
+    assert!(!yaml.contains("guarantee"), "{yaml}");
+    produce_round_robin(&kafka, &events);
+    let state = tempfile::tempdir().unwrap();
+    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    assert_each_joined_once(&kafka, workers, events.len()).await;
 }
