@@ -260,12 +260,12 @@ impl Running {
         let Some((topic, partitions)) = &self.destinations.repartition else {
             return Ok(());
         };
-        let draining = self.draining.as_ref().map(|d| d.id.as_str());
+        let ended = self.output_ended_for.as_deref();
         for task in &mut self.tasks {
             // A task still reading its partition of the join's table
             // forwards rows yet: its output for the drain ends after it.
             let loading = self.inputs.loading().iter().any(|l| l.task == task.id);
-            let drained = draining.filter(|_| !loading);
+            let drained = ended.filter(|_| !loading);
             let report = task.processor.source_report();
             let changed = task.last_report.is_none_or(|(last, _)| last != report);
             let nothing_to_say = report.watermark.is_none() && !report.idle && !task.table_read;
@@ -371,6 +371,7 @@ impl Running {
             task.drained.retain(|_, drained| *drained == id);
         }
         let timeout = self.config.spec.savepoint.timeout.as_millis();
+        self.output_ended_for = Some(id.clone());
         self.draining = Some(Drain {
             deadline: Instant::now()
                 + Duration::from_millis(u64::try_from(timeout).unwrap_or(300_000)),
@@ -582,6 +583,7 @@ impl Running {
     /// Reads the source and join topics again after a drain; a task still
     /// waiting for its join's table reads its sources once it is complete.
     fn resume_sources(&mut self) -> Result<(), WorkerError> {
+        self.output_ended_for = None;
         let resumed = self.inputs.resume_after_drain();
         if resumed.is_empty() {
             return Ok(());

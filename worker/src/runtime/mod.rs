@@ -410,6 +410,11 @@ struct Running {
     stopped: bool,
     /// The drain in progress, if any.
     draining: Option<Drain>,
+    /// The stop-with-savepoint this worker's output ended for, from its
+    /// drain's start until the sources read again: every report says so,
+    /// also those after the drain completed (a report without it tells
+    /// the other workers the drain was given up).
+    output_ended_for: Option<String>,
     /// Which input partitions are paused, by a drain or while a task reads
     /// its join's table.
     inputs: input_gate::InputGate,

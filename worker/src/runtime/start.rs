@@ -426,6 +426,7 @@ impl Running {
             pending_reports: false,
             stopped: false,
             draining: None,
+            output_ended_for: None,
             inputs,
             table_wait_logged: Instant::now(),
             records_in: 0,
