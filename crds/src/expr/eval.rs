@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use super::EvalError;
 use super::compile::{Loop, LoopKind, Node, StrMap, StrTest};
 use super::record::{FieldValue, Record};
-use super::value::{Items, Kind, List, Map, Val, arith, compare, equal};
+use super::value::{Items, Kind, List, Map, Val, arith, compare, equal, numeric_cmp};
 
 /// What one evaluation reads: the record and the macro variables in scope.
 #[derive(Clone, Copy)]
@@ -242,11 +242,11 @@ fn record_field<'a>(record: Record<'a>, name: &str) -> Result<Val<'a>, EvalError
     }
 }
 
-/// The ordering of a decoded field and a constant of the same simple type
+/// The ordering of a decoded field and a string or number constant
 /// (`record.amount > 100`, `record.country == 'DE'`, the most common
-/// conditions), without building values; `None` for anything else (and
-/// NaN), which the general path then evaluates. Ints, doubles and strings
-/// order and compare equal there exactly as here.
+/// conditions), without the general path's operand results; `None` for
+/// anything else (and NaN), which the general path then evaluates. Strings
+/// and numbers order and compare equal there exactly as here.
 #[inline]
 fn field_against_constant(cx: Scope<'_, '_>, lhs: &Node, rhs: &Node) -> Option<Ordering> {
     let (Record::Fields(fields), Node::RecordField(name), Node::Const(constant)) =
@@ -255,10 +255,11 @@ fn field_against_constant(cx: Scope<'_, '_>, lhs: &Node, rhs: &Node) -> Option<O
         return None;
     };
     match (fields.get(name)?, constant) {
-        (FieldValue::Int(a), Val::Int(b)) => Some(a.cmp(b)),
-        // NaN is left to the general path, which refuses to order it.
-        (FieldValue::Double(a), Val::Double(b)) => a.partial_cmp(b),
         (FieldValue::Str(a), Val::Str(b)) => Some(a.as_ref().cmp(b.as_ref())),
+        // NaN is left to the general path, which refuses to order it.
+        (field @ (FieldValue::Int(_) | FieldValue::Uint(_) | FieldValue::Double(_)), _) => {
+            numeric_cmp(&field.val(), constant).flatten()
+        }
         _ => None,
     }
 }

@@ -506,7 +506,7 @@ fn equal_json(lhs: &Val<'_>, rhs: &Json) -> bool {
 
 /// The numeric ordering of two numbers: `None` when either is not a number,
 /// `Some(None)` when they are unordered (NaN).
-fn numeric_cmp(lhs: &Val<'_>, rhs: &Val<'_>) -> Option<Option<Ordering>> {
+pub(crate) fn numeric_cmp(lhs: &Val<'_>, rhs: &Val<'_>) -> Option<Option<Ordering>> {
     Some(match (lhs, rhs) {
         (Val::Int(a), Val::Int(b)) => Some(a.cmp(b)),
         (Val::Uint(a), Val::Uint(b)) => Some(a.cmp(b)),

@@ -144,7 +144,8 @@ pub enum CoordinatorError {
 }
 
 impl CoordinatorError {
-    fn output(task: Option<u32>, source: CommitError) -> CoordinatorError {
+    /// The output side failed, for `task` or for all (`None`).
+    pub(crate) fn output(task: Option<u32>, source: CommitError) -> CoordinatorError {
         CoordinatorError::Output {
             task: task.map_or_else(|| "all".to_owned(), |t| t.to_string()),
             source,

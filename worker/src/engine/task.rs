@@ -91,7 +91,6 @@ fn wall_clock_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Timer kinds.
 /// The order timers fire in: event-time timers of the steps before the cut
 /// (or of all steps), then those after it, then processing-time timers.
 const FIRING_ORDER: [TimeDomain; 3] = [
@@ -100,6 +99,7 @@ const FIRING_ORDER: [TimeDomain; 3] = [
     TimeDomain::Processing,
 ];
 
+/// Timer kinds.
 const FIRE: u8 = 1;
 const CLEANUP: u8 = 2;
 const EXPIRE: u8 = 3;
@@ -648,7 +648,7 @@ impl TaskProcessor {
                         match f.expr.eval(flow.record()) {
                             Ok(v) => computed.push((f.name.clone(), v)),
                             Err(e) => {
-                                let e = first_declared_error(fields, flow.record()).unwrap_or(e);
+                                let e = first_declared_error(fields, flow.record(), f, e);
                                 dead_letter(&flow, &step.name, &e, out);
                                 return Ok(());
                             }
@@ -784,7 +784,7 @@ fn emit_mapped(
         }
         value.extend_from_slice(&f.json_key);
         if let Err(e) = f.expr.eval_json(flow.record(), &mut value) {
-            let e = first_declared_error(fields, flow.record()).unwrap_or(e);
+            let e = first_declared_error(fields, flow.record(), f, e);
             dead_letter(&flow, step, &e, out);
             return Ok(());
         }
@@ -794,16 +794,22 @@ fn emit_mapped(
     Ok(())
 }
 
-/// The error of the first declared map field that fails on `record`.
-/// Fields are evaluated in name order (the output's), so on a failure the
-/// others are tried in the order the user wrote them, to report the same
-/// field whichever order they are written in.
-fn first_declared_error(fields: &[MapField], record: Record<'_>) -> Option<EvalError> {
+/// The error of the first declared map field that fails on `record`,
+/// `failed` having failed with `error`. Fields are evaluated in name order
+/// (the output's), so on a failure those declared before it are tried, to
+/// report the same field whichever order they are written in.
+fn first_declared_error(
+    fields: &[MapField],
+    record: Record<'_>,
+    failed: &MapField,
+    error: EvalError,
+) -> EvalError {
     fields
         .iter()
+        .filter(|f| f.declared < failed.declared)
         .filter_map(|f| f.expr.eval(record).err().map(|e| (f.declared, e)))
         .min_by_key(|(declared, _)| *declared)
-        .map(|(_, e)| e)
+        .map_or(error, |(_, e)| e)
 }
 
 /// Sends a record that went through every step to the sink.

@@ -264,8 +264,7 @@ impl Running {
         for task in &mut self.tasks {
             // A task still reading its partition of the join's table
             // forwards rows yet: its output for the drain ends after it.
-            let loading = self.inputs.loading().iter().any(|l| l.task == task.id);
-            let drained = ended.filter(|_| !loading);
+            let drained = ended.filter(|_| !self.inputs.is_loading(task.id));
             let report = task.processor.source_report();
             let changed = task.last_report.is_none_or(|(last, _)| last != report);
             let nothing_to_say = report.watermark.is_none() && !report.idle && !task.table_read;
@@ -335,12 +334,9 @@ impl Running {
                 self.stopped = false;
                 // A resume gives up a stop still draining: with its sources
                 // read again, its savepoint would miss what they send.
-                if let Some(drain) = self.draining.take() {
-                    let message = "given up: the worker was asked to resume before the repartition topic was drained";
-                    tracing::warn!(id = %drain.id, "{message}");
-                    self.set_savepoint(&drain.id, SavepointState::Failed, Some(message.to_owned()));
-                }
-                self.resume_sources()?;
+                self.give_up_drain(
+                    "given up: the worker was asked to resume before the repartition topic was drained",
+                )?;
                 self.publish(WorkerPhase::Running);
                 Ok(())
             }
@@ -404,14 +400,21 @@ impl Running {
             return self.complete_savepoint(&id, true);
         }
         if Instant::now() >= drain.deadline {
-            let id = drain.id.clone();
-            self.draining = None;
-            let message = "the repartition topic was not drained within savepoint.timeout: some upstream task did not report its last record; the job goes on";
-            tracing::warn!(%id, "{message}");
-            self.set_savepoint(&id, SavepointState::Failed, Some(message.to_owned()));
-            self.resume_sources()?;
+            return self.give_up_drain(
+                "the repartition topic was not drained within savepoint.timeout: some upstream task did not report its last record; the job goes on",
+            );
         }
         Ok(())
+    }
+
+    /// Fails the drain in progress, if any, with `message`, and reads the
+    /// sources again (after a drain, or after a completed stop).
+    fn give_up_drain(&mut self, message: &str) -> Result<(), WorkerError> {
+        if let Some(drain) = self.draining.take() {
+            tracing::warn!(id = %drain.id, "{message}");
+            self.set_savepoint(&drain.id, SavepointState::Failed, Some(message.to_owned()));
+        }
+        self.resume_sources()
     }
 
     /// Takes savepoint `id` and, with `stop`, stops processing after it.
@@ -552,10 +555,7 @@ impl Running {
         if at_least_once {
             self.output
                 .flush()
-                .map_err(|source| CoordinatorError::Output {
-                    task: "all".to_owned(),
-                    source,
-                })?;
+                .map_err(|e| CoordinatorError::output(None, e))?;
         }
         for task in &mut self.tasks {
             task.table_read |= read.contains(&task.id);

@@ -227,11 +227,14 @@ impl InputGate {
             .collect()
     }
 
+    /// Whether `task` still reads its partition of the table.
+    pub fn is_loading(&self, task: i32) -> bool {
+        self.loading.iter().any(|load| load.task == task)
+    }
+
     /// Whether `task` waits for its table.
     pub fn holds(&self, task: i32) -> bool {
-        self.loading.iter().any(|load| load.task == task)
-            || self.read.contains(&task)
-            || self.waiting.contains(&task)
+        self.is_loading(task) || self.read.contains(&task) || self.waiting.contains(&task)
     }
 
     /// The source partitions of `task`.
@@ -245,7 +248,7 @@ impl InputGate {
     fn drained_inputs(&self) -> Vec<InputPartition> {
         self.tasks
             .iter()
-            .filter(|&&task| !self.loading.iter().any(|load| load.task == task))
+            .filter(|&&task| !self.is_loading(task))
             .flat_map(|&task| {
                 let first = if self.holds(task) { self.sources } else { 0 };
                 (first..self.inputs).map(move |topic| (topic, task))

@@ -30,13 +30,24 @@ fn key_of(timer: &Timer, domain: TimeDomain) -> Vec<u8> {
 /// (a key's length and bytes, and often the window's start) are compared
 /// as a number (big-endian, zero-padded: the same order) before the rest,
 /// instead of by a `memcmp` at every node of the tree.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Held {
-    time: i64,
-    step: u8,
-    kind: u8,
     head: u128,
-    payload: Vec<u8>,
+    timer: Timer,
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Held) -> std::cmp::Ordering {
+        let (a, b) = (&self.timer, &other.timer);
+        (a.time, a.step, a.kind, self.head, &a.payload)
+            .cmp(&(b.time, b.step, b.kind, other.head, &b.payload))
+    }
+}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Held) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl From<Timer> for Held {
@@ -45,30 +56,9 @@ impl From<Timer> for Held {
         let n = timer.payload.len().min(16);
         head[..n].copy_from_slice(&timer.payload[..n]);
         Held {
-            time: timer.time,
-            step: timer.step,
-            kind: timer.kind,
             head: u128::from_be_bytes(head),
-            payload: timer.payload,
+            timer,
         }
-    }
-}
-
-impl From<Held> for Timer {
-    fn from(held: Held) -> Timer {
-        Timer {
-            time: held.time,
-            step: held.step,
-            kind: held.kind,
-            payload: held.payload,
-        }
-    }
-}
-
-impl Held {
-    /// Its RocksDB key in `domain`.
-    fn key(&self, domain: TimeDomain) -> Vec<u8> {
-        timer_key(domain, self.time, self.step, self.kind, &self.payload)
     }
 }
 
@@ -143,7 +133,7 @@ impl TimerQueue {
         for domain in TimeDomain::ALL {
             for (timer, stored) in &mut self.memory[domain.index()] {
                 if !*stored {
-                    batch.put(timer.key(domain), b"");
+                    batch.put(key_of(&timer.timer, domain), b"");
                     *stored = true;
                 }
             }
@@ -170,10 +160,9 @@ impl TimerQueue {
         for domain in TimeDomain::ALL.into_iter().rev() {
             let slot = domain.index();
             while held > keep {
-                let Some((timer, _)) = self.memory[slot].pop_last() else {
+                let Some((Held { timer, .. }, _)) = self.memory[slot].pop_last() else {
                     break;
                 };
-                let timer = Timer::from(timer);
                 held -= 1;
                 batch.put(key_of(&timer, domain), b"");
                 let boundary = &mut self.boundary[slot];
@@ -260,7 +249,7 @@ impl TaskState {
         let slot = domain.index();
         self.timers.memory[slot]
             .first_key_value()
-            .map(|(timer, _)| timer.time)
+            .map(|(held, _)| held.timer.time)
             .or(self.timers.boundary[slot].as_ref().map(|timer| timer.time))
     }
 
@@ -285,13 +274,13 @@ impl TaskState {
         while taken < limit {
             let queue = &mut self.timers;
             if let Some(first) = queue.memory[slot].first_entry()
-                && first.key().time <= up_to
+                && first.key().timer.time <= up_to
             {
-                let (timer, stored) = first.remove_entry();
+                let (Held { timer, .. }, stored) = first.remove_entry();
                 if stored {
-                    queue.fired.push(timer.key(domain));
+                    queue.fired.push(key_of(&timer, domain));
                 }
-                out.push(timer.into());
+                out.push(timer);
                 taken += 1;
             } else if queue.boundary[slot]
                 .as_ref()
@@ -336,7 +325,7 @@ mod tests {
         #[test]
         fn held_timers_order_as_timers_do(a in timer(), b in timer()) {
             prop_assert_eq!(Held::from(a.clone()).cmp(&Held::from(b.clone())), a.cmp(&b));
-            prop_assert_eq!(Timer::from(Held::from(a.clone())), a);
+            prop_assert_eq!(Held::from(a.clone()).timer, a);
         }
     }
 }

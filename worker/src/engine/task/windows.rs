@@ -322,6 +322,7 @@ impl TaskProcessor {
                 due.clear();
                 self.state
                     .take_due_timers(domain, until, budget, &mut due)?;
+                // A due timer was promised; never spin if none came.
                 if due.is_empty() {
                     break;
                 }
