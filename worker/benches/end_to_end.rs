@@ -11,7 +11,7 @@
 //! bench), each stateless and as a 60 s tumbling count + sum per user.
 //!
 //! `cargo bench -p weir-worker --bench end_to_end [-- EVENTS] [WORDS]`
-//! (events default to and are at most 240,000: what the mock cluster's
+//! (events default to and are at most 960,000: what the mock cluster's
 //! partitions hold; words pick the cases whose name has one, e.g.
 //! `flink`).
 
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use weir_worker::config::WorkerConfig;
 use weir_worker::runtime::Worker;
 
-const PARTITIONS: i32 = 4;
+const PARTITIONS: i32 = 16;
 /// Records the mock cluster keeps per partition before deleting the oldest
 /// (it keeps at most 100,000 records and 5 MiB per partition): more events
 /// than the partitions hold would never all be read.
@@ -323,7 +323,7 @@ fn main() {
     let events: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(240_000);
+        .unwrap_or(960_000);
     let capacity = MOCK_PARTITION_CAPACITY * PARTITIONS as u64;
     assert!(
         events <= capacity,

@@ -27,7 +27,8 @@
 //!     (Flink about 17 µs per event).
 //!
 //! Run with `cargo bench -p weir-worker --bench engine` (optionally
-//! `-- EVENTS`, default 2,000,000 per scenario, `-- flink` for (f) and (g)
+//! `-- EVENTS`, default 2,000,000 per scenario of ours and Flink's 5,000,000
+//! lines, fewer for a profile under callgrind, `-- flink` for (f) and (g)
 //! only, scenario letters, e.g. `-- f g`, for those only, as when
 //! profiling one, or `-- decode` for the cost of decoding Flink's lines
 //! alone, into a serde_json value and into borrowed fields).
@@ -38,7 +39,7 @@ use std::time::Instant;
 
 use weir_crds::expr::Fields;
 use weir_worker::engine::pipeline::Pipeline;
-use weir_worker::engine::record::{DecodePlan, Outputs, SourceRecord, decode_fields};
+use weir_worker::engine::record::{DecodePlan, Outputs, SourceRecord};
 use weir_worker::engine::task::TaskProcessor;
 use weir_worker::state::{StateOptions, TaskState};
 
@@ -200,14 +201,11 @@ fn main() {
     let only_flink = SELECTED
         .get()
         .is_some_and(|s| s.iter().all(|c| *c >= 'f') && !s.is_empty());
-    let n = args
-        .iter()
-        .find_map(|a| a.parse::<usize>().ok())
-        .unwrap_or(2_000_000);
+    let given = args.iter().find_map(|a| a.parse::<usize>().ok());
     if !only_flink && !args.iter().any(|a| a == "decode" || a == "flink") {
-        ours(n);
+        ours(given.unwrap_or(2_000_000));
     }
-    let input = flink_records(5_000_000);
+    let input = flink_records(given.unwrap_or(5_000_000));
     println!("Flink's workload: {} lines", input.len());
     if args.iter().any(|a| a == "decode") {
         decode_cost(&input);
@@ -286,7 +284,7 @@ fn decode_cost(input: &[Vec<u8>]) {
     let names: Vec<String> = ["amount", "country", "ts", "user_id"]
         .map(str::to_owned)
         .to_vec();
-    let plan = DecodePlan::Fields(names.clone());
+    let plan = DecodePlan::fields(names.clone());
     let per_line = |cpu: f64| cpu * 1e6 / input.len() as f64;
     let cpu = cpu_seconds();
     for line in input {
@@ -296,7 +294,7 @@ fn decode_cost(input: &[Vec<u8>]) {
     let cpu = cpu_seconds();
     for line in input {
         let mut fields = Fields::new(&names);
-        decode_fields(&mut fields, line).expect("decode");
+        plan.decode_fields(&mut fields, line).expect("decode");
         black_box(&fields);
     }
     let borrowed = per_line(cpu_seconds() - cpu);

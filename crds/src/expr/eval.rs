@@ -254,8 +254,20 @@ fn field_against_constant(cx: Scope<'_, '_>, lhs: &Node, rhs: &Node) -> Option<O
     else {
         return None;
     };
-    match (fields.get(name)?, constant) {
+    field_value_against_constant(fields.get(name)?, constant)
+}
+
+/// The ordering of a decoded field's value and a constant when both are
+/// strings or both numbers (see [`field_against_constant`]); `None` for
+/// anything else and NaN.
+#[inline]
+pub(crate) fn field_value_against_constant(
+    field: &FieldValue<'_>,
+    constant: &Val<'_>,
+) -> Option<Ordering> {
+    match (field, constant) {
         (FieldValue::Str(a), Val::Str(b)) => Some(a.as_ref().cmp(b.as_ref())),
+        (FieldValue::Int(a), Val::Int(b)) => Some(a.cmp(b)),
         // NaN is left to the general path, which refuses to order it.
         (field @ (FieldValue::Int(_) | FieldValue::Uint(_) | FieldValue::Double(_)), _) => {
             numeric_cmp(&field.val(), constant).flatten()

@@ -53,6 +53,7 @@
 //! so a map with int keys becomes an object keyed by their text.
 
 mod compile;
+mod condition;
 mod eval;
 mod node;
 mod record;
@@ -70,6 +71,7 @@ use self::compile::Node;
 use self::eval::Scope;
 use self::value::Val;
 
+pub use self::condition::Condition;
 pub use self::record::{FieldValue, Fields, MAX_FIELDS, Record};
 
 /// Compiles `source`, checking it as far as it can be without a record.

@@ -95,6 +95,7 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// No fields yet, out of `names` (sorted, without duplicates; only the
     /// first [`MAX_FIELDS`] can be set).
+    #[inline]
     pub fn new(names: &'a [String]) -> Fields<'a> {
         Fields {
             names,
@@ -122,15 +123,41 @@ impl<'a> Fields<'a> {
 
     /// Sets the field at `position` (a later value of a key replaces an
     /// earlier one, as in a decoded JSON object).
+    #[inline(always)]
     pub fn set(&mut self, position: usize, value: FieldValue<'a>) {
         if let Some(slot) = self.values.get_mut(position) {
             *slot = Some(value);
         }
     }
 
+    /// The slot of the field at `position`, emptied (an earlier value, of
+    /// a repeated key, dropped), for a decoder to write the value in place:
+    /// a value built first and then stored is copied through the stack,
+    /// which stalls the load that copies it.
+    #[inline(always)]
+    pub fn empty_slot(&mut self, position: usize) -> Option<&mut Option<FieldValue<'a>>> {
+        let slot = self.values.get_mut(position)?;
+        if slot.is_some() {
+            *slot = None;
+        }
+        Some(slot)
+    }
+
     /// Unsets every field.
     pub fn clear(&mut self) {
         self.values = Default::default();
+    }
+
+    /// The field at `position` among the names, if it is called `name` and
+    /// the record has it: for readers that found the position once, from
+    /// the same names (see [`Fields::position`]), and check it is still
+    /// the field they mean.
+    #[inline]
+    pub fn get_at(&self, position: usize, name: &str) -> Option<&FieldValue<'a>> {
+        let found = self.names.get(position)?;
+        same_bytes(found.as_bytes(), name.as_bytes())
+            .then(|| self.values.get(position)?.as_ref())
+            .flatten()
     }
 
     /// The field called `name`, if the record has it.

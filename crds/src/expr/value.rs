@@ -234,14 +234,12 @@ impl<'a> Val<'a> {
     /// Appends the value as JSON text to `out`, as [`to_json`](Self::to_json)
     /// would convert it, without building a JSON value.
     pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> Result<(), EvalError> {
-        use std::io::Write as _;
-        let io = |e: std::io::Error| EvalError::new(e.to_string());
         let json = |e: serde_json::Error| EvalError::new(e.to_string());
         match self {
             Val::Null => out.extend_from_slice(b"null"),
             Val::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            Val::Int(i) => write!(out, "{i}").map_err(io)?,
-            Val::Uint(u) => write!(out, "{u}").map_err(io)?,
+            Val::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            Val::Uint(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
             Val::Double(d) if d.is_finite() => serde_json::to_writer(&mut *out, d).map_err(json)?,
             Val::Double(d) => {
                 return Err(EvalError::new(format!("{d} cannot be represented in JSON")));

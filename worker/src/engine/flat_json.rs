@@ -1,4 +1,4 @@
-//! The fast path of [`decode_fields`](crate::engine::record::decode_fields): one
+//! The fast path of [`DecodePlan::decode_fields`](crate::engine::record::DecodePlan::decode_fields): one
 //! pass over a flat JSON object, the shape nearly every event has, that
 //! keeps the planned fields and checks the rest only as far as needed to
 //! know they are valid.
@@ -15,12 +15,16 @@
 
 use std::borrow::Cow;
 
-use weir_crds::expr::{FieldValue, Fields};
+use weir_crds::expr::{FieldValue, Fields, MAX_FIELDS};
 
 /// Decodes `bytes` into `fields` if it is a flat object of the simple
 /// shape; `None` when it is not (`fields` may then hold some fields, and
 /// must be started again).
-pub(super) fn decode_flat<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Option<()> {
+pub(super) fn decode_flat<'a>(
+    fields: &mut Fields<'a>,
+    keys: &KeyTable,
+    bytes: &'a [u8],
+) -> Option<()> {
     let mut s = Scanner { bytes, at: 0 };
     s.skip_space();
     s.expect(b'{')?;
@@ -29,12 +33,12 @@ pub(super) fn decode_flat<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Optio
         s.at += 1;
     } else {
         loop {
-            let key = s.plain_string()?;
+            let position = s.key(fields, keys)?;
             s.skip_space();
             s.expect(b':')?;
             s.skip_space();
-            match fields.position_of_bytes(key) {
-                Some(i) => fields.set(i, s.value()?),
+            match position {
+                Some(i) => s.value_into(fields, i)?,
                 None => s.skip_value()?,
             }
             s.skip_space();
@@ -49,143 +53,423 @@ pub(super) fn decode_flat<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Optio
     (s.at == bytes.len()).then_some(())
 }
 
+/// The kept names as the scanner matches keys of at most seven bytes: a
+/// key's bytes as a little-endian word, the bytes after it zero, is the
+/// word of the name it equals (keys hold no zero byte, so words of
+/// different lengths differ).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyTable {
+    /// The word of each name, at its position; [`NO_WORD`] for names of
+    /// more than seven bytes (and the unused end).
+    words: [u64; MAX_FIELDS],
+    /// Whether a key of at most seven bytes that matches no word is none
+    /// of the names (false when a name is empty, which no word stands
+    /// for).
+    complete: bool,
+}
+
+/// The word of no key: a key of at most seven bytes leaves its last byte
+/// zero.
+const NO_WORD: u64 = u64::MAX;
+
+impl KeyTable {
+    /// No names matched by word: every key is looked up by its bytes.
+    pub const NONE: KeyTable = KeyTable {
+        words: [NO_WORD; MAX_FIELDS],
+        complete: false,
+    };
+
+    /// The table of `names` (the first [`MAX_FIELDS`], as [`Fields`]
+    /// keeps).
+    pub fn new(names: &[String]) -> KeyTable {
+        let mut table = KeyTable {
+            complete: true,
+            ..KeyTable::NONE
+        };
+        for (word, name) in table.words.iter_mut().zip(names) {
+            match name.len() {
+                0 => table.complete = false,
+                1..=7 => {
+                    let mut bytes = [0_u8; 8];
+                    bytes[..name.len()].copy_from_slice(name.as_bytes());
+                    *word = u64::from_le_bytes(bytes);
+                }
+                _ => {}
+            }
+        }
+        table
+    }
+}
+
 /// A position in the record's bytes.
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
+/// A number the scanner read.
+enum Number {
+    Int(i64),
+    Double(f64),
+}
+
 impl<'a> Scanner<'a> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Option<u8> {
         let b = self.peek()?;
         self.at += 1;
         Some(b)
     }
 
+    #[inline(always)]
     fn expect(&mut self, byte: u8) -> Option<()> {
         (self.next()? == byte).then_some(())
     }
 
+    #[inline(always)]
     fn skip_space(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.at += 1;
         }
     }
 
+    /// The eight bytes from `at`, as a little-endian word, if there are
+    /// eight left.
+    #[inline(always)]
+    fn word_at(&self, at: usize) -> Option<u64> {
+        let chunk = self.bytes.get(at..at + 8)?;
+        chunk.try_into().ok().map(u64::from_le_bytes)
+    }
+
     /// The bytes of a string of printable ASCII without escapes, borrowed:
     /// keys and skipped strings are only compared or checked, never read
-    /// as text.
+    /// as text. Eight bytes are checked at a time while eight are left.
+    #[inline(always)]
     fn plain_string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.at;
-        let len = self.bytes[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
-        self.at = start + len;
+        let mut end = start;
+        loop {
+            match self.word_at(end) {
+                Some(word) => {
+                    let stops = swar::string_stops(word);
+                    if stops != 0 {
+                        end += swar::first_byte(stops);
+                        break;
+                    }
+                    end += 8;
+                }
+                None => {
+                    end += self.bytes[end..]
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
+                    break;
+                }
+            }
+        }
+        // The first byte that ends a plain string: anything but a quote
+        // is given up on.
+        self.at = end;
         self.expect(b'"')?;
-        Some(&self.bytes[start..start + len])
+        Some(&self.bytes[start..end])
+    }
+
+    /// The position among the kept names of the object key that starts
+    /// here, `Some(None)` for a key that is none of them, the scanner then
+    /// past its closing quote; `None` gives up. A key of at most seven
+    /// bytes with eight bytes after its quote is matched by word, any
+    /// other by its bytes.
+    #[inline(always)]
+    fn key(&mut self, fields: &Fields<'a>, keys: &KeyTable) -> Option<Option<usize>> {
+        if self.peek() == Some(b'"')
+            && let Some(word) = self.word_at(self.at + 1)
+        {
+            let stops = swar::string_stops(word);
+            if stops != 0 {
+                let start = self.at + 1;
+                let len = swar::first_byte(stops);
+                // The first byte that ends a plain string: anything but a
+                // quote is given up on.
+                if self.bytes[start + len] != b'"' {
+                    return None;
+                }
+                self.at = start + len + 1;
+                let key = word & swar::first_bytes(len);
+                if let Some(position) = keys.words.iter().position(|w| *w == key) {
+                    return Some(Some(position));
+                }
+                return Some(if keys.complete {
+                    None
+                } else {
+                    fields.position_of_bytes(&self.bytes[start..start + len])
+                });
+            }
+        }
+        let key = self.plain_string()?;
+        Some(fields.position_of_bytes(key))
     }
 
     /// A string of printable ASCII without escapes, borrowed.
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         // Printable ASCII is UTF-8.
         std::str::from_utf8(self.plain_string()?).ok()
     }
 
-    /// The value of a kept field.
-    fn value(&mut self) -> Option<FieldValue<'a>> {
-        Some(match self.peek()? {
-            b'"' => FieldValue::Str(Cow::Borrowed(self.string()?)),
-            b't' => self.literal(b"true", FieldValue::Bool(true))?,
-            b'f' => self.literal(b"false", FieldValue::Bool(false))?,
-            b'n' => self.literal(b"null", FieldValue::Null)?,
-            _ => self.number()?,
-        })
+    /// Decodes the value of a kept field into its slot, each variant
+    /// written in place (see [`Fields::empty_slot`]).
+    #[inline(always)]
+    fn value_into(&mut self, fields: &mut Fields<'a>, position: usize) -> Option<()> {
+        let slot = fields.empty_slot(position)?;
+        match self.peek()? {
+            b'"' => *slot = Some(FieldValue::Str(Cow::Borrowed(self.string()?))),
+            b't' => {
+                self.literal(b"true")?;
+                *slot = Some(FieldValue::Bool(true));
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                *slot = Some(FieldValue::Bool(false));
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                *slot = Some(FieldValue::Null);
+            }
+            _ => match self.number()? {
+                Number::Int(i) => *slot = Some(FieldValue::Int(i)),
+                Number::Double(d) => *slot = Some(FieldValue::Double(d)),
+            },
+        }
+        Some(())
     }
 
-    /// Checks a skipped value, without decoding it.
+    /// Checks a skipped value, without keeping it.
     fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.plain_string().map(drop),
-            b't' | b'f' | b'n' => self.value().map(drop),
-            _ => self.number_text().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number().map(drop),
         }
     }
 
-    fn literal(&mut self, text: &[u8], value: FieldValue<'a>) -> Option<FieldValue<'a>> {
+    #[inline(always)]
+    fn literal(&mut self, text: &[u8]) -> Option<()> {
         let end = self.at + text.len();
-        (self.bytes.get(self.at..end)? == text).then(|| {
-            self.at = end;
-            value
-        })
+        (self.bytes.get(self.at..end)? == text).then(|| self.at = end)
     }
 
-    /// A number of the shape `-?(0|[1-9][0-9]*)(\.[0-9]+)?` within the
-    /// digit limits: its text, and whether it has a fraction.
-    fn number_text(&mut self) -> Option<(&'a [u8], bool)> {
+    /// A number of the shape `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, with at most
+    /// 18 integer digits, or 15 digits in all with a fraction. The integer
+    /// part is read eight digits at a time while eight bytes are left.
+    #[inline(always)]
+    fn number(&mut self) -> Option<Number> {
         let start = self.at;
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
-        let int_start = self.at;
-        self.digits();
-        let int_digits = self.at - int_start;
-        if int_digits == 0 || (int_digits > 1 && self.bytes[int_start] == b'0') {
-            return None;
-        }
-        let mut frac_digits = 0;
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            let frac_start = self.at;
-            self.digits();
-            frac_digits = self.at - frac_start;
-            if frac_digits == 0 || int_digits + frac_digits > 15 {
-                return None;
+        let negative = self.peek() == Some(b'-');
+        let int_start = start + usize::from(negative);
+        self.at = int_start;
+        let mut magnitude = 0_u64;
+        loop {
+            let Some(word) = self.word_at(self.at) else {
+                while let Some(digit) = self
+                    .peek()
+                    .map(|b| b.wrapping_sub(b'0'))
+                    .filter(|d| *d <= 9)
+                {
+                    magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(digit));
+                    self.at += 1;
+                }
+                break;
+            };
+            let count = swar::leading_digits(word);
+            if count > 0 {
+                // More than 18 digits are given up on below: no overflow
+                // that matters.
+                magnitude = magnitude
+                    .wrapping_mul(swar::POWERS_OF_TEN[count])
+                    .wrapping_add(swar::digits_value(word, count));
+                self.at += count;
+            }
+            if count < 8 || self.at - int_start > 18 {
+                break;
             }
         }
-        if int_digits > 18 || self.exponent_follows() {
+        let int_digits = self.at - int_start;
+        if int_digits == 0 || int_digits > 18 || (int_digits > 1 && self.bytes[int_start] == b'0') {
             return None;
         }
-        Some((&self.bytes[start..self.at], frac_digits > 0))
-    }
-
-    /// The value of a number (see [`Scanner::number_text`]).
-    fn number(&mut self) -> Option<FieldValue<'a>> {
-        let (text, fraction) = self.number_text()?;
-        if fraction {
-            return std::str::from_utf8(text)
-                .ok()?
-                .parse()
-                .ok()
-                .map(FieldValue::Double);
+        match self.peek() {
+            Some(b'.') => return self.fraction(start, int_digits),
+            Some(b'e' | b'E') => return None,
+            _ => {}
         }
-        let (negative, digits) = match text.split_first() {
-            Some((b'-', digits)) => (true, digits),
-            _ => (false, text),
-        };
-        let magnitude = digits
-            .iter()
-            .fold(0_i64, |n, d| n * 10 + i64::from(d - b'0'));
+        // 18 digits fit an i64.
+        let magnitude = magnitude as i64;
         Some(match (negative, magnitude) {
             // serde_json reads "-0" as the double -0.0.
-            (true, 0) => FieldValue::Double(-0.0),
-            (true, m) => FieldValue::Int(-m),
-            (false, m) => FieldValue::Int(m),
+            (true, 0) => Number::Double(-0.0),
+            (true, m) => Number::Int(-m),
+            (false, m) => Number::Int(m),
         })
     }
 
-    fn digits(&mut self) {
+    /// The rest of a number from its `.` on, `start` being where the number
+    /// began: a double, which Rust's parser rounds as serde_json does
+    /// within 15 digits.
+    fn fraction(&mut self, start: usize, int_digits: usize) -> Option<Number> {
+        self.at += 1;
+        let frac_start = self.at;
         while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.at += 1;
         }
+        let frac_digits = self.at - frac_start;
+        if frac_digits == 0
+            || int_digits + frac_digits > 15
+            || matches!(self.peek(), Some(b'e' | b'E'))
+        {
+            return None;
+        }
+        std::str::from_utf8(&self.bytes[start..self.at])
+            .ok()?
+            .parse()
+            .ok()
+            .map(Number::Double)
+    }
+}
+
+/// Eight bytes at a time, as a little-endian word (the first byte lowest):
+/// masks with the high bit of each byte that matches. Each mask is exact up
+/// to its lowest set byte (a borrow or carry from a match may mark bytes
+/// above it), which is the only one read.
+mod swar {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// 10 to the power of the index, for 0 to 8 digits.
+    pub(super) const POWERS_OF_TEN: [u64; 9] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+    ];
+
+    /// The bytes below `n` (at most 0x80).
+    #[inline(always)]
+    fn below(word: u64, n: u8) -> u64 {
+        word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
     }
 
-    fn exponent_follows(&self) -> bool {
-        matches!(self.peek(), Some(b'e' | b'E'))
+    /// The bytes above `n` (below 0x80).
+    #[inline(always)]
+    fn above(word: u64, n: u8) -> u64 {
+        (word.wrapping_add(ONES * u64::from(127 - n)) | word) & HIGHS
+    }
+
+    /// The bytes equal to `b`.
+    #[inline(always)]
+    fn equal(word: u64, b: u8) -> u64 {
+        below(word ^ (ONES * u64::from(b)), 1)
+    }
+
+    /// The bytes that end a plain string: a quote, a backslash, a control
+    /// byte or one outside ASCII.
+    #[inline(always)]
+    pub(super) fn string_stops(word: u64) -> u64 {
+        equal(word, b'"') | equal(word, b'\\') | below(word, 0x20) | (word & HIGHS)
+    }
+
+    /// The index of the first byte set in a non-zero mask.
+    #[inline(always)]
+    pub(super) fn first_byte(mask: u64) -> usize {
+        (mask.trailing_zeros() / 8) as usize
+    }
+
+    /// The mask of a word's first `count` bytes (at most seven).
+    #[inline(always)]
+    pub(super) fn first_bytes(count: usize) -> u64 {
+        (1_u64 << (8 * count)) - 1
+    }
+
+    /// How many of the word's bytes are ASCII digits before the first
+    /// that is not.
+    #[inline(always)]
+    pub(super) fn leading_digits(word: u64) -> usize {
+        let others = below(word, b'0') | above(word, b'9');
+        if others == 0 { 8 } else { first_byte(others) }
+    }
+
+    /// The value of the word's first `count` bytes (1 to 8), ASCII digits,
+    /// the first the most significant.
+    #[inline(always)]
+    pub(super) fn digits_value(word: u64, count: usize) -> u64 {
+        // Digit values, the ones not read cleared and shifted in as
+        // leading zeros (the first byte is the most significant).
+        let values = word.wrapping_sub(ONES * u64::from(b'0'));
+        let values = if count == 8 {
+            values
+        } else {
+            (values & ((1_u64 << (8 * count)) - 1)) << (8 * (8 - count))
+        };
+        let pairs = (values.wrapping_mul(10) + (values >> 8)) & 0x00FF_00FF_00FF_00FF;
+        let quads = (pairs.wrapping_mul(100) + (pairs >> 16)) & 0x0000_FFFF_0000_FFFF;
+        (quads.wrapping_mul(10_000) + (quads >> 32)) & 0xFFFF_FFFF
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn word(text: &[u8]) -> u64 {
+            let mut bytes = [0_u8; 8];
+            bytes.copy_from_slice(text);
+            u64::from_le_bytes(bytes)
+        }
+
+        proptest! {
+            /// The masks find the same first byte as a byte-by-byte scan,
+            /// and eight digits read as their number.
+            #[test]
+            fn agree_with_a_byte_scan(text in prop::collection::vec(prop_oneof![
+                3 => prop::sample::select(b"0123456789\"\\ \x1f\x7f\x80\xff/:.-e".to_vec()),
+                1 => any::<u8>(),
+            ], 8)) {
+                let w = word(&text);
+                let stop = text.iter().position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b));
+                let stops = string_stops(w);
+                prop_assert_eq!(stop, (stops != 0).then(|| first_byte(stops)));
+                let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+                prop_assert_eq!(leading_digits(w), digits);
+                if digits > 0 {
+                    let expected: u64 = std::str::from_utf8(&text[..digits]).unwrap().parse().unwrap();
+                    prop_assert_eq!(digits_value(w, digits), expected);
+                }
+            }
+        }
+
+        #[test]
+        fn reads_digit_runs_of_every_length() {
+            for count in 1..=8 {
+                let text = &b"98765432"[..count];
+                let mut padded = text.to_vec();
+                padded.resize(8, b',');
+                let expected: u64 = std::str::from_utf8(text).unwrap().parse().unwrap();
+                assert_eq!(leading_digits(word(&padded)), count);
+                assert_eq!(digits_value(word(&padded), count), expected);
+            }
+        }
     }
 }
 
@@ -209,13 +493,16 @@ mod tests {
         let mut fields = Fields::new(&names);
         let line = br#" {"user_id":42, "amount":-12.25,"country":"DE","ts":1732176000000,"x":null,"y":[1]}"#;
         assert_eq!(
-            decode_flat(&mut fields, line),
+            decode_flat(&mut fields, &KeyTable::new(&names), line),
             None,
             "a nested value: serde_json's"
         );
         let line = br#" {"user_id":42, "amount":-12.25,"country":"DE","ts":1732176000000,"x":null, "y":true} "#;
         let mut fields = Fields::new(&names);
-        assert_eq!(decode_flat(&mut fields, line), Some(()));
+        assert_eq!(
+            decode_flat(&mut fields, &KeyTable::new(&names), line),
+            Some(())
+        );
         assert_eq!(
             Value::Object(fields.to_json()),
             json!({"user_id": 42, "amount": -12.25, "country": "DE", "ts": 1732176000000_i64})
@@ -237,6 +524,9 @@ mod tests {
         "-12.25",
         "1e5",
         "2E-3",
+        "12345678",
+        "123456789",
+        "10000000000000000",
         "123456789012345678",
         "1234567890123456789",
         "-123456789012345678",
@@ -262,10 +552,22 @@ mod tests {
     const KEYS: &[&str] = &[
         "\"amount\"",
         "\"ts\"",
+        "\"tsx\"",
+        "\"user_id\"",
+        "\"user_ids\"",
+        "\"a_long_name\"",
         "\"other\"",
         "\"\"",
         "\"ts\\n\"",
+        "\"t\u{e9}\"",
         "amount",
+    ];
+
+    /// The names a plan keeps: the workload's, and ones the key table
+    /// cannot match by word (empty, or longer than seven bytes).
+    const NAME_SETS: &[&[&str]] = &[
+        &["amount", "country", "ts", "user_id"],
+        &["", "a_long_name", "ts", "user_ids"],
     ];
 
     /// Mostly the valid choice, sometimes one of the others.
@@ -288,18 +590,22 @@ mod tests {
             separator in mostly(",", &[", ", ",,", " "]),
             open in mostly("{", &[" {", "[", ""]),
             close in mostly("}", &["} ", "}x", "]", ""]),
+            names in prop::sample::select(NAME_SETS),
+            by_word in any::<bool>(),
         ) {
             let body: Vec<String> = members.iter().map(|(k, v, colon)| format!("{k}{colon}{v}")).collect();
             let text = format!("{open}{}{close}", body.join(separator));
-            let names = names();
-            let serde = DecodePlan::Fields(names.clone()).decode(text.as_bytes());
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let plan = DecodePlan::fields(names.clone());
+            let serde = plan.decode(text.as_bytes());
+            let keys = if by_word { KeyTable::new(&names) } else { KeyTable::NONE };
             let mut flat = Fields::new(&names);
-            if decode_flat(&mut flat, text.as_bytes()).is_some() {
+            if decode_flat(&mut flat, &keys, text.as_bytes()).is_some() {
                 prop_assert!(serde.is_ok(), "the fast path took {} which serde_json refuses", text);
                 prop_assert_eq!(Value::Object(flat.to_json()), serde.as_ref().unwrap().clone(), "{}", text);
             }
             let mut fields = Fields::new(&names);
-            let decoded = crate::engine::record::decode_fields(&mut fields, text.as_bytes());
+            let decoded = plan.decode_fields(&mut fields, text.as_bytes());
             prop_assert_eq!(decoded.is_ok(), serde.is_ok(), "{}", text);
             if let Ok(value) = serde {
                 prop_assert_eq!(Value::Object(fields.to_json()), value, "{}", text);

@@ -17,7 +17,7 @@
 
 use thiserror::Error;
 use weir_crds::StreamingJobSpec;
-use weir_crds::expr::{self, CompileError, Expression};
+use weir_crds::expr::{self, CompileError, Condition, Expression};
 use weir_crds::job::{AggregateFunction, Step};
 
 use crate::engine::event_time::EventTimeSource;
@@ -146,8 +146,8 @@ pub struct WindowOp {
 /// What a compiled step does.
 #[derive(Clone, Debug)]
 pub enum Operation {
-    /// Keeps records for which the expression is true.
-    Filter(Expression),
+    /// Keeps records for which the condition is true.
+    Filter(Condition),
     /// Replaces (or extends) the record with computed fields.
     Map {
         /// The computed fields, in name order (that of the output object).
@@ -286,7 +286,10 @@ impl Pipeline {
                 });
             }
             let operation = if let Some(filter) = &step.filter {
-                Operation::Filter(compile_expr(&name, "filter", filter)?)
+                Operation::Filter(Condition::bind(
+                    compile_expr(&name, "filter", filter)?,
+                    None,
+                ))
             } else if let Some(map) = &step.map {
                 let mut fields = map
                     .fields
@@ -441,6 +444,17 @@ impl Pipeline {
         let (decode, passthrough) = decode_plan(&steps, &event_time);
         let after_cut = cut(&steps).map_or(steps.len(), |r| r + 1);
         let (repartitioned_decode, _) = decode_plan(&steps[after_cut..], &EventTimeSource::None);
+        // Filters read their fields from the slots of the records' plan.
+        for (index, step) in steps.iter_mut().enumerate() {
+            if let Operation::Filter(condition) = &mut step.operation {
+                let plan = if index < after_cut {
+                    &decode
+                } else {
+                    &repartitioned_decode
+                };
+                *condition = Condition::bind(condition.expression().clone(), plan.field_names());
+            }
+        }
         let join = steps
             .iter()
             .position(|s| matches!(s.operation, Operation::Join(_)));
@@ -459,6 +473,11 @@ impl Pipeline {
     /// The compiled steps, in order.
     pub fn steps(&self) -> &[CompiledStep] {
         &self.steps
+    }
+
+    /// Whether no step keeps state: then none registers timers either.
+    pub fn is_stateless(&self) -> bool {
+        self.steps.iter().all(|s| s.state_id.is_none())
     }
 
     /// Whether the step at `index` is the last: its results go to the sink.
@@ -580,7 +599,7 @@ fn decode_plan(steps: &[CompiledStep], event_time: &EventTimeSource) -> (DecodeP
     };
     for step in steps {
         match &step.operation {
-            Operation::Filter(e) => read(e, &mut fields),
+            Operation::Filter(c) => read(c.expression(), &mut fields),
             Operation::KeyBy { expr, .. } => read(expr, &mut fields),
             Operation::Dedupe { key, .. } => read(key, &mut fields),
             Operation::Map {
@@ -616,7 +635,7 @@ fn decode_plan(steps: &[CompiledStep], event_time: &EventTimeSource) -> (DecodeP
     }
     fields.sort();
     fields.dedup();
-    (DecodePlan::Fields(fields), !replaced)
+    (DecodePlan::fields(fields), !replaced)
 }
 
 mod state_ids;

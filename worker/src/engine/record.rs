@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use weir_crds::expr::{FieldValue, Fields, MAX_FIELDS};
 
-use crate::engine::flat_json::decode_flat;
+use crate::engine::flat_json::{KeyTable, decode_flat};
 
 /// A record read from a source partition, borrowed from the consumer's
 /// buffer.
@@ -276,19 +276,33 @@ pub enum DecodePlan {
     /// Every field (a map keeps its input, or an expression reads the whole
     /// record).
     All,
-    /// Only these fields, sorted; the others are skipped without being built.
-    Fields(Vec<String>),
+    /// Only these fields; the others are skipped without being built.
+    Fields(FieldPlan),
+}
+
+/// The fields a plan keeps: their names, sorted, and the keys the fast
+/// decoder matches them by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPlan {
+    names: Vec<String>,
+    keys: KeyTable,
 }
 
 impl DecodePlan {
+    /// A plan keeping the fields `names` (sorted, without duplicates).
+    pub fn fields(names: Vec<String>) -> DecodePlan {
+        let keys = KeyTable::new(&names);
+        DecodePlan::Fields(FieldPlan { names, keys })
+    }
+
     /// Decodes a JSON object, keeping the fields of the plan. The value must
     /// be an object either way.
     pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let map = match self {
             DecodePlan::All => ObjectSeed { keep: None }.deserialize(&mut de)?,
-            DecodePlan::Fields(fields) => ObjectSeed {
-                keep: Some(fields.as_slice()),
+            DecodePlan::Fields(plan) => ObjectSeed {
+                keep: Some(plan.names.as_slice()),
             }
             .deserialize(&mut de)?,
         };
@@ -296,33 +310,41 @@ impl DecodePlan {
         Ok(Value::Object(map))
     }
 
-    /// The fields [`decode_fields`] can decode a record into for this plan:
+    /// The fields [`DecodePlan::decode_fields`] can decode a record into:
     /// `None` when the plan keeps every field, or more than [`MAX_FIELDS`].
     pub fn field_names(&self) -> Option<&[String]> {
         match self {
-            DecodePlan::Fields(names) if names.len() <= MAX_FIELDS => Some(names),
+            DecodePlan::Fields(plan) if plan.names.len() <= MAX_FIELDS => Some(&plan.names),
             _ => None,
         }
     }
-}
 
-/// Decodes a JSON object into `fields` (made with [`Fields::new`] from the
-/// plan's [`DecodePlan::field_names`]), without building a document: the
-/// other fields are skipped, strings without escapes borrow from `bytes`,
-/// and only nested values of those fields are built. A flat object of
-/// plain strings and numbers takes one pass of a scanner of its own; any
-/// other, serde_json driven field by field. The result reads like
-/// [`DecodePlan::decode`]'s with the same names, and the same inputs are
-/// refused.
-pub fn decode_fields<'a>(fields: &mut Fields<'a>, bytes: &'a [u8]) -> Result<(), DecodeError> {
-    if decode_flat(fields, bytes).is_some() {
-        return Ok(());
+    /// Decodes a JSON object into `fields` (made with [`Fields::new`] from
+    /// the plan's [`DecodePlan::field_names`]), without building a
+    /// document: the other fields are skipped, strings without escapes
+    /// borrow from `bytes`, and only nested values of those fields are
+    /// built. A flat object of plain strings and numbers takes one pass of
+    /// a scanner of its own; any other, serde_json driven field by field.
+    /// The result reads like [`DecodePlan::decode`]'s, and the same inputs
+    /// are refused.
+    pub fn decode_fields<'a>(
+        &self,
+        fields: &mut Fields<'a>,
+        bytes: &'a [u8],
+    ) -> Result<(), DecodeError> {
+        let keys = match self {
+            DecodePlan::Fields(plan) => &plan.keys,
+            DecodePlan::All => &KeyTable::NONE,
+        };
+        if decode_flat(fields, keys, bytes).is_some() {
+            return Ok(());
+        }
+        fields.clear();
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        FieldsSeed { fields }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(())
     }
-    fields.clear();
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    FieldsSeed { fields }.deserialize(&mut de)?;
-    de.end()?;
-    Ok(())
 }
 
 /// Deserializes a JSON object into [`Fields`].
@@ -654,7 +676,7 @@ mod tests {
 
     #[test]
     fn keeps_only_the_planned_fields() {
-        let plan = DecodePlan::Fields(vec!["amount".into(), "nested".into(), "zzz".into()]);
+        let plan = DecodePlan::fields(vec!["amount".into(), "nested".into(), "zzz".into()]);
         assert_eq!(
             plan.decode(RECORD).unwrap(),
             json!({"amount": 12.5, "nested": {"a": [1, 2]}})
@@ -665,7 +687,7 @@ mod tests {
 
     #[test]
     fn escaped_keys_are_matched() {
-        let plan = DecodePlan::Fields(vec!["a\"b".into()]);
+        let plan = DecodePlan::fields(vec!["a\"b".into()]);
         assert_eq!(
             plan.decode(br#"{"a\"b": 1, "c": 2}"#).unwrap(),
             json!({"a\"b": 1})
@@ -674,7 +696,7 @@ mod tests {
 
     #[test]
     fn rejects_non_objects_and_garbage() {
-        let plan = DecodePlan::Fields(vec!["a".into()]);
+        let plan = DecodePlan::fields(vec!["a".into()]);
         for bad in [&b"[1]"[..], b"1", b"{\"a\":", b"{\"b\": tru}", b"{} x", b""] {
             assert!(
                 plan.decode(bad).is_err(),
@@ -689,9 +711,10 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = DecodePlan::All.decode(&bytes);
-            let _ = DecodePlan::Fields(vec!["a".into()]).decode(&bytes);
+            let plan = DecodePlan::fields(vec!["a".into()]);
+            let _ = plan.decode(&bytes);
             let names = vec!["a".to_owned()];
-            let _ = decode_fields(&mut Fields::new(&names), &bytes);
+            let _ = plan.decode_fields(&mut Fields::new(&names), &bytes);
         }
     }
 
@@ -727,9 +750,9 @@ mod tests {
                 text.push_str(" x");
             }
             let names: Vec<String> = ["a", "b", "n", "ts"].map(str::to_owned).to_vec();
-            let plan = DecodePlan::Fields(names.clone());
+            let plan = DecodePlan::fields(names.clone());
             let mut fields = Fields::new(&names);
-            let borrowed = decode_fields(&mut fields, text.as_bytes());
+            let borrowed = plan.decode_fields(&mut fields, text.as_bytes());
             let decoded = plan.decode(text.as_bytes());
             prop_assert_eq!(borrowed.is_ok(), decoded.is_ok(), "{}", text);
             let Ok(json) = decoded else { return Ok(()) };

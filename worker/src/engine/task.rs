@@ -59,7 +59,7 @@ use crate::engine::hll::hash64;
 use crate::engine::pipeline::{AggregateField, MapField, Operation, Pipeline, WindowOp};
 use crate::engine::record::{
     DeadLetter, DecodeError, DecodePlan, LateRecord, OutputRecord, Outputs, RepartitionRecord,
-    SourcePosition, SourceRecord, decode_fields,
+    SourcePosition, SourceRecord,
 };
 use crate::engine::watermark::{
     PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
@@ -158,7 +158,7 @@ struct Clock {
 /// A record's value on its way through the steps.
 enum Doc<'a> {
     /// The fields the steps read, decoded from the source bytes and
-    /// borrowing from them (see [`decode_fields`]).
+    /// borrowing from them (see [`DecodePlan::decode_fields`]).
     Fields(&'a Fields<'a>),
     /// A decoded or computed JSON value.
     Json(Value),
@@ -232,7 +232,7 @@ fn decode<'a>(
     bytes: &'a [u8],
 ) -> Result<Doc<'a>, DecodeError> {
     if plan.field_names().is_some() {
-        decode_fields(fields, bytes)?;
+        plan.decode_fields(fields, bytes)?;
         Ok(Doc::Fields(fields))
     } else {
         plan.decode(bytes).map(Doc::Json)
@@ -492,7 +492,9 @@ impl TaskProcessor {
             source: Some(record),
         };
         self.run(&pipeline, 0, flow, out)?;
-        self.fire_chunk(&pipeline, out)?;
+        if !pipeline.is_stateless() {
+            self.fire_chunk(&pipeline, out)?;
+        }
         Ok(())
     }
 
@@ -628,7 +630,7 @@ impl TaskProcessor {
     ) -> Result<(), TaskError> {
         for (index, step) in pipeline.steps().iter().enumerate().skip(from) {
             match &step.operation {
-                Operation::Filter(expr) => match expr.eval_bool(flow.record()) {
+                Operation::Filter(condition) => match condition.test(flow.record()) {
                     Ok(true) => {}
                     Ok(false) => {
                         out.counters.filtered += 1;

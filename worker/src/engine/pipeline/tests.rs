@@ -28,7 +28,7 @@ fn compiles_and_plans_decoding() {
     assert_eq!(p.steps().len(), 4);
     assert_eq!(
         p.decode_plan(),
-        &DecodePlan::Fields(vec!["amount".into(), "ts".into(), "user_id".into()])
+        &DecodePlan::fields(vec!["amount".into(), "ts".into(), "user_id".into()])
     );
     assert!(!p.is_passthrough());
     assert_eq!(p.repartition_step(), None);
@@ -130,11 +130,11 @@ fn passthrough_and_repartition() {
     assert_eq!(p.repartition_step(), Some(1));
     assert_eq!(
         p.decode_plan(),
-        &DecodePlan::Fields(vec!["a".into(), "amount".into(), "k".into(), "ts".into()])
+        &DecodePlan::fields(vec!["a".into(), "amount".into(), "k".into(), "ts".into()])
     );
     assert_eq!(
         p.repartitioned_decode_plan(),
-        &DecodePlan::Fields(vec!["amount".into()]),
+        &DecodePlan::fields(vec!["amount".into()]),
         "after the cut, event time is the Kafka timestamp and the key is the Kafka key"
     );
     let p = Pipeline::compile(&spec(
