@@ -56,7 +56,8 @@ pub(super) fn decode_flat<'a>(
 /// The kept names as the scanner matches keys of at most seven bytes: a
 /// key's bytes as a little-endian word, the bytes after it zero, is the
 /// word of the name it equals (keys hold no zero byte, so words of
-/// different lengths differ).
+/// different lengths differ; a name holding one, which no plain key
+/// equals, has no word).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTable {
     /// The word of each name, at its position; [`NO_WORD`] for names of
@@ -89,6 +90,7 @@ impl KeyTable {
         for (word, name) in table.words.iter_mut().zip(names) {
             match name.len() {
                 0 => table.complete = false,
+                _ if name.as_bytes().contains(&0) => {}
                 1..=7 => {
                     let mut bytes = [0_u8; 8];
                     bytes[..name.len()].copy_from_slice(name.as_bytes());
@@ -564,10 +566,12 @@ mod tests {
     ];
 
     /// The names a plan keeps: the workload's, and ones the key table
-    /// cannot match by word (empty, or longer than seven bytes).
+    /// cannot match by word (empty, longer than seven bytes, or holding a
+    /// zero byte, which the word of a shorter key ends with).
     const NAME_SETS: &[&[&str]] = &[
         &["amount", "country", "ts", "user_id"],
         &["", "a_long_name", "ts", "user_ids"],
+        &["\0", "amount", "ts\0", "tsx"],
     ];
 
     /// Mostly the valid choice, sometimes one of the others.
