@@ -205,6 +205,18 @@ impl Expression {
         &self.inner.fields
     }
 
+    /// The field's name when the expression is only a top-level field of
+    /// the record (`record.amount`): a reader that found the field's slot
+    /// in [`Fields`] may read it there, and write it with
+    /// [`FieldValue::write_json`], which gives what
+    /// [`eval_json`](Self::eval_json) would.
+    pub fn record_field(&self) -> Option<&str> {
+        match &self.inner.node {
+            Node::RecordField(name) => Some(name),
+            _ => None,
+        }
+    }
+
     /// Whether the expression uses `record` other than by selecting named
     /// fields (e.g. `size(record)`, `record[k]`, `"x" in record`), so that the
     /// whole record must be decoded.

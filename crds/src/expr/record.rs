@@ -50,6 +50,18 @@ pub enum FieldValue<'a> {
 }
 
 impl FieldValue<'_> {
+    /// Appends the field's JSON text as an expression reading it writes
+    /// it (see [`super::Expression::record_field`]); an error, and `out`
+    /// as it was, for a value JSON cannot hold.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), super::EvalError> {
+        let start = out.len();
+        let written = self.val().write_json(out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
     /// The field as an owned JSON value.
     pub fn to_json(&self) -> Json {
         match self {

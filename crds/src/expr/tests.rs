@@ -1063,3 +1063,43 @@ fn limits_are_reported() {
     let sum = format!("1{}", " + 1".repeat(100));
     assert_eq!(compiled(&sum).eval(&json!({})), Ok(json!(101)));
 }
+
+/// A field written from its slot is the JSON an expression reading it
+/// writes, for every kind of field value; `record_field` names only
+/// field-only expressions.
+#[test]
+fn a_field_written_from_its_slot_is_what_reading_it_writes() {
+    use std::borrow::Cow;
+
+    use super::{FieldValue, Fields};
+
+    let names = vec!["x".to_owned()];
+    let values = [
+        FieldValue::Null,
+        FieldValue::Bool(true),
+        FieldValue::Int(-42),
+        FieldValue::Int(i64::MIN),
+        FieldValue::Uint(u64::MAX),
+        FieldValue::Double(-0.0),
+        FieldValue::Double(12.25),
+        FieldValue::Str(Cow::Borrowed("a\"b\\c\u{1}é")),
+        FieldValue::Str(Cow::Owned("owned".to_owned())),
+        FieldValue::Json(Box::new(json!({"k": [1, "two", null]}))),
+    ];
+    let expression = compile("record.x").unwrap();
+    assert_eq!(expression.record_field(), Some("x"));
+    assert_eq!(compile("record.x + 1").unwrap().record_field(), None);
+    for value in values {
+        let mut fields = Fields::new(&names);
+        fields.set(0, value.clone());
+        let mut by_expression = b"prefix".to_vec();
+        expression.eval_json(&fields, &mut by_expression).unwrap();
+        let mut from_slot = b"prefix".to_vec();
+        value.write_json(&mut from_slot).unwrap();
+        assert_eq!(
+            String::from_utf8(from_slot).unwrap(),
+            String::from_utf8(by_expression).unwrap(),
+            "{value:?}"
+        );
+    }
+}

@@ -17,7 +17,7 @@
 
 use thiserror::Error;
 use weir_crds::StreamingJobSpec;
-use weir_crds::expr::{self, CompileError, Condition, Expression};
+use weir_crds::expr::{self, CompileError, Condition, Expression, Record};
 use weir_crds::job::{AggregateFunction, Step};
 
 use crate::engine::event_time::EventTimeSource;
@@ -120,6 +120,28 @@ pub struct MapField {
     /// Its place among the step's fields as declared: when several fail
     /// on a record, the first declared one is reported.
     pub declared: usize,
+    /// When the expression is a field of the record, the field's position
+    /// among the names the step's records are decoded into, to read it
+    /// from its slot (see [`MapField::write_from_slot`]).
+    pub slot: Option<usize>,
+}
+
+impl MapField {
+    /// Appends the value of a field-only expression read from its slot of
+    /// `record`; `false` (nothing written) when the expression is another,
+    /// or the record has no such slot, or the field cannot be written: the
+    /// expression is then evaluated.
+    #[inline]
+    pub fn write_from_slot(&self, record: Record<'_>, out: &mut Vec<u8>) -> bool {
+        let (Some(slot), Record::Fields(fields), Some(name)) =
+            (self.slot, record, self.expr.record_field())
+        else {
+            return false;
+        };
+        fields
+            .get_at(slot, name)
+            .is_some_and(|value| value.write_json(out).is_ok())
+    }
 }
 
 /// A compiled aggregate output field.
@@ -301,6 +323,7 @@ impl Pipeline {
                             json_key: json_key(&f.name),
                             expr: compile_expr(&name, &format!("map.fields[{}]", f.name), &f.expr)?,
                             declared,
+                            slot: None,
                         })
                     })
                     .collect::<Result<Vec<_>, PipelineError>>()?;
@@ -444,15 +467,27 @@ impl Pipeline {
         let (decode, passthrough) = decode_plan(&steps, &event_time);
         let after_cut = cut(&steps).map_or(steps.len(), |r| r + 1);
         let (repartitioned_decode, _) = decode_plan(&steps[after_cut..], &EventTimeSource::None);
-        // Filters read their fields from the slots of the records' plan.
+        // Filters and a map's field-only expressions read their fields from
+        // the slots of the records' plan.
         for (index, step) in steps.iter_mut().enumerate() {
-            if let Operation::Filter(condition) = &mut step.operation {
-                let plan = if index < after_cut {
-                    &decode
-                } else {
-                    &repartitioned_decode
-                };
-                *condition = Condition::bind(condition.expression().clone(), plan.field_names());
+            let plan = if index < after_cut {
+                &decode
+            } else {
+                &repartitioned_decode
+            };
+            let names = plan.field_names();
+            match &mut step.operation {
+                Operation::Filter(condition) => {
+                    *condition = Condition::bind(condition.expression().clone(), names);
+                }
+                Operation::Map { fields, .. } => {
+                    for field in fields {
+                        field.slot = field.expr.record_field().and_then(|name| {
+                            names.and_then(|names| names.iter().position(|n| n == name))
+                        });
+                    }
+                }
+                _ => {}
             }
         }
         let join = steps

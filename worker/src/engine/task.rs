@@ -785,6 +785,9 @@ fn emit_mapped(
             value.push(b',');
         }
         value.extend_from_slice(&f.json_key);
+        if f.write_from_slot(flow.record(), &mut value) {
+            continue;
+        }
         if let Err(e) = f.expr.eval_json(flow.record(), &mut value) {
             let e = first_declared_error(fields, flow.record(), f, e);
             dead_letter(&flow, step, &e, out);
