@@ -117,17 +117,25 @@ impl WatermarkTracker {
             }
         };
         let clock = &mut self.partitions[index].1;
+        let previous = clock.max_event_time;
         // Active as of the next `advance`: `now` may be stale after a long
         // pause of the caller (a checkpoint), and must not make a partition
         // that just delivered look idle.
         clock.last_active = None;
         clock.idle = false;
-        let max = clock
-            .max_event_time
-            .map_or(event_time, |m| m.max(event_time));
-        let advanced = clock.max_event_time != Some(max);
+        let max = previous.map_or(event_time, |m| m.max(event_time));
         clock.max_event_time = Some(max);
-        if advanced {
+        // A partition already ahead of the watermark is not the minimum of
+        // the active ones (nor, were it idle, what all of them being idle
+        // gave: the watermark would be at least its value): moving it
+        // further changes nothing, and the other partitions need not be
+        // looked at.
+        let ahead = previous
+            .zip(self.watermark)
+            .is_some_and(|(previous, watermark)| {
+                previous.saturating_sub(self.max_out_of_orderness) > watermark
+            });
+        if previous != Some(max) && !ahead {
             self.recompute();
         }
         self.watermark
@@ -588,6 +596,46 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the partitions deliver and however time advances
+        /// (partitions turning idle and back), the watermark is what
+        /// combining every partition's clock gives, never lower than
+        /// before: observing a partition ahead of the watermark without
+        /// looking at the others loses nothing.
+        #[test]
+        fn the_watermark_is_always_that_of_every_partition(
+            steps in proptest::collection::vec(
+                prop_oneof![
+                    3 => (0i32..4, 0i64..100_000).prop_map(|(p, ts)| (Some(p), ts)),
+                    1 => (0i64..5_000).prop_map(|gap| (None, gap)),
+                ],
+                1..200,
+            )
+        ) {
+            let mut t = WatermarkTracker::new(100, 1_000);
+            for p in 0..4 {
+                t.register(pid(p));
+            }
+            let mut now = 0;
+            let mut last = None;
+            for (partition, value) in steps {
+                match partition {
+                    Some(p) => {
+                        t.observe("in", p, value);
+                    }
+                    None => {
+                        now += value;
+                        t.advance(now);
+                    }
+                }
+                let ooo = t.max_out_of_orderness;
+                let full = combine(t.partitions.iter().map(|(_, c)| {
+                    (c.max_event_time.map(|m| m.saturating_sub(ooo)), c.idle)
+                }));
+                prop_assert_eq!(t.watermark(), last.max(full));
+                last = t.watermark();
+            }
+        }
+
         #[test]
         fn watermark_is_the_min_of_active_partitions_and_monotone(
             events in proptest::collection::vec((0i32..4, 0i64..1_000_000), 1..200)

@@ -163,10 +163,18 @@ impl Running {
             else {
                 continue;
             };
-            let topic = message.topic();
-            let Some(topic_index) = self.topics.iter().position(|t| t == topic) else {
-                continue;
+            // A consumer of one topic reads only its partitions: the name's
+            // lookup (and its UTF-8 check) is needed only among several.
+            let topic_index = if self.topics.len() == 1 {
+                0
+            } else {
+                let topic = message.topic();
+                match self.topics.iter().position(|t| t == topic) {
+                    Some(i) => i,
+                    None => continue,
+                }
             };
+            let topic = self.topics[topic_index].as_str();
             let task = &mut self.tasks[index];
             let record = SourceRecord {
                 topic,
