@@ -135,7 +135,6 @@ impl<'a> Fields<'a> {
 
     /// Sets the field at `position` (a later value of a key replaces an
     /// earlier one, as in a decoded JSON object).
-    #[inline(always)]
     pub fn set(&mut self, position: usize, value: FieldValue<'a>) {
         if let Some(slot) = self.values.get_mut(position) {
             *slot = Some(value);

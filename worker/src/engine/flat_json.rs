@@ -150,18 +150,32 @@ impl<'a> Scanner<'a> {
 
     /// The bytes of a string of printable ASCII without escapes, borrowed:
     /// keys and skipped strings are only compared or checked, never read
-    /// as text. Eight bytes are checked at a time while eight are left.
+    /// as text.
     #[inline(always)]
     fn plain_string(&mut self) -> Option<&'a [u8]> {
+        self.plain_string_and_word().map(|(text, _)| text)
+    }
+
+    /// [`Scanner::plain_string`], and its bytes as a word (see
+    /// [`KeyTable`]) when it is at most seven bytes long and eight bytes
+    /// follow its opening quote. Eight bytes are checked at a time while
+    /// eight are left.
+    #[inline(always)]
+    fn plain_string_and_word(&mut self) -> Option<(&'a [u8], Option<u64>)> {
         self.expect(b'"')?;
         let start = self.at;
         let mut end = start;
+        let mut short = None;
         loop {
             match self.word_at(end) {
                 Some(word) => {
                     let stops = swar::string_stops(word);
                     if stops != 0 {
-                        end += swar::first_byte(stops);
+                        let len = swar::first_byte(stops);
+                        if end == start {
+                            short = Some(word & swar::first_bytes(len));
+                        }
+                        end += len;
                         break;
                     }
                     end += 8;
@@ -178,7 +192,7 @@ impl<'a> Scanner<'a> {
         // is given up on.
         self.at = end;
         self.expect(b'"')?;
-        Some(&self.bytes[start..end])
+        Some((&self.bytes[start..end], short))
     }
 
     /// The position among the kept names of the object key that starts
@@ -188,31 +202,15 @@ impl<'a> Scanner<'a> {
     /// other by its bytes.
     #[inline(always)]
     fn key(&mut self, fields: &Fields<'a>, keys: &KeyTable) -> Option<Option<usize>> {
-        if self.peek() == Some(b'"')
-            && let Some(word) = self.word_at(self.at + 1)
-        {
-            let stops = swar::string_stops(word);
-            if stops != 0 {
-                let start = self.at + 1;
-                let len = swar::first_byte(stops);
-                // The first byte that ends a plain string: anything but a
-                // quote is given up on.
-                if self.bytes[start + len] != b'"' {
-                    return None;
-                }
-                self.at = start + len + 1;
-                let key = word & swar::first_bytes(len);
-                if let Some(position) = keys.words.iter().position(|w| *w == key) {
-                    return Some(Some(position));
-                }
-                return Some(if keys.complete {
-                    None
-                } else {
-                    fields.position_of_bytes(&self.bytes[start..start + len])
-                });
+        let (key, word) = self.plain_string_and_word()?;
+        if let Some(word) = word {
+            if let Some(position) = keys.words.iter().position(|w| *w == word) {
+                return Some(Some(position));
+            }
+            if keys.complete {
+                return Some(None);
             }
         }
-        let key = self.plain_string()?;
         Some(fields.position_of_bytes(key))
     }
 

@@ -382,9 +382,7 @@ impl Running {
             id,
         });
         if let Err(e) = self.checkpoint() {
-            if let Some(drain) = self.draining.take() {
-                self.set_savepoint(&drain.id, SavepointState::Failed, Some(e.to_string()));
-            }
+            self.fail_drain(&e.to_string());
             return Err(e);
         }
         Ok(())
@@ -397,7 +395,7 @@ impl Running {
         let Some(drain) = &self.draining else {
             return Ok(());
         };
-        let upstreams = usize::try_from(self.partitions).unwrap_or(0);
+        let upstreams = self.upstreams();
         let drained = self.tasks.iter().all(|task| {
             (0..upstreams).all(|u| task.drained.get(&u).is_some_and(|id| *id == drain.id))
         });
@@ -418,11 +416,24 @@ impl Running {
     /// Fails the drain in progress, if any, with `message`, and reads the
     /// sources again (after a drain, or after a completed stop).
     fn give_up_drain(&mut self, message: &str) -> Result<(), WorkerError> {
-        if let Some(drain) = self.draining.take() {
-            tracing::warn!(id = %drain.id, "{message}");
-            self.set_savepoint(&drain.id, SavepointState::Failed, Some(message.to_owned()));
+        if let Some(id) = self.fail_drain(message) {
+            tracing::warn!(%id, "{message}");
         }
         self.resume_sources()
+    }
+
+    /// Ends the drain in progress, if any, its savepoint failed with
+    /// `message`; returns the savepoint's id.
+    fn fail_drain(&mut self, message: &str) -> Option<String> {
+        let drain = self.draining.take()?;
+        self.set_savepoint(&drain.id, SavepointState::Failed, Some(message.to_owned()));
+        Some(drain.id)
+    }
+
+    /// How many tasks the job has, each an upstream of every task's
+    /// repartition partition.
+    fn upstreams(&self) -> usize {
+        usize::try_from(self.partitions).unwrap_or(0)
     }
 
     /// Takes savepoint `id` and, with `stop`, stops processing after it.
@@ -516,13 +527,13 @@ impl Running {
         if !read.report.is_empty() {
             self.report_tables_read(&read.report)?;
         }
-        let upstreams = usize::try_from(self.partitions).unwrap_or(0);
+        let upstreams = self.upstreams();
         let tasks = &self.tasks;
         let resumed = self.inputs.open(|id| {
             tasks
                 .iter()
                 .find(|task| task.id == id)
-                .is_some_and(|task| (0..upstreams).all(|u| task.tables_forwarded.contains(&u)))
+                .is_some_and(|task| task.tables_missing(upstreams).next().is_none())
         });
         if !self.inputs.waiting().is_empty() && self.table_wait_logged.elapsed() >= WAIT_LOG_EVERY {
             self.table_wait_logged = Instant::now();
@@ -531,9 +542,7 @@ impl Running {
                 .iter()
                 .filter(|t| self.inputs.waiting().contains(&t.id))
             {
-                let missing: Vec<usize> = (0..upstreams)
-                    .filter(|u| !task.tables_forwarded.contains(u))
-                    .collect();
+                let missing: Vec<usize> = task.tables_missing(upstreams).collect();
                 tracing::info!(
                     task = task.id,
                     ?missing,

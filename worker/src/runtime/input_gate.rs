@@ -58,7 +58,7 @@ pub(super) fn partition_list(
 }
 
 /// What ending table loads asks of the worker.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct LoadsEnded {
     /// With forwarding, the tasks to report their partition of the table
     /// read, once the rows they forwarded are written.

@@ -352,6 +352,14 @@ struct Task {
 }
 
 /// A stop-with-savepoint waiting for the repartition topic to drain.
+impl Task {
+    /// The upstream tasks among the first `upstreams` that have not yet
+    /// reported forwarding their partition of the join's table.
+    fn tables_missing(&self, upstreams: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..upstreams).filter(|u| !self.tables_forwarded.contains(u))
+    }
+}
+
 struct Drain {
     /// The savepoint id.
     id: String,
