@@ -1,6 +1,7 @@
 //! Everything that talks to Kafka: client configuration, the output
 //! producers and the protocol's output side, the repartition topic, the
-//! partitioner, credentials and the lag monitor.
+//! partitioner, credentials, the lag monitor and the source queue the
+//! records are read from in batches.
 
 pub mod client;
 pub mod credentials;
@@ -9,3 +10,4 @@ pub mod output;
 pub mod partitioner;
 pub mod producer;
 pub mod repartition;
+pub mod source_queue;

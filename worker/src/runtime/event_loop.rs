@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message};
 use weir_crds::job::Guarantee;
 
 use super::dispatch::{dispatch_repartitioned, emit, source_offsets};
@@ -130,79 +129,79 @@ impl Running {
         }
     }
 
-    /// Polls and processes up to [`MAX_BATCH`] records, waiting up to
-    /// [`POLL_WAIT`] only when nothing is buffered.
+    /// Reads and processes up to [`MAX_BATCH`] records, waiting up to
+    /// [`POLL_WAIT`] only when nothing is buffered; first serves the
+    /// consumer's events (logs, errors).
     fn poll_batch(&mut self) -> Result<(), WorkerError> {
+        for e in self.source.serve_events()? {
+            // Broker and transport errors are retried by librdkafka.
+            tracing::warn!(error = %e, "consumer error");
+        }
         let mut processed = 0;
         while processed < MAX_BATCH {
-            let message = match self.consumer.poll(Duration::ZERO) {
-                Some(m) => m,
-                None if processed > 0 => break,
-                None => {
-                    let waiting = Instant::now();
-                    let m = self.consumer.poll(POLL_WAIT);
-                    self.idle += waiting.elapsed();
-                    match m {
-                        Some(m) => m,
-                        None => break,
-                    }
-                }
+            let wait = if processed == 0 {
+                POLL_WAIT
+            } else {
+                Duration::ZERO
             };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
+            let waiting = Instant::now();
+            let read = self.source.read(MAX_BATCH - processed, wait);
+            if !wait.is_zero() {
+                self.idle += waiting.elapsed();
+            }
+            if read == 0 {
+                break;
+            }
+            for message in self.source.records() {
+                if let Some(e) = message.error() {
                     // Broker and transport errors are retried by librdkafka.
                     tracing::warn!(error = %e, "consumer error");
-                    break;
+                    continue;
                 }
-            };
-            let partition = message.partition();
-            let Some(index) = usize::try_from(partition)
-                .ok()
-                .and_then(|p| self.task_of_partition.get(p).copied().flatten())
-            else {
-                continue;
-            };
-            // A consumer of one topic reads only its partitions: the name's
-            // lookup (and its UTF-8 check) is needed only among several.
-            let topic_index = if self.topics.len() == 1 {
-                0
-            } else {
-                let topic = message.topic();
-                match self.topics.iter().position(|t| t == topic) {
-                    Some(i) => i,
-                    None => continue,
-                }
-            };
-            let topic = self.topics[topic_index].as_str();
-            let task = &mut self.tasks[index];
-            let record = SourceRecord {
-                topic,
-                partition,
-                offset: message.offset(),
-                key: message.key(),
-                value: message.payload(),
-                timestamp_ms: message.timestamp().to_millis(),
-            };
-            let result = if Some(topic_index) == self.repartition_input {
-                let headers = message
-                    .headers()
-                    .into_iter()
-                    .flat_map(|h| h.iter())
-                    .map(|h| (h.key, h.value));
-                dispatch_repartitioned(task, &record, repartition::classify(headers))
-            } else {
-                task.unreported_in += 1;
-                task.processor.process(&record, &mut task.outputs)
-            };
-            result.map_err(|e| WorkerError::Task {
-                task: task.id,
-                message: e.to_string(),
-            })?;
-            let producer = self.output.producer(task_number(task.id));
-            drain_timers(task, producer, &self.destinations, &self.metrics.heartbeat)?;
-            task.offsets[topic_index] = message.offset() + 1;
-            processed += 1;
+                let partition = message.partition();
+                let Some(index) = usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| self.task_of_partition.get(p).copied().flatten())
+                else {
+                    continue;
+                };
+                // A consumer of one topic reads only its partitions: the
+                // name's lookup (and its UTF-8 check) is needed only among
+                // several.
+                let topic_index = if self.topics.len() == 1 {
+                    0
+                } else {
+                    let topic = message.topic();
+                    match self.topics.iter().position(|t| t == topic) {
+                        Some(i) => i,
+                        None => continue,
+                    }
+                };
+                let topic = self.topics[topic_index].as_str();
+                let task = &mut self.tasks[index];
+                let record = SourceRecord {
+                    topic,
+                    partition,
+                    offset: message.offset(),
+                    key: message.key(),
+                    value: message.payload(),
+                    timestamp_ms: message.timestamp_ms(),
+                };
+                let result = if Some(topic_index) == self.repartition_input {
+                    dispatch_repartitioned(task, &record, repartition::classify(message.headers()))
+                } else {
+                    task.unreported_in += 1;
+                    task.processor.process(&record, &mut task.outputs)
+                };
+                result.map_err(|e| WorkerError::Task {
+                    task: task.id,
+                    message: e.to_string(),
+                })?;
+                let producer = self.output.producer(task_number(task.id));
+                drain_timers(task, producer, &self.destinations, &self.metrics.heartbeat)?;
+                task.offsets[topic_index] = message.offset() + 1;
+                processed += 1;
+            }
         }
         if processed > 0 {
             self.dirty = true;

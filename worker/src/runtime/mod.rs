@@ -44,6 +44,7 @@ use crate::kafka::lag::LagMonitor;
 use crate::kafka::output::KafkaOutput;
 use crate::kafka::producer::ProduceError;
 use crate::kafka::repartition::{Purger, RepartitionError};
+use crate::kafka::source_queue::{SourceQueue, SourceQueueError};
 use crate::state::StateError;
 
 /// Why a worker could not start or stopped with an error.
@@ -77,6 +78,9 @@ pub enum WorkerError {
         /// The underlying error.
         source: rdkafka::error::KafkaError,
     },
+    /// The source records could not be read.
+    #[error("source queue: {0}")]
+    Source(#[from] SourceQueueError),
     /// The pipeline does not compile.
     #[error("pipeline: {0}")]
     Pipeline(String),
@@ -389,6 +393,8 @@ struct Running {
     /// What every manifest records about the pipeline.
     pipeline_record: PipelineRecord,
     consumer: Arc<BaseConsumer>,
+    /// The assigned partitions' records, read in batches.
+    source: SourceQueue,
     /// The topics every task reads partition `t` of: the source topics,
     /// then the repartition topic if the pipeline has one.
     topics: Vec<String>,

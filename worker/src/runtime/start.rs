@@ -30,6 +30,7 @@ use crate::kafka::client::{self, KafkaSetupError};
 use crate::kafka::lag::LagMonitor;
 use crate::kafka::output::{KafkaGroupOffsets, KafkaOutput};
 use crate::kafka::repartition::{self, Purger};
+use crate::kafka::source_queue::SourceQueue;
 use crate::state::{StateOptions, TaskState};
 
 /// librdkafka's default `message.max.bytes`.
@@ -315,6 +316,14 @@ impl Running {
                 fresh_reports_from,
             });
         }
+        // Forwarded before the assignment starts fetching: every record
+        // reaches the source queue, none the consumer's own.
+        let assigned: Vec<(String, i32)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let source = SourceQueue::new(consumer.clone(), &assigned)?;
         consumer
             .assign(&assignment)
             .map_err(|source| WorkerError::Consumer {
@@ -407,6 +416,7 @@ impl Running {
             output,
             pipeline_record,
             consumer,
+            source,
             topics,
             repartition_input,
             purger,

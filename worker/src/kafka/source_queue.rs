@@ -1,0 +1,377 @@
+//! The worker's source records, read from librdkafka in batches.
+//!
+//! rust-rdkafka's `BaseConsumer::poll` hands out one record per call, and
+//! each call takes the queue's lock, reads the clock three times and builds
+//! and reference-counts an event: about a thousand instructions per record,
+//! half of what the stateless pipeline itself costs. Here the fetch queue
+//! of every assigned partition is forwarded to one queue of the worker's
+//! own, read with `rd_kafka_consume_batch_queue`: one call returns a batch
+//! of records, each taken from the queue under its lock but without the
+//! event, the clock reads or the reference counts.
+//!
+//! The consumer's own queue keeps everything else librdkafka reports
+//! (logs, errors, commit results): [`SourceQueue::serve_events`] polls it.
+//! Records never reach it: the partitions are forwarded before they are
+//! assigned, so that nothing is fetched into the consumer's queue first
+//! (librdkafka keeps a forward the application set when it starts
+//! fetching).
+//!
+//! This is the worker's only foreign-function code: the pointers are
+//! librdkafka's, each `unsafe` block says why it holds.
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::marker::PhantomData;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::bindings as rd;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Most events of the consumer's queue served per call of
+/// [`SourceQueue::serve_events`], so that a storm of logs cannot hold up
+/// the records.
+const MAX_EVENTS_PER_SERVE: usize = 1000;
+
+/// Why the source queue could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceQueueError {
+    /// librdkafka has no queue for the partition.
+    #[error("librdkafka has no fetch queue for partition {partition} of topic {topic}")]
+    NoPartitionQueue {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// librdkafka has no queue for the consumer (it has no group).
+    #[error("the consumer has no queue of its own (no group.id)")]
+    NoConsumerQueue,
+    /// librdkafka could not create a queue.
+    #[error("librdkafka could not create the source queue")]
+    NoQueue,
+    /// A record arrived on the consumer's own queue instead of the source
+    /// queue: its partition was not forwarded, and the order of its
+    /// records is no longer known.
+    #[error(
+        "a record of partition {partition} arrived outside the source queue (not forwarded before assignment)"
+    )]
+    RecordOutsideQueue {
+        /// Its partition.
+        partition: i32,
+    },
+}
+
+/// The fetch queues of the assigned source partitions, forwarded to one
+/// queue read in batches; also serves the events of the consumer's own
+/// queue.
+pub struct SourceQueue {
+    /// The queue every partition's fetch queue is forwarded to.
+    queue: NonNull<rd::rd_kafka_queue_t>,
+    /// The partitions' fetch queues (held to undo the forward on drop).
+    partitions: Vec<NonNull<rd::rd_kafka_queue_t>>,
+    /// The consumer's own queue (events only), to see whether it holds any.
+    consumer_queue: NonNull<rd::rd_kafka_queue_t>,
+    /// The records of the last read, owned until the next read.
+    batch: Vec<*mut rd::rd_kafka_message_t>,
+    /// The consumer whose queues these are: it outlives them.
+    consumer: Arc<BaseConsumer>,
+}
+
+impl SourceQueue {
+    /// Forwards the fetch queue of every `(topic, partition)` to a new
+    /// queue. Call it before the partitions are assigned.
+    pub fn new(
+        consumer: Arc<BaseConsumer>,
+        partitions: &[(String, i32)],
+    ) -> Result<Self, SourceQueueError> {
+        let client = consumer.client().native_ptr();
+        // SAFETY: `client` is the live consumer's handle (held by
+        // `consumer` for as long as `self` lives); the reference returned
+        // is released in `drop`.
+        let consumer_queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(client) })
+            .ok_or(SourceQueueError::NoConsumerQueue)?;
+        // SAFETY: as above; the queue created is owned by `self`.
+        let Some(queue) = NonNull::new(unsafe { rd::rd_kafka_queue_new(client) }) else {
+            // SAFETY: taken above and not used again.
+            unsafe { rd::rd_kafka_queue_destroy(consumer_queue.as_ptr()) };
+            return Err(SourceQueueError::NoQueue);
+        };
+        // From here on `drop` releases whatever was taken.
+        let mut source = SourceQueue {
+            queue,
+            partitions: Vec::with_capacity(partitions.len()),
+            consumer_queue,
+            batch: Vec::new(),
+            consumer,
+        };
+        for (topic, partition) in partitions {
+            let no_queue = || SourceQueueError::NoPartitionQueue {
+                topic: topic.clone(),
+                partition: *partition,
+            };
+            let name = CString::new(topic.as_str()).map_err(|_| no_queue())?;
+            // SAFETY: `client` is live, `name` a NUL-terminated string
+            // that outlives the call; the reference returned is released
+            // in `drop`.
+            let fetch_queue = NonNull::new(unsafe {
+                rd::rd_kafka_queue_get_partition(client, name.as_ptr(), *partition)
+            })
+            .ok_or_else(no_queue)?;
+            // SAFETY: both queues are live references of this client.
+            unsafe { rd::rd_kafka_queue_forward(fetch_queue.as_ptr(), queue.as_ptr()) };
+            source.partitions.push(fetch_queue);
+        }
+        Ok(source)
+    }
+
+    /// Drops the last read's records and reads up to `max` new ones,
+    /// waiting up to `timeout` for the first when none is buffered (and
+    /// not for more: a batch is whatever is there). Returns how many were
+    /// read; [`SourceQueue::records`] gives them.
+    pub fn read(&mut self, max: usize, timeout: Duration) -> usize {
+        self.release();
+        if max == 0 {
+            return 0;
+        }
+        if !timeout.is_zero() {
+            // librdkafka's batch read waits up to its timeout for the
+            // whole batch: wait for one record only, then take the rest.
+            self.read_into(1, timeout);
+            if self.batch.is_empty() {
+                return 0;
+            }
+        }
+        self.read_into(max - self.batch.len(), Duration::ZERO);
+        self.batch.len()
+    }
+
+    /// Appends up to `max` records to the batch, waiting up to `timeout`.
+    fn read_into(&mut self, max: usize, timeout: Duration) {
+        if max == 0 {
+            return;
+        }
+        self.batch.reserve(max);
+        let start = self.batch.len();
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the buffer has room for `max` pointers past `start`;
+        // librdkafka writes at most that many and returns how many it
+        // wrote (never more than `max`, or -1 for none).
+        let read = unsafe {
+            rd::rd_kafka_consume_batch_queue(
+                self.queue.as_ptr(),
+                timeout_ms,
+                self.batch.as_mut_ptr().add(start),
+                max,
+            )
+        };
+        let read = usize::try_from(read).unwrap_or(0).min(max);
+        // SAFETY: the first `start + read` elements are initialised.
+        unsafe { self.batch.set_len(start + read) };
+    }
+
+    /// The records of the last read, in order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = SourceMessage<'_>> {
+        self.batch.iter().map(|&raw| SourceMessage {
+            // SAFETY: every pointer of the batch is a message librdkafka
+            // handed out and `release` has not destroyed yet; it lives as
+            // long as `&self` (a read needs `&mut self`).
+            raw: unsafe { &*raw },
+        })
+    }
+
+    /// Serves the events waiting on the consumer's own queue (librdkafka's
+    /// logs, errors and results, each handled by rust-rdkafka as one poll
+    /// does), at most [`MAX_EVENTS_PER_SERVE`] of them. Consumer errors
+    /// are returned for the caller to log (librdkafka retries them). A
+    /// record there is an error: its partition was not forwarded.
+    pub fn serve_events(&self) -> Result<Vec<KafkaError>, SourceQueueError> {
+        let mut errors = Vec::new();
+        for _ in 0..MAX_EVENTS_PER_SERVE {
+            // SAFETY: the consumer queue is a live reference held by self.
+            if unsafe { rd::rd_kafka_queue_length(self.consumer_queue.as_ptr()) } == 0 {
+                break;
+            }
+            match self.consumer.poll(Duration::ZERO) {
+                None => {}
+                Some(Err(e)) => errors.push(e),
+                Some(Ok(message)) => {
+                    use rdkafka::Message;
+                    return Err(SourceQueueError::RecordOutsideQueue {
+                        partition: message.partition(),
+                    });
+                }
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Destroys the records of the last read.
+    fn release(&mut self) {
+        for raw in self.batch.drain(..) {
+            // SAFETY: each message is destroyed once, after which no
+            // `SourceMessage` of it exists (they borrow `self`).
+            unsafe { rd::rd_kafka_message_destroy(raw) };
+        }
+    }
+}
+
+impl Drop for SourceQueue {
+    fn drop(&mut self) {
+        self.release();
+        for fetch_queue in self.partitions.drain(..) {
+            // SAFETY: the references were taken in `new` and are released
+            // once; undoing the forward first leaves no queue pointing at
+            // the one destroyed below.
+            unsafe {
+                rd::rd_kafka_queue_forward(fetch_queue.as_ptr(), ptr::null_mut());
+                rd::rd_kafka_queue_destroy(fetch_queue.as_ptr());
+            }
+        }
+        // SAFETY: both were taken in `new`, are released once, and the
+        // consumer (`self.consumer`) is still alive.
+        unsafe {
+            rd::rd_kafka_queue_destroy(self.consumer_queue.as_ptr());
+            rd::rd_kafka_queue_destroy(self.queue.as_ptr());
+        }
+    }
+}
+
+/// One source record of a batch, borrowed from librdkafka.
+#[derive(Clone, Copy)]
+pub struct SourceMessage<'a> {
+    raw: &'a rd::rd_kafka_message_t,
+}
+
+impl<'a> SourceMessage<'a> {
+    /// The consumer error this message reports instead of a record, if
+    /// any.
+    pub fn error(&self) -> Option<KafkaError> {
+        (self.raw.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            .then(|| KafkaError::MessageConsumption(RDKafkaErrorCode::from(self.raw.err)))
+    }
+
+    /// Its partition.
+    pub fn partition(&self) -> i32 {
+        self.raw.partition
+    }
+
+    /// Its offset.
+    pub fn offset(&self) -> i64 {
+        self.raw.offset
+    }
+
+    /// Its topic's name, or `""` when librdkafka's is not UTF-8 (a topic
+    /// name never is).
+    pub fn topic(&self) -> &'a str {
+        // SAFETY: a record's topic handle lives as long as the record and
+        // its name is NUL-terminated.
+        unsafe { c_str(rd::rd_kafka_topic_name(self.raw.rkt)) }.unwrap_or("")
+    }
+
+    /// Its value.
+    pub fn payload(&self) -> Option<&'a [u8]> {
+        // SAFETY: librdkafka's payload is `len` bytes owned by the message.
+        unsafe { bytes(self.raw.payload, self.raw.len) }
+    }
+
+    /// Its key.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        // SAFETY: the key is `key_len` bytes owned by the message.
+        unsafe { bytes(self.raw.key, self.raw.key_len) }
+    }
+
+    /// Its timestamp in epoch milliseconds, if it has one.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: a live message and a place for the type.
+        let ms = unsafe { rd::rd_kafka_message_timestamp(self.raw, &mut kind) };
+        (kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ms != -1)
+            .then_some(ms)
+    }
+
+    /// Its headers as (name, value); a header whose name is not UTF-8 is
+    /// left out (no header Weir reads has such a name).
+    pub fn headers(&self) -> SourceHeaders<'a> {
+        let mut headers = ptr::null_mut();
+        // SAFETY: a live message; the headers belong to it (parsed on the
+        // first call) and are not destroyed before it.
+        let err = unsafe { rd::rd_kafka_message_headers(self.raw, &mut headers) };
+        SourceHeaders {
+            headers: if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                headers
+            } else {
+                ptr::null_mut()
+            },
+            next: 0,
+            message: PhantomData,
+        }
+    }
+}
+
+/// The headers of a [`SourceMessage`], in order.
+pub struct SourceHeaders<'a> {
+    headers: *mut rd::rd_kafka_headers_t,
+    next: usize,
+    message: PhantomData<&'a rd::rd_kafka_message_t>,
+}
+
+impl<'a> Iterator for SourceHeaders<'a> {
+    type Item = (&'a str, Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.headers.is_null() {
+            return None;
+        }
+        loop {
+            let (mut name, mut value, mut size): (*const c_char, *const c_void, usize) =
+                (ptr::null(), ptr::null(), 0);
+            // SAFETY: live headers of a live message; librdkafka fills the
+            // three places or returns an error past the last header.
+            let err = unsafe {
+                rd::rd_kafka_header_get_all(
+                    self.headers,
+                    self.next,
+                    &mut name,
+                    &mut value,
+                    &mut size,
+                )
+            };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return None;
+            }
+            self.next += 1;
+            // SAFETY: the name is NUL-terminated and the value `size`
+            // bytes, both owned by the message.
+            let (name, value) = unsafe { (c_str(name), bytes(value, size)) };
+            if let Some(name) = name {
+                return Some((name, value));
+            }
+        }
+    }
+}
+
+/// The UTF-8 string at `ptr`, or `None` when it is null or not UTF-8.
+///
+/// # Safety
+/// `ptr` is null or a NUL-terminated string that lives for `'a`.
+unsafe fn c_str<'a>(ptr: *const c_char) -> Option<&'a str> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise.
+    unsafe { CStr::from_ptr(ptr) }.to_str().ok()
+}
+
+/// The `len` bytes at `ptr`, or `None` when it is null.
+///
+/// # Safety
+/// `ptr` is null or points to `len` bytes that live for `'a`.
+unsafe fn bytes<'a>(ptr: *const c_void, len: usize) -> Option<&'a [u8]> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise.
+    Some(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+}
