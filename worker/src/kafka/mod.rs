@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod delivery_poller;
 pub mod lag;
 pub mod output;
 pub mod partitioner;

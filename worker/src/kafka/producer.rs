@@ -33,7 +33,9 @@ use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use crate::kafka::delivery_poller::DeliveryPoller;
 
 /// How long producer flushes and transaction operations may take.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,6 +106,15 @@ pub enum ProduceError {
         name: String,
         /// The underlying error.
         source: KafkaError,
+    },
+    /// The thread serving the producer's delivery reports could not be
+    /// started.
+    #[error("cannot start the delivery thread of producer {name}: {message}")]
+    Poller {
+        /// The producer's name.
+        name: String,
+        /// Why.
+        message: String,
     },
     /// A record could not be queued.
     #[error("cannot send to {topic}: {source}")]
@@ -179,7 +190,10 @@ impl ProducerContext for DeliveryContext {
 pub struct OutputProducer {
     name: String,
     transactional: bool,
-    producer: ThreadedProducer<DeliveryContext>,
+    /// Serves the delivery reports; declared before `producer` so that its
+    /// thread and queue handle go before the producer does.
+    _deliveries: DeliveryPoller,
+    producer: Arc<BaseProducer<DeliveryContext>>,
     /// The budget whose share the queue keeps to; `None` when the job sets
     /// `queue.buffering.max.kbytes` itself.
     budget: Option<Arc<QueueBudget>>,
@@ -218,12 +232,19 @@ impl OutputProducer {
         let user_sized = config.get("queue.buffering.max.kbytes").is_some();
         let config =
             crate::kafka::client::producer_config(config, transactional_id, budget.bytes());
-        let producer =
-            ThreadedProducer::from_config_and_context(&config, DeliveryContext::default())
-                .map_err(|source| ProduceError::Create {
+        let producer = BaseProducer::from_config_and_context(&config, DeliveryContext::default())
+            .map_err(|source| ProduceError::Create {
+            name: name.clone(),
+            source,
+        })?;
+        let producer = Arc::new(producer);
+        let deliveries =
+            DeliveryPoller::start(producer.clone(), "weir-deliveries").map_err(|e| {
+                ProduceError::Poller {
                     name: name.clone(),
-                    source,
-                })?;
+                    message: e.to_string(),
+                }
+            })?;
         let budget = (!user_sized).then_some(budget);
         if let Some(budget) = &budget {
             budget.producers.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +252,7 @@ impl OutputProducer {
         let this = Self {
             name,
             transactional: transactional_id.is_some(),
+            _deliveries: deliveries,
             producer,
             budget,
             interrupt: Mutex::new(None),

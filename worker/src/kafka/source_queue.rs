@@ -375,3 +375,194 @@ unsafe fn bytes<'a>(ptr: *const c_void, len: usize) -> Option<&'a [u8]> {
     // SAFETY: the caller's promise.
     Some(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rdkafka::config::FromClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::kafka::client::consumer_config;
+
+    type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+    /// A mock cluster with two topics of two partitions, each partition
+    /// holding `per_partition` records `<topic>/<partition>/<i>` keyed
+    /// `k<i>`, stamped `1000 + i` and with a header `n` = `i`.
+    fn cluster_with_records(per_partition: usize) -> Cluster {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for topic in ["a", "b"] {
+            cluster.create_topic(topic, 2, 1).expect("topic");
+            for partition in 0..2 {
+                for i in 0..per_partition {
+                    let value = format!("{topic}/{partition}/{i}");
+                    let key = format!("k{i}");
+                    let headers = OwnedHeaders::new().insert(Header {
+                        key: "n",
+                        value: Some(i.to_string().as_bytes()),
+                    });
+                    let record = BaseRecord::to(topic)
+                        .partition(partition)
+                        .payload(&value)
+                        .key(&key)
+                        .timestamp(1000 + i as i64)
+                        .headers(headers);
+                    producer.send(record).map_err(|(e, _)| e).expect("send");
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        cluster
+    }
+
+    fn consumer(cluster: &Cluster) -> Arc<BaseConsumer> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", cluster.bootstrap_servers());
+        Arc::new(BaseConsumer::from_config(&consumer_config(&base, "g")).expect("consumer"))
+    }
+
+    fn assignment(partitions: &[(String, i32)]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition_offset(topic, *partition, Offset::Beginning)
+                .expect("partition");
+        }
+        list
+    }
+
+    fn all_partitions() -> Vec<(String, i32)> {
+        ["a", "b"]
+            .iter()
+            .flat_map(|t| (0..2).map(move |p| ((*t).to_owned(), p)))
+            .collect()
+    }
+
+    /// A record as the loop sees it.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        timestamp_ms: Option<i64>,
+        headers: Vec<(String, Option<Vec<u8>>)>,
+    }
+
+    #[test]
+    fn every_record_of_every_assigned_partition_arrives_in_order_with_its_key_time_and_headers() {
+        let per_partition = 300;
+        let cluster = cluster_with_records(per_partition);
+        let consumer = consumer(&cluster);
+        let partitions = all_partitions();
+        let mut source = SourceQueue::new(consumer.clone(), &partitions).expect("source queue");
+        consumer.assign(&assignment(&partitions)).expect("assign");
+
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 4 * per_partition && Instant::now() < deadline {
+            assert!(
+                source
+                    .serve_events()
+                    .expect("no record outside the queue")
+                    .is_empty()
+            );
+            // Batches smaller than what is buffered: a read takes what is
+            // asked and leaves the rest in order.
+            source.read(7, Duration::from_millis(100));
+            for m in source.records() {
+                assert!(m.error().is_none());
+                seen.push(Seen {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().expect("key").to_vec(),
+                    value: m.payload().expect("value").to_vec(),
+                    timestamp_ms: m.timestamp_ms(),
+                    headers: m
+                        .headers()
+                        .map(|(k, v)| (k.to_owned(), v.map(<[u8]>::to_vec)))
+                        .collect(),
+                });
+            }
+        }
+        assert_eq!(seen.len(), 4 * per_partition, "every record arrives once");
+        for (topic, partition) in &partitions {
+            let of_partition: Vec<&Seen> = seen
+                .iter()
+                .filter(|s| &s.topic == topic && s.partition == *partition)
+                .collect();
+            for (i, s) in of_partition.iter().enumerate() {
+                let expected = Seen {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: i as i64,
+                    key: format!("k{i}").into_bytes(),
+                    value: format!("{topic}/{partition}/{i}").into_bytes(),
+                    timestamp_ms: Some(1000 + i as i64),
+                    headers: vec![("n".to_owned(), Some(i.to_string().into_bytes()))],
+                };
+                assert_eq!(**s, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_returns_what_is_buffered_without_waiting_for_a_full_batch() {
+        let cluster = cluster_with_records(3);
+        let consumer = consumer(&cluster);
+        let partitions = all_partitions();
+        let mut source = SourceQueue::new(consumer.clone(), &partitions).expect("source queue");
+        consumer.assign(&assignment(&partitions)).expect("assign");
+        let mut read = 0;
+        let started = Instant::now();
+        while read < 12 && started.elapsed() < Duration::from_secs(20) {
+            // A batch of 1000 is never filled: each read ends as soon as
+            // the buffered records are taken, not after its 10 s.
+            read += source.read(1000, Duration::from_secs(10));
+        }
+        assert_eq!(read, 12);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "reads waited for a full batch: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_record_of_a_partition_not_forwarded_fails_instead_of_being_read_out_of_order() {
+        let cluster = cluster_with_records(3);
+        let consumer = consumer(&cluster);
+        let forwarded = vec![("a".to_owned(), 0)];
+        let source = SourceQueue::new(consumer.clone(), &forwarded).expect("source queue");
+        // Partition a/1 is assigned without being forwarded: its records
+        // reach the consumer's own queue.
+        consumer
+            .assign(&assignment(&[("a".to_owned(), 0), ("a".to_owned(), 1)]))
+            .expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let error = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no record reached the consumer's queue"
+            );
+            match source.serve_events() {
+                Err(e) => break e,
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        assert!(
+            matches!(error, SourceQueueError::RecordOutsideQueue { partition: 1 }),
+            "{error}"
+        );
+    }
+}
