@@ -12,6 +12,7 @@
 //! event per non-waiting poll, and parks again; a timed park bounds how
 //! long a missed wake-up could delay a report.
 
+use std::any::Any;
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub struct DeliveryPoller {
     wake: *mut Thread,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The producer, held so that its client outlives `queue` (fields go
+    /// after `drop`'s body, which releases the queue).
+    _producer: Arc<dyn Any + Send + Sync>,
 }
 
 // SAFETY: librdkafka's queue handles may be used from any thread, and the
@@ -61,11 +65,12 @@ impl DeliveryPoller {
         producer: Arc<BaseProducer<C>>,
         name: &str,
     ) -> std::io::Result<Self> {
-        // SAFETY: the producer is alive (held by the thread below, which
-        // outlives the handle); the reference is released in `drop`.
+        // SAFETY: the producer is alive, and held by `self` until after
+        // `drop` released the reference taken here.
         let queue =
             NonNull::new(unsafe { rd::rd_kafka_queue_get_main(producer.client().native_ptr()) })
                 .ok_or_else(|| std::io::Error::other("librdkafka returned no main queue"))?;
+        let client: Arc<dyn Any + Send + Sync> = producer.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
@@ -95,6 +100,7 @@ impl DeliveryPoller {
             wake,
             stop,
             thread: Some(thread),
+            _producer: client,
         })
     }
 }
@@ -108,16 +114,22 @@ unsafe impl Send for SendQueue {}
 /// The polling thread: serve every waiting event, then park until woken.
 fn serve<C: ProducerContext>(producer: &BaseProducer<C>, queue: &SendQueue, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
+        let mut emptied = false;
         for _ in 0..EVENTS_PER_ROUND {
             // SAFETY: the handle lives until the thread is joined.
             if unsafe { rd::rd_kafka_queue_length(queue.0.as_ptr()) } == 0 {
+                emptied = true;
                 break;
             }
             // Serves one event (a delivery report covers a whole produce
             // request's records) without waiting.
             producer.poll(Duration::ZERO);
         }
-        std::thread::park_timeout(PARK_AT_MOST);
+        // Woken only when the queue turns non-empty: a round that left
+        // events goes on without parking.
+        if emptied {
+            std::thread::park_timeout(PARK_AT_MOST);
+        }
     }
 }
 
@@ -200,7 +212,7 @@ mod tests {
         assert_eq!(
             Arc::strong_count(&producer),
             1,
-            "the polling thread let go of the producer"
+            "the polling thread and the poller let go of the producer"
         );
     }
 }

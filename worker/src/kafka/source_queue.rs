@@ -23,8 +23,9 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rdkafka::Offset;
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -128,23 +129,29 @@ impl SourceQueue {
 
     /// Drops the last read's records and reads up to `max` new ones,
     /// waiting up to `timeout` for the first when none is buffered (and
-    /// not for more: a batch is whatever is there). Returns how many were
-    /// read; [`SourceQueue::records`] gives them.
-    pub fn read(&mut self, max: usize, timeout: Duration) -> usize {
+    /// not for more: a batch is whatever is there). [`SourceQueue::records`]
+    /// gives them.
+    pub fn read(&mut self, max: usize, timeout: Duration) -> Read {
         self.release();
+        let mut waited = Duration::ZERO;
         if max == 0 {
-            return 0;
+            return Read { records: 0, waited };
         }
         if !timeout.is_zero() {
             // librdkafka's batch read waits up to its timeout for the
             // whole batch: wait for one record only, then take the rest.
+            let start = Instant::now();
             self.read_into(1, timeout);
+            waited = start.elapsed();
             if self.batch.is_empty() {
-                return 0;
+                return Read { records: 0, waited };
             }
         }
         self.read_into(max - self.batch.len(), Duration::ZERO);
-        self.batch.len()
+        Read {
+            records: self.batch.len(),
+            waited,
+        }
     }
 
     /// Appends up to `max` records to the batch, waiting up to `timeout`.
@@ -207,8 +214,26 @@ impl SourceQueue {
         Ok(errors)
     }
 
-    /// Destroys the records of the last read.
-    fn release(&mut self) {
+    /// Moves `partition` of `topic` back to `next`, the next record to
+    /// process, after a consumer error for it; the caller skips the
+    /// partition's remaining records of the batch (the move discards what
+    /// was fetched after them, and fetches again from `next`).
+    ///
+    /// A batch read moves a partition's position past every message it
+    /// returns, errors included: an error at offset `x` (the next record to
+    /// fetch) leaves the position at `x + 1`, so that a pause and resume
+    /// would skip record `x`, and an error without an offset leaves it at
+    /// 0. One poll per record never moved it for an error.
+    pub fn rewind(&self, topic: &str, partition: i32, next: i64) -> Result<(), KafkaError> {
+        // Without waiting: librdkafka applies it before the partition's
+        // next fetch.
+        self.consumer
+            .seek(topic, partition, Offset::Offset(next), Duration::ZERO)
+    }
+
+    /// Destroys the records of the last read (each holds on to the whole
+    /// fetch response it came in).
+    pub fn release(&mut self) {
         for raw in self.batch.drain(..) {
             // SAFETY: each message is destroyed once, after which no
             // `SourceMessage` of it exists (they borrow `self`).
@@ -236,6 +261,15 @@ impl Drop for SourceQueue {
             rd::rd_kafka_queue_destroy(self.queue.as_ptr());
         }
     }
+}
+
+/// What a [`SourceQueue::read`] got.
+#[derive(Clone, Copy, Debug)]
+pub struct Read {
+    /// How many records (and consumer errors) it read.
+    pub records: usize,
+    /// How long it waited for the first (idle time).
+    pub waited: Duration,
 }
 
 /// One source record of a batch, borrowed from librdkafka.
@@ -378,12 +412,11 @@ unsafe fn bytes<'a>(ptr: *const c_void, len: usize) -> Option<&'a [u8]> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use rdkafka::config::FromClientConfig;
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
     use super::*;
@@ -396,32 +429,38 @@ mod tests {
     /// `k<i>`, stamped `1000 + i` and with a header `n` = `i`.
     fn cluster_with_records(per_partition: usize) -> Cluster {
         let cluster = MockCluster::new(1).expect("mock cluster");
+        for topic in ["a", "b"] {
+            cluster.create_topic(topic, 2, 1).expect("topic");
+            for partition in 0..2 {
+                send_records(&cluster, topic, partition, 0..per_partition);
+            }
+        }
+        cluster
+    }
+
+    /// Sends the records `range` of `partition` (see
+    /// [`cluster_with_records`]) and waits until they are written.
+    fn send_records(cluster: &Cluster, topic: &str, partition: i32, range: std::ops::Range<usize>) {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .create()
             .expect("producer");
-        for topic in ["a", "b"] {
-            cluster.create_topic(topic, 2, 1).expect("topic");
-            for partition in 0..2 {
-                for i in 0..per_partition {
-                    let value = format!("{topic}/{partition}/{i}");
-                    let key = format!("k{i}");
-                    let headers = OwnedHeaders::new().insert(Header {
-                        key: "n",
-                        value: Some(i.to_string().as_bytes()),
-                    });
-                    let record = BaseRecord::to(topic)
-                        .partition(partition)
-                        .payload(&value)
-                        .key(&key)
-                        .timestamp(1000 + i as i64)
-                        .headers(headers);
-                    producer.send(record).map_err(|(e, _)| e).expect("send");
-                }
-            }
+        for i in range {
+            let value = format!("{topic}/{partition}/{i}");
+            let key = format!("k{i}");
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "n",
+                value: Some(i.to_string().as_bytes()),
+            });
+            let record = BaseRecord::to(topic)
+                .partition(partition)
+                .payload(&value)
+                .key(&key)
+                .timestamp(1000 + i as i64)
+                .headers(headers);
+            producer.send(record).map_err(|(e, _)| e).expect("send");
         }
         producer.flush(Duration::from_secs(10)).expect("flush");
-        cluster
     }
 
     fn consumer(cluster: &Cluster) -> Arc<BaseConsumer> {
@@ -528,7 +567,7 @@ mod tests {
         while read < 12 && started.elapsed() < Duration::from_secs(20) {
             // A batch of 1000 is never filled: each read ends as soon as
             // the buffered records are taken, not after its 10 s.
-            read += source.read(1000, Duration::from_secs(10));
+            read += source.read(1000, Duration::from_secs(10)).records;
         }
         assert_eq!(read, 12);
         assert!(
@@ -564,5 +603,87 @@ mod tests {
             matches!(error, SourceQueueError::RecordOutsideQueue { partition: 1 }),
             "{error}"
         );
+    }
+
+    /// Reads until `done` holds for the offsets and errors read so far, or
+    /// `within` passes.
+    fn read_until(
+        source: &mut SourceQueue,
+        within: Duration,
+        mut on_error: impl FnMut(&SourceQueue, &[i64]),
+        done: impl Fn(&[i64], usize) -> bool,
+    ) -> (Vec<i64>, usize) {
+        let (mut offsets, mut errors) = (Vec::new(), 0);
+        let deadline = Instant::now() + within;
+        while !done(&offsets, errors) && Instant::now() < deadline {
+            source.serve_events().expect("no record outside the queue");
+            source.read(100, Duration::from_millis(50));
+            let mut error = false;
+            for m in source.records() {
+                match m.error() {
+                    Some(_) => error = true,
+                    // Records after an error come again.
+                    None if !error => offsets.push(m.offset()),
+                    None => {}
+                }
+            }
+            if error {
+                errors += 1;
+                on_error(source, &offsets);
+            }
+        }
+        (offsets, errors)
+    }
+
+    #[test]
+    fn a_partition_moved_back_after_a_consumer_error_skips_no_record_when_paused_and_resumed() {
+        let cluster = cluster_with_records(10);
+        let consumer = consumer(&cluster);
+        let partition = vec![("a".to_owned(), 0)];
+        let mut source = SourceQueue::new(consumer.clone(), &partition).expect("source queue");
+        let list = assignment(&partition);
+        consumer.assign(&list).expect("assign");
+        let long = Duration::from_secs(20);
+        // As the loop does: back to the record after the last one read.
+        let rewind = |from: i64| {
+            move |source: &SourceQueue, read: &[i64]| {
+                let next = read.last().map_or(from, |o| o + 1);
+                source.rewind("a", 0, next).expect("rewind");
+            }
+        };
+        let (offsets, _) = read_until(&mut source, long, rewind(0), |o, _| o.len() >= 10);
+        assert_eq!(offsets, (0..10).collect::<Vec<i64>>());
+
+        // The next fetch fails: librdkafka reports the error at offset 10
+        // (the next record to fetch), and the batch read moves the
+        // position to 11. The loop moves it back to its next record.
+        // The mock cluster fails the next fetch request it handles, which
+        // may not be this consumer's next one (it is pushed again until an
+        // error arrives).
+        let (mut offsets, mut errors) = (Vec::new(), 0);
+        for _ in 0..20 {
+            cluster.request_errors(
+                RDKafkaApiKey::Fetch,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+            );
+            let within = Duration::from_secs(1);
+            let (read, e) = read_until(&mut source, within, rewind(10), |_, e| e > 0);
+            offsets.extend(read);
+            errors += e;
+            if errors > 0 {
+                break;
+            }
+        }
+        assert!(offsets.is_empty());
+        assert_eq!(errors, 1);
+
+        // A pause and resume restarts from the position.
+        consumer.pause(&list).expect("pause");
+        send_records(&cluster, "a", 0, 10..12);
+        std::thread::sleep(Duration::from_millis(300));
+        consumer.resume(&list).expect("resume");
+        // (An error pushed twice above may fail a fetch here too.)
+        let (offsets, _) = read_until(&mut source, long, rewind(10), |o, _| o.len() >= 2);
+        assert_eq!(offsets, vec![10, 11], "every record after the error, once");
     }
 }

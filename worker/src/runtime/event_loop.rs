@@ -137,46 +137,63 @@ impl Running {
             // Broker and transport errors are retried by librdkafka.
             tracing::warn!(error = %e, "consumer error");
         }
+        // Records processed, and messages read (records, errors and
+        // records skipped): the batch ends on the latter, so that errors
+        // alone never keep the loop here.
         let mut processed = 0;
-        while processed < MAX_BATCH {
-            let wait = if processed == 0 {
+        let mut read_total = 0;
+        while read_total < MAX_BATCH {
+            let wait = if read_total == 0 {
                 POLL_WAIT
             } else {
                 Duration::ZERO
             };
-            let waiting = Instant::now();
-            let read = self.source.read(MAX_BATCH - processed, wait);
-            if !wait.is_zero() {
-                self.idle += waiting.elapsed();
-            }
-            if read == 0 {
+            let read = self.source.read(MAX_BATCH - read_total, wait);
+            self.idle += read.waited;
+            if read.records == 0 {
                 break;
             }
+            read_total += read.records;
+            // Partitions moved back after a consumer error: the rest of
+            // their records in this batch come again.
+            let mut rewound: Vec<(usize, i32)> = Vec::new();
             for message in self.source.records() {
-                if let Some(e) = message.error() {
-                    // Broker and transport errors are retried by librdkafka.
-                    tracing::warn!(error = %e, "consumer error");
-                    continue;
-                }
                 let partition = message.partition();
-                let Some(index) = usize::try_from(partition)
+                let index = usize::try_from(partition)
                     .ok()
-                    .and_then(|p| self.task_of_partition.get(p).copied().flatten())
-                else {
-                    continue;
-                };
+                    .and_then(|p| self.task_of_partition.get(p).copied().flatten());
                 // A consumer of one topic reads only its partitions: the
                 // name's lookup (and its UTF-8 check) is needed only among
                 // several.
                 let topic_index = if self.topics.len() == 1 {
-                    0
+                    Some(0)
                 } else {
                     let topic = message.topic();
-                    match self.topics.iter().position(|t| t == topic) {
-                        Some(i) => i,
-                        None => continue,
-                    }
+                    self.topics.iter().position(|t| t == topic)
                 };
+                let (Some(index), Some(topic_index)) = (index, topic_index) else {
+                    if let Some(e) = message.error() {
+                        tracing::warn!(error = %e, "consumer error");
+                    }
+                    continue;
+                };
+                if let Some(e) = message.error() {
+                    // Broker and transport errors are retried by librdkafka.
+                    let topic = self.topics[topic_index].as_str();
+                    tracing::warn!(error = %e, topic, partition, "consumer error");
+                    let next = self.tasks[index].offsets[topic_index];
+                    self.source
+                        .rewind(topic, partition, next)
+                        .map_err(|source| WorkerError::Consumer {
+                            operation: "move a partition back to its next record after a consumer error",
+                            source,
+                        })?;
+                    rewound.push((topic_index, partition));
+                    continue;
+                }
+                if rewound.contains(&(topic_index, partition)) {
+                    continue;
+                }
                 let topic = self.topics[topic_index].as_str();
                 let task = &mut self.tasks[index];
                 let record = SourceRecord {
@@ -203,6 +220,8 @@ impl Running {
                 processed += 1;
             }
         }
+        // The last batch's records hold on to their fetch responses.
+        self.source.release();
         if processed > 0 {
             self.dirty = true;
             if let Some(throttle) = &mut self.throttle {
