@@ -57,6 +57,10 @@ pub enum EventTimeSource {
         name: String,
         /// How it is written.
         format: TimestampFormat,
+        /// Its position among the names the source records' decode plan
+        /// keeps (see [`EventTimeSource::bind`]): read from that slot
+        /// instead of looked up by name.
+        slot: Option<usize>,
     },
 }
 
@@ -72,8 +76,18 @@ impl EventTimeSource {
             }) => EventTimeSource::Field {
                 name: name.clone(),
                 format: *format,
+                slot: None,
             },
         }
+    }
+
+    /// This source reading its field from its slot among `names`, the
+    /// field names the decode plan of the records it reads keeps.
+    pub fn bind(mut self, names: Option<&[String]>) -> EventTimeSource {
+        if let EventTimeSource::Field { name, slot, .. } = &mut self {
+            *slot = names.and_then(|names| names.iter().position(|n| n == name));
+        }
+        self
     }
 
     /// The record field this source reads, if any.
@@ -95,10 +109,15 @@ impl EventTimeSource {
             EventTimeSource::KafkaTimestamp => {
                 kafka_timestamp_ms.ok_or(EventTimeError::NoKafkaTimestamp)?
             }
-            EventTimeSource::Field { name, format } => {
+            EventTimeSource::Field { name, format, slot } => {
                 let value = match record.into() {
                     Record::Json(json) => json.get(name).map(TimeField::of_json),
-                    Record::Fields(fields) => fields.get(name).map(TimeField::of_field),
+                    // The slot answers for records of the plan it was
+                    // bound to; any other record's fields by name.
+                    Record::Fields(fields) => slot
+                        .and_then(|slot| fields.get_at(slot, name))
+                        .or_else(|| fields.get(name))
+                        .map(TimeField::of_field),
                 };
                 match value {
                     None | Some(TimeField::Null) => {
@@ -214,6 +233,7 @@ mod tests {
         EventTimeSource::Field {
             name: "ts".into(),
             format,
+            slot: None,
         }
     }
 

@@ -490,6 +490,7 @@ impl Pipeline {
                 _ => {}
             }
         }
+        let event_time = event_time.bind(decode.field_names());
         let join = steps
             .iter()
             .position(|s| matches!(s.operation, Operation::Join(_)));

@@ -781,8 +781,12 @@ mod tests {
             let time = crate::engine::event_time::EventTimeSource::Field {
                 name: "ts".into(),
                 format: weir_crds::job::TimestampFormat::Auto,
+                slot: None,
             };
+            // Read by name, and from the slot the plan gives it.
+            let bound = time.clone().bind(plan.field_names());
             prop_assert_eq!(time.extract(&fields, None), time.extract(&json, None));
+            prop_assert_eq!(bound.extract(&fields, None), time.extract(&json, None));
         }
     }
 }
