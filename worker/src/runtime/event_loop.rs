@@ -214,8 +214,12 @@ impl Running {
                     task: task.id,
                     message: e.to_string(),
                 })?;
-                let producer = self.output.producer(task_number(task.id));
-                drain_timers(task, producer, &self.destinations, &self.metrics.heartbeat)?;
+                // Most records make no timer due: the producer's lookup
+                // waits until one does.
+                if task.processor.has_due_timers() {
+                    let producer = self.output.producer(task_number(task.id));
+                    drain_timers(task, producer, &self.destinations, &self.metrics.heartbeat)?;
+                }
                 task.offsets[topic_index] = message.offset() + 1;
                 processed += 1;
             }
