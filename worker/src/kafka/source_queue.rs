@@ -14,10 +14,12 @@
 //! Records never reach it: the partitions are forwarded before they are
 //! assigned, so that nothing is fetched into the consumer's queue first
 //! (librdkafka keeps a forward the application set when it starts
-//! fetching).
+//! fetching). The worker assigns its partitions once: a partition assigned
+//! again after an unassignment would have to be forwarded again.
 //!
-//! This is the worker's only foreign-function code: the pointers are
-//! librdkafka's, each `unsafe` block says why it holds.
+//! This module and [`crate::kafka::delivery_poller`] are the worker's only
+//! foreign-function code: the pointers are librdkafka's, each `unsafe`
+//! block says why it holds.
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::marker::PhantomData;
@@ -74,7 +76,8 @@ pub struct SourceQueue {
     partitions: Vec<NonNull<rd::rd_kafka_queue_t>>,
     /// The consumer's own queue (events only), to see whether it holds any.
     consumer_queue: NonNull<rd::rd_kafka_queue_t>,
-    /// The records of the last read, owned until the next read.
+    /// The records of the last read, owned until the next read or
+    /// [`SourceQueue::release`].
     batch: Vec<*mut rd::rd_kafka_message_t>,
     /// The consumer whose queues these are: it outlives them.
     consumer: Arc<BaseConsumer>,
@@ -190,7 +193,7 @@ impl SourceQueue {
 
     /// Serves the events waiting on the consumer's own queue (librdkafka's
     /// logs, errors and results, each handled by rust-rdkafka as one poll
-    /// does), at most [`MAX_EVENTS_PER_SERVE`] of them. Consumer errors
+    /// does), at most a thousand of them. Consumer errors
     /// are returned for the caller to log (librdkafka retries them). A
     /// record there is an error: its partition was not forwarded.
     pub fn serve_events(&self) -> Result<Vec<KafkaError>, SourceQueueError> {
