@@ -486,12 +486,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             lag: next.lag,
             parallelism: controller.workers.deployed().map_or(0, |d| d.replicas),
             phase: phase(&controller),
-            last_savepoint: controller
-                .job
-                .status
-                .as_ref()
-                .and_then(|s| s.last_savepoint.as_ref())
-                .map(|s| s.id.clone()),
+            last_savepoint: last_savepoint(&controller),
         };
         last = (Instant::now(), next.high_watermarks, next.records_out);
         view.draw(&frame, &controller.happenings);
@@ -642,15 +637,22 @@ impl RunState {
 }
 
 /// A frame of the view after the input ended (catching up, stopping):
-/// no rates, the lag left, the workers and the phase.
+/// no rates, the lag left, the workers, the phase and the last savepoint.
 fn settling_frame(controller: &LocalController, started: Instant, lag: i64) -> Frame {
     Frame {
         elapsed_secs: started.elapsed().as_secs_f64(),
         lag,
         parallelism: controller.workers.deployed().map_or(0, |d| d.replicas),
         phase: phase(controller),
+        last_savepoint: last_savepoint(controller),
         ..Frame::default()
     }
+}
+
+/// The id of the job's last completed savepoint, if any.
+fn last_savepoint(controller: &LocalController) -> Option<String> {
+    let status = controller.job.status.as_ref()?;
+    status.last_savepoint.as_ref().map(|s| s.id.clone())
 }
 
 /// The phase to show: the operation's stage while one runs.
