@@ -17,12 +17,16 @@
 //! `cargo bench -p weir-worker --bench end_to_end [-- EVENTS] [WORDS]`
 //! (events default to and are at most 960,000: what the mock cluster's
 //! partitions hold; words pick the cases whose name has one, e.g.
-//! `flink`).
+//! `flink`). With `WEIR_REAL_KAFKA=HOST:PORT` (e.g. the broker
+//! `.ci/real-broker.sh` starts) the runs go through that broker instead,
+//! each with topics of its own; its CPU is its own process's.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tokio_util::sync::CancellationToken;
@@ -211,26 +215,68 @@ fn repartitioned() -> String {
     TUMBLING.replace("sourcePartitioned: true", "sourcePartitioned: false")
 }
 
+/// The brokers a run goes through.
+enum Brokers {
+    /// librdkafka's mock cluster, in this process.
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    /// A real broker at this address (`WEIR_REAL_KAFKA`), in another
+    /// process: its CPU is not in the worker's.
+    Real(String),
+}
+
+impl Brokers {
+    fn bootstrap(&self) -> String {
+        match self {
+            Brokers::Mock(cluster) => cluster.bootstrap_servers(),
+            Brokers::Real(address) => address.clone(),
+        }
+    }
+
+    async fn create_topic(&self, name: &str) {
+        match self {
+            Brokers::Mock(cluster) => cluster.create_topic(name, PARTITIONS, 1).expect("topic"),
+            Brokers::Real(address) => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", address)
+                    .create()
+                    .expect("admin client");
+                let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+                for result in admin
+                    .create_topics(&[topic], &AdminOptions::new())
+                    .await
+                    .expect("create topics")
+                {
+                    result.expect("topic created");
+                }
+            }
+        }
+    }
+}
+
 async fn run_case(
-    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: &Brokers,
     name: &str,
     broker_threads: &HashSet<String>,
     pipeline: &str,
     guarantee: &str,
     (events, workload): (u64, Workload),
 ) -> (Span, Span) {
-    let bootstrap = cluster.bootstrap_servers();
+    let bootstrap = brokers.bootstrap();
+    // A real broker keeps the topics of earlier runs: each run has its own.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name = &match brokers {
+        Brokers::Mock(_) => name.to_owned(),
+        Brokers::Real(_) => format!("{name}-{run}"),
+    };
     let source = format!("events-{name}");
-    cluster.create_topic(&source, PARTITIONS, 1).expect("topic");
-    cluster
-        .create_topic(&format!("out-{name}"), PARTITIONS, 1)
-        .expect("topic");
+    brokers.create_topic(&source).await;
+    brokers.create_topic(&format!("out-{name}")).await;
     // The mock cluster does not answer the admin API the worker creates the
     // repartition topic with.
     let repartition = format!("weir.default.{name}.keyBy-0");
-    cluster
-        .create_topic(&repartition, PARTITIONS, 1)
-        .expect("topic");
+    brokers.create_topic(&repartition).await;
     produce(&bootstrap, &source, events, workload);
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -337,11 +383,6 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(960_000);
-    let capacity = MOCK_PARTITION_CAPACITY * PARTITIONS as u64;
-    assert!(
-        events <= capacity,
-        "at most {capacity} events: the mock cluster keeps at most 100k records and 5 MiB per partition"
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -349,11 +390,26 @@ fn main() {
         .expect("runtime");
     // The threads the mock cluster starts are the broker's.
     let before = thread_ids();
-    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = match std::env::var("WEIR_REAL_KAFKA") {
+        Ok(address) if !address.is_empty() => {
+            println!(
+                "end to end through the broker at {address}, 1 worker, {PARTITIONS} partitions; the broker's CPU is its own process's (not measured here)"
+            );
+            Brokers::Real(address)
+        }
+        _ => {
+            let capacity = MOCK_PARTITION_CAPACITY * PARTITIONS as u64;
+            assert!(
+                events <= capacity,
+                "at most {capacity} events: the mock cluster keeps at most 100k records and 5 MiB per partition"
+            );
+            println!(
+                "end to end through the mock cluster, 1 worker, {PARTITIONS} partitions; worker CPU excludes the mock broker's threads"
+            );
+            Brokers::Mock(MockCluster::new(1).expect("mock cluster"))
+        }
+    };
     let broker_threads: HashSet<String> = thread_ids().difference(&before).cloned().collect();
-    println!(
-        "end to end through the mock cluster, 1 worker, {PARTITIONS} partitions; worker CPU excludes the mock broker's threads"
-    );
     let ours = (events, Workload::Ours);
     let flink = (events, Workload::Flink);
     let cases = [
@@ -410,14 +466,20 @@ fn main() {
             if !words.is_empty() && !words.iter().any(|w| name.contains(w.as_str())) {
                 continue;
             }
-            let (steady, whole) = run_case(&cluster, name, &broker_threads, &pipeline, guarantee, (events, workload)).await;
+            let (steady, whole) = run_case(&brokers, name, &broker_threads, &pipeline, guarantee, (events, workload)).await;
             let worker = steady.worker_cpu.max(1e-9);
+            let broker = match brokers {
+                Brokers::Mock(_) => format!(
+                    "mock broker {:.2} µs/event",
+                    steady.broker_cpu * 1e6 / steady.events.max(1.0)
+                ),
+                Brokers::Real(_) => "broker not measured (its own process)".to_owned(),
+            };
             println!(
-                "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event) over {:.0} events of the steady state, mock broker {:.2} µs/event; whole run with start-up and stop {:>7.0} events/s wall, worker {:.2} s CPU",
+                "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event) over {:.0} events of the steady state, {broker}; whole run with start-up and stop {:>7.0} events/s wall, worker {:.2} s CPU",
                 steady.events / worker,
                 worker * 1e6 / steady.events.max(1.0),
                 steady.events,
-                steady.broker_cpu * 1e6 / steady.events.max(1.0),
                 whole.events / whole.wall,
                 whole.worker_cpu,
             );
