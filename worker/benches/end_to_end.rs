@@ -220,26 +220,23 @@ enum Brokers {
     /// librdkafka's mock cluster, in this process.
     Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
     /// A real broker at this address (`WEIR_REAL_KAFKA`), in another
-    /// process: its CPU is not in the worker's.
-    Real(String),
+    /// process: its CPU is not in the worker's. Topics are created through
+    /// the admin client.
+    Real(String, AdminClient<DefaultClientContext>),
 }
 
 impl Brokers {
     fn bootstrap(&self) -> String {
         match self {
             Brokers::Mock(cluster) => cluster.bootstrap_servers(),
-            Brokers::Real(address) => address.clone(),
+            Brokers::Real(address, _) => address.clone(),
         }
     }
 
     async fn create_topic(&self, name: &str) {
         match self {
             Brokers::Mock(cluster) => cluster.create_topic(name, PARTITIONS, 1).expect("topic"),
-            Brokers::Real(address) => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", address)
-                    .create()
-                    .expect("admin client");
+            Brokers::Real(_, admin) => {
                 let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
                 for result in admin
                     .create_topics(&[topic], &AdminOptions::new())
@@ -268,7 +265,7 @@ async fn run_case(
         .map_or(0, |d| d.as_millis());
     let name = &match brokers {
         Brokers::Mock(_) => name.to_owned(),
-        Brokers::Real(_) => format!("{name}-{run}"),
+        Brokers::Real(..) => format!("{name}-{run}"),
     };
     let source = format!("events-{name}");
     brokers.create_topic(&source).await;
@@ -395,7 +392,11 @@ fn main() {
             println!(
                 "end to end through the broker at {address}, 1 worker, {PARTITIONS} partitions; the broker's CPU is its own process's (not measured here)"
             );
-            Brokers::Real(address)
+            let admin = ClientConfig::new()
+                .set("bootstrap.servers", &address)
+                .create()
+                .expect("admin client");
+            Brokers::Real(address, admin)
         }
         _ => {
             let capacity = MOCK_PARTITION_CAPACITY * PARTITIONS as u64;
@@ -409,7 +410,11 @@ fn main() {
             Brokers::Mock(MockCluster::new(1).expect("mock cluster"))
         }
     };
-    let broker_threads: HashSet<String> = thread_ids().difference(&before).cloned().collect();
+    let broker_threads: HashSet<String> = match brokers {
+        Brokers::Mock(_) => thread_ids().difference(&before).cloned().collect(),
+        // The admin client's threads are not a broker's.
+        Brokers::Real(..) => HashSet::new(),
+    };
     let ours = (events, Workload::Ours);
     let flink = (events, Workload::Flink);
     let cases = [
@@ -473,7 +478,7 @@ fn main() {
                     "mock broker {:.2} µs/event",
                     steady.broker_cpu * 1e6 / steady.events.max(1.0)
                 ),
-                Brokers::Real(_) => "broker not measured (its own process)".to_owned(),
+                Brokers::Real(..) => "broker not measured (its own process)".to_owned(),
             };
             println!(
                 "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event) over {:.0} events of the steady state, {broker}; whole run with start-up and stop {:>7.0} events/s wall, worker {:.2} s CPU",

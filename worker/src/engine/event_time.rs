@@ -9,6 +9,8 @@ use thiserror::Error;
 use weir_crds::expr::{FieldValue, Record};
 use weir_crds::job::{EventTimeSpec, TimestampFormat};
 
+use crate::engine::record::DecodePlan;
+
 /// Earliest accepted event time: 0000-01-01T00:00:00Z.
 pub const MIN_EVENT_TIME: i64 = -62_167_219_200_000;
 /// Latest accepted event time: 9999-12-31T23:59:59.999Z.
@@ -81,11 +83,11 @@ impl EventTimeSource {
         }
     }
 
-    /// This source reading its field from its slot among `names`, the
-    /// field names the decode plan of the records it reads keeps.
-    pub fn bind(mut self, names: Option<&[String]>) -> EventTimeSource {
+    /// This source reading its field from its slot of `plan`, the decode
+    /// plan of the records it reads.
+    pub fn bind(mut self, plan: &DecodePlan) -> EventTimeSource {
         if let EventTimeSource::Field { name, slot, .. } = &mut self {
-            *slot = names.and_then(|names| names.iter().position(|n| n == name));
+            *slot = plan.slot(name);
         }
         self
     }

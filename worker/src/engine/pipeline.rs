@@ -235,6 +235,8 @@ pub struct Pipeline {
     repartitioned_decode: DecodePlan,
     /// Index of the join step.
     join: Option<usize>,
+    /// No step keeps state (asked for every record).
+    stateless: bool,
 }
 
 fn compile_expr(step: &str, field: &str, source: &str) -> Result<Expression, PipelineError> {
@@ -475,22 +477,21 @@ impl Pipeline {
             } else {
                 &repartitioned_decode
             };
-            let names = plan.field_names();
             match &mut step.operation {
                 Operation::Filter(condition) => {
-                    *condition = Condition::bind(condition.expression().clone(), names);
+                    *condition =
+                        Condition::bind(condition.expression().clone(), plan.field_names());
                 }
                 Operation::Map { fields, .. } => {
                     for field in fields {
-                        field.slot = field.expr.record_field().and_then(|name| {
-                            names.and_then(|names| names.iter().position(|n| n == name))
-                        });
+                        field.slot = field.expr.record_field().and_then(|name| plan.slot(name));
                     }
                 }
                 _ => {}
             }
         }
-        let event_time = event_time.bind(decode.field_names());
+        let event_time = event_time.bind(&decode);
+        let stateless = steps.iter().all(|s| s.state_id.is_none());
         let join = steps
             .iter()
             .position(|s| matches!(s.operation, Operation::Join(_)));
@@ -500,6 +501,7 @@ impl Pipeline {
             max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis(),
             idle_timeout: spec.source.watermark.idle_timeout.as_millis(),
             event_time,
+            stateless,
             decode,
             passthrough,
             repartitioned_decode,
@@ -513,7 +515,7 @@ impl Pipeline {
 
     /// Whether no step keeps state: then none registers timers either.
     pub fn is_stateless(&self) -> bool {
-        self.steps.iter().all(|s| s.state_id.is_none())
+        self.stateless
     }
 
     /// Whether the step at `index` is the last: its results go to the sink.

@@ -319,6 +319,13 @@ impl DecodePlan {
         }
     }
 
+    /// The slot the field `name` is decoded into (its position among
+    /// [`DecodePlan::field_names`]), if the plan decodes into fields and
+    /// keeps it.
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.field_names()?.iter().position(|n| n == name)
+    }
+
     /// Decodes a JSON object into `fields` (made with [`Fields::new`] from
     /// the plan's [`DecodePlan::field_names`]), without building a
     /// document: the other fields are skipped, strings without escapes
@@ -784,7 +791,7 @@ mod tests {
                 slot: None,
             };
             // Read by name, and from the slot the plan gives it.
-            let bound = time.clone().bind(plan.field_names());
+            let bound = time.clone().bind(&plan);
             prop_assert_eq!(time.extract(&fields, None), time.extract(&json, None));
             prop_assert_eq!(bound.extract(&fields, None), time.extract(&json, None));
         }

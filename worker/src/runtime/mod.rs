@@ -355,7 +355,6 @@ struct Task {
     fresh_reports_from: i64,
 }
 
-/// A stop-with-savepoint waiting for the repartition topic to drain.
 impl Task {
     /// The upstream tasks among the first `upstreams` that have not yet
     /// reported forwarding their partition of the join's table.
@@ -364,6 +363,7 @@ impl Task {
     }
 }
 
+/// A stop-with-savepoint waiting for the repartition topic to drain.
 struct Drain {
     /// The savepoint id.
     id: String,
