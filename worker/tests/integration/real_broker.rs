@@ -195,8 +195,9 @@ fn assert_group_offset(
     }
 }
 
-/// The values of partition 0 of `topic`, read committed, up to its end.
-fn read_committed(bootstrap: &str, topic: &str) -> Vec<String> {
+/// The values of partition 0 of `topic`, read committed: at least
+/// `expected` of them, and all there are when they came.
+fn read_committed(bootstrap: &str, topic: &str, expected: usize) -> Vec<String> {
     let consumer: BaseConsumer = base(bootstrap)
         .set(
             "group.id",
@@ -210,12 +211,16 @@ fn read_committed(bootstrap: &str, topic: &str) -> Vec<String> {
     list.add_partition_offset(topic, 0, Offset::Beginning)
         .expect("partition");
     consumer.assign(&list).expect("assign");
-    // Up to the end: until a second passes with nothing new (the records
-    // were all committed before the read starts).
+    // The records were all committed before the read starts. Read until
+    // `expected` of them came and then a second passed with nothing new (so
+    // a duplicate is read too), or the deadline passed: how long the first
+    // fetch takes on a busy machine bounds nothing.
     let mut values = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
     let mut last = Instant::now();
-    while Instant::now() < deadline && last.elapsed() < Duration::from_secs(1) {
+    while Instant::now() < deadline
+        && (values.len() < expected || last.elapsed() < Duration::from_secs(1))
+    {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 last = Instant::now();
@@ -253,7 +258,10 @@ async fn an_exactly_once_commit_writes_the_output_and_the_offsets_with_their_tok
         &token(7, "1a2b"),
         "the offsets sent to the transaction are the group's",
     );
-    assert_eq!(read_committed(&bootstrap, &names.output), ["a", "b", "c"]);
+    assert_eq!(
+        read_committed(&bootstrap, &names.output, 3),
+        ["a", "b", "c"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +296,7 @@ async fn a_new_owner_of_a_task_fences_the_old_one_before_it_commits() {
         "the group holds the new owner's offsets, not the zombie's",
     );
     assert!(
-        read_committed(&bootstrap, &names.output).contains(&"owner".to_owned()),
+        read_committed(&bootstrap, &names.output, 1).contains(&"owner".to_owned()),
         "the new owner's output is committed"
     );
 }
@@ -317,7 +325,7 @@ async fn an_at_least_once_commit_stores_the_offsets_with_their_token() {
         &token(2, "cafe"),
         "the offsets committed at least once are the group's",
     );
-    assert_eq!(read_committed(&bootstrap, &names.output), ["x"]);
+    assert_eq!(read_committed(&bootstrap, &names.output, 1), ["x"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,15 +476,28 @@ async fn two_exactly_once_workers_write_each_window_result_once() {
     .await;
     stop_all(workers).await;
 
-    let written: Vec<ReadRecord> = read_committed(&bootstrap, &out_topic)
+    let expected = model(&events);
+    let written: Vec<ReadRecord> = read_committed(&bootstrap, &out_topic, expected.len())
         .into_iter()
         .map(|value| ReadRecord {
             value: value.into_bytes(),
             headers: Default::default(),
         })
         .collect();
-    let expected = model(&events);
-    assert_eq!(results(&written), expected, "the windows' counts and sums");
+    let got = results(&written);
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(window, result)| got.get(*window) != Some(*result))
+        .map(|(window, result)| format!("{window:?}: want {result:?}, got {:?}", got.get(window)))
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == expected.len(),
+        "the windows' counts and sums: {} windows written, {} expected, {} wrong, e.g. {:?}",
+        got.len(),
+        expected.len(),
+        wrong.len(),
+        &wrong[..wrong.len().min(5)],
+    );
     assert_eq!(
         written.len(),
         expected.len(),
