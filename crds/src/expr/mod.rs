@@ -72,7 +72,7 @@ use self::eval::Scope;
 use self::value::Val;
 
 pub use self::condition::Condition;
-pub use self::record::{FieldValue, Fields, MAX_FIELDS, Record};
+pub use self::record::{FieldValue, Fields, MAX_FIELDS, PlainSlot, Record};
 
 /// Compiles `source`, checking it as far as it can be without a record.
 pub fn compile(source: &str) -> Result<Expression, CompileError> {

@@ -3,10 +3,11 @@
 //! the record's bytes into values that borrow from them ([`Fields`]).
 
 use std::borrow::Cow;
+use std::mem::ManuallyDrop;
 
 use serde_json::Value as Json;
 
-use super::value::{Map, Val, same_bytes};
+use super::value::{Map, Val, same_bytes, write_json_string};
 
 /// The record an expression is evaluated over.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +56,17 @@ impl FieldValue<'_> {
     /// as it was, for a value JSON cannot hold.
     pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), super::EvalError> {
         let start = out.len();
-        let written = self.val().write_json(out);
+        // The common values directly, not through a `Val`.
+        let written = match self {
+            FieldValue::Int(i) => {
+                out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes());
+                Ok(())
+            }
+            FieldValue::Str(s) => {
+                write_json_string(s, out).map_err(|e| super::EvalError::new(e.to_string()))
+            }
+            other => other.val().write_json(out),
+        };
         if written.is_err() {
             out.truncate(start);
         }
@@ -101,7 +112,58 @@ pub const MAX_FIELDS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct Fields<'a> {
     names: &'a [String],
-    values: [Option<FieldValue<'a>>; MAX_FIELDS],
+    /// The values, dropped by [`Fields`]'s `Drop` only when `may_own` says
+    /// one of them may own memory: a record decoded into plain values has
+    /// nothing to free, and looking at every slot to find that out costs
+    /// as much as a comparison of the pipeline.
+    values: ManuallyDrop<[Option<FieldValue<'a>>; MAX_FIELDS]>,
+    /// Whether a value was stored by [`Fields::set`], which takes any
+    /// value; [`Fields::plain_slot`] takes only values that own nothing.
+    may_own: bool,
+}
+
+impl Drop for Fields<'_> {
+    fn drop(&mut self) {
+        if self.may_own {
+            self.clear();
+        }
+    }
+}
+
+/// An emptied slot of [`Fields`], for a decoder to write a value that owns
+/// no memory in place (see [`Fields::plain_slot`]).
+pub struct PlainSlot<'f, 'a>(&'f mut Option<FieldValue<'a>>);
+
+impl<'a> PlainSlot<'_, 'a> {
+    /// Stores `null`.
+    #[inline(always)]
+    pub fn null(self) {
+        *self.0 = Some(FieldValue::Null);
+    }
+
+    /// Stores a boolean.
+    #[inline(always)]
+    pub fn bool(self, value: bool) {
+        *self.0 = Some(FieldValue::Bool(value));
+    }
+
+    /// Stores an integer.
+    #[inline(always)]
+    pub fn int(self, value: i64) {
+        *self.0 = Some(FieldValue::Int(value));
+    }
+
+    /// Stores a double.
+    #[inline(always)]
+    pub fn double(self, value: f64) {
+        *self.0 = Some(FieldValue::Double(value));
+    }
+
+    /// Stores a string borrowed from the record.
+    #[inline(always)]
+    pub fn str(self, value: &'a str) {
+        *self.0 = Some(FieldValue::Str(Cow::Borrowed(value)));
+    }
 }
 
 impl<'a> Fields<'a> {
@@ -112,6 +174,7 @@ impl<'a> Fields<'a> {
         Fields {
             names,
             values: Default::default(),
+            may_own: false,
         }
     }
 
@@ -137,26 +200,30 @@ impl<'a> Fields<'a> {
     /// earlier one, as in a decoded JSON object).
     pub fn set(&mut self, position: usize, value: FieldValue<'a>) {
         if let Some(slot) = self.values.get_mut(position) {
+            self.may_own = true;
             *slot = Some(value);
         }
     }
 
     /// The slot of the field at `position`, emptied (an earlier value, of
-    /// a repeated key, dropped), for a decoder to write the value in place:
-    /// a value built first and then stored is copied through the stack,
-    /// which stalls the load that copies it.
+    /// a repeated key, dropped), for a decoder to write a value that owns
+    /// nothing in place: a value built first and then stored is copied
+    /// through the stack, which stalls the load that copies it.
     #[inline(always)]
-    pub fn empty_slot(&mut self, position: usize) -> Option<&mut Option<FieldValue<'a>>> {
+    pub fn plain_slot(&mut self, position: usize) -> Option<PlainSlot<'_, 'a>> {
         let slot = self.values.get_mut(position)?;
         if slot.is_some() {
             *slot = None;
         }
-        Some(slot)
+        Some(PlainSlot(slot))
     }
 
     /// Unsets every field.
     pub fn clear(&mut self) {
-        self.values = Default::default();
+        for slot in self.values.iter_mut() {
+            *slot = None;
+        }
+        self.may_own = false;
     }
 
     /// The field at `position` among the names, if it is called `name` and
@@ -181,7 +248,7 @@ impl<'a> Fields<'a> {
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &FieldValue<'a>)> + '_ {
         self.names
             .iter()
-            .zip(&self.values)
+            .zip(self.values.iter())
             .filter_map(|(name, value)| Some((name.as_str(), value.as_ref()?)))
     }
 

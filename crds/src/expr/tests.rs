@@ -3,13 +3,14 @@
 //! test against cel's own interpreter.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::borrow::Cow;
 use std::cell::Cell;
 
 use proptest::prelude::*;
 use serde_json::{Value as Json, json};
 
-use super::value::Val;
-use super::{Expression, compile};
+use super::value::{Val, same_bytes, write_json_string};
+use super::{Expression, FieldValue, Fields, compile};
 
 /// A record with a field of every kind.
 fn record() -> Json {
@@ -702,11 +703,13 @@ fn an_expression_keeps_its_source_and_is_shared_between_threads() {
     assert_eq!(results, [Ok(true), Ok(true)]);
 }
 
-/// A pass-through allocator that counts the allocations of each thread.
+/// A pass-through allocator that counts the allocations and frees of each
+/// thread.
 struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static FREES: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged.
@@ -718,6 +721,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        FREES.with(|count| count.set(count.get() + 1));
         // SAFETY: the caller's contract is the system allocator's.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -725,6 +729,25 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+#[test]
+fn decoded_fields_free_the_values_they_own() {
+    let names: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
+    let counts = || (ALLOCATIONS.with(Cell::get), FREES.with(Cell::get));
+    let before = counts();
+    let mut fields = Fields::new(&names);
+    fields.set(0, FieldValue::Str(Cow::Owned("escaped".repeat(3))));
+    fields.set(1, FieldValue::Json(Box::new(json!([1, 2]))));
+    fields.plain_slot(2).expect("a slot").int(7);
+    // A repeated key: the owned value it replaces is freed then.
+    fields.plain_slot(0).expect("a slot").str("plain");
+    assert_eq!(fields.get("c"), Some(&FieldValue::Int(7)));
+    drop(fields);
+    let after = counts();
+    let (allocated, freed) = (after.0 - before.0, after.1 - before.1);
+    assert!(allocated >= 3, "the values allocated: {allocated}");
+    assert_eq!(freed, allocated, "every allocation of the values is freed");
+}
 
 #[test]
 fn filters_field_accesses_and_comparisons_do_not_allocate() {
@@ -982,6 +1005,46 @@ proptest! {
                 _ => prop_assert!(false, "{} over {}: ours {:?}, cel's {:?}", source, record, ours, theirs),
             }
         }
+    }
+}
+
+proptest! {
+    /// The inline comparison of short byte strings (names, codes) agrees
+    /// with slice equality at every length, on strings that differ in one
+    /// byte anywhere or in their length.
+    #[test]
+    fn short_byte_strings_compare_as_slices(
+        a in prop::collection::vec(prop::sample::select(b"ab".to_vec()), 0..40),
+        change in any::<prop::sample::Index>(),
+        shorter in any::<bool>(),
+    ) {
+        let mut b = a.clone();
+        if shorter {
+            b.pop();
+        } else if !b.is_empty() {
+            let i = change.index(b.len());
+            b[i] = if b[i] == b'a' { b'b' } else { b'a' };
+        }
+        prop_assert!(same_bytes(&a, &a));
+        prop_assert_eq!(same_bytes(&a, &b), a == b);
+        prop_assert_eq!(same_bytes(&b, &a), a == b);
+    }
+
+    /// Strings are written as serde_json writes them, those it copies as
+    /// they are and those it escapes.
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them(
+        s in prop::collection::vec(prop_oneof![
+            4 => prop::sample::select(vec!['a', 'Z', ' ', '~', '\u{7f}', '\u{e9}', '\u{1F600}']),
+            1 => prop::sample::select(vec!['"', '\\', '\n', '\u{0}', '\u{1f}', '/']),
+        ], 0..12).prop_map(|chars| chars.into_iter().collect::<String>()),
+    ) {
+        let mut out = b"x".to_vec();
+        write_json_string(&s, &mut out).unwrap();
+        prop_assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("x{}", serde_json::to_string(&s).unwrap())
+        );
     }
 }
 

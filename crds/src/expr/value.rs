@@ -244,7 +244,7 @@ impl<'a> Val<'a> {
             Val::Double(d) => {
                 return Err(EvalError::new(format!("{d} cannot be represented in JSON")));
             }
-            Val::Str(s) => serde_json::to_writer(&mut *out, s.as_ref()).map_err(json)?,
+            Val::Str(s) => write_json_string(s, out).map_err(json)?,
             Val::List(List::Json(items)) => {
                 serde_json::to_writer(&mut *out, items).map_err(json)?
             }
@@ -453,17 +453,46 @@ impl<'a> Iterator for Items<'a> {
     }
 }
 
+/// Appends `s` as a JSON string, as serde_json writes it: serde_json
+/// escapes only quotes, backslashes and control characters, so a string
+/// without them is copied between quotes as it is.
+#[inline]
+pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, s)
+    }
+}
+
 /// Whether two byte strings are equal: short ones (field names, codes)
 /// compared inline, as a call to `memcmp` would cost more than the
-/// comparison.
+/// comparison, as two words that overlap in the middle (the first and the
+/// last bytes of a length).
 #[inline]
 pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && if a.len() <= 16 {
-            a.iter().zip(b).all(|(x, y)| x == y)
-        } else {
-            a == b
-        }
+    /// The `N` bytes of `s` from its start and the `N` up to its end.
+    #[inline(always)]
+    fn ends<const N: usize>(s: &[u8]) -> Option<([u8; N], [u8; N])> {
+        let first = s.get(..N)?.try_into().ok()?;
+        let last = s.get(s.len().checked_sub(N)?..)?.try_into().ok()?;
+        Some((first, last))
+    }
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        0 => true,
+        1 => a[0] == b[0],
+        2..=3 => ends::<2>(a) == ends::<2>(b),
+        4..=7 => ends::<4>(a) == ends::<4>(b),
+        8..=16 => ends::<8>(a) == ends::<8>(b),
+        _ => a == b,
+    }
 }
 
 /// CEL's heterogeneous equality: numbers compare by value across int, uint

@@ -13,9 +13,7 @@
 //! an invalid one. So it never accepts a record serde_json refuses, and
 //! decodes the ones it accepts to the same values.
 
-use std::borrow::Cow;
-
-use weir_crds::expr::{FieldValue, Fields, MAX_FIELDS};
+use weir_crds::expr::{Fields, MAX_FIELDS};
 
 /// Decodes `bytes` into `fields` if it is a flat object of the simple
 /// shape; `None` when it is not (`fields` may then hold some fields, and
@@ -217,32 +215,35 @@ impl<'a> Scanner<'a> {
     /// A string of printable ASCII without escapes, borrowed.
     #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
-        // Printable ASCII is UTF-8.
-        std::str::from_utf8(self.plain_string()?).ok()
+        let bytes = self.plain_string()?;
+        // SAFETY: `plain_string` ends a string at its first byte outside
+        // 0x20..0x80 (`swar::string_stops` and the byte scan after it),
+        // so every byte it returns is ASCII, which is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
     }
 
     /// Decodes the value of a kept field into its slot, each variant
-    /// written in place (see [`Fields::empty_slot`]).
+    /// written in place (see [`Fields::plain_slot`]).
     #[inline(always)]
     fn value_into(&mut self, fields: &mut Fields<'a>, position: usize) -> Option<()> {
-        let slot = fields.empty_slot(position)?;
+        let slot = fields.plain_slot(position)?;
         match self.peek()? {
-            b'"' => *slot = Some(FieldValue::Str(Cow::Borrowed(self.string()?))),
+            b'"' => slot.str(self.string()?),
             b't' => {
                 self.literal(b"true")?;
-                *slot = Some(FieldValue::Bool(true));
+                slot.bool(true);
             }
             b'f' => {
                 self.literal(b"false")?;
-                *slot = Some(FieldValue::Bool(false));
+                slot.bool(false);
             }
             b'n' => {
                 self.literal(b"null")?;
-                *slot = Some(FieldValue::Null);
+                slot.null();
             }
             _ => match self.number()? {
-                Number::Int(i) => *slot = Some(FieldValue::Int(i)),
-                Number::Double(d) => *slot = Some(FieldValue::Double(d)),
+                Number::Int(i) => slot.int(i),
+                Number::Double(d) => slot.double(d),
             },
         }
         Some(())
@@ -475,8 +476,11 @@ mod swar {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use proptest::prelude::*;
     use serde_json::{Value, json};
+    use weir_crds::expr::FieldValue;
 
     use super::*;
     use crate::engine::record::DecodePlan;

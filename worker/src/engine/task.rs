@@ -226,14 +226,14 @@ impl Doc<'_> {
 /// Decodes `bytes` with `plan`: into `fields` (the caller's, so that the
 /// record can borrow them) when the plan names few enough fields, else into
 /// a JSON value.
-fn decode<'a>(
+fn decode<'f, 'a: 'f>(
     plan: &DecodePlan,
-    fields: &'a mut Fields<'a>,
+    fields: &'f mut Fields<'a>,
     bytes: &'a [u8],
-) -> Result<Doc<'a>, DecodeError> {
+) -> Result<Doc<'f>, DecodeError> {
     if plan.field_names().is_some() {
         plan.decode_fields(fields, bytes)?;
-        Ok(Doc::Fields(fields))
+        Ok(Doc::Fields(&*fields))
     } else {
         plan.decode(bytes).map(Doc::Json)
     }

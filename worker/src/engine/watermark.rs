@@ -135,7 +135,16 @@ impl WatermarkTracker {
             .is_some_and(|(previous, watermark)| {
                 previous.saturating_sub(self.max_out_of_orderness) > watermark
             });
-        if previous != Some(max) && !ahead {
+        if previous == Some(max) || ahead {
+            return self.watermark;
+        }
+        let moved = max.saturating_sub(self.max_out_of_orderness);
+        if self.partitions.len() == 1 {
+            // The only partition, active now: its watermark is the task's.
+            self.watermark = self.watermark.max(Some(moved));
+        } else if self.watermark.is_none_or(|w| moved > w) {
+            // Otherwise the minimum of the active partitions, this one
+            // among them, stays at most the watermark.
             self.recompute();
         }
         self.watermark
