@@ -2,7 +2,7 @@
 //! librdkafka's mock cluster cannot show it: the mock drops offsets sent to
 //! a transaction and lets a fenced producer commit. Checked here: the
 //! output and offsets of a transaction, fencing of a zombie producer, the
-//! at-least-once commit, the repartition topic's creation, and two
+//! at-least-once commit, the repartition topic's creation, and
 //! exactly-once workers end to end (each window's result written once).
 //!
 //! The broker is named by `WEIR_REAL_KAFKA=HOST:PORT`; without it every test
@@ -20,6 +20,13 @@
 //!
 //! No test here depends on read_committed consumers skipping aborted
 //! records: Tansu never reports aborted transactions, so it returns them.
+//! Nor on transactional producers writing one partition at the same time:
+//! Tansu 0.6 then can lose every record of one of them, committed, and
+//! report no error to any (eight producers of 20 records each, under CPU
+//! load: one producer's records gone in 4 runs of 35; plain producers lost
+//! none in 20). So the end-to-end exactly-once run has one worker and one
+//! task (one producer) on Tansu, and two workers of two tasks each on a
+//! full broker.
 //! Each test makes topics, groups and transactional ids of its own, so the
 //! tests share one broker and can run again on it.
 
@@ -436,10 +443,13 @@ fn produce_events(bootstrap: &str, topic: &str, partitions: i32, events: &[Event
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_exactly_once_workers_write_each_window_result_once() {
+async fn exactly_once_workers_write_each_window_result_once() {
     let Some(bootstrap) = real_broker("exactly_once_workers") else {
         return;
     };
+    // Tansu loses records of transactional producers writing one partition
+    // at once (see the module's documentation): one task on it.
+    let (partitions, parallelism) = if is_full_broker() { (4, 2) } else { (1, 1) };
     // A job, topics and group of this run alone.
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let (events_topic, out_topic) = (format!("events.{unique}"), format!("out.{unique}"));
@@ -457,7 +467,7 @@ async fn two_exactly_once_workers_write_each_window_result_once() {
     .replace(&format!("topic: {OUT}"), &format!("topic: {out_topic}"))
     .replace(&format!("topic: {DLQ}"), &format!("topic: dlq.{unique}"))
     .replace(&format!("topic: {LATE}"), &format!("topic: late.{unique}"));
-    create_topic(&bootstrap, &events_topic, 4).await;
+    create_topic(&bootstrap, &events_topic, partitions).await;
     for topic in [
         &out_topic,
         &format!("dlq.{unique}"),
@@ -466,10 +476,10 @@ async fn two_exactly_once_workers_write_each_window_result_once() {
         create_topic(&bootstrap, topic, 1).await;
     }
     let events = generate(2_000, 30, BASE_TS, 11);
-    let total = produce_events(&bootstrap, &events_topic, 4, &events);
+    let total = produce_events(&bootstrap, &events_topic, partitions, &events);
 
     let state = tempfile::tempdir().expect("state dir");
-    let workers = start_workers(&yaml, 2, 1, "latest", state.path()).await;
+    let workers = start_workers(&yaml, parallelism, 1, "latest", state.path()).await;
     wait_for(Duration::from_secs(60), "every record processed", || {
         workers.iter().map(|w| w.status().records_in).sum::<u64>() == total as u64
     })
