@@ -477,16 +477,17 @@ fn main() {
             // The steady state lies between status reports (every 500 ms):
             // a run that read most of its events within one has too short
             // a one to measure, and is run again.
+            let measurable = |steady: &Span| steady.events >= events as f64 * MIN_STEADY_FRACTION;
             let mut attempts = 0;
             let (steady, whole) = loop {
                 attempts += 1;
                 let (steady, whole) = run_case(&brokers, name, &broker_threads, &pipeline, guarantee, (events, workload)).await;
-                if steady.events >= events as f64 * MIN_STEADY_FRACTION || attempts == MAX_ATTEMPTS {
+                if measurable(&steady) || attempts == MAX_ATTEMPTS {
                     break (steady, whole);
                 }
                 eprintln!("{name}: the steady state held {:.0} of {events} events; running it again", steady.events);
             };
-            if steady.events < events as f64 * MIN_STEADY_FRACTION {
+            if !measurable(&steady) {
                 println!(
                     "{name:<28} {events:>7} events: the steady state held {:.0} events in the last of {MAX_ATTEMPTS} runs, too few to measure",
                     steady.events

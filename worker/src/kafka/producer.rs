@@ -190,8 +190,8 @@ impl ProducerContext for DeliveryContext {
 pub struct OutputProducer {
     name: String,
     transactional: bool,
-    /// Serves the delivery reports; declared before `producer` so that its
-    /// thread and queue handle go before the producer does.
+    /// Serves the delivery reports (it holds the producer too, so the
+    /// client outlives its thread and queue handle).
     _deliveries: DeliveryPoller,
     producer: Arc<BaseProducer<DeliveryContext>>,
     /// The budget whose share the queue keeps to; `None` when the job sets

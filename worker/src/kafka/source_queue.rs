@@ -299,11 +299,15 @@ impl<'a> SourceMessage<'a> {
         self.raw.offset
     }
 
-    /// Its topic's name, or `""` when librdkafka's is not UTF-8 (a topic
-    /// name never is).
+    /// Its topic's name, or `""` when it has no topic (an error not of a
+    /// partition) or librdkafka's name is not UTF-8 (a topic name never
+    /// is).
     pub fn topic(&self) -> &'a str {
-        // SAFETY: a record's topic handle lives as long as the record and
-        // its name is NUL-terminated.
+        if self.raw.rkt.is_null() {
+            return "";
+        }
+        // SAFETY: a message's topic handle, when it has one, lives as long
+        // as the message and its name is NUL-terminated.
         unsafe { c_str(rd::rd_kafka_topic_name(self.raw.rkt)) }.unwrap_or("")
     }
 

@@ -171,26 +171,26 @@ impl Running {
                     let topic = message.topic();
                     self.topics.iter().position(|t| t == topic)
                 };
-                let (Some(index), Some(topic_index)) = (index, topic_index) else {
-                    if let Some(e) = message.error() {
-                        tracing::warn!(error = %e, "consumer error");
+                let known = index.zip(topic_index);
+                if let Some(e) = message.error() {
+                    // Broker and transport errors are retried by librdkafka;
+                    // a task's partition goes back to its next record.
+                    tracing::warn!(error = %e, topic = message.topic(), partition, "consumer error");
+                    if let Some((index, topic_index)) = known {
+                        let next = self.tasks[index].offsets[topic_index];
+                        self.source
+                            .rewind(&self.topics[topic_index], partition, next)
+                            .map_err(|source| WorkerError::Consumer {
+                                operation: "move a partition back to its next record after a consumer error",
+                                source,
+                            })?;
+                        rewound.push((topic_index, partition));
                     }
                     continue;
-                };
-                if let Some(e) = message.error() {
-                    // Broker and transport errors are retried by librdkafka.
-                    let topic = self.topics[topic_index].as_str();
-                    tracing::warn!(error = %e, topic, partition, "consumer error");
-                    let next = self.tasks[index].offsets[topic_index];
-                    self.source
-                        .rewind(topic, partition, next)
-                        .map_err(|source| WorkerError::Consumer {
-                            operation: "move a partition back to its next record after a consumer error",
-                            source,
-                        })?;
-                    rewound.push((topic_index, partition));
-                    continue;
                 }
+                let Some((index, topic_index)) = known else {
+                    continue;
+                };
                 if rewound.contains(&(topic_index, partition)) {
                     continue;
                 }
