@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use weir_crds::expr::Fields;
 use weir_worker::engine::pipeline::Pipeline;
-use weir_worker::engine::record::{DecodePlan, Outputs, SourceRecord};
+use weir_worker::engine::record::{DecodePlan, Outputs, RecordShape, SourceRecord};
 use weir_worker::engine::task::TaskProcessor;
 use weir_worker::state::{StateOptions, TaskState};
 
@@ -292,9 +292,11 @@ fn decode_cost(input: &[Vec<u8>]) {
     }
     let document = per_line(cpu_seconds() - cpu);
     let cpu = cpu_seconds();
+    let mut shape = RecordShape::default();
     for line in input {
         let mut fields = Fields::new(&names);
-        plan.decode_fields(&mut fields, line).expect("decode");
+        plan.decode_fields(&mut shape, &mut fields, line)
+            .expect("decode");
         black_box(&fields);
     }
     let borrowed = per_line(cpu_seconds() - cpu);

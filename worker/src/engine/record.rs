@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use weir_crds::expr::{FieldValue, Fields, MAX_FIELDS};
 
+pub use crate::engine::flat_json::RecordShape;
 use crate::engine::flat_json::{KeyTable, decode_flat};
 
 /// A record read from a source partition, borrowed from the consumer's
@@ -333,9 +334,13 @@ impl DecodePlan {
     /// built. A flat object of plain strings and numbers takes one pass of
     /// a scanner of its own; any other, serde_json driven field by field.
     /// The result reads like [`DecodePlan::decode`]'s, and the same inputs
-    /// are refused.
+    /// are refused. `shape` is the layout of the last record decoded with
+    /// this plan (start with [`RecordShape::default`] and keep it between
+    /// records): the scanner checks a record against it before it scans
+    /// keys.
     pub fn decode_fields<'a>(
         &self,
+        shape: &mut RecordShape,
         fields: &mut Fields<'a>,
         bytes: &'a [u8],
     ) -> Result<(), DecodeError> {
@@ -343,7 +348,7 @@ impl DecodePlan {
             DecodePlan::Fields(plan) => &plan.keys,
             DecodePlan::All => &KeyTable::NONE,
         };
-        if decode_flat(fields, keys, bytes).is_some() {
+        if decode_flat(fields, keys, shape, bytes).is_some() {
             return Ok(());
         }
         fields.clear();
@@ -721,7 +726,7 @@ mod tests {
             let plan = DecodePlan::fields(vec!["a".into()]);
             let _ = plan.decode(&bytes);
             let names = vec!["a".to_owned()];
-            let _ = plan.decode_fields(&mut Fields::new(&names), &bytes);
+            let _ = plan.decode_fields(&mut RecordShape::default(), &mut Fields::new(&names), &bytes);
         }
     }
 
@@ -759,7 +764,7 @@ mod tests {
             let names: Vec<String> = ["a", "b", "n", "ts"].map(str::to_owned).to_vec();
             let plan = DecodePlan::fields(names.clone());
             let mut fields = Fields::new(&names);
-            let borrowed = plan.decode_fields(&mut fields, text.as_bytes());
+            let borrowed = plan.decode_fields(&mut RecordShape::default(), &mut fields, text.as_bytes());
             let decoded = plan.decode(text.as_bytes());
             prop_assert_eq!(borrowed.is_ok(), decoded.is_ok(), "{}", text);
             let Ok(json) = decoded else { return Ok(()) };

@@ -58,8 +58,8 @@ use crate::engine::event_time::EventTimeSource;
 use crate::engine::hll::hash64;
 use crate::engine::pipeline::{AggregateField, MapField, Operation, Pipeline, WindowOp};
 use crate::engine::record::{
-    DeadLetter, DecodeError, DecodePlan, LateRecord, OutputRecord, Outputs, RepartitionRecord,
-    SourcePosition, SourceRecord,
+    DeadLetter, DecodeError, DecodePlan, LateRecord, OutputRecord, Outputs, RecordShape,
+    RepartitionRecord, SourcePosition, SourceRecord,
 };
 use crate::engine::watermark::{
     PartitionId, UpstreamReport, UpstreamSnapshot, UpstreamWatermarks, WatermarkSnapshot,
@@ -202,6 +202,10 @@ pub struct TaskProcessor {
     max_clock_skew: i64,
     /// Due timers are left from the last chunk.
     backlog: bool,
+    /// The layout of the last source record decoded.
+    source_shape: RecordShape,
+    /// The layout of the last repartitioned record decoded.
+    repartitioned_shape: RecordShape,
 }
 
 impl std::fmt::Debug for TaskProcessor {
@@ -228,11 +232,12 @@ impl Doc<'_> {
 /// a JSON value.
 fn decode<'f, 'a: 'f>(
     plan: &DecodePlan,
+    shape: &mut RecordShape,
     fields: &'f mut Fields<'a>,
     bytes: &'a [u8],
 ) -> Result<Doc<'f>, DecodeError> {
     if plan.field_names().is_some() {
-        plan.decode_fields(fields, bytes)?;
+        plan.decode_fields(shape, fields, bytes)?;
         Ok(Doc::Fields(&*fields))
     } else {
         plan.decode(bytes).map(Doc::Json)
@@ -292,6 +297,8 @@ impl TaskProcessor {
             timer_chunk: TIMER_CHUNK,
             max_clock_skew: MAX_CLOCK_SKEW_MS,
             backlog: false,
+            source_shape: RecordShape::default(),
+            repartitioned_shape: RecordShape::default(),
         }
     }
 
@@ -463,7 +470,7 @@ impl TaskProcessor {
         };
         let plan = pipeline.decode_plan();
         let mut fields = Fields::new(plan.field_names().unwrap_or_default());
-        let value = match decode(plan, &mut fields, bytes) {
+        let value = match decode(plan, &mut self.source_shape, &mut fields, bytes) {
             Ok(v) => v,
             Err(e) => {
                 dead_letter_source(record, format!("invalid JSON: {e}"), out);
@@ -548,7 +555,7 @@ impl TaskProcessor {
         };
         let plan = pipeline.repartitioned_decode_plan();
         let mut fields = Fields::new(plan.field_names().unwrap_or_default());
-        let value = match decode(plan, &mut fields, bytes) {
+        let value = match decode(plan, &mut self.repartitioned_shape, &mut fields, bytes) {
             Ok(v) => v,
             Err(e) => {
                 dead_letter_source(record, format!("invalid JSON: {e}"), out);
