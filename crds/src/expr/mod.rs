@@ -73,6 +73,7 @@ use self::value::Val;
 
 pub use self::condition::Condition;
 pub use self::record::{FieldValue, Fields, MAX_FIELDS, PlainSlot, Record};
+pub use self::value::write_json_string;
 
 /// Compiles `source`, checking it as far as it can be without a record.
 pub fn compile(source: &str) -> Result<Expression, CompileError> {

@@ -457,7 +457,7 @@ impl<'a> Iterator for Items<'a> {
 /// escapes only quotes, backslashes and control characters, so a string
 /// without them is copied between quotes as it is.
 #[inline]
-pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
+pub fn write_json_string(s: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.reserve(s.len() + 2);
         out.push(b'"');

@@ -229,6 +229,24 @@ impl Accumulator {
     }
 }
 
+impl Accumulator {
+    /// Appends [`Accumulator::result`] as JSON text, as serde_json writes
+    /// it: counts and integer sums directly, the others through their
+    /// value.
+    pub fn write_result(&self, out: &mut Vec<u8>) {
+        match self {
+            Accumulator::Count(c) => {
+                out.extend_from_slice(itoa::Buffer::new().format(*c).as_bytes())
+            }
+            Accumulator::Sum(Num::Int(i)) => {
+                out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes());
+            }
+            // Writing JSON into a vector cannot fail.
+            other => drop(serde_json::to_writer(out, &other.result())),
+        }
+    }
+}
+
 /// An estimate of the heap memory of a JSON value besides the value itself:
 /// string and array buffers, object entries (a B-tree map's entries cost
 /// about their key, their value and a pointer or two).

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hashbrown::HashTable;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
+use super::stored_windows::StoredWindows;
 use super::{StateError, StateValue, db_error, hex};
 
 /// The bytes the write-back caches of a worker's tasks may hold together,
@@ -98,6 +99,9 @@ pub(super) struct WriteBack {
     changed: Option<usize>,
     hand: usize,
     scratch: Vec<u8>,
+    /// The windows RocksDB may hold values of that the cache does not: a
+    /// miss of any other window's key reads nothing.
+    stored: StoredWindows,
 }
 
 impl Drop for WriteBack {
@@ -107,8 +111,9 @@ impl Drop for WriteBack {
 }
 
 impl WriteBack {
-    /// An empty cache counted in `budget` while it lives.
-    pub(super) fn new(budget: Arc<CacheBudget>) -> WriteBack {
+    /// An empty cache counted in `budget` while it lives, in front of a
+    /// RocksDB instance that may hold the values of the `stored` windows.
+    pub(super) fn new(budget: Arc<CacheBudget>, stored: StoredWindows) -> WriteBack {
         budget.tasks.fetch_add(1, Ordering::Relaxed);
         WriteBack {
             index: HashTable::new(),
@@ -119,6 +124,7 @@ impl WriteBack {
             changed: None,
             hand: 0,
             scratch: Vec::new(),
+            stored,
         }
     }
 
@@ -146,8 +152,9 @@ impl WriteBack {
         &mut slot.value
     }
 
-    /// Adds every dirty value to `batch` (puts and deletes); they count as
-    /// clean afterwards and stay cached.
+    /// Adds every dirty value to `batch` (puts and deletes), and the latest
+    /// window start RocksDB holds a value of; they count as clean
+    /// afterwards and stay cached.
     pub(super) fn write_dirty(&mut self, batch: &mut WriteBatch) {
         self.remeasure();
         let mut buf = Vec::new();
@@ -161,6 +168,7 @@ impl WriteBack {
                     value.encode(&mut buf);
                     batch.put(&slot.key, &buf);
                     slot.in_db = true;
+                    self.stored.written(&slot.key);
                 }
                 None => {
                     if slot.in_db {
@@ -171,6 +179,7 @@ impl WriteBack {
             }
             slot.dirty = false;
         }
+        self.stored.store(batch);
     }
 
     /// Measures again the value last handed out for update; drops it
@@ -189,9 +198,10 @@ impl WriteBack {
         }
     }
 
-    /// The slot of `key`, read from `db` on a miss after making room
-    /// within this cache's share (evicted dirty values are written with
-    /// `write_options`).
+    /// The slot of `key`, read from `db` on a miss (unless it is the key of
+    /// a window RocksDB cannot hold, see [`StoredWindows`]) after making
+    /// room within this cache's share (evicted dirty values are written
+    /// with `write_options`).
     pub(super) fn load(
         &mut self,
         db: &DB,
@@ -209,16 +219,19 @@ impl WriteBack {
             self.slots[i].referenced = true;
             return Ok(i);
         }
-        let stored = db
-            .get_pinned(key)
-            .map_err(db_error("read"))?
-            .map(|bytes| {
-                StateValue::decode(&bytes).map_err(|e| StateError::Corrupt {
-                    key: hex(key),
-                    reason: e.to_string(),
+        let stored = if self.stored.may_hold(key) {
+            db.get_pinned(key)
+                .map_err(db_error("read"))?
+                .map(|bytes| {
+                    StateValue::decode(&bytes).map_err(|e| StateError::Corrupt {
+                        key: hex(key),
+                        reason: e.to_string(),
+                    })
                 })
-            })
-            .transpose()?;
+                .transpose()?
+        } else {
+            None
+        };
         let bytes = entry_bytes(key, stored.as_ref());
         // Make room within this task's share, which shrinks when more tasks
         // open; a value larger than the share still gets cached alone.
@@ -285,12 +298,16 @@ impl WriteBack {
                     value.encode(&mut self.scratch);
                     db.put_opt(&slot.key, &self.scratch, write_options)
                         .map_err(db_error("write of an evicted value"))?;
+                    self.stored.written_through(&slot.key, db, write_options)?;
                 }
                 None if slot.in_db => db
                     .delete_opt(&slot.key, write_options)
                     .map_err(db_error("delete of an evicted value"))?,
                 None => {}
             }
+        }
+        if slot.value.is_some() {
+            self.stored.evicted(&slot.key);
         }
         self.remove(i);
         Ok(())

@@ -9,6 +9,9 @@ const EVENT_TIMERS: u8 = 0x02;
 const PROCESSING_TIMERS: u8 = 0x03;
 /// Kind byte of event-time timers after a repartition.
 const REPARTITIONED_TIMERS: u8 = 0x04;
+/// The key (a kind byte alone) of the latest window start RocksDB holds
+/// or held a value of (see the `stored_windows` module).
+pub(super) const LATEST_STORED_WINDOW: [u8; 1] = [0x05];
 
 /// Appends the payload of a keyed value: the key, length-prefixed, then the
 /// window start if any, so that keys sort by (key, window start).
@@ -29,6 +32,20 @@ pub fn parse_keyed_payload(payload: &[u8]) -> Option<(&[u8], Option<i64>)> {
     match rest.len() {
         0 => Some((key, None)),
         8 => Some((key, Some(from_order_preserving(rest.try_into().ok()?)))),
+        _ => None,
+    }
+}
+
+/// The step and window start of a window's state key (built by
+/// [`state_key`] from a [`keyed_payload`] with a window start); `None` for
+/// any other key.
+#[inline]
+pub(super) fn window_of_state_key(key: &[u8]) -> Option<(u8, i64)> {
+    match key {
+        [STATE, step, payload @ ..] => match parse_keyed_payload(payload)? {
+            (_, Some(start)) => Some((*step, start)),
+            (_, None) => None,
+        },
         _ => None,
     }
 }

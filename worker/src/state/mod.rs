@@ -12,6 +12,9 @@
 //!   repartition (see [`TimeDomain::Repartitioned`]). Times are big-endian with the sign bit flipped,
 //!   so RocksDB keeps timers ordered by time and firing them is a scan from
 //!   the start of the range, deleted afterwards by one range deletion.
+//! - `0x05`: the latest window start RocksDB holds a value of, so that a
+//!   read of a later window's key, which it cannot hold, is skipped (see
+//!   the `stored_windows` module).
 //!
 //! # Durability
 //!
@@ -42,6 +45,7 @@
 mod cache;
 mod keys;
 pub mod memory;
+mod stored_windows;
 mod timers;
 mod value;
 
@@ -60,6 +64,7 @@ use cache::WriteBack;
 use cache::entry_bytes;
 use keys::STATE;
 pub use keys::{TimeDomain, Timer, keyed_payload, parse_keyed_payload, state_key};
+use stored_windows::StoredWindows;
 pub use value::{JoinRow, PendingEvent, Session, StateValue};
 
 /// Why state could not be opened, read or written.
@@ -230,11 +235,12 @@ impl TaskState {
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         let timers = timers::TimerQueue::load(&db, options.memory_timers)?;
+        let stored = StoredWindows::open(&db)?;
         Ok(TaskState {
             db,
             path: dir.to_owned(),
             write_options,
-            cache: WriteBack::new(Arc::clone(&options.cache)),
+            cache: WriteBack::new(Arc::clone(&options.cache), stored),
             timers,
         })
     }

@@ -3,6 +3,7 @@
 //! expire them, drained in bounded chunks.
 
 use super::*;
+use weir_crds::expr::write_json_string;
 
 impl TaskProcessor {
     /// The aggregate step at `index`; whatever it emits continues after it.
@@ -574,16 +575,16 @@ pub(super) fn result(
             text.push(b',');
         }
         // Writing JSON into a vector cannot fail.
-        let _ = serde_json::to_writer(&mut text, name);
+        let _ = write_json_string(name, &mut text);
         text.push(b':');
-        let _ = match part {
+        match part {
             Part::Key if form.keyed => {
-                serde_json::to_writer(&mut text, &String::from_utf8_lossy(key))
+                let _ = write_json_string(&String::from_utf8_lossy(key), &mut text);
             }
-            Part::Key => serde_json::to_writer(&mut text, &()),
-            Part::Column(v) => serde_json::to_writer(&mut text, v),
-            Part::Field(acc) => serde_json::to_writer(&mut text, &acc.result()),
-        };
+            Part::Key => text.extend_from_slice(b"null"),
+            Part::Column(v) => text.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+            Part::Field(acc) => acc.write_result(&mut text),
+        }
     }
     text.push(b'}');
     Emitted::Text(text)
