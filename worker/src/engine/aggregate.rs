@@ -227,9 +227,7 @@ impl Accumulator {
             }
         }
     }
-}
 
-impl Accumulator {
     /// Appends [`Accumulator::result`] as JSON text, as serde_json writes
     /// it: counts and integer sums directly, the others through their
     /// value.
