@@ -9,6 +9,7 @@ pub mod join;
 pub mod pattern;
 pub mod pipeline;
 pub mod record;
+pub mod result_text;
 pub mod task;
 pub mod watermark;
 pub mod window;

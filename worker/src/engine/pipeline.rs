@@ -24,6 +24,7 @@ use crate::engine::event_time::EventTimeSource;
 use crate::engine::join::{Join, JoinKind};
 use crate::engine::pattern::{Contiguity, Pattern, Quantifier, Stage};
 use crate::engine::record::DecodePlan;
+use crate::engine::result_text::{self, ResultText};
 use crate::engine::window::{WindowAssigner, WindowError};
 use state_ids::state_kind;
 
@@ -237,6 +238,8 @@ pub struct Pipeline {
     join: Option<usize>,
     /// No step keeps state (asked for every record).
     stateless: bool,
+    /// The result text layout of each aggregate step, by step index.
+    result_texts: Vec<Option<ResultText>>,
 }
 
 fn compile_expr(step: &str, field: &str, source: &str) -> Result<Expression, PipelineError> {
@@ -495,8 +498,19 @@ impl Pipeline {
         let join = steps
             .iter()
             .position(|s| matches!(s.operation, Operation::Join(_)));
+        let result_texts = steps
+            .iter()
+            .map(|step| match &step.operation {
+                Operation::Aggregate { window, fields } => Some(ResultText::new(
+                    result_text::columns(window.as_ref()),
+                    fields.iter().map(|f| f.name.as_str()),
+                )),
+                _ => None,
+            })
+            .collect();
         Ok(Pipeline {
             join,
+            result_texts,
             steps,
             max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis(),
             idle_timeout: spec.source.watermark.idle_timeout.as_millis(),
@@ -506,6 +520,12 @@ impl Pipeline {
             passthrough,
             repartitioned_decode,
         })
+    }
+
+    /// The layout of the result text of the aggregate step at `index`
+    /// (`None` for other steps).
+    pub fn result_text(&self, index: usize) -> Option<&ResultText> {
+        self.result_texts.get(index)?.as_ref()
     }
 
     /// The compiled steps, in order.

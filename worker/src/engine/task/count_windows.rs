@@ -6,6 +6,7 @@
 
 use super::windows::{Emitted, Form, empty_accumulators, result, update};
 use super::*;
+use crate::engine::result_text::COUNT_WINDOW_COLUMNS;
 
 impl TaskProcessor {
     /// Adds a record's `inputs` to the count windows of `key` and, when
@@ -44,7 +45,13 @@ impl TaskProcessor {
             }
             let seq = i64::try_from(events / slide).unwrap_or(i64::MAX);
             emitted.push((
-                result(form, key, &[("window_seq", seq)], &window, fields),
+                result(
+                    form,
+                    key,
+                    &[(COUNT_WINDOW_COLUMNS[0], seq)],
+                    &window,
+                    fields,
+                ),
                 time,
             ));
             // The next window covers the newest size/slide - 1 full panes.

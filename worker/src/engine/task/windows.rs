@@ -5,6 +5,8 @@
 use super::*;
 use weir_crds::expr::write_json_string;
 
+use crate::engine::result_text::{Member, ResultText, TIME_WINDOW_COLUMNS};
+
 impl TaskProcessor {
     /// The aggregate step at `index`; whatever it emits continues after it.
     pub(super) fn aggregate(
@@ -28,7 +30,7 @@ impl TaskProcessor {
         let time = flow.time.unwrap_or(i64::MIN);
         let form = Form {
             keyed: flow.keyed,
-            last: pipeline.is_last(index),
+            text: Form::text_of(pipeline, index),
         };
         let mut emitted = Vec::new();
         match window {
@@ -505,21 +507,29 @@ pub(super) fn update(accs: &mut Accumulators, inputs: &[Input], time: i64) {
 
 /// How an aggregate's results are written.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Form {
+pub(super) struct Form<'p> {
     /// A keyBy ran before the step: `key` is the key's text, else null.
     pub(super) keyed: bool,
-    /// No step follows: the result is written as the sink's JSON text at
-    /// once, without building a JSON value.
-    pub(super) last: bool,
+    /// When no step follows, the layout of the sink's JSON text, written at
+    /// once without building a JSON value.
+    pub(super) text: Option<&'p ResultText>,
 }
 
-impl Form {
+impl<'p> Form<'p> {
     /// The form of the results of the step at `index`.
-    pub(super) fn of(pipeline: &Pipeline, index: usize) -> Form {
+    pub(super) fn of(pipeline: &'p Pipeline, index: usize) -> Form<'p> {
         Form {
             keyed: step_is_keyed(pipeline, index),
-            last: pipeline.is_last(index),
+            text: Form::text_of(pipeline, index),
         }
+    }
+
+    /// The text layout of the step at `index`, if no step follows it.
+    pub(super) fn text_of(pipeline: &'p Pipeline, index: usize) -> Option<&'p ResultText> {
+        pipeline
+            .is_last(index)
+            .then(|| pipeline.result_text(index))
+            .flatten()
     }
 }
 
@@ -541,7 +551,7 @@ pub(super) fn result(
     accs: &Accumulators,
     fields: &[AggregateField],
 ) -> Emitted {
-    if !form.last {
+    let Some(layout) = form.text else {
         let mut map = Map::with_capacity(fields.len() + 3);
         map.insert("key".into(), key_value(form.keyed, key));
         for (name, value) in columns {
@@ -551,39 +561,21 @@ pub(super) fn result(
             map.insert(f.name.clone(), acc.result());
         }
         return Emitted::Json(Value::Object(map));
-    }
-    // The names are distinct (validation reserves key and the columns).
-    enum Part<'p> {
-        Key,
-        Column(i64),
-        Field(&'p Accumulator),
-    }
-    let mut parts: Vec<(&str, Part<'_>)> = Vec::with_capacity(fields.len() + 3);
-    parts.push(("key", Part::Key));
-    parts.extend(columns.iter().map(|(name, v)| (*name, Part::Column(*v))));
-    parts.extend(
-        fields
-            .iter()
-            .zip(&accs.0)
-            .map(|(f, acc)| (f.name.as_str(), Part::Field(acc))),
-    );
-    parts.sort_by(|a, b| a.0.cmp(b.0));
-    let mut text = Vec::with_capacity(32 + 24 * parts.len() + key.len());
-    text.push(b'{');
-    for (i, (name, part)) in parts.iter().enumerate() {
-        if i > 0 {
-            text.push(b',');
-        }
-        // Writing JSON into a vector cannot fail.
-        let _ = write_json_string(name, &mut text);
-        text.push(b':');
-        match part {
-            Part::Key if form.keyed => {
+    };
+    let mut text = Vec::with_capacity(32 + 24 * (fields.len() + 3) + key.len());
+    for (before, member) in layout.members() {
+        text.extend_from_slice(before);
+        match member {
+            Member::Key if form.keyed => {
+                // Writing JSON into a vector cannot fail.
                 let _ = write_json_string(&String::from_utf8_lossy(key), &mut text);
             }
-            Part::Key => text.extend_from_slice(b"null"),
-            Part::Column(v) => text.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
-            Part::Field(acc) => acc.write_result(&mut text),
+            Member::Key => text.extend_from_slice(b"null"),
+            // The layout was made from the same columns and fields.
+            Member::Column(i) => {
+                text.extend_from_slice(itoa::Buffer::new().format(columns[i].1).as_bytes());
+            }
+            Member::Field(i) => accs.0[i].write_result(&mut text),
         }
     }
     text.push(b'}');
@@ -605,7 +597,8 @@ fn value_or_sent(record: Emitted, form: Form, key: &[u8], out: &mut Outputs) -> 
 
 /// The columns of a time window in an aggregate's output.
 pub(super) fn window_columns(w: Window) -> [(&'static str, i64); 2] {
-    [("window_start", w.start), ("window_end", w.end)]
+    let [start, end] = TIME_WINDOW_COLUMNS;
+    [(start, w.start), (end, w.end)]
 }
 
 /// The `key` of an output record: the key as text after a keyBy, else null.
