@@ -9,10 +9,11 @@
 //! - an eviction of the value from the cache (a value still cached, flushed
 //!   at a checkpoint or not, is found in the cache), or
 //! - an open of an instance that holds values already (a restored
-//!   checkpoint): each flush stores the latest window start ever written
-//!   (under [`LATEST_STORED_WINDOW`]), and no later window has a value in
-//!   the instance. One without that key (written before it existed) is
-//!   scanned once at open.
+//!   checkpoint): each flush, and each eviction of a window later than any
+//!   written before, stores the latest window start written (under
+//!   [`LATEST_STORED_WINDOW`]), so no later window has a value in the
+//!   instance. One without that key (written before it existed) is scanned
+//!   once at open.
 //!
 //! Windows starting at or before a floor (the restored ones), and those
 //! with an evicted value, are read; when too many windows had evictions,
