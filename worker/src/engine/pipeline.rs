@@ -192,6 +192,8 @@ pub enum Operation {
         window: Option<WindowOp>,
         /// The output fields.
         fields: Vec<AggregateField>,
+        /// The layout of its results' JSON text when no step follows.
+        text: ResultText,
     },
     /// Drops records whose key was seen within the TTL.
     Dedupe {
@@ -238,8 +240,6 @@ pub struct Pipeline {
     join: Option<usize>,
     /// No step keeps state (asked for every record).
     stateless: bool,
-    /// The result text layout of each aggregate step, by step index.
-    result_texts: Vec<Option<ResultText>>,
 }
 
 fn compile_expr(step: &str, field: &str, source: &str) -> Result<Expression, PipelineError> {
@@ -394,10 +394,16 @@ impl Pipeline {
                             },
                         })
                     })
-                    .collect::<Result<_, PipelineError>>()?;
+                    .collect::<Result<Vec<AggregateField>, PipelineError>>()?;
+                let window = pending_window.take().map(|(_, op)| op);
+                let text = ResultText::new(
+                    result_text::columns(window.as_ref()),
+                    fields.iter().map(|f| f.name.as_str()),
+                );
                 Operation::Aggregate {
-                    window: pending_window.take().map(|(_, op)| op),
+                    window,
                     fields,
+                    text,
                 }
             } else if let Some(dedupe) = &step.dedupe {
                 let ttl = dedupe.ttl.as_millis();
@@ -498,19 +504,8 @@ impl Pipeline {
         let join = steps
             .iter()
             .position(|s| matches!(s.operation, Operation::Join(_)));
-        let result_texts = steps
-            .iter()
-            .map(|step| match &step.operation {
-                Operation::Aggregate { window, fields } => Some(ResultText::new(
-                    result_text::columns(window.as_ref()),
-                    fields.iter().map(|f| f.name.as_str()),
-                )),
-                _ => None,
-            })
-            .collect();
         Ok(Pipeline {
             join,
-            result_texts,
             steps,
             max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis(),
             idle_timeout: spec.source.watermark.idle_timeout.as_millis(),
@@ -525,7 +520,10 @@ impl Pipeline {
     /// The layout of the result text of the aggregate step at `index`
     /// (`None` for other steps).
     pub fn result_text(&self, index: usize) -> Option<&ResultText> {
-        self.result_texts.get(index)?.as_ref()
+        match &self.steps.get(index)?.operation {
+            Operation::Aggregate { text, .. } => Some(text),
+            _ => None,
+        }
     }
 
     /// The compiled steps, in order.

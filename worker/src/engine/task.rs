@@ -705,7 +705,7 @@ impl TaskProcessor {
                 Operation::Join(join) => {
                     return self.join_record(pipeline, index, join, flow, out);
                 }
-                Operation::Aggregate { window, fields } => {
+                Operation::Aggregate { window, fields, .. } => {
                     return self.aggregate(pipeline, index, window.as_ref(), fields, flow, out);
                 }
             }

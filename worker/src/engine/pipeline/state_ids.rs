@@ -65,7 +65,7 @@ pub(super) fn state_kind(operation: &Operation) -> Option<&'static str> {
 /// they are identical.
 fn fingerprint(operation: &Operation, key: Option<&str>) -> Option<String> {
     match operation {
-        Operation::Aggregate { window, fields } => {
+        Operation::Aggregate { window, fields, .. } => {
             let window = match window.as_ref().map(|w| &w.assigner) {
                 None => "running".to_owned(),
                 Some(WindowAssigner::Tumbling { size, zone: None }) => format!("tumbling {size}ms"),

@@ -382,6 +382,7 @@ impl TaskProcessor {
                 Operation::Aggregate {
                     window: Some(op),
                     fields,
+                    ..
                 },
                 FIRE | CLEANUP,
             ) => {
@@ -408,6 +409,7 @@ impl TaskProcessor {
                 Operation::Aggregate {
                     window: Some(op),
                     fields,
+                    ..
                 },
                 SESSION,
             ) => {
