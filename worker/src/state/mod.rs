@@ -10,8 +10,8 @@
 //! - `0x02 time step kind payload`: an event-time timer, `0x03 ...` a
 //!   processing-time timer, `0x04 ...` an event-time timer of a step after a
 //!   repartition (see [`TimeDomain::Repartitioned`]). Times are big-endian with the sign bit flipped,
-//!   so RocksDB keeps timers ordered by time and firing them is a scan from
-//!   the start of the range, deleted afterwards by one range deletion.
+//!   so RocksDB keeps timers ordered by time and refilling memory with the
+//!   earliest is a scan from the start of the range.
 //! - `0x05`: the latest window start RocksDB holds a value of, so that a
 //!   read of a later window's key, which it cannot hold, is skipped (see
 //!   the `stored_windows` module).
@@ -46,6 +46,7 @@ mod cache;
 mod keys;
 pub mod memory;
 mod stored_windows;
+mod timer_buckets;
 mod timers;
 mod value;
 

@@ -12,12 +12,14 @@
 //! RocksDB and the boundary moves down. (Taking due timers used to write a
 //! range deletion each time, which every later read had to fragment again:
 //! the cost grew with the square of the timers until the memtable flushed.)
-
-use std::collections::BTreeMap;
+//! In memory, the timers of a domain are grouped by their time, step and
+//! kind (see the `timer_buckets` module): those of one time fire in the
+//! order they were registered.
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::keys::{parse_timer_key, timer_key};
+use super::timer_buckets::TimerBuckets;
 use super::{StateError, TaskState, TimeDomain, Timer, db_error};
 
 /// Its RocksDB key in `domain`.
@@ -25,51 +27,12 @@ fn key_of(timer: &Timer, domain: TimeDomain) -> Vec<u8> {
     timer_key(domain, timer.time, timer.step, timer.kind, &timer.payload)
 }
 
-/// A timer held in memory, ordered as [`Timer`] is: the timers of a window
-/// share their time, step and kind, so its payload's first sixteen bytes
-/// (a key's length and bytes, and often the window's start) are compared
-/// as a number (big-endian, zero-padded: the same order) before the rest,
-/// instead of by a `memcmp` at every node of the tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Held {
-    head: u128,
-    timer: Timer,
-}
-
-impl Ord for Held {
-    fn cmp(&self, other: &Held) -> std::cmp::Ordering {
-        let (a, b) = (&self.timer, &other.timer);
-        (a.time, a.step, a.kind, self.head, &a.payload)
-            .cmp(&(b.time, b.step, b.kind, other.head, &b.payload))
-    }
-}
-
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Held) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl From<Timer> for Held {
-    fn from(timer: Timer) -> Held {
-        let mut head = [0; 16];
-        let n = timer.payload.len().min(16);
-        head[..n].copy_from_slice(&timer.payload[..n]);
-        Held {
-            head: u128::from_be_bytes(head),
-            timer,
-        }
-    }
-}
-
 /// The pending timers of a task.
 #[derive(Debug)]
 pub(super) struct TimerQueue {
     /// Per domain ([`TimeDomain::index`]), the timers held in memory: those
     /// before its boundary, each with whether RocksDB holds it already.
-    /// A timer compares by its time, then as [`Held`] says, where its
-    /// key's bytes would need a `memcmp`.
-    memory: [BTreeMap<Held, bool>; TimeDomain::ALL.len()],
+    memory: [TimerBuckets; TimeDomain::ALL.len()],
     /// Keys of timers in RocksDB that fired since they were last written
     /// there: deleted at the next flush, or before RocksDB's timers are read
     /// or written otherwise.
@@ -107,7 +70,11 @@ impl TimerQueue {
     /// boundaries, read into memory as they come due.
     pub(super) fn load(db: &DB, limit: usize) -> Result<TimerQueue, StateError> {
         let mut queue = TimerQueue {
-            memory: Default::default(),
+            memory: [
+                TimerBuckets::new(),
+                TimerBuckets::new(),
+                TimerBuckets::new(),
+            ],
             fired: Vec::new(),
             boundary: [None, None, None],
             limit: limit.max(2),
@@ -122,7 +89,7 @@ impl TimerQueue {
 
     /// Timers held in memory, over all domains.
     fn held(&self) -> usize {
-        self.memory.iter().map(BTreeMap::len).sum()
+        self.memory.iter().map(TimerBuckets::len).sum()
     }
 
     /// Adds the writes that make RocksDB hold exactly the pending timers:
@@ -131,12 +98,9 @@ impl TimerQueue {
     pub(super) fn write_changes(&mut self, batch: &mut WriteBatch) {
         self.delete_fired(batch);
         for domain in TimeDomain::ALL {
-            for (timer, stored) in &mut self.memory[domain.index()] {
-                if !*stored {
-                    batch.put(key_of(&timer.timer, domain), b"");
-                    *stored = true;
-                }
-            }
+            self.memory[domain.index()].store_new(|(time, step, kind), payload| {
+                batch.put(timer_key(domain, time, step, kind, payload), b"");
+            });
         }
     }
 
@@ -155,17 +119,18 @@ impl TimerQueue {
         let mut batch = WriteBatch::default();
         self.delete_fired(&mut batch);
         let keep = self.limit / 2;
-        let mut held = self.held();
+        let mut spilled = Vec::new();
         // `TimeDomain::ALL` is in prefix order.
         for domain in TimeDomain::ALL.into_iter().rev() {
+            let held = self.held();
+            if held <= keep {
+                break;
+            }
             let slot = domain.index();
-            while held > keep {
-                let Some((Held { timer, .. }, _)) = self.memory[slot].pop_last() else {
-                    break;
-                };
-                held -= 1;
+            self.memory[slot].take_latest(held - keep, &mut spilled);
+            let boundary = &mut self.boundary[slot];
+            for timer in spilled.drain(..) {
                 batch.put(key_of(&timer, domain), b"");
-                let boundary = &mut self.boundary[slot];
                 if boundary.as_ref().is_none_or(|b| timer < *b) {
                     *boundary = Some(timer);
                 }
@@ -198,7 +163,9 @@ impl TimerQueue {
         if timers.len() > room {
             self.boundary[slot] = timers.pop();
         }
-        self.memory[slot].extend(timers.into_iter().map(|timer| (Held::from(timer), true)));
+        for timer in timers {
+            self.memory[slot].insert((timer.time, timer.step, timer.kind), &timer.payload, true);
+        }
         Ok(())
     }
 }
@@ -213,33 +180,27 @@ impl TaskState {
         kind: u8,
         payload: &[u8],
     ) -> Result<(), StateError> {
-        let timer = Timer {
-            time,
-            step,
-            kind,
-            payload: payload.to_vec(),
-        };
         let queue = &mut self.timers;
         let slot = domain.index();
-        if queue.boundary[slot].as_ref().is_some_and(|b| timer >= *b) {
+        if queue.boundary[slot].as_ref().is_some_and(|b| {
+            (time, step, kind, payload) >= (b.time, b.step, b.kind, b.payload.as_slice())
+        }) {
             // Past the boundary: RocksDB only.
             let mut batch = WriteBatch::default();
             queue.delete_fired(&mut batch);
-            batch.put(key_of(&timer, domain), b"");
+            batch.put(timer_key(domain, time, step, kind, payload), b"");
             return self
                 .db
                 .write_opt(batch, &self.write_options)
                 .map_err(db_error("timer write"));
         }
-        if let std::collections::btree_map::Entry::Vacant(vacant) =
-            queue.memory[slot].entry(Held::from(timer))
+        // A timer held already stays as it was. A new one is not known to
+        // be in RocksDB: one that fired since it was written there is
+        // deleted first at the flush, then put again.
+        if queue.memory[slot].insert((time, step, kind), payload, false)
+            && queue.held() > queue.limit
         {
-            // Not known to be in RocksDB: one that fired since it was
-            // written there is deleted first at the flush, then put again.
-            vacant.insert(false);
-            if queue.held() > queue.limit {
-                queue.spill(&self.db, &self.write_options)?;
-            }
+            queue.spill(&self.db, &self.write_options)?;
         }
         Ok(())
     }
@@ -248,8 +209,7 @@ impl TaskState {
     pub fn next_timer(&self, domain: TimeDomain) -> Option<i64> {
         let slot = domain.index();
         self.timers.memory[slot]
-            .first_key_value()
-            .map(|(held, _)| held.timer.time)
+            .first_time()
             .or(self.timers.boundary[slot].as_ref().map(|timer| timer.time))
     }
 
@@ -273,10 +233,7 @@ impl TaskState {
         let mut taken = 0;
         while taken < limit {
             let queue = &mut self.timers;
-            if let Some(first) = queue.memory[slot].first_entry()
-                && first.key().timer.time <= up_to
-            {
-                let (Held { timer, .. }, stored) = first.remove_entry();
+            if let Some((timer, stored)) = queue.memory[slot].take_due(up_to) {
                 if stored {
                     queue.fired.push(key_of(&timer, domain));
                 }
@@ -293,39 +250,5 @@ impl TaskState {
             }
         }
         Ok(self.next_timer(domain).is_some_and(|next| next <= up_to))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// Timers that often share their time, step, kind and payload bytes,
-    /// with payloads shorter and longer than the sixteen compared as a
-    /// number, and zero bytes where the padding is.
-    fn timer() -> impl Strategy<Value = Timer> {
-        let byte = prop_oneof![Just(0_u8), Just(1_u8), Just(255_u8), any::<u8>()];
-        (
-            0_i64..3,
-            0_u8..2,
-            0_u8..2,
-            prop::collection::vec(byte, 0..20),
-        )
-            .prop_map(|(time, step, kind, payload)| Timer {
-                time,
-                step,
-                kind,
-                payload,
-            })
-    }
-
-    proptest! {
-        #[test]
-        fn held_timers_order_as_timers_do(a in timer(), b in timer()) {
-            prop_assert_eq!(Held::from(a.clone()).cmp(&Held::from(b.clone())), a.cmp(&b));
-            prop_assert_eq!(Held::from(a.clone()).timer, a);
-        }
     }
 }

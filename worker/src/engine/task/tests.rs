@@ -843,6 +843,18 @@ fn run_with_state(
     (values(&out), out.counters)
 }
 
+/// Results grouped by their key, in their order.
+fn results_by_key(results: Vec<Value>) -> std::collections::BTreeMap<String, Vec<Value>> {
+    let mut by_key = std::collections::BTreeMap::<String, Vec<Value>>::new();
+    for result in results {
+        by_key
+            .entry(result["key"].to_string())
+            .or_default()
+            .push(result);
+    }
+    by_key
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
@@ -850,7 +862,8 @@ proptest! {
     /// no flush) and pushed through RocksDB (a cache of two entries that
     /// evicts on nearly every record, four timers in memory with the rest
     /// spilled, the cache flushed as for a checkpoint every few records)
-    /// give the same results in the same order.
+    /// give the same results, in the same order for each key. (Windows of
+    /// several keys that close at the same time close in no given order.)
     #[test]
     fn windows_in_memory_and_through_rocksdb_give_the_same_results(
         seed in any::<u64>(),
@@ -874,7 +887,8 @@ proptest! {
             Some(flush_every),
         );
         prop_assert!(memory.1.records_out > 0);
-        prop_assert_eq!(memory, rocksdb);
+        prop_assert_eq!(memory.1, rocksdb.1);
+        prop_assert_eq!(results_by_key(memory.0), results_by_key(rocksdb.0));
     }
 }
 
