@@ -643,6 +643,14 @@ fn keys_are_the_text_of_the_value() {
     assert_eq!(key("7u"), key("record.n"));
     assert_eq!(key("7.0"), key("record.n"));
     assert_eq!(key("record.amount"), Ok("prefix|12.5".to_owned()));
+    assert_eq!(
+        key("-9223372036854775807 - 1"),
+        Ok("prefix|-9223372036854775808".to_owned())
+    );
+    assert_eq!(
+        key("18446744073709551615u"),
+        Ok("prefix|18446744073709551615".to_owned())
+    );
     assert_eq!(key("record.n > 1"), Ok("prefix|true".to_owned()));
     assert_eq!(key("record.tags"), Ok("prefix|[\"a\",\"b\"]".to_owned()));
     assert_eq!(key("record.coupon"), Err("the key is null".to_owned()));

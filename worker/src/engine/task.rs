@@ -196,6 +196,8 @@ pub struct TaskProcessor {
     windows: Vec<Window>,
     /// Due timers taken from the state, reused between chunks.
     due: Vec<Timer>,
+    /// What a record contributes to an aggregate's fields, reused.
+    inputs: Vec<Input>,
     /// Most timers fired per chunk.
     timer_chunk: usize,
     /// How far ahead of processing time an event time may be.
@@ -294,6 +296,7 @@ impl TaskProcessor {
             scratch: Vec::new(),
             windows: Vec::new(),
             due: Vec::new(),
+            inputs: Vec::new(),
             timer_chunk: TIMER_CHUNK,
             max_clock_skew: MAX_CLOCK_SKEW_MS,
             backlog: false,

@@ -280,7 +280,7 @@ impl TaskProcessor {
         }
         let key = state_key_of(&flow);
         self.payload.clear();
-        keyed_payload(&mut self.payload, &key, None);
+        keyed_payload(&mut self.payload, key, None);
         state_key(&mut self.scratch, step.id, &self.payload);
         let interval = match join.kind {
             JoinKind::Table {

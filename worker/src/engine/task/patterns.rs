@@ -48,7 +48,7 @@ impl TaskProcessor {
             return Ok(());
         }
         self.payload.clear();
-        keyed_payload(&mut self.payload, &state_key_of(&flow), None);
+        keyed_payload(&mut self.payload, state_key_of(&flow), None);
         state_key(&mut self.scratch, step.id, &self.payload);
         let slot = self.state.get_mut(&self.scratch)?;
         let (mut pending, partials) = match slot.take() {

@@ -18,14 +18,36 @@ impl TaskProcessor {
         flow: Flow<'_>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
-        let step = &pipeline.steps()[index];
-        let inputs = match self.inputs(fields, flow.record()) {
-            Ok(inputs) => inputs,
+        // The inputs' vector is reused from record to record; an aggregate
+        // after this one, run from within, takes a new one meanwhile.
+        let mut inputs = std::mem::take(&mut self.inputs);
+        let applied = match self.inputs(fields, flow.record(), &mut inputs) {
+            Ok(()) => self.aggregate_inputs(pipeline, index, window, fields, &inputs, flow, out),
             Err(reason) => {
+                let step = &pipeline.steps()[index];
                 dead_letter_reason(&flow, format!("{}: {reason}", step.name), out);
-                return Ok(());
+                Ok(())
             }
         };
+        inputs.clear();
+        self.inputs = inputs;
+        applied
+    }
+
+    /// The aggregate step at `index` with what the record contributes to
+    /// each field.
+    #[allow(clippy::too_many_arguments)]
+    fn aggregate_inputs(
+        &mut self,
+        pipeline: &Pipeline,
+        index: usize,
+        window: Option<&WindowOp>,
+        fields: &[AggregateField],
+        inputs: &[Input],
+        flow: Flow<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), TaskError> {
+        let step = &pipeline.steps()[index];
         let key = state_key_of(&flow);
         let time = flow.time.unwrap_or(i64::MIN);
         let form = Form {
@@ -36,23 +58,23 @@ impl TaskProcessor {
         match window {
             None => {
                 self.payload.clear();
-                keyed_payload(&mut self.payload, &key, None);
+                keyed_payload(&mut self.payload, key, None);
                 state_key(&mut self.scratch, step.id, &self.payload);
                 let slot = self.state.get_mut(&self.scratch)?;
                 let accs = accumulators(slot, fields);
-                update(accs, &inputs, time);
-                emitted.push((result(form, &key, &[], accs, fields), flow.time));
+                update(accs, inputs, time);
+                emitted.push((result(form, key, &[], accs, fields), flow.time));
             }
             Some(WindowOp {
                 assigner: WindowAssigner::Count { size, slide },
                 ..
             }) => self.count_update(
                 step.id,
-                &key,
+                key,
                 form,
                 (*size, *slide),
                 fields,
-                &inputs,
+                inputs,
                 flow.time,
                 &mut emitted,
             )?,
@@ -70,25 +92,25 @@ impl TaskProcessor {
                     self.session_update(
                         clock,
                         step.id,
-                        &key,
+                        key,
                         form,
                         t,
                         gap,
                         op,
                         fields,
-                        &inputs,
+                        inputs,
                         &mut emitted,
                     )?
                 } else {
                     self.window_update(
                         clock,
                         step.id,
-                        &key,
+                        key,
                         form,
                         t,
                         op,
                         fields,
-                        &inputs,
+                        inputs,
                         &mut emitted,
                     )?
                 };
@@ -99,13 +121,13 @@ impl TaskProcessor {
             }
         }
         for (record, time) in emitted {
-            let Some(value) = value_or_sent(record, form, &key, out) else {
+            let Some(value) = value_or_sent(record, form, key, out) else {
                 continue;
             };
             let next = Flow {
                 value: Doc::Json(value),
                 modified: true,
-                key: flow.keyed.then(|| key.clone()),
+                key: flow.keyed.then(|| key.to_vec()),
                 keyed: flow.keyed,
                 time,
                 source: flow.source,
@@ -115,41 +137,42 @@ impl TaskProcessor {
         Ok(())
     }
 
-    /// What the record contributes to each aggregate field.
-    pub(super) fn inputs(
+    /// Appends to `inputs` what the record contributes to each aggregate
+    /// field.
+    fn inputs(
         &mut self,
         fields: &[AggregateField],
         record: Record<'_>,
-    ) -> Result<Vec<Input>, String> {
-        fields
-            .iter()
-            .map(|f| {
-                let Some(expr) = &f.expr else {
-                    return Ok(Input::Unit);
-                };
-                let fail = |e: weir_crds::expr::EvalError| format!("{}: {e}", f.name);
-                Ok(match f.function {
-                    AggregateFunction::Count => Input::Unit,
-                    AggregateFunction::ApproxDistinct => {
-                        self.key_buf.clear();
-                        expr.eval_key(record, &mut self.key_buf).map_err(fail)?;
-                        Input::Hash(hash64(&self.key_buf))
-                    }
-                    AggregateFunction::First | AggregateFunction::Last => {
-                        Input::Value(expr.eval(record).map_err(fail)?)
-                    }
+        inputs: &mut Vec<Input>,
+    ) -> Result<(), String> {
+        for f in fields {
+            let fail = |e: weir_crds::expr::EvalError| format!("{}: {e}", f.name);
+            let input = match (&f.expr, f.function) {
+                (None, _) | (Some(_), AggregateFunction::Count) => Input::Unit,
+                (Some(expr), AggregateFunction::ApproxDistinct) => {
+                    self.key_buf.clear();
+                    expr.eval_key(record, &mut self.key_buf).map_err(fail)?;
+                    Input::Hash(hash64(&self.key_buf))
+                }
+                (Some(expr), AggregateFunction::First | AggregateFunction::Last) => {
+                    Input::Value(expr.eval(record).map_err(fail)?)
+                }
+                (
+                    Some(expr),
                     AggregateFunction::Sum
                     | AggregateFunction::Min
                     | AggregateFunction::Max
-                    | AggregateFunction::Avg => {
-                        let v = expr.eval(record).map_err(fail)?;
-                        Input::Number(Num::from_json(&v).ok_or_else(|| {
-                            format!("{}: the expression must be a number, not {v}", f.name)
-                        })?)
-                    }
-                })
-            })
-            .collect()
+                    | AggregateFunction::Avg,
+                ) => {
+                    let v = expr.eval(record).map_err(fail)?;
+                    Input::Number(Num::from_json(&v).ok_or_else(|| {
+                        format!("{}: the expression must be a number, not {v}", f.name)
+                    })?)
+                }
+            };
+            inputs.push(input);
+        }
+        Ok(())
     }
 
     /// Adds a record at `t` to its tumbling or sliding windows; `false` when
@@ -614,11 +637,10 @@ pub(super) fn key_value(keyed: bool, key: &[u8]) -> Value {
 
 /// The key a record's state is kept under: its key after a keyBy, else
 /// the one global key.
-pub(super) fn state_key_of(flow: &Flow<'_>) -> Vec<u8> {
-    if flow.keyed {
-        flow.key.clone().unwrap_or_default()
-    } else {
-        Vec::new()
+pub(super) fn state_key_of<'f>(flow: &'f Flow<'_>) -> &'f [u8] {
+    match &flow.key {
+        Some(key) if flow.keyed => key,
+        _ => &[],
     }
 }
 
