@@ -198,6 +198,8 @@ pub struct TaskProcessor {
     due: Vec<Timer>,
     /// What a record contributes to an aggregate's fields, reused.
     inputs: Vec<Input>,
+    /// What a timer emits, reused.
+    emitted: Vec<(windows::Emitted, Option<i64>)>,
     /// Most timers fired per chunk.
     timer_chunk: usize,
     /// How far ahead of processing time an event time may be.
@@ -297,6 +299,7 @@ impl TaskProcessor {
             windows: Vec::new(),
             due: Vec::new(),
             inputs: Vec::new(),
+            emitted: Vec::new(),
             timer_chunk: TIMER_CHUNK,
             max_clock_skew: MAX_CLOCK_SKEW_MS,
             backlog: false,

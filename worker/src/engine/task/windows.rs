@@ -388,12 +388,12 @@ impl TaskProcessor {
         let Some((key, window_start)) = parse_keyed_payload(&timer.payload) else {
             return Ok(());
         };
-        let key = key.to_vec();
         state_key(&mut self.scratch, timer.step, &timer.payload);
         let step = &pipeline.steps()[index];
         let form = Form::of(pipeline, index);
         let keyed = form.keyed;
-        let mut emitted = Vec::new();
+        // Reused from timer to timer, as most fire one result.
+        let mut emitted = std::mem::take(&mut self.emitted);
         match (&step.operation, timer.kind) {
             (Operation::Dedupe { .. }, EXPIRE) => {
                 let slot = self.state.get_mut(&self.scratch)?;
@@ -420,7 +420,7 @@ impl TaskProcessor {
                     && let Some(StateValue::Accumulators(accs)) = slot.as_ref()
                 {
                     emitted.push((
-                        result(form, &key, &window_columns(window), accs, fields),
+                        result(form, key, &window_columns(window), accs, fields),
                         Some(timer.time),
                     ));
                 }
@@ -450,7 +450,7 @@ impl TaskProcessor {
                             emitted.push((
                                 result(
                                     form,
-                                    &key,
+                                    key,
                                     &window_columns(s.window),
                                     &s.accumulators,
                                     fields,
@@ -467,27 +467,28 @@ impl TaskProcessor {
                 }
             }
             (Operation::Pattern(pattern), PATTERN) => {
-                self.pattern_timer(index, pattern, &timer, (keyed, &key), &mut emitted, out)?;
+                self.pattern_timer(index, pattern, &timer, (keyed, key), &mut emitted, out)?;
             }
             (Operation::Join(join), JOIN) => {
                 self.join_timer(index, join, &timer, &mut emitted, out)?;
             }
             _ => {}
         }
-        for (record, time) in emitted {
-            let Some(value) = value_or_sent(record, form, &key, out) else {
+        for (record, time) in emitted.drain(..) {
+            let Some(value) = value_or_sent(record, form, key, out) else {
                 continue;
             };
             let flow = Flow {
                 value: Doc::Json(value),
                 modified: true,
-                key: keyed.then(|| key.clone()),
+                key: keyed.then(|| key.to_vec()),
                 keyed,
                 time,
                 source: None,
             };
             self.run(pipeline, index + 1, flow, out)?;
         }
+        self.emitted = emitted;
         Ok(())
     }
 }
