@@ -146,16 +146,6 @@ pub fn producer_config(
         // aborted sooner anyway when the task's next owner initialises the
         // same transactional id.
         set_default(&mut config, "transaction.timeout.ms", "600000");
-        // A read_committed reader sees the records at the commit, not when
-        // they reach the broker, so lingering longer delays nothing it
-        // sees; the commit flushes what still lingers. A producer per task
-        // sends a task's share of the records to every output partition:
-        // at 5 ms a batch held one or two records. Through the mock
-        // cluster (Flink's stateless workload, 16 tasks), 100 ms took the
-        // worker's context switches from 18,400 to 11,600 per 960,000
-        // events and the broker's CPU from 0.095 to 0.06 µs per event
-        // (means of four runs).
-        set_default(&mut config, "linger.ms", "100");
     }
     set_default(&mut config, "linger.ms", "5");
     set_default(&mut config, "batch.num.messages", "10000");
@@ -382,21 +372,6 @@ mod tests {
             producer_config(&base, None, 64 << 20).get("transactional.id"),
             None
         );
-    }
-
-    /// Exactly-once output is read at the commit, so its producers linger
-    /// longer for fuller batches; at-least-once output is read as it
-    /// arrives. A job's own setting wins over both.
-    #[test]
-    fn transactional_producers_linger_longer_unless_the_job_says() {
-        let base = ClientConfig::new();
-        let linger = |id: Option<&str>| {
-            producer_config(&base, id, 64 << 20)
-                .get("linger.ms")
-                .map(str::to_owned)
-        };
-        assert_eq!(linger(Some("weir-ns-job-0")).as_deref(), Some("100"));
-        assert_eq!(linger(None).as_deref(), Some("5"));
     }
 
     #[test]
