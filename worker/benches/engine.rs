@@ -145,7 +145,7 @@ fn run(
     let wall = Instant::now();
     let cpu = cpu_seconds();
     for (offset, value) in input.iter().enumerate() {
-        if checkpoint_every.is_some_and(|every| offset > 0 && offset % every == 0) {
+        if checkpoint_every.is_some_and(|every| offset > 0 && offset.is_multiple_of(every)) {
             task.state_mut().flush_cache().expect("flush");
             rocksdb::checkpoint::Checkpoint::new(task.state().db())
                 .and_then(|c| c.create_checkpoint(checkpoints.path().join(taken.to_string())))

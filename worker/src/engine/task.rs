@@ -197,7 +197,7 @@ pub struct TaskProcessor {
     /// Due timers taken from the state, reused between chunks.
     due: Vec<Timer>,
     /// What a record contributes to an aggregate's fields, reused.
-    inputs: Vec<Input>,
+    record_inputs: Vec<Input>,
     /// What a timer emits, reused.
     emitted: Vec<(windows::Emitted, Option<i64>)>,
     /// Most timers fired per chunk.
@@ -298,7 +298,7 @@ impl TaskProcessor {
             scratch: Vec::new(),
             windows: Vec::new(),
             due: Vec::new(),
-            inputs: Vec::new(),
+            record_inputs: Vec::new(),
             emitted: Vec::new(),
             timer_chunk: TIMER_CHUNK,
             max_clock_skew: MAX_CLOCK_SKEW_MS,

@@ -120,8 +120,9 @@ pub struct StateOptions {
 }
 
 /// Timers a task holds in memory by default: about 12 MiB of keys of
-/// windows and patterns (some 100 bytes each), enough for the open windows
-/// of 60k keys without reaching RocksDB.
+/// windows and patterns (some 100 bytes each, up to about 200 where each
+/// timer has a time of its own, as session gaps and TTLs do), enough for
+/// the open windows of 60k keys without reaching RocksDB.
 pub const DEFAULT_MEMORY_TIMERS: usize = 1 << 17;
 
 impl StateOptions {

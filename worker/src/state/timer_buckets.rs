@@ -5,16 +5,19 @@
 //! times, so most timers share their time, step and kind with thousands of
 //! others (on Flink's windowed workload, every user's window of a minute).
 //! Each such triple is one bucket, a slot of the wheel; the buckets are
-//! kept in time order in a B-tree of a handful of entries. Registering a
-//! timer is a hash-set insert into its bucket, where a B-tree ordered by the
-//! whole timer compared payloads at every level: about a thousand
-//! instructions per new window.
+//! kept in time order in a B-tree (of a handful of buckets for windows; of
+//! one per timer where times differ by the millisecond, as session gaps and
+//! TTLs do). Registering a timer is a hash-set insert into its bucket,
+//! where a B-tree ordered by the whole timer compared payloads at every
+//! level: about a thousand instructions per new window. A bucket of a few
+//! timers is searched without an index.
 //!
-//! Within a bucket, timers are taken in the order they came (those read
-//! from RocksDB in key order): the order of timers due at the same time of
-//! the same step and kind is not specified, as in Flink, and each timer's
-//! key is its own. Only a spill needs the order of payloads, to move the
-//! latest timers out: a selection, not a sort.
+//! Within a bucket, timers are taken mostly in the order they came: the
+//! order of timers due at the same time of the same step and kind is not
+//! specified, as in Flink (each timer's key is its own), and a spill, a
+//! refill from RocksDB or a restore changes it. Only a spill needs the
+//! order of payloads, to move the latest timers out: a selection, not a
+//! sort.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -44,9 +47,14 @@ struct Bucket {
     entries: Vec<Entry>,
     /// The first entry not taken.
     next: usize,
-    /// Positions in `entries` of the timers not taken, by payload.
+    /// Positions in `entries` of the timers not taken, by payload; empty
+    /// while the bucket holds fewer than [`INDEX_FROM`] timers.
     index: HashTable<usize>,
 }
+
+/// Timers a bucket holds from which it indexes them: fewer are compared one
+/// by one, without the index's allocation (a bucket per timer is common).
+const INDEX_FROM: usize = 8;
 
 impl Bucket {
     /// Timers not taken.
@@ -59,10 +67,36 @@ impl Bucket {
     fn compact(&mut self) {
         self.entries.drain(..self.next);
         self.next = 0;
-        let Bucket { entries, index, .. } = self;
+        self.reindex();
+    }
+
+    /// Indexes the timers not taken, if there are enough of them.
+    fn reindex(&mut self) {
+        let Bucket {
+            entries,
+            index,
+            next,
+        } = self;
         index.clear();
-        for (i, entry) in entries.iter().enumerate() {
+        if entries.len() - *next < INDEX_FROM {
+            return;
+        }
+        for (i, entry) in entries.iter().enumerate().skip(*next) {
             index.insert_unique(entry.hash, i, |&j| entries[j].hash);
+        }
+    }
+
+    /// Whether it holds a timer of `payload` (with `hash`) not yet taken.
+    fn holds(&self, hash: u64, payload: &[u8]) -> bool {
+        let entries = &self.entries;
+        if self.index.is_empty() {
+            entries[self.next..]
+                .iter()
+                .any(|e| e.hash == hash && *e.payload == *payload)
+        } else {
+            self.index
+                .find(hash, |&i| *entries[i].payload == *payload)
+                .is_some()
         }
     }
 }
@@ -103,24 +137,27 @@ impl TimerBuckets {
     pub(super) fn insert(&mut self, due: Due, payload: &[u8], stored: bool) -> bool {
         let hash = self.hasher.hash_one(payload);
         let bucket = self.buckets.entry(due).or_default();
-        let entries = &bucket.entries;
-        if bucket
-            .index
-            .find(hash, |&i| *entries[i].payload == *payload)
-            .is_some()
-        {
+        if bucket.holds(hash, payload) {
             return false;
         }
         let position = bucket.entries.len();
+        if position == 0 {
+            // A bucket per timer is common: no room for four.
+            bucket.entries.reserve_exact(1);
+        }
         bucket.entries.push(Entry {
             payload: payload.into(),
             hash,
             stored,
         });
-        let entries = &bucket.entries;
-        bucket
-            .index
-            .insert_unique(hash, position, |&i| entries[i].hash);
+        if !bucket.index.is_empty() {
+            let entries = &bucket.entries;
+            bucket
+                .index
+                .insert_unique(hash, position, |&i| entries[i].hash);
+        } else if bucket.len() == INDEX_FROM {
+            bucket.reindex();
+        }
         self.len += 1;
         true
     }
@@ -143,8 +180,12 @@ impl TimerBuckets {
         let entry = &mut bucket.entries[position];
         let payload = std::mem::take(&mut entry.payload);
         let stored = entry.stored;
-        if let Ok(found) = bucket.index.find_entry(entry.hash, |&i| i == position) {
-            found.remove();
+        if !bucket.index.is_empty() {
+            let found = bucket.index.find_entry(entry.hash, |&i| i == position);
+            debug_assert!(found.is_ok(), "a timer not taken is indexed");
+            if let Ok(found) = found {
+                found.remove();
+            }
         }
         bucket.next += 1;
         self.len -= 1;

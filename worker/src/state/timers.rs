@@ -13,8 +13,8 @@
 //! range deletion each time, which every later read had to fragment again:
 //! the cost grew with the square of the timers until the memtable flushed.)
 //! In memory, the timers of a domain are grouped by their time, step and
-//! kind (see the `timer_buckets` module): those of one time fire in the
-//! order they were registered.
+//! kind (see the `timer_buckets` module); those of one time, step and kind
+//! fire in no specified order.
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 

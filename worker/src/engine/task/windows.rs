@@ -20,7 +20,7 @@ impl TaskProcessor {
     ) -> Result<(), TaskError> {
         // The inputs' vector is reused from record to record; an aggregate
         // after this one, run from within, takes a new one meanwhile.
-        let mut inputs = std::mem::take(&mut self.inputs);
+        let mut inputs = std::mem::take(&mut self.record_inputs);
         let applied = match self.inputs(fields, flow.record(), &mut inputs) {
             Ok(()) => self.aggregate_inputs(pipeline, index, window, fields, &inputs, flow, out),
             Err(reason) => {
@@ -30,7 +30,7 @@ impl TaskProcessor {
             }
         };
         inputs.clear();
-        self.inputs = inputs;
+        self.record_inputs = inputs;
         applied
     }
 
