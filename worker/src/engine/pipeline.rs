@@ -517,15 +517,6 @@ impl Pipeline {
         })
     }
 
-    /// The layout of the result text of the aggregate step at `index`
-    /// (`None` for other steps).
-    pub fn result_text(&self, index: usize) -> Option<&ResultText> {
-        match &self.steps.get(index)?.operation {
-            Operation::Aggregate { text, .. } => Some(text),
-            _ => None,
-        }
-    }
-
     /// The compiled steps, in order.
     pub fn steps(&self) -> &[CompiledStep] {
         &self.steps

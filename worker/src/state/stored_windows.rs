@@ -11,9 +11,9 @@
 //! - an open of an instance that holds values already (a restored
 //!   checkpoint): each flush, and each eviction of a window later than any
 //!   written before, stores the latest window start written (under
-//!   [`LATEST_STORED_WINDOW`]), so no later window has a value in the
-//!   instance. One without that key (written before it existed) is scanned
-//!   once at open.
+//!   [`LATEST_STORED_WINDOW`]; an empty value when none was), so no later
+//!   window has a value in the instance. One without that key (written
+//!   before it existed) is scanned once at open.
 //!
 //! Windows starting at or before a floor (the restored ones), and those
 //! with an evicted value, are read; when too many windows had evictions,
@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::keys::{
     LATEST_STORED_WINDOW, STATE, from_order_preserving, order_preserving, window_of_state_key,
@@ -39,7 +39,7 @@ pub(super) struct StoredWindows {
     /// with evictions no longer remembered one by one.
     floor: Option<i64>,
     /// Windows (step, start) of which a value was evicted.
-    evicted: HashSet<(u8, i64)>,
+    evicted: HashSet<(u8, i64), foldhash::fast::RandomState>,
     /// The latest window start RocksDB holds or held a value of.
     latest_written: Option<i64>,
 }
@@ -52,6 +52,8 @@ impl StoredWindows {
             .get(LATEST_STORED_WINDOW)
             .map_err(db_error("read of the latest stored window"))?
         {
+            // Written when the instance held no window.
+            Some(bytes) if bytes.is_empty() => None,
             Some(bytes) => {
                 let bytes =
                     <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| StateError::Corrupt {
@@ -64,7 +66,7 @@ impl StoredWindows {
         };
         Ok(StoredWindows {
             floor,
-            evicted: HashSet::new(),
+            evicted: HashSet::default(),
             latest_written: floor,
         })
     }
@@ -127,10 +129,12 @@ impl StoredWindows {
     }
 
     /// Adds the latest window start written to `batch`, for an open of
-    /// the instance to find.
+    /// the instance to find; an empty value when it holds no window (a
+    /// job of sessions, joins or patterns), so that no open scans for one.
     pub(super) fn store(&self, batch: &mut WriteBatch) {
-        if let Some(latest) = self.latest_written {
-            batch.put(LATEST_STORED_WINDOW, order_preserving(latest));
+        match self.latest_written {
+            Some(latest) => batch.put(LATEST_STORED_WINDOW, order_preserving(latest)),
+            None => batch.put(LATEST_STORED_WINDOW, []),
         }
     }
 }
@@ -138,11 +142,10 @@ impl StoredWindows {
 /// The latest window start of the values in `db`, by a scan of them all.
 fn latest_window_in(db: &DB) -> Result<Option<i64>, StateError> {
     let mut latest = None;
-    for item in db.iterator(IteratorMode::From(&[STATE], Direction::Forward)) {
+    let mut read = ReadOptions::default();
+    read.set_iterate_upper_bound([STATE + 1]);
+    for item in db.iterator_opt(IteratorMode::From(&[STATE], Direction::Forward), read) {
         let (key, _) = item.map_err(db_error("scan of the stored windows"))?;
-        if key.first() != Some(&STATE) {
-            break;
-        }
         latest = latest.max(window_of_state_key(&key).map(|(_, start)| start));
     }
     Ok(latest)

@@ -102,7 +102,7 @@ impl Bucket {
 }
 
 /// The timers of one domain held in memory.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct TimerBuckets {
     buckets: BTreeMap<Due, Bucket>,
     /// Timers held, over all buckets.
@@ -118,15 +118,6 @@ pub(super) struct TimerBuckets {
 const COMPACT_AFTER: usize = 4096;
 
 impl TimerBuckets {
-    /// No timers.
-    pub(super) fn new() -> TimerBuckets {
-        TimerBuckets {
-            buckets: BTreeMap::new(),
-            len: 0,
-            hasher: foldhash::fast::RandomState::default(),
-        }
-    }
-
     /// Timers held.
     pub(super) fn len(&self) -> usize {
         self.len
@@ -293,7 +284,7 @@ mod tests {
         fn buckets_hold_what_a_sorted_set_holds(
             ops in prop::collection::vec(op(), 0..300),
         ) {
-            let mut buckets = TimerBuckets::new();
+            let mut buckets = TimerBuckets::default();
             let mut model = BTreeSet::new();
             for op in ops {
                 match op {
@@ -339,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_bucket_that_keeps_receiving_while_it_fires_drops_what_it_fired() {
-        let mut buckets = TimerBuckets::new();
+        let mut buckets = TimerBuckets::default();
         let due = (1, 0, 0);
         assert!(buckets.insert(due, &0_u64.to_be_bytes(), true));
         for i in 0..3 * COMPACT_AFTER as u64 {

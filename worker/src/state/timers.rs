@@ -70,11 +70,7 @@ impl TimerQueue {
     /// boundaries, read into memory as they come due.
     pub(super) fn load(db: &DB, limit: usize) -> Result<TimerQueue, StateError> {
         let mut queue = TimerQueue {
-            memory: [
-                TimerBuckets::new(),
-                TimerBuckets::new(),
-                TimerBuckets::new(),
-            ],
+            memory: Default::default(),
             fired: Vec::new(),
             boundary: [None, None, None],
             limit: limit.max(2),

@@ -18,11 +18,21 @@ impl TaskProcessor {
         flow: Flow<'_>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
-        // The inputs' vector is reused from record to record; an aggregate
-        // after this one, run from within, takes a new one meanwhile.
+        // The vectors of inputs and results are reused from record to
+        // record; an aggregate after this one, run from within, takes new
+        // ones meanwhile.
         let mut inputs = std::mem::take(&mut self.record_inputs);
+        let mut emitted = std::mem::take(&mut self.emitted);
         let applied = match self.inputs(fields, flow.record(), &mut inputs) {
-            Ok(()) => self.aggregate_inputs(pipeline, index, window, fields, &inputs, flow, out),
+            Ok(()) => self.aggregate_inputs(
+                pipeline,
+                index,
+                window,
+                fields,
+                (&inputs, &mut emitted),
+                flow,
+                out,
+            ),
             Err(reason) => {
                 let step = &pipeline.steps()[index];
                 dead_letter_reason(&flow, format!("{}: {reason}", step.name), out);
@@ -30,12 +40,15 @@ impl TaskProcessor {
             }
         };
         inputs.clear();
+        emitted.clear();
         self.record_inputs = inputs;
+        self.emitted = emitted;
         applied
     }
 
     /// The aggregate step at `index` with what the record contributes to
-    /// each field.
+    /// each field; its results go through `emitted` (empty) on to the next
+    /// step.
     #[allow(clippy::too_many_arguments)]
     fn aggregate_inputs(
         &mut self,
@@ -43,7 +56,7 @@ impl TaskProcessor {
         index: usize,
         window: Option<&WindowOp>,
         fields: &[AggregateField],
-        inputs: &[Input],
+        (inputs, emitted): (&[Input], &mut Vec<(Emitted, Option<i64>)>),
         flow: Flow<'_>,
         out: &mut Outputs,
     ) -> Result<(), TaskError> {
@@ -54,7 +67,6 @@ impl TaskProcessor {
             keyed: flow.keyed,
             text: Form::text_of(pipeline, index),
         };
-        let mut emitted = Vec::new();
         match window {
             None => {
                 self.payload.clear();
@@ -76,7 +88,7 @@ impl TaskProcessor {
                 fields,
                 inputs,
                 flow.time,
-                &mut emitted,
+                emitted,
             )?,
             Some(op) => {
                 let Some(t) = flow.time else {
@@ -90,29 +102,10 @@ impl TaskProcessor {
                 let clock = self.clock(index);
                 let accepted = if let WindowAssigner::Session { gap } = op.assigner {
                     self.session_update(
-                        clock,
-                        step.id,
-                        key,
-                        form,
-                        t,
-                        gap,
-                        op,
-                        fields,
-                        inputs,
-                        &mut emitted,
+                        clock, step.id, key, form, t, gap, op, fields, inputs, emitted,
                     )?
                 } else {
-                    self.window_update(
-                        clock,
-                        step.id,
-                        key,
-                        form,
-                        t,
-                        op,
-                        fields,
-                        inputs,
-                        &mut emitted,
-                    )?
+                    self.window_update(clock, step.id, key, form, t, op, fields, inputs, emitted)?
                 };
                 if !accepted {
                     late(&flow, out);
@@ -120,7 +113,7 @@ impl TaskProcessor {
                 }
             }
         }
-        for (record, time) in emitted {
+        for (record, time) in emitted.drain(..) {
             let Some(value) = value_or_sent(record, form, key, out) else {
                 continue;
             };
@@ -552,10 +545,10 @@ impl<'p> Form<'p> {
 
     /// The text layout of the step at `index`, if no step follows it.
     pub(super) fn text_of(pipeline: &'p Pipeline, index: usize) -> Option<&'p ResultText> {
-        pipeline
-            .is_last(index)
-            .then(|| pipeline.result_text(index))
-            .flatten()
+        match &pipeline.steps()[index].operation {
+            Operation::Aggregate { text, .. } if pipeline.is_last(index) => Some(text),
+            _ => None,
+        }
     }
 }
 
