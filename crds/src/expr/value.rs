@@ -221,12 +221,12 @@ impl<'a> Val<'a> {
         use std::io::Write as _;
         match self {
             Val::Null => return Err(EvalError::new_static("the key is null")),
+            Val::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             Val::Str(s) => out.extend_from_slice(s.as_bytes()),
+            Val::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            Val::Uint(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
             Val::Double(d) => write!(out, "{d}").map_err(|e| EvalError::new(e.to_string()))?,
-            // The same text as JSON's.
-            Val::Bool(_) | Val::Int(_) | Val::Uint(_) | Val::List(_) | Val::Map(_) => {
-                self.write_json(out)?
-            }
+            Val::List(_) | Val::Map(_) => self.write_json(out)?,
         }
         Ok(())
     }
