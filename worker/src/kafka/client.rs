@@ -146,6 +146,14 @@ pub fn producer_config(
         // aborted sooner anyway when the task's next owner initialises the
         // same transactional id.
         set_default(&mut config, "transaction.timeout.ms", "600000");
+        // A read_committed reader sees the records at the commit, not when
+        // they reach the broker, so lingering longer delays nothing it
+        // sees: the checkpoint's flush and the commit send what still
+        // lingers at once, and so does a send waiting for room in the
+        // queue (see `crate::kafka::native_send::flush`). A producer per
+        // task sends a task's share of the records to every output
+        // partition: at 5 ms a batch held one or two records.
+        set_default(&mut config, "linger.ms", "100");
     }
     set_default(&mut config, "linger.ms", "5");
     set_default(&mut config, "batch.num.messages", "10000");
@@ -372,6 +380,25 @@ mod tests {
             producer_config(&base, None, 64 << 20).get("transactional.id"),
             None
         );
+    }
+
+    /// Exactly-once output is read at the commit, so its producers linger
+    /// longer for fuller batches; at-least-once output is read as it
+    /// arrives. A job's own setting wins over both.
+    #[test]
+    fn transactional_producers_linger_longer_unless_the_job_says() {
+        let linger = |base: &ClientConfig, id: Option<&str>| {
+            producer_config(base, id, 64 << 20)
+                .get("linger.ms")
+                .map(str::to_owned)
+        };
+        let base = ClientConfig::new();
+        assert_eq!(linger(&base, Some("weir-ns-job-0")).as_deref(), Some("100"));
+        assert_eq!(linger(&base, None).as_deref(), Some("5"));
+        let mut own = ClientConfig::new();
+        own.set("linger.ms", "20");
+        assert_eq!(linger(&own, Some("weir-ns-job-0")).as_deref(), Some("20"));
+        assert_eq!(linger(&own, None).as_deref(), Some("20"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod client;
 pub mod credentials;
 pub mod delivery_poller;
 pub mod lag;
+pub mod native_send;
 pub mod output;
 pub mod partitioner;
 pub mod producer;

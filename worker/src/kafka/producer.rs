@@ -36,9 +36,14 @@ use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::kafka::delivery_poller::DeliveryPoller;
+use crate::kafka::native_send::{self, PlainRecord, TopicHandles};
 
 /// How long producer flushes and transaction operations may take.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest a send over its producer's share waits for room before it
+/// looks again (and asks whether to give up).
+const ROOM_WAIT: Duration = Duration::from_millis(1);
 
 /// What a queued record costs besides its key, value and headers:
 /// librdkafka's message structure and allocator headers.
@@ -190,6 +195,9 @@ impl ProducerContext for DeliveryContext {
 pub struct OutputProducer {
     name: String,
     transactional: bool,
+    /// The handles of the topics sent to: dropped first, before the
+    /// client they belong to.
+    topics: TopicHandles,
     /// Serves the delivery reports (it holds the producer too, so the
     /// client outlives its thread and queue handle).
     _deliveries: DeliveryPoller,
@@ -252,6 +260,7 @@ impl OutputProducer {
         let this = Self {
             name,
             transactional: transactional_id.is_some(),
+            topics: TopicHandles::default(),
             _deliveries: deliveries,
             producer,
             budget,
@@ -298,15 +307,26 @@ impl OutputProducer {
         value: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, 0).payload(value);
-        if let Some(key) = key {
-            record = record.key(key);
+        match headers {
+            None => self.enqueue_plain(PlainRecord {
+                topic,
+                partition: None,
+                key,
+                payload: value,
+                timestamp_ms: None,
+                delivery_opaque: 0,
+            }),
+            Some(headers) => {
+                let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(topic, 0)
+                        .payload(value)
+                        .headers(headers);
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
+                self.enqueue_with_headers(record)
+            }
         }
-        if let Some(headers) = headers {
-            record = record.headers(headers);
-        }
-        self.enqueue(record)
     }
 
     /// Queues a record for a given partition with a given timestamp (epoch
@@ -330,15 +350,49 @@ impl OutputProducer {
         if let Some(t) = timestamp_ms {
             record = record.timestamp(t);
         }
-        self.enqueue(record)
+        self.enqueue_with_headers(record)
     }
 
-    /// Queues a record, waiting while the queue is full or over this
-    /// producer's share of the budget; gives up when interrupted.
-    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), ProduceError> {
-        let topic = record.topic;
-        let cost = record_cost(&record);
+    /// Queues a record without headers by the producer's handle of its
+    /// topic (see [`TopicHandles`]).
+    fn enqueue_plain(&self, mut record: PlainRecord<'_, usize>) -> Result<(), ProduceError> {
+        let cost = record_cost(record.key, Some(record.payload), None);
         record.delivery_opaque = cost;
+        self.enqueue(record.topic, cost, || {
+            self.topics.send(&self.producer, record)
+        })
+    }
+
+    /// Queues a record with headers through rust-rdkafka, which takes the
+    /// headers over once the record is queued.
+    fn enqueue_with_headers(
+        &self,
+        mut record: BaseRecord<'_, [u8], [u8], usize>,
+    ) -> Result<(), ProduceError> {
+        let topic = record.topic;
+        let cost = record_cost(record.key, record.payload, record.headers.as_ref());
+        record.delivery_opaque = cost;
+        // A record librdkafka did not take comes back for the next try
+        // (`enqueue` tries again only after an error).
+        let mut pending = Some(record);
+        self.enqueue(topic, cost, || match pending.take() {
+            Some(record) => self.producer.send(record).map_err(|(e, back)| {
+                pending = Some(back);
+                e
+            }),
+            None => Ok(()),
+        })
+    }
+
+    /// Queues a record of `cost` by `queue_once`, waiting while the queue
+    /// is full or over this producer's share of the budget; gives up when
+    /// interrupted.
+    fn enqueue(
+        &self,
+        topic: &str,
+        cost: usize,
+        mut queue_once: impl FnMut() -> Result<(), KafkaError>,
+    ) -> Result<(), ProduceError> {
         let queued = &self.producer.context().queued_bytes;
         loop {
             if self.over_share(cost) {
@@ -347,14 +401,13 @@ impl OutputProducer {
             }
             // Counted before it is queued: its delivery may come first.
             queued.fetch_add(cost, Ordering::Relaxed);
-            match self.producer.send(record) {
+            match queue_once() {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     queued.fetch_sub(cost, Ordering::Relaxed);
-                    record = back;
                     self.wait_for_room(topic)?;
                 }
-                Err((source, _)) => {
+                Err(source) => {
                     queued.fetch_sub(cost, Ordering::Relaxed);
                     return Err(ProduceError::Send {
                         topic: topic.to_owned(),
@@ -375,7 +428,9 @@ impl OutputProducer {
         queued > 0 && queued.saturating_add(cost) > budget.per_producer()
     }
 
-    /// Waits a millisecond for the queue to drain, or gives up.
+    /// Waits up to a millisecond for the queue to drain, with its lingering
+    /// batches sent at once (a producer over its share must not wait out
+    /// `linger.ms` for room), or gives up.
     fn wait_for_room(&self, topic: &str) -> Result<(), ProduceError> {
         let interrupt = self
             .interrupt
@@ -388,15 +443,16 @@ impl OutputProducer {
                 topic: topic.to_owned(),
             });
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // Returns once all is delivered or the millisecond passed; either
+        // way the caller looks at the queue again.
+        let _ = native_send::flush(&self.producer, ROOM_WAIT);
         Ok(())
     }
 
-    /// Waits until every queued record is delivered and fails if any was
-    /// not.
+    /// Waits until every queued record is delivered, sending lingering
+    /// batches at once, and fails if any was not delivered.
     pub fn flush(&self) -> Result<(), ProduceError> {
-        self.producer
-            .flush(TRANSACTION_TIMEOUT)
+        native_send::flush(&self.producer, TRANSACTION_TIMEOUT)
             .map_err(|e| self.op_error("flush", e))?;
         self.check_delivery()
     }
@@ -458,22 +514,29 @@ impl OutputProducer {
 
 /// What a record costs in the queue: key, value, headers and
 /// [`QUEUED_RECORD_OVERHEAD`].
-fn record_cost(record: &BaseRecord<'_, [u8], [u8], usize>) -> usize {
-    let headers = record.headers.as_ref().map_or(0, |h| {
+fn record_cost(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<&OwnedHeaders>,
+) -> usize {
+    let headers = headers.map_or(0, |h| {
         h.iter()
             .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
             .sum()
     });
-    record.key.map_or(0, <[u8]>::len)
-        + record.payload.map_or(0, <[u8]>::len)
-        + headers
-        + QUEUED_RECORD_OVERHEAD
+    key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers + QUEUED_RECORD_OVERHEAD
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::mpsc;
+    use std::time::Instant;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
 
     use super::*;
 
@@ -563,5 +626,109 @@ mod tests {
             producer.send("out", None, &[0u8; 100_000], None).unwrap();
         }
         assert!(producer.queued_bytes() > 1 << 20);
+    }
+
+    /// A producer of a mock cluster with topics `a` and `b` that holds a
+    /// batch ten seconds before sending it.
+    fn lingering(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        budget: Arc<QueueBudget>,
+    ) -> OutputProducer {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "10000");
+        OutputProducer::with_budget(&config, None, budget).unwrap()
+    }
+
+    fn mock_cluster() -> MockCluster<'static, DefaultProducerContext> {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        for topic in ["a", "b"] {
+            cluster.create_topic(topic, 2, 1).expect("topic");
+        }
+        cluster
+    }
+
+    #[test]
+    fn a_flush_sends_lingering_records_at_once() {
+        let cluster = mock_cluster();
+        let producer = lingering(&cluster, QueueBudget::new(64 << 20));
+        for i in 0..3 {
+            producer
+                .send("a", None, format!("{i}").as_bytes(), None)
+                .unwrap();
+        }
+        let started = Instant::now();
+        producer.flush().expect("flushed");
+        assert_eq!(producer.queued_bytes(), 0, "all delivered");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the flush waited out the 10 s linger: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_send_over_its_share_does_not_wait_out_the_linger() {
+        let cluster = mock_cluster();
+        // Room for one record of 600 bytes: every next one waits for the
+        // one before to be delivered.
+        let producer = lingering(&cluster, QueueBudget::new(1_000));
+        let started = Instant::now();
+        for _ in 0..4 {
+            producer.send("a", None, &[7u8; 600], None).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "sends over the share waited out the 10 s linger: {:?}",
+            started.elapsed()
+        );
+        producer.flush().expect("flushed");
+    }
+
+    /// The values of the records on `topic`, in partition and offset order.
+    fn values_of(cluster: &MockCluster<'_, DefaultProducerContext>, topic: &str) -> Vec<String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "read-back")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..2 {
+            assignment
+                .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        values.sort();
+        values
+    }
+
+    #[test]
+    fn records_reach_the_topic_they_name_with_and_without_headers() {
+        let cluster = mock_cluster();
+        let producer = lingering(&cluster, QueueBudget::new(64 << 20));
+        for i in 0..4 {
+            let topic = if i % 2 == 0 { "a" } else { "b" };
+            let headers = (i >= 2).then(|| {
+                OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: "h",
+                    value: Some("v"),
+                })
+            });
+            producer
+                .send(topic, Some(b"k"), format!("{topic}{i}").as_bytes(), headers)
+                .unwrap();
+        }
+        producer.flush().expect("flushed");
+        assert_eq!(values_of(&cluster, "a"), ["a0", "a2"]);
+        assert_eq!(values_of(&cluster, "b"), ["b1", "b3"]);
     }
 }
