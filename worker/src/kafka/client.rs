@@ -150,12 +150,12 @@ pub fn producer_config(
         // they reach the broker, so lingering longer delays nothing it
         // sees: the checkpoint's flush and the commit send what still
         // lingers at once, and so does a send waiting for room in the
-        // queue (see `crate::kafka::native_send::flush`). A producer per
+        // queue (see `crate::kafka::native_send::NativeProducer::flush`). A producer per
         // task sends a task's share of the records to every output
         // partition: at 5 ms a batch held one or two records.
-        set_default(&mut config, "linger.ms", "100");
+        set_linger_default(&mut config, "100");
     }
-    set_default(&mut config, "linger.ms", "5");
+    set_linger_default(&mut config, "5");
     set_default(&mut config, "batch.num.messages", "10000");
     set_default(&mut config, "batch.size", "1000000");
     let messages = (queue_bytes / crate::kafka::producer::QUEUED_RECORD_OVERHEAD).max(1000);
@@ -191,6 +191,15 @@ pub fn with_transaction_timeout(base: &ClientConfig, checkpoint_interval_ms: i64
 fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
     if config.get(key).is_none() {
         config.set(key, value);
+    }
+}
+
+/// Sets `linger.ms` to `value` unless the job set it under either of its
+/// names (`queue.buffering.max.ms` is librdkafka's alias: with both set,
+/// which one wins is not defined).
+fn set_linger_default(config: &mut ClientConfig, value: &str) {
+    if config.get("queue.buffering.max.ms").is_none() {
+        set_default(config, "linger.ms", value);
     }
 }
 
@@ -399,6 +408,14 @@ mod tests {
         own.set("linger.ms", "20");
         assert_eq!(linger(&own, Some("weir-ns-job-0")).as_deref(), Some("20"));
         assert_eq!(linger(&own, None).as_deref(), Some("20"));
+        // Set by its alias, the job's value is the only one.
+        let mut alias = ClientConfig::new();
+        alias.set("queue.buffering.max.ms", "20");
+        for id in [Some("weir-ns-job-0"), None] {
+            let config = producer_config(&alias, id, 64 << 20);
+            assert_eq!(config.get("linger.ms"), None);
+            assert_eq!(config.get("queue.buffering.max.ms"), Some("20"));
+        }
     }
 
     #[test]

@@ -7,21 +7,22 @@
 //! (an allocation and a copy), and librdkafka looks the topic up by name
 //! under its write lock and takes and drops a reference to it. End to end
 //! on Flink's stateless workload that was about 470 of the 2,000
-//! instructions an output record cost. [`TopicHandles`] creates the handle
+//! instructions an output record cost. [`NativeProducer`] creates the handle
 //! of a topic on its first record and passes it with every later one
-//! (`RD_KAFKA_VTYPE_RKT`): a reference count taken and dropped.
+//! (`RD_KAFKA_VTYPE_RKT`): a reference count taken and dropped. It holds
+//! the producer, so a handle never outlives its client.
 //!
 //! **Flush.** librdkafka holds a batch until `linger.ms` passes, and sends
 //! it at once while an `rd_kafka_flush` call is waiting. rust-rdkafka's
 //! `flush` calls `rd_kafka_flush` with no wait between its own polls, so
 //! the batches of a producer that lingers long went out only when the
-//! linger passed. [`flush`] waits inside `rd_kafka_flush`; the producers'
+//! linger passed. [`NativeProducer::flush`] waits inside `rd_kafka_flush`; the producers'
 //! delivery reports, which the flush waits for, are served by their
 //! [`crate::kafka::delivery_poller::DeliveryPoller`] thread meanwhile.
 
 use std::ffi::CString;
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -29,36 +30,31 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::util::IntoOpaque;
 
-/// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner chooses.
-const UNASSIGNED_PARTITION: i32 = -1;
-
 /// A record to queue, without headers (records with headers go through
-/// rust-rdkafka's `send`, which takes its `OwnedHeaders`).
+/// rust-rdkafka's `send`, which takes its `OwnedHeaders`), to the
+/// partition librdkafka's partitioner chooses, stamped with the time it is
+/// queued.
 #[derive(Debug, Clone, Copy)]
 pub struct PlainRecord<'a, O> {
     /// The destination topic.
     pub topic: &'a str,
-    /// The partition, or `None` for librdkafka's partitioner.
-    pub partition: Option<i32>,
     /// The key.
     pub key: Option<&'a [u8]>,
     /// The value.
     pub payload: &'a [u8],
-    /// The timestamp (epoch milliseconds), or `None` for the time it is
-    /// queued.
-    pub timestamp_ms: Option<i64>,
     /// What the delivery report hands back to the producer's context.
     pub delivery_opaque: O,
 }
 
-/// The librdkafka topic handles of one producer, created on a topic's
-/// first record. The owner drops them before the producer's client (a
-/// field declared before it): a handle must not outlive its client.
-#[derive(Default)]
-pub struct TopicHandles {
+/// A producer that sends by the librdkafka handles of its topics (created
+/// on a topic's first record, released before the producer) and flushes
+/// through librdkafka.
+pub struct NativeProducer<C: ProducerContext> {
     /// Few topics per producer (output, dead letters, late data,
-    /// repartition): a list searched by name.
+    /// repartition): a list searched by name. Declared before `producer`,
+    /// so released first: a handle must not outlive its client.
     topics: Mutex<Vec<(Box<str>, TopicHandle)>>,
+    producer: Arc<BaseProducer<C>>,
 }
 
 /// One topic handle, released on drop.
@@ -71,50 +67,77 @@ unsafe impl Send for TopicHandle {}
 impl Drop for TopicHandle {
     fn drop(&mut self) {
         // SAFETY: the handle was created by `rd_kafka_topic_new` and is
-        // released once, while its client lives (see `TopicHandles`).
+        // released once, while its client lives (see `NativeProducer`).
         unsafe { rd::rd_kafka_topic_destroy(self.0.as_ptr()) }
     }
 }
 
-impl TopicHandles {
-    /// Queues `record` on `producer` (a copy of its key and value), by the
-    /// handle of its topic. On an error librdkafka did not take the record
-    /// (its delivery opaque is dropped; opaques here are plain numbers).
-    pub fn send<C: ProducerContext>(
-        &self,
-        producer: &BaseProducer<C>,
-        record: PlainRecord<'_, C::DeliveryOpaque>,
-    ) -> Result<(), KafkaError> {
-        let client = producer.client().native_ptr();
+impl<C: ProducerContext> NativeProducer<C> {
+    /// No handles yet, for `producer`.
+    pub fn new(producer: Arc<BaseProducer<C>>) -> Self {
+        Self {
+            topics: Mutex::new(Vec::new()),
+            producer,
+        }
+    }
+
+    /// The producer, for what rust-rdkafka does as Weir needs it.
+    pub fn base(&self) -> &BaseProducer<C> {
+        &self.producer
+    }
+
+    /// The handle of `topic`, created on its first use. It stays valid
+    /// while `self` lives: handles are only released with it.
+    fn handle(&self, topic: &str) -> Result<*mut rd::rd_kafka_topic_t, KafkaError> {
         let mut topics = self
             .topics
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let topic = match topics.iter().find(|(name, _)| **name == *record.topic) {
-            Some((_, handle)) => handle.0.as_ptr(),
-            None => {
-                let handle = new_topic(client, record.topic)?;
-                let ptr = handle.0.as_ptr();
-                topics.push((record.topic.into(), handle));
-                ptr
-            }
-        };
+        if let Some((_, handle)) = topics.iter().find(|(name, _)| **name == *topic) {
+            return Ok(handle.0.as_ptr());
+        }
+        let handle = new_topic(self.producer.client().native_ptr(), topic)?;
+        let ptr = handle.0.as_ptr();
+        topics.push((topic.into(), handle));
+        Ok(ptr)
+    }
+
+    /// Waits up to `timeout` for every record queued to be delivered,
+    /// sending lingering batches at once; times out with
+    /// [`RDKafkaErrorCode::OperationTimedOut`]. The delivery reports must
+    /// be served by another thread meanwhile (the producer's
+    /// `DeliveryPoller`): this waits for them to be.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the client is alive while `self` is.
+        let code = unsafe { rd::rd_kafka_flush(self.producer.client().native_ptr(), millis) };
+        if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Ok(())
+        } else {
+            Err(KafkaError::Flush(RDKafkaErrorCode::from(code)))
+        }
+    }
+
+    /// Queues `record` (a copy of its key and value) by the handle of its
+    /// topic. On an error librdkafka did not take the record (its
+    /// delivery opaque is dropped; opaques here are plain numbers).
+    pub fn send(&self, record: PlainRecord<'_, C::DeliveryOpaque>) -> Result<(), KafkaError> {
+        let topic = self.handle(record.topic)?;
         let (key, key_len) = record
             .key
             .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
         let opaque = record.delivery_opaque.into_ptr();
         // SAFETY: the client and the topic handle are alive (the handle is
-        // released only with `self`, which is borrowed); the key and value
-        // are copied (`RD_KAFKA_MSG_F_COPY`) before the call returns; the
-        // argument list is typed as librdkafka's `rd_kafka_producev`
-        // documents and ends with `RD_KAFKA_VTYPE_END`.
+        // released only with `self`, which is borrowed, and holds the
+        // client); the key and value are copied (`RD_KAFKA_MSG_F_COPY`)
+        // before the call returns; the argument list is typed as
+        // librdkafka's `rd_kafka_producev` reads it and ends with
+        // `RD_KAFKA_VTYPE_END`.
         let code = unsafe {
             rd::rd_kafka_producev(
-                client,
+                self.producer.client().native_ptr(),
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
                 topic,
-                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
-                record.partition.unwrap_or(UNASSIGNED_PARTITION),
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
                 rd::RD_KAFKA_MSG_F_COPY,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
@@ -125,12 +148,9 @@ impl TopicHandles {
                 key_len,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
                 opaque,
-                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TIMESTAMP,
-                record.timestamp_ms.unwrap_or(0),
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
             )
         };
-        drop(topics);
         if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             Ok(())
         } else {
@@ -152,23 +172,4 @@ fn new_topic(client: *mut rd::rd_kafka_t, topic: &str) -> Result<TopicHandle, Ka
         // SAFETY: reads this thread's last librdkafka error.
         KafkaError::MessageProduction(RDKafkaErrorCode::from(unsafe { rd::rd_kafka_last_error() }))
     })
-}
-
-/// Waits up to `timeout` for every record `producer` queued to be
-/// delivered, sending lingering batches at once; times out with
-/// [`RDKafkaErrorCode::OperationTimedOut`]. The producer's delivery
-/// reports must be served by another thread meanwhile (its
-/// `DeliveryPoller`): this waits for them to be.
-pub fn flush<C: ProducerContext>(
-    producer: &BaseProducer<C>,
-    timeout: Duration,
-) -> Result<(), KafkaError> {
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: the client is alive while `producer` is borrowed.
-    let code = unsafe { rd::rd_kafka_flush(producer.client().native_ptr(), millis) };
-    if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        Ok(())
-    } else {
-        Err(KafkaError::Flush(RDKafkaErrorCode::from(code)))
-    }
 }

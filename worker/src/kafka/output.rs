@@ -119,10 +119,30 @@ impl OutputCommitter for KafkaOutput {
     }
 
     fn flush(&mut self) -> Result<(), CommitError> {
-        for producer in &self.producers {
-            producer.flush().map_err(produce("flush"))?;
-        }
-        Ok(())
+        // A producer's lingering batches go out only while its own flush
+        // waits: the producers of the tasks are flushed at once, so the
+        // flush takes one round trip to the brokers, not one per task.
+        let flushed: Vec<_> = std::thread::scope(|scope| {
+            let flushing: Vec<_> = self
+                .producers
+                .iter()
+                .skip(1)
+                .map(|producer| scope.spawn(|| producer.flush()))
+                .collect();
+            let first = self.producers.first().map(OutputProducer::flush);
+            first
+                .into_iter()
+                .chain(flushing.into_iter().map(|flush| {
+                    flush
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                }))
+                .collect()
+        });
+        flushed
+            .into_iter()
+            .collect::<Result<(), _>>()
+            .map_err(produce("flush"))
     }
 
     fn commit(

@@ -36,7 +36,7 @@ use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::kafka::delivery_poller::DeliveryPoller;
-use crate::kafka::native_send::{self, PlainRecord, TopicHandles};
+use crate::kafka::native_send::{NativeProducer, PlainRecord};
 
 /// How long producer flushes and transaction operations may take.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -195,13 +195,11 @@ impl ProducerContext for DeliveryContext {
 pub struct OutputProducer {
     name: String,
     transactional: bool,
-    /// The handles of the topics sent to: dropped first, before the
-    /// client they belong to.
-    topics: TopicHandles,
     /// Serves the delivery reports (it holds the producer too, so the
     /// client outlives its thread and queue handle).
     _deliveries: DeliveryPoller,
-    producer: Arc<BaseProducer<DeliveryContext>>,
+    /// The producer, sending by topic handles.
+    producer: NativeProducer<DeliveryContext>,
     /// The budget whose share the queue keeps to; `None` when the job sets
     /// `queue.buffering.max.kbytes` itself.
     budget: Option<Arc<QueueBudget>>,
@@ -260,17 +258,18 @@ impl OutputProducer {
         let this = Self {
             name,
             transactional: transactional_id.is_some(),
-            topics: TopicHandles::default(),
             _deliveries: deliveries,
-            producer,
+            producer: NativeProducer::new(producer),
             budget,
             interrupt: Mutex::new(None),
         };
         if this.transactional {
             this.producer
+                .base()
                 .init_transactions(TRANSACTION_TIMEOUT)
                 .map_err(|e| this.op_error("init_transactions", e))?;
             this.producer
+                .base()
                 .begin_transaction()
                 .map_err(|e| this.op_error("begin_transaction", e))?;
         }
@@ -296,7 +295,11 @@ impl OutputProducer {
     /// The cost of the records queued and not yet acknowledged, as counted
     /// against the [`QueueBudget`].
     pub fn queued_bytes(&self) -> usize {
-        self.producer.context().queued_bytes.load(Ordering::Relaxed)
+        self.producer
+            .base()
+            .context()
+            .queued_bytes
+            .load(Ordering::Relaxed)
     }
 
     /// Queues a record, waiting while librdkafka's queue is full.
@@ -310,10 +313,8 @@ impl OutputProducer {
         match headers {
             None => self.enqueue_plain(PlainRecord {
                 topic,
-                partition: None,
                 key,
                 payload: value,
-                timestamp_ms: None,
                 delivery_opaque: 0,
             }),
             Some(headers) => {
@@ -354,13 +355,11 @@ impl OutputProducer {
     }
 
     /// Queues a record without headers by the producer's handle of its
-    /// topic (see [`TopicHandles`]).
+    /// topic (see [`NativeProducer`]).
     fn enqueue_plain(&self, mut record: PlainRecord<'_, usize>) -> Result<(), ProduceError> {
         let cost = record_cost(record.key, Some(record.payload), None);
         record.delivery_opaque = cost;
-        self.enqueue(record.topic, cost, || {
-            self.topics.send(&self.producer, record)
-        })
+        self.enqueue(record.topic, cost, || self.producer.send(record))
     }
 
     /// Queues a record with headers through rust-rdkafka, which takes the
@@ -372,15 +371,16 @@ impl OutputProducer {
         let topic = record.topic;
         let cost = record_cost(record.key, record.payload, record.headers.as_ref());
         record.delivery_opaque = cost;
-        // A record librdkafka did not take comes back for the next try
-        // (`enqueue` tries again only after an error).
+        // A record librdkafka did not take comes back for the next try.
         let mut pending = Some(record);
-        self.enqueue(topic, cost, || match pending.take() {
-            Some(record) => self.producer.send(record).map_err(|(e, back)| {
+        self.enqueue(topic, cost, || {
+            let record = pending
+                .take()
+                .expect("enqueue tries again only after an error gave the record back");
+            self.producer.base().send(record).map_err(|(e, back)| {
                 pending = Some(back);
                 e
-            }),
-            None => Ok(()),
+            })
         })
     }
 
@@ -393,7 +393,7 @@ impl OutputProducer {
         cost: usize,
         mut queue_once: impl FnMut() -> Result<(), KafkaError>,
     ) -> Result<(), ProduceError> {
-        let queued = &self.producer.context().queued_bytes;
+        let queued = &self.producer.base().context().queued_bytes;
         loop {
             if self.over_share(cost) {
                 self.wait_for_room(topic)?;
@@ -445,21 +445,22 @@ impl OutputProducer {
         }
         // Returns once all is delivered or the millisecond passed; either
         // way the caller looks at the queue again.
-        let _ = native_send::flush(&self.producer, ROOM_WAIT);
+        let _ = self.producer.flush(ROOM_WAIT);
         Ok(())
     }
 
     /// Waits until every queued record is delivered, sending lingering
     /// batches at once, and fails if any was not delivered.
     pub fn flush(&self) -> Result<(), ProduceError> {
-        native_send::flush(&self.producer, TRANSACTION_TIMEOUT)
+        self.producer
+            .flush(TRANSACTION_TIMEOUT)
             .map_err(|e| self.op_error("flush", e))?;
         self.check_delivery()
     }
 
     /// Fails if any record was not delivered since the producer started.
     pub fn check_delivery(&self) -> Result<(), ProduceError> {
-        let ctx = self.producer.context();
+        let ctx = self.producer.base().context();
         let count = ctx.failures.load(Ordering::Relaxed);
         if count == 0 {
             return Ok(());
@@ -485,13 +486,16 @@ impl OutputProducer {
         group: &ConsumerGroupMetadata,
     ) -> Result<(), ProduceError> {
         self.producer
+            .base()
             .send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT)
             .map_err(|e| self.op_error("send_offsets_to_transaction", e))?;
         self.producer
+            .base()
             .commit_transaction(TRANSACTION_TIMEOUT)
             .map_err(|e| self.op_error("commit_transaction", e))?;
         self.check_delivery()?;
         self.producer
+            .base()
             .begin_transaction()
             .map_err(|e| self.op_error("begin_transaction", e))
     }
@@ -499,6 +503,7 @@ impl OutputProducer {
     /// Aborts the current transaction, discarding its output.
     pub fn abort_transaction(&self) -> Result<(), ProduceError> {
         self.producer
+            .base()
             .abort_transaction(TRANSACTION_TIMEOUT)
             .map_err(|e| self.op_error("abort_transaction", e))
     }
@@ -534,7 +539,7 @@ mod tests {
     use std::time::Instant;
 
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
+    use rdkafka::message::{Headers, Message};
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::DefaultProducerContext;
 
@@ -677,6 +682,7 @@ mod tests {
         let started = Instant::now();
         for _ in 0..4 {
             producer.send("a", None, &[7u8; 600], None).unwrap();
+            assert!(producer.queued_bytes() <= 1_000, "the share is kept");
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -686,8 +692,13 @@ mod tests {
         producer.flush().expect("flushed");
     }
 
-    /// The values of the records on `topic`, in partition and offset order.
-    fn values_of(cluster: &MockCluster<'_, DefaultProducerContext>, topic: &str) -> Vec<String> {
+    /// The first `count` records on `topic` as `key=value` with their
+    /// header names, sorted.
+    fn records_of(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        topic: &str,
+        count: usize,
+    ) -> Vec<String> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("group.id", "read-back")
@@ -700,15 +711,25 @@ mod tests {
                 .unwrap();
         }
         consumer.assign(&assignment).unwrap();
-        let mut values = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while records.len() < count && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+                let text =
+                    |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+                let headers: Vec<&str> = m
+                    .headers()
+                    .map(|h| h.iter().map(|h| h.key).collect())
+                    .unwrap_or_default();
+                records.push(format!(
+                    "{}={} {headers:?}",
+                    text(m.key()),
+                    text(m.payload())
+                ));
             }
         }
-        values.sort();
-        values
+        records.sort();
+        records
     }
 
     #[test]
@@ -728,7 +749,7 @@ mod tests {
                 .unwrap();
         }
         producer.flush().expect("flushed");
-        assert_eq!(values_of(&cluster, "a"), ["a0", "a2"]);
-        assert_eq!(values_of(&cluster, "b"), ["b1", "b3"]);
+        assert_eq!(records_of(&cluster, "a", 2), ["k=a0 []", "k=a2 [\"h\"]"]);
+        assert_eq!(records_of(&cluster, "b", 2), ["k=b1 []", "k=b3 [\"h\"]"]);
     }
 }
