@@ -121,21 +121,30 @@ impl OutputCommitter for KafkaOutput {
     fn flush(&mut self) -> Result<(), CommitError> {
         // A producer's lingering batches go out only while its own flush
         // waits: the producers of the tasks are flushed at once, so the
-        // flush takes one round trip to the brokers, not one per task.
+        // flush takes one round trip to the brokers, not one per task. A
+        // producer whose thread cannot be started is flushed here after.
         let flushed: Vec<_> = std::thread::scope(|scope| {
             let flushing: Vec<_> = self
                 .producers
                 .iter()
                 .skip(1)
-                .map(|producer| scope.spawn(|| producer.flush()))
+                .map(|producer| {
+                    std::thread::Builder::new()
+                        .name("weir-flush".to_owned())
+                        .spawn_scoped(scope, || producer.flush())
+                        .map_err(|_| producer)
+                })
                 .collect();
             let first = self.producers.first().map(OutputProducer::flush);
             first
                 .into_iter()
                 .chain(flushing.into_iter().map(|flush| {
-                    flush
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    match flush {
+                        Ok(thread) => thread
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        Err(producer) => producer.flush(),
+                    }
                 }))
                 .collect()
         });
