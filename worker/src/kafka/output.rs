@@ -123,35 +123,31 @@ impl OutputCommitter for KafkaOutput {
         // waits: the producers of the tasks are flushed at once, so the
         // flush takes one round trip to the brokers, not one per task. A
         // producer whose thread cannot be started is flushed here after.
-        let flushed: Vec<_> = std::thread::scope(|scope| {
-            let flushing: Vec<_> = self
+        std::thread::scope(|scope| {
+            let others: Vec<_> = self
                 .producers
                 .iter()
                 .skip(1)
                 .map(|producer| {
-                    std::thread::Builder::new()
+                    let thread = std::thread::Builder::new()
                         .name("weir-flush".to_owned())
-                        .spawn_scoped(scope, || producer.flush())
-                        .map_err(|_| producer)
+                        .spawn_scoped(scope, || producer.flush());
+                    (producer, thread.ok())
                 })
                 .collect();
-            let first = self.producers.first().map(OutputProducer::flush);
-            first
-                .into_iter()
-                .chain(flushing.into_iter().map(|flush| {
-                    match flush {
-                        Ok(thread) => thread
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                        Err(producer) => producer.flush(),
-                    }
-                }))
-                .collect()
-        });
-        flushed
-            .into_iter()
-            .collect::<Result<(), _>>()
-            .map_err(produce("flush"))
+            let mut flushed = self.producers.first().map_or(Ok(()), OutputProducer::flush);
+            for (producer, thread) in others {
+                let result = match thread {
+                    Some(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    None => producer.flush(),
+                };
+                flushed = flushed.and(result);
+            }
+            flushed
+        })
+        .map_err(produce("flush"))
     }
 
     fn commit(

@@ -311,12 +311,7 @@ impl OutputProducer {
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
         match headers {
-            None => self.enqueue_plain(PlainRecord {
-                topic,
-                key,
-                payload: value,
-                delivery_opaque: 0,
-            }),
+            None => self.enqueue_plain(topic, key, value),
             Some(headers) => {
                 let mut record: BaseRecord<'_, [u8], [u8], usize> =
                     BaseRecord::with_opaque_to(topic, 0)
@@ -356,10 +351,20 @@ impl OutputProducer {
 
     /// Queues a record without headers by the producer's handle of its
     /// topic (see [`NativeProducer`]).
-    fn enqueue_plain(&self, mut record: PlainRecord<'_, usize>) -> Result<(), ProduceError> {
-        let cost = record_cost(record.key, Some(record.payload), None);
-        record.delivery_opaque = cost;
-        self.enqueue(record.topic, cost, || self.producer.send(record))
+    fn enqueue_plain(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), ProduceError> {
+        let cost = record_cost(key, Some(payload), None);
+        let record = PlainRecord {
+            topic,
+            key,
+            payload,
+            delivery_opaque: cost,
+        };
+        self.enqueue(topic, cost, || self.producer.send(record))
     }
 
     /// Queues a record with headers through rust-rdkafka, which takes the
