@@ -30,7 +30,10 @@ pub mod state;
 /// `mimalloc` feature (on by default; a program that brings its own
 /// allocator turns it off): mimalloc, whose thread-local free lists serve
 /// the engine's many short-lived record buffers faster than the system
-/// allocator. RocksDB and librdkafka keep the C library's malloc.
+/// allocator. The feature also makes mimalloc the C library's malloc, so
+/// RocksDB and librdkafka allocate from it too: a record librdkafka
+/// fetched on its broker thread and the loop frees goes back through
+/// mimalloc's thread-free list instead of glibc's arena locks.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

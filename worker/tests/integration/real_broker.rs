@@ -26,7 +26,11 @@
 //! load: one producer's records gone in 4 runs of 35; plain producers lost
 //! none in 20). So the end-to-end exactly-once run has one worker and one
 //! task (one producer) on Tansu, and two workers of two tasks each on a
-//! full broker.
+//! full broker; and the fencing test's zombie writes to a topic of its
+//! own: sharing the new owner's partition, the owner's whole transaction
+//! (output and offsets) was lost in about one run in 30 under load (5 in
+//! 155; none in 45 with a topic each), whether glibc or mimalloc served
+//! C's malloc.
 //! Each test makes topics, groups and transactional ids of its own, so the
 //! tests share one broker and can run again on it.
 
@@ -279,10 +283,14 @@ async fn a_new_owner_of_a_task_fences_the_old_one_before_it_commits() {
     let names = Names::new("fence");
     create_topic(&bootstrap, &names.input, 1).await;
     create_topic(&bootstrap, &names.output, 1).await;
+    // A topic of the zombie's own: Tansu can lose a transaction that
+    // shares a partition with another (see the module's note).
+    let zombie_output = format!("{}.zombie", names.output);
+    create_topic(&bootstrap, &zombie_output, 1).await;
     let (_, mut zombie) = output(&bootstrap, &names, Guarantee::ExactlyOnce);
     let (consumer, mut owner) = output(&bootstrap, &names, Guarantee::ExactlyOnce);
     zombie.fence(&[0]).expect("the first owner's fence");
-    send(&zombie, &names.output, &["zombie"]);
+    send(&zombie, &zombie_output, &["zombie"]);
 
     owner.fence(&[0]).expect("the new owner's fence");
     let zombie_commit = zombie.commit(0, &offsets(&names.input, 99), &token(3, "aaaa"));
