@@ -10,7 +10,10 @@
 //! 2,000 instructions an output record cost. [`NativeProducer`] creates the handle
 //! of a topic on its first record and passes it with every later one
 //! (`RD_KAFKA_VTYPE_RKT`): a reference count taken and dropped. It holds
-//! the producer, so a handle never outlives its client.
+//! the producer, so a handle never outlives its client. Every record goes
+//! this way, with headers too (the repartition topic's records, dead
+//! letters): their `OwnedHeaders` pass to librdkafka once it queued the
+//! record, as rust-rdkafka's `send` passes them.
 //!
 //! **Flush.** librdkafka holds a batch until `linger.ms` passes, and sends
 //! it at once while an `rd_kafka_flush` call is waiting. rust-rdkafka's
@@ -27,21 +30,28 @@ use std::time::Duration;
 
 use rdkafka::bindings as rd;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::util::IntoOpaque;
 
-/// A record to queue, without headers (records with headers go through
-/// rust-rdkafka's `send`, which takes its `OwnedHeaders`), to the
-/// partition librdkafka's partitioner chooses, stamped with the time it is
-/// queued.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainRecord<'a, O> {
+/// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner chooses.
+const PARTITIONER_CHOOSES: i32 = -1;
+
+/// A record to queue, stamped with the time it is queued.
+#[derive(Debug)]
+pub struct OutgoingRecord<'a, O> {
     /// The destination topic.
     pub topic: &'a str,
+    /// The destination partition; `None` leaves it to librdkafka's
+    /// partitioner.
+    pub partition: Option<i32>,
     /// The key.
     pub key: Option<&'a [u8]>,
     /// The value.
     pub payload: &'a [u8],
+    /// The headers: taken once the record is queued, left here when it is
+    /// not, for the next try.
+    pub headers: Option<OwnedHeaders>,
     /// What the delivery report hands back to the producer's context.
     pub delivery_opaque: O,
 }
@@ -118,19 +128,29 @@ impl<C: ProducerContext> NativeProducer<C> {
         }
     }
 
-    /// Queues `record` (a copy of its key and value) by the handle of its
-    /// topic. On an error librdkafka did not take the record (its
-    /// delivery opaque is dropped; opaques here are plain numbers).
-    pub fn send(&self, record: PlainRecord<'_, C::DeliveryOpaque>) -> Result<(), KafkaError> {
+    /// Queues `record` (a copy of its key and value, its headers taken) by
+    /// the handle of its topic. On an error librdkafka did not take the
+    /// record: its headers stay in `record`.
+    pub fn send(&self, record: &mut OutgoingRecord<'_, C::DeliveryOpaque>) -> Result<(), KafkaError>
+    where
+        C::DeliveryOpaque: Copy,
+    {
         let topic = self.handle(record.topic)?;
         let (key, key_len) = record
             .key
             .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+        // An `OwnedHeaders` is borrowed as a reference to its native list:
+        // rust-rdkafka's `as_borrowed` casts the one to the other.
+        let headers = record.headers.as_ref().map_or(std::ptr::null_mut(), |h| {
+            std::ptr::from_ref(h.as_borrowed()) as *mut rd::rd_kafka_headers_t
+        });
         let opaque = record.delivery_opaque.into_ptr();
         // SAFETY: the client and the topic handle are alive (the handle is
         // released only with `self`, which is borrowed, and holds the
         // client); the key and value are copied (`RD_KAFKA_MSG_F_COPY`)
-        // before the call returns; the argument list is typed as
+        // before the call returns; the headers, if any, are a live list
+        // that librdkafka owns only if the record is queued (then they are
+        // forgotten below, not released); the argument list is typed as
         // librdkafka's `rd_kafka_producev` reads it and ends with
         // `RD_KAFKA_VTYPE_END`.
         let code = unsafe {
@@ -138,6 +158,8 @@ impl<C: ProducerContext> NativeProducer<C> {
                 self.producer.client().native_ptr(),
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
                 topic,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                record.partition.unwrap_or(PARTITIONER_CHOOSES),
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
                 rd::RD_KAFKA_MSG_F_COPY,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
@@ -148,14 +170,18 @@ impl<C: ProducerContext> NativeProducer<C> {
                 key_len,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
                 opaque,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+                headers,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
             )
         };
         if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            // librdkafka owns the headers now.
+            std::mem::forget(record.headers.take());
             Ok(())
         } else {
-            // SAFETY: not queued, so the opaque is still ours to take back.
-            drop(unsafe { C::DeliveryOpaque::from_ptr(opaque) });
+            // Not queued; the opaque is a plain value (`Copy`), with
+            // nothing to take back.
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(code)))
         }
     }

@@ -33,10 +33,10 @@ use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 
 use crate::kafka::delivery_poller::DeliveryPoller;
-use crate::kafka::native_send::{NativeProducer, PlainRecord};
+use crate::kafka::native_send::{NativeProducer, OutgoingRecord};
 
 /// How long producer flushes and transaction operations may take.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -310,83 +310,42 @@ impl OutputProducer {
         value: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        match headers {
-            None => self.enqueue_plain(topic, key, value),
-            Some(headers) => {
-                let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                    BaseRecord::with_opaque_to(topic, 0)
-                        .payload(value)
-                        .headers(headers);
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                self.enqueue_with_headers(record)
-            }
-        }
+        self.enqueue_record(OutgoingRecord {
+            topic,
+            partition: None,
+            key,
+            payload: value,
+            headers,
+            delivery_opaque: 0,
+        })
     }
 
-    /// Queues a record for a given partition with a given timestamp (epoch
-    /// milliseconds), waiting while librdkafka's queue is full.
+    /// Queues a record for a given partition, waiting while librdkafka's
+    /// queue is full.
     pub fn send_to_partition(
         &self,
         topic: &str,
         partition: i32,
         key: Option<&[u8]>,
         value: &[u8],
-        timestamp_ms: Option<i64>,
         headers: OwnedHeaders,
     ) -> Result<(), ProduceError> {
-        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, 0)
-            .partition(partition)
-            .payload(value)
-            .headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(t) = timestamp_ms {
-            record = record.timestamp(t);
-        }
-        self.enqueue_with_headers(record)
-    }
-
-    /// Queues a record without headers by the producer's handle of its
-    /// topic (see [`NativeProducer`]).
-    fn enqueue_plain(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) -> Result<(), ProduceError> {
-        let cost = record_cost(key, Some(payload), None);
-        let record = PlainRecord {
+        self.enqueue_record(OutgoingRecord {
             topic,
+            partition: Some(partition),
             key,
-            payload,
-            delivery_opaque: cost,
-        };
-        self.enqueue(topic, cost, || self.producer.send(record))
+            payload: value,
+            headers: Some(headers),
+            delivery_opaque: 0,
+        })
     }
 
-    /// Queues a record with headers through rust-rdkafka, which takes the
-    /// headers over once the record is queued.
-    fn enqueue_with_headers(
-        &self,
-        mut record: BaseRecord<'_, [u8], [u8], usize>,
-    ) -> Result<(), ProduceError> {
-        let topic = record.topic;
+    /// Queues `record` by the producer's handle of its topic (see
+    /// [`NativeProducer`]), with its queue cost as its delivery opaque.
+    fn enqueue_record(&self, mut record: OutgoingRecord<'_, usize>) -> Result<(), ProduceError> {
         let cost = record_cost(record.key, record.payload, record.headers.as_ref());
         record.delivery_opaque = cost;
-        // A record librdkafka did not take comes back for the next try.
-        let mut pending = Some(record);
-        self.enqueue(topic, cost, || {
-            let record = pending
-                .take()
-                .expect("enqueue tries again only after an error gave the record back");
-            self.producer.base().send(record).map_err(|(e, back)| {
-                pending = Some(back);
-                e
-            })
-        })
+        self.enqueue(record.topic, cost, || self.producer.send(&mut record))
     }
 
     /// Queues a record of `cost` by `queue_once`, waiting while the queue
@@ -524,17 +483,13 @@ impl OutputProducer {
 
 /// What a record costs in the queue: key, value, headers and
 /// [`QUEUED_RECORD_OVERHEAD`].
-fn record_cost(
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-    headers: Option<&OwnedHeaders>,
-) -> usize {
+fn record_cost(key: Option<&[u8]>, payload: &[u8], headers: Option<&OwnedHeaders>) -> usize {
     let headers = headers.map_or(0, |h| {
         h.iter()
             .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
             .sum()
     });
-    key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers + QUEUED_RECORD_OVERHEAD
+    key.map_or(0, <[u8]>::len) + payload.len() + headers + QUEUED_RECORD_OVERHEAD
 }
 
 #[cfg(test)]
@@ -697,11 +652,12 @@ mod tests {
         producer.flush().expect("flushed");
     }
 
-    /// The first `count` records on `topic` as `key=value` with their
-    /// header names, sorted.
+    /// The first `count` records on `partitions` of `topic` as
+    /// `key=value` with their headers (`name=value`), sorted.
     fn records_of(
         cluster: &MockCluster<'_, DefaultProducerContext>,
         topic: &str,
+        partitions: &[i32],
         count: usize,
     ) -> Vec<String> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -710,7 +666,7 @@ mod tests {
             .create()
             .expect("consumer");
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..2 {
+        for &partition in partitions {
             assignment
                 .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
                 .unwrap();
@@ -722,9 +678,13 @@ mod tests {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 let text =
                     |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
-                let headers: Vec<&str> = m
+                let headers: Vec<String> = m
                     .headers()
-                    .map(|h| h.iter().map(|h| h.key).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| format!("{}={}", h.key, text(h.value)))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 records.push(format!(
                     "{}={} {headers:?}",
@@ -754,7 +714,34 @@ mod tests {
                 .unwrap();
         }
         producer.flush().expect("flushed");
-        assert_eq!(records_of(&cluster, "a", 2), ["k=a0 []", "k=a2 [\"h\"]"]);
-        assert_eq!(records_of(&cluster, "b", 2), ["k=b1 []", "k=b3 [\"h\"]"]);
+        assert_eq!(
+            records_of(&cluster, "a", &[0, 1], 2),
+            ["k=a0 []", "k=a2 [\"h=v\"]"]
+        );
+        assert_eq!(
+            records_of(&cluster, "b", &[0, 1], 2),
+            ["k=b1 []", "k=b3 [\"h=v\"]"]
+        );
+    }
+
+    #[test]
+    fn a_record_sent_to_a_partition_reaches_it_with_its_headers() {
+        let cluster = mock_cluster();
+        let producer = lingering(&cluster, QueueBudget::new(64 << 20));
+        for (partition, value) in [(1, "one"), (0, "zero"), (1, "uno")] {
+            let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "p",
+                value: Some(&partition.to_string()),
+            });
+            producer
+                .send_to_partition("a", partition, Some(b"k"), value.as_bytes(), headers)
+                .unwrap();
+        }
+        producer.flush().expect("flushed");
+        assert_eq!(
+            records_of(&cluster, "a", &[1], 2),
+            ["k=one [\"p=1\"]", "k=uno [\"p=1\"]"]
+        );
+        assert_eq!(records_of(&cluster, "a", &[0], 1), ["k=zero [\"p=0\"]"]);
     }
 }

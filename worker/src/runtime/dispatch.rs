@@ -49,7 +49,6 @@ pub(super) fn emit(
                 partition_for_key(&record.key, *partitions),
                 Some(&record.key),
                 &record.value,
-                None,
                 headers,
             )?;
             sent += 1;

@@ -308,7 +308,6 @@ impl Running {
                     partition,
                     None,
                     &[],
-                    None,
                     repartition::watermark_headers(task.id, report, drained, task.table_read),
                 )?;
             }

@@ -150,7 +150,7 @@ fn send(output: &KafkaOutput, topic: &str, values: &[&str]) {
     for value in values {
         output
             .producer(0)
-            .send_to_partition(topic, 0, None, value.as_bytes(), None, OwnedHeaders::new())
+            .send_to_partition(topic, 0, None, value.as_bytes(), OwnedHeaders::new())
             .expect("send");
     }
 }
