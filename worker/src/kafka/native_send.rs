@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use rdkafka::bindings as rd;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::util::IntoOpaque;
 
@@ -141,8 +141,12 @@ impl<C: ProducerContext> NativeProducer<C> {
             .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
         // An `OwnedHeaders` is borrowed as a reference to its native list:
         // rust-rdkafka's `as_borrowed` casts the one to the other.
+        // (rust-rdkafka 0.39; checked in debug builds.)
         let headers = record.headers.as_ref().map_or(std::ptr::null_mut(), |h| {
-            std::ptr::from_ref(h.as_borrowed()) as *mut rd::rd_kafka_headers_t
+            let native = std::ptr::from_ref(h.as_borrowed()) as *mut rd::rd_kafka_headers_t;
+            // SAFETY: `native` is the list `h` owns, alive while `h` is.
+            debug_assert_eq!(unsafe { rd::rd_kafka_header_cnt(native) }, h.count());
+            native
         });
         let opaque = record.delivery_opaque.into_ptr();
         // SAFETY: the client and the topic handle are alive (the handle is

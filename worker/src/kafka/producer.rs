@@ -725,6 +725,37 @@ mod tests {
     }
 
     #[test]
+    fn a_record_with_headers_keeps_them_when_a_full_queue_makes_it_wait() {
+        let cluster = mock_cluster();
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("queue.buffering.max.messages", "1");
+        let producer =
+            OutputProducer::with_budget(&config, None, QueueBudget::new(64 << 20)).unwrap();
+        for value in ["first", "second", "third"] {
+            let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "v",
+                value: Some(value),
+            });
+            // Each send after the first finds the queue full and queues
+            // its record again once the one before is delivered.
+            producer
+                .send_to_partition("a", 0, Some(b"k"), value.as_bytes(), headers)
+                .unwrap();
+        }
+        producer.flush().expect("flushed");
+        assert_eq!(
+            records_of(&cluster, "a", &[0], 3),
+            [
+                "k=first [\"v=first\"]",
+                "k=second [\"v=second\"]",
+                "k=third [\"v=third\"]"
+            ]
+        );
+    }
+
+    #[test]
     fn a_record_sent_to_a_partition_reaches_it_with_its_headers() {
         let cluster = mock_cluster();
         let producer = lingering(&cluster, QueueBudget::new(64 << 20));
