@@ -295,11 +295,7 @@ impl OutputProducer {
     /// The cost of the records queued and not yet acknowledged, as counted
     /// against the [`QueueBudget`].
     pub fn queued_bytes(&self) -> usize {
-        self.producer
-            .base()
-            .context()
-            .queued_bytes
-            .load(Ordering::Relaxed)
+        self.context().queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Queues a record, waiting while librdkafka's queue is full.
@@ -310,14 +306,7 @@ impl OutputProducer {
         value: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        self.enqueue_record(OutgoingRecord {
-            topic,
-            partition: None,
-            key,
-            payload: value,
-            headers,
-            delivery_opaque: 0,
-        })
+        self.enqueue(topic, None, key, value, headers)
     }
 
     /// Queues a record for a given partition, waiting while librdkafka's
@@ -330,34 +319,31 @@ impl OutputProducer {
         value: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(), ProduceError> {
-        self.enqueue_record(OutgoingRecord {
-            topic,
-            partition: Some(partition),
-            key,
-            payload: value,
-            headers: Some(headers),
-            delivery_opaque: 0,
-        })
+        self.enqueue(topic, Some(partition), key, value, Some(headers))
     }
 
-    /// Queues `record` by the producer's handle of its topic (see
-    /// [`NativeProducer`]), with its queue cost as its delivery opaque.
-    fn enqueue_record(&self, mut record: OutgoingRecord<'_, usize>) -> Result<(), ProduceError> {
-        let cost = record_cost(record.key, record.payload, record.headers.as_ref());
-        record.delivery_opaque = cost;
-        self.enqueue(record.topic, cost, || self.producer.send(&mut record))
-    }
-
-    /// Queues a record of `cost` by `queue_once`, waiting while the queue
-    /// is full or over this producer's share of the budget; gives up when
-    /// interrupted.
+    /// Queues a record by the producer's handle of its topic (see
+    /// [`NativeProducer`]), its queue cost as its delivery opaque, waiting
+    /// while the queue is full or over this producer's share of the
+    /// budget; gives up when interrupted.
     fn enqueue(
         &self,
         topic: &str,
-        cost: usize,
-        mut queue_once: impl FnMut() -> Result<(), KafkaError>,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        let queued = &self.producer.base().context().queued_bytes;
+        let cost = record_cost(key, payload, headers.as_ref());
+        let mut record = OutgoingRecord {
+            topic,
+            partition,
+            key,
+            payload,
+            headers,
+            delivery_opaque: cost,
+        };
+        let queued = &self.context().queued_bytes;
         loop {
             if self.over_share(cost) {
                 self.wait_for_room(topic)?;
@@ -365,7 +351,7 @@ impl OutputProducer {
             }
             // Counted before it is queued: its delivery may come first.
             queued.fetch_add(cost, Ordering::Relaxed);
-            match queue_once() {
+            match self.producer.send(&mut record) {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     queued.fetch_sub(cost, Ordering::Relaxed);
@@ -380,6 +366,11 @@ impl OutputProducer {
                 }
             }
         }
+    }
+
+    /// The delivery failures and queued bytes the delivery reports keep.
+    fn context(&self) -> &DeliveryContext {
+        self.producer.base().context()
     }
 
     /// Whether queueing a record of `cost` would take the queue over this
@@ -424,7 +415,7 @@ impl OutputProducer {
 
     /// Fails if any record was not delivered since the producer started.
     pub fn check_delivery(&self) -> Result<(), ProduceError> {
-        let ctx = self.producer.base().context();
+        let ctx = self.context();
         let count = ctx.failures.load(Ordering::Relaxed);
         if count == 0 {
             return Ok(());
