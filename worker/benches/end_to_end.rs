@@ -2,13 +2,18 @@
 //! events are produced to the source topic first, then a worker reads them,
 //! runs the pipeline and writes the results, and the bench reports events
 //! per second of wall time and per CPU-second: of the worker (every thread
-//! of the process but the mock cluster's: the worker's, its librdkafka
-//! clients') and, apart, of the mock broker's threads. The figures per
-//! event are those of the steady state: from the first status report that
-//! counts records read to the first that counts them all, so that neither
+//! of the process but the mock cluster's and the bench's main thread, which
+//! produces the events and polls the worker: the worker's threads and its
+//! librdkafka clients') and, apart, of the mock broker's threads. The
+//! figures per event are those of the steady state: from the first moment
+//! the worker counts records read ([`WorkerHandle::records_in`], sampled
+//! every millisecond) to the first it counts them all, so that neither
 //! start-up (restore, assignment, first fetch) nor stop (the last
 //! checkpoint) is in them; the whole run is reported beside, and so is the
-//! number of checkpoints the steady state held.
+//! number of checkpoints the steady state held. CPU times are read from
+//! `/proc` in clock ticks (10 ms), about 2% of a steady state of 0.5 CPU-s.
+//!
+//! [`WorkerHandle::records_in`]: weir_worker::runtime::WorkerHandle::records_in
 //!
 //! Two workloads: ours (string user ids, decimal amounts) and the one Flink
 //! 2.3 was measured on (`{"user_id":<0..99999>,"amount":<0..999>,
@@ -314,15 +319,15 @@ async fn run_case(
     let handle = Worker::start(config, CancellationToken::new())
         .await
         .expect("worker");
-    // The steady state runs from the first status report that counts
-    // records to the first that counts them all: start-up (restore,
-    // assignment, the first fetch) and stop (the last checkpoint) are
-    // outside it. A report is published every 500 ms and seen here within
-    // 10 ms, so both ends are exact to about 10 ms of processing.
+    // The steady state runs from the first sample that counts records read
+    // to the first that counts them all: start-up (restore, assignment,
+    // the first fetch) and stop (the last checkpoint) are outside it. The
+    // count grows at the end of each batch (at most 8,192 records, a few
+    // ms) and is sampled every ms, so both ends are exact to a batch.
     let mut first: Option<Sample> = None;
     // The checkpoints completed in the steady state: the ids seen from its
-    // start on but the one completed before it. Each stays in the reports
-    // (published every 500 ms) for an interval of at least 2 s.
+    // start on but the one completed before it. The status holds the last
+    // one from its completion on, for an interval of at least 2 s.
     let mut seen = HashSet::new();
     let mut before_steady = None;
     let last = loop {
@@ -339,17 +344,18 @@ async fn run_case(
             .filter(|p| p.topic == repartition)
             .all(|p| p.lag == Some(0) && p.high_watermark.is_some_and(|h| h > 0));
         let checkpoint = s.last_checkpoint.map(|c| c.id);
-        if s.records_in > 0 && first.is_none() {
-            first = Some(Sample::now(s.records_in, broker_threads));
+        let read = handle.records_in();
+        if read > 0 && first.is_none() {
+            first = Some(Sample::now(read, broker_threads));
             before_steady.clone_from(&checkpoint);
         }
         if first.is_some() {
             seen.extend(checkpoint);
         }
-        if s.records_in >= events && (!pipeline.contains("sourcePartitioned: false") || drained) {
-            break Sample::now(s.records_in, broker_threads);
+        if read >= events && (!pipeline.contains("sourcePartitioned: false") || drained) {
+            break Sample::now(read, broker_threads);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     };
     handle.stop();
     handle.wait().await.expect("clean stop");
@@ -368,6 +374,9 @@ struct Sample {
     process: Duration,
     /// CPU of the mock broker's threads.
     broker: Duration,
+    /// CPU of the bench's main thread, which produced the events and polls
+    /// the worker (no part of the worker runs on it).
+    bench: Duration,
 }
 
 /// What happened between two samples.
@@ -385,6 +394,7 @@ impl Sample {
             at: Instant::now(),
             process: process_cpu(),
             broker: threads_cpu(broker_threads),
+            bench: stat_cpu(&format!("/proc/self/task/{}/stat", std::process::id())),
         }
     }
 
@@ -397,6 +407,7 @@ impl Sample {
                 .process
                 .saturating_sub(earlier.process)
                 .saturating_sub(broker)
+                .saturating_sub(self.bench.saturating_sub(earlier.bench))
                 .as_secs_f64(),
             broker_cpu: broker.as_secs_f64(),
         }

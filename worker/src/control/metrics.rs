@@ -218,6 +218,18 @@ impl WorkerMetrics {
             .set(watermark_ms);
     }
 
+    /// Records read from the sources by all tasks so far: the sum of
+    /// `weir_records_in_total`, which grows at the end of each batch.
+    pub fn records_in_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.records_in
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -250,5 +262,15 @@ mod tests {
         assert!(text.contains("weir_task_watermark_milliseconds{task=\"3\"} 1000"));
         assert!(text.contains("weir_busy_ratio 0.5"));
         assert!(!b.render().contains("weir_records_in_total{"));
+    }
+
+    #[test]
+    fn records_in_total_sums_the_records_read_by_every_task() {
+        let metrics = WorkerMetrics::new().unwrap();
+        assert_eq!(metrics.records_in_total(), 0);
+        metrics.task(0).records_in.inc_by(5);
+        metrics.task(7).records_in.inc_by(3);
+        metrics.task(0).records_out.inc_by(100);
+        assert_eq!(metrics.records_in_total(), 8);
     }
 }

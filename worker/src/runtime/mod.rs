@@ -275,6 +275,13 @@ impl WorkerHandle {
         lock(&self.status).clone()
     }
 
+    /// Records the worker has read from its sources so far, counted at the
+    /// end of each batch (at most a few milliseconds behind): finer than
+    /// the status report, which is refreshed every half second.
+    pub fn records_in(&self) -> u64 {
+        self.metrics.records_in_total()
+    }
+
     /// The worker's metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
