@@ -538,8 +538,18 @@ fn main() {
                 ),
                 Brokers::Real(..) => "broker not measured (its own process)".to_owned(),
             };
+            // Flink 2.3's µs of process CPU per event on this workload at
+            // parallelism 1, start-up excluded, as the engine bench gives
+            // them.
+            let flink = if name.starts_with("flink-stateless") {
+                "; Flink ~1.0"
+            } else if name.starts_with("flink-tumbling") {
+                "; Flink ~17"
+            } else {
+                ""
+            };
             println!(
-                "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event) over {:.0} events of the steady state with {checkpoints} checkpoints (every {}), {broker}; whole run with start-up and stop {:>7.0} events/s wall, worker {:.2} s CPU",
+                "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event{flink}) over {:.0} events of the steady state with {checkpoints} checkpoints (every {}), {broker}; whole run with start-up and stop {:>7.0} events/s wall, worker {:.2} s CPU",
                 steady.events / worker,
                 worker * 1e6 / steady.events.max(1.0),
                 steady.events,
