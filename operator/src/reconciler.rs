@@ -43,8 +43,10 @@ pub const STATUS_MANAGER: &str = "weir-operator-status";
 /// Requeue delay of a job whose workers all run the latest spec.
 pub const STABLE_REQUEUE: Duration = Duration::from_secs(300);
 /// Requeue delay of a job with an operation in flight (savepoint progress
-/// is read from the workers, not watched).
-pub const OPERATION_REQUEUE: Duration = Duration::from_secs(5);
+/// is read from the workers, not watched): a second, so that no stage of a
+/// rescale (savepoint, stop, start) waits long to be seen done, at the cost
+/// of reading each worker's status once a second while it lasts.
+pub const OPERATION_REQUEUE: Duration = Duration::from_secs(1);
 /// Requeue delay of a job still moving towards its spec (pods are not owned
 /// by the job, so their readiness changes are not always watched).
 pub const PROGRESSING_REQUEUE: Duration = Duration::from_secs(30);

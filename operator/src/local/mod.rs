@@ -50,6 +50,10 @@ const DEFAULT_PARTITIONS: i32 = 8;
 const MAX_PARTITIONS: i32 = 16;
 /// How often the controller reconciles and the view redraws.
 const TICK: Duration = Duration::from_secs(1);
+/// How often, between two ticks, the controller steps an operation in
+/// flight, so that no stage of a rescale (savepoint, stop, start) waits a
+/// whole tick to be seen done.
+const OPERATION_TICK: Duration = Duration::from_millis(200);
 /// The longest wait for the job to catch up after the feed stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -442,22 +446,44 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
     let checkpoint_interval = controller.job.spec.checkpoint.interval.as_std();
     // Feeding, then draining.
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
-            _ = &mut ctrl_c => {
-                eprintln!("\nCtrl-C: stopping with a savepoint");
+        // A tick; an operation in flight is stepped every OPERATION_TICK
+        // meanwhile. Ctrl-C is heard while waiting, never in a step.
+        let next_tick = Instant::now() + TICK;
+        let mut interrupted = false;
+        loop {
+            let left = next_tick.saturating_duration_since(Instant::now());
+            let wait = if operation_in_flight(&controller) {
+                left.min(OPERATION_TICK)
+            } else {
+                left
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut ctrl_c => {
+                    interrupted = true;
+                    break;
+                }
+            }
+            if Instant::now() >= next_tick {
                 break;
             }
+            if let Err(e) = controller.tick().await {
+                failure = Some(format!("{e:#}"));
+                break;
+            }
+        }
+        if interrupted {
+            eprintln!("\nCtrl-C: stopping with a savepoint");
+            break;
+        }
+        if failure.is_some() {
+            break;
         }
         if let Err(e) = controller.tick().await {
             failure = Some(format!("{e:#}"));
             break;
         }
-        let idle = controller
-            .job
-            .status
-            .as_ref()
-            .is_none_or(|s| s.operation.is_none());
+        let idle = !operation_in_flight(&controller);
         if let Some(at) = kill_at.filter(|at| started.elapsed() >= *at && idle) {
             kill_at = None;
             controller.workers.crash_and_restart(0).await?;
@@ -539,12 +565,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
     let stop_started = Instant::now();
     loop {
         controller.tick().await?;
-        let busy = controller
-            .job
-            .status
-            .as_ref()
-            .is_some_and(|s| s.operation.is_some());
-        if !busy && controller.workers.live() == 0 {
+        if !operation_in_flight(&controller) && controller.workers.live() == 0 {
             break;
         }
         view.draw(
@@ -568,7 +589,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Summary> {
             ));
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(OPERATION_TICK).await;
     }
     view.draw(
         &settling_frame(&controller, started, 0),
@@ -663,4 +684,14 @@ fn phase(controller: &LocalController) -> String {
         None if controller.workers.live() == 0 => "Stopped".to_owned(),
         None => "Running".to_owned(),
     }
+}
+
+/// Whether an operation (savepoint, rescale, upgrade, suspend) is in
+/// flight.
+fn operation_in_flight(controller: &LocalController) -> bool {
+    controller
+        .job
+        .status
+        .as_ref()
+        .is_some_and(|s| s.operation.is_some())
 }
