@@ -454,8 +454,11 @@ fn main() {
         // The admin client's threads are not a broker's.
         Brokers::Real(..) => HashSet::new(),
     };
-    let ours = (events, Workload::Ours);
-    let flink = (events, Workload::Flink);
+    // The workload, and Flink 2.3's µs of process CPU per event on it at
+    // parallelism 1, start-up excluded (as the engine bench gives them).
+    let ours = (events, Workload::Ours, None);
+    let flink_stateless = (events, Workload::Flink, Some("~1.0"));
+    let flink_tumbling = (events, Workload::Flink, Some("~17"));
     let cases = [
         (
             "stateless-at-least-once",
@@ -485,19 +488,19 @@ fn main() {
             "flink-stateless-alo",
             FLINK_STATELESS.to_owned(),
             ("atLeastOnce", "10s"),
-            flink,
+            flink_stateless,
         ),
         (
             "flink-stateless-eos",
             FLINK_STATELESS.to_owned(),
             ("exactlyOnce", "10s"),
-            flink,
+            flink_stateless,
         ),
         (
             "flink-tumbling-eos",
             TUMBLING.to_owned(),
             ("exactlyOnce", FLINK_WINDOWED_INTERVAL),
-            flink,
+            flink_tumbling,
         ),
     ];
     rt.block_on(async {
@@ -506,7 +509,7 @@ fn main() {
             .skip(1)
             .filter(|a| a.parse::<u64>().is_err() && !a.starts_with("--"))
             .collect();
-        for (name, pipeline, delivery, (events, workload)) in cases {
+        for (name, pipeline, delivery, (events, workload, flink)) in cases {
             if !words.is_empty() && !words.iter().any(|w| name.contains(w.as_str())) {
                 continue;
             }
@@ -538,16 +541,7 @@ fn main() {
                 ),
                 Brokers::Real(..) => "broker not measured (its own process)".to_owned(),
             };
-            // Flink 2.3's µs of process CPU per event on this workload at
-            // parallelism 1, start-up excluded, as the engine bench gives
-            // them.
-            let flink = if name.starts_with("flink-stateless") {
-                "; Flink ~1.0"
-            } else if name.starts_with("flink-tumbling") {
-                "; Flink ~17"
-            } else {
-                ""
-            };
+            let flink = flink.map_or(String::new(), |figure| format!("; Flink {figure}"));
             println!(
                 "{name:<28} {events:>7} events: worker {:>9.0} events per CPU-second ({:.2} µs/event{flink}) over {:.0} events of the steady state with {checkpoints} checkpoints (every {}), {broker}; whole run with start-up and stop {:>7.0} events/s wall, worker {:.2} s CPU",
                 steady.events / worker,

@@ -31,11 +31,8 @@ use std::time::Duration;
 use rdkafka::bindings as rd;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, PARTITION_UA, Producer, ProducerContext};
 use rdkafka::util::IntoOpaque;
-
-/// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner chooses.
-const PARTITIONER_CHOOSES: i32 = -1;
 
 /// A record to queue, stamped with the time it is queued.
 #[derive(Debug)]
@@ -163,7 +160,7 @@ impl<C: ProducerContext> NativeProducer<C> {
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
                 topic,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
-                record.partition.unwrap_or(PARTITIONER_CHOOSES),
+                record.partition.unwrap_or(PARTITION_UA),
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
                 rd::RD_KAFKA_MSG_F_COPY,
                 rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
